@@ -1,0 +1,120 @@
+"""The one dataset contract that every reader produces and every model, trainer and metric consumes.
+
+A :class:`RecDataset` is a catalog plus three splits of next-item examples:
+
+* ``items``: a DataFrame with columns ``item_id`` (str) and ``title`` (str). Row order is the
+  *catalog index* used everywhere else (trie, score matrices, metrics). Titles are non-empty and
+  unique, so that a generated title names exactly one item.
+* ``splits["train" | "valid" | "test"]``: DataFrames with columns ``user_id`` (str),
+  ``history`` (list of item ids, oldest first, at least one) and ``target`` (item id).
+
+On disk a dataset is a folder holding ``items.parquet``, ``train.parquet``, ``valid.parquet``,
+``test.parquet`` and ``dataset.json`` (domain noun, source and cleaning statistics). Folders are
+written to a temporary sibling and renamed into place, so a crash never leaves half a dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+SPLITS = ("train", "valid", "test")
+
+
+class DataError(ValueError):
+    """Bad input data. ``str(err)`` is one line naming the file, the row and the field."""
+
+    def __init__(self, path: str | os.PathLike, message: str, row: int | None = None, field: str | None = None):
+        self.path, self.row, self.field, self.message = str(path), row, field, message
+        where = self.path + (f", row {row}" if row is not None else "") + (f", field '{field}'" if field else "")
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass
+class RecDataset:
+    items: pd.DataFrame
+    splits: dict[str, pd.DataFrame]
+    domain: str = "products"
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.items = self.items.reset_index(drop=True)
+        self._index = {item_id: i for i, item_id in enumerate(self.items["item_id"])}
+
+    @property
+    def titles(self) -> list[str]:
+        return self.items["title"].tolist()
+
+    def item_index(self, item_id: str) -> int:
+        """Catalog index of an item id (KeyError if the item is not in the catalog)."""
+        return self._index[item_id]
+
+    def validate(self, source: str = "dataset") -> None:
+        """Check the contract; raise :class:`DataError` on the first violation."""
+        titles = self.items["title"]
+        empty = titles.str.strip() == ""
+        if empty.any():
+            raise DataError(source, "title is empty", row=int(empty.idxmax()), field="title")
+        dup = titles.duplicated()
+        if dup.any():
+            raise DataError(source, f"duplicate title {titles[dup.idxmax()]!r}", row=int(dup.idxmax()), field="title")
+        if self.items["item_id"].duplicated().any():
+            row = int(self.items["item_id"].duplicated().idxmax())
+            raise DataError(source, "duplicate item id", row=row, field="item_id")
+        for name, frame in self.splits.items():
+            for row, (history, target) in enumerate(zip(frame["history"], frame["target"])):
+                if len(history) == 0:
+                    raise DataError(f"{source}/{name}", "history is empty", row=row, field="history")
+                for item in (*history, target):
+                    if item not in self._index:
+                        raise DataError(f"{source}/{name}", f"unknown item id {item!r}", row=row, field="history")
+
+    def summary(self) -> dict:
+        return {"items": len(self.items), **{f"{k}_examples": len(v) for k, v in self.splits.items()}}
+
+    # ------------------------------------------------------------------ disk format
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write the dataset folder atomically (temporary sibling, then rename)."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            self.items.to_parquet(tmp / "items.parquet", index=False)
+            for name in SPLITS:
+                frame = self.splits.get(name, _empty_split())
+                frame = frame.assign(history=frame["history"].map(list))
+                frame.to_parquet(tmp / f"{name}.parquet", index=False)
+            meta = {"domain": self.domain, **self.meta, "summary": self.summary()}
+            (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "RecDataset":
+        folder = Path(folder)
+        if not (folder / "dataset.json").is_file():
+            raise DataError(folder, "not a bearrec dataset folder (no dataset.json); create one with `bearrec prepare`")
+        meta = json.loads((folder / "dataset.json").read_text())
+        items = pd.read_parquet(folder / "items.parquet")
+        splits = {}
+        for name in SPLITS:
+            frame = pd.read_parquet(folder / f"{name}.parquet")
+            splits[name] = frame.assign(history=frame["history"].map(list))
+        domain = meta.pop("domain", "products")
+        meta.pop("summary", None)
+        return cls(items=items, splits=splits, domain=domain, meta=meta)
+
+
+def _empty_split() -> pd.DataFrame:
+    return pd.DataFrame({"user_id": pd.Series([], dtype=str), "history": [], "target": pd.Series([], dtype=str)})

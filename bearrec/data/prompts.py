@@ -1,0 +1,95 @@
+"""The instruction prompt of the BEAR paper (Figure 2), shared by training, decoding and `recommend`.
+
+The prompt ends right before the answer; the answer (the target title followed by EOS) is tokenised
+on its own, exactly as the catalog trie tokenises titles, so training and constrained decoding see the
+same token sequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bearrec.catalog import tokenize_titles
+
+# domain noun -> (singular, verb used in "the user has ... before")
+_DOMAINS = {
+    "movies": ("movie", "watched"),
+    "books": ("book", "read"),
+    "products": ("product", "bought"),
+    "games": ("game", "played"),
+    "songs": ("song", "listened to"),
+}
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """Figure 2 of the paper with the domain noun filled in ("movies", "products", ...)."""
+
+    domain: str = "products"
+
+    @property
+    def singular(self) -> str:
+        return _DOMAINS.get(self.domain, (self.domain.removesuffix("s"), ""))[0]
+
+    @property
+    def verb(self) -> str:
+        return _DOMAINS.get(self.domain, ("", "interacted with"))[1]
+
+    def instruction(self) -> str:
+        return (
+            f"Given a list of {self.domain} the user has {self.verb} before, "
+            f"please recommend a new {self.singular} that the user likes to the user."
+        )
+
+    def render(self, history_titles: list[str]) -> str:
+        """Prompt text for a history (titles oldest first); the model continues with the answer title."""
+        listed = ", ".join(f'"{t}"' for t in history_titles)
+        return (
+            f"### Instruction:\n{self.instruction()}\n\n"
+            f"### Input:\nThe user has {self.verb} the following {self.domain} before: {listed}\n\n"
+            f"### Response:\n"
+        )
+
+
+class PromptEncoder:
+    """Token ids of prompts and answers for one catalog, tokenizer and template.
+
+    Answers are the catalog's title sequences (title + EOS, as in the trie). Prompts longer than
+    ``max_prompt_tokens`` drop their oldest history items until they fit; ``truncated`` counts them.
+    """
+
+    def __init__(self, tokenizer, titles: list[str], template: PromptTemplate, max_prompt_tokens: int = 1024):
+        self.tokenizer = tokenizer
+        self.titles = titles
+        self.template = template
+        self.max_prompt_tokens = max_prompt_tokens
+        self.answers = tokenize_titles(tokenizer, titles)
+        self.truncated = 0
+
+    def prompts(self, histories: list[list[int]]) -> list[list[int]]:
+        """Prompt ids for histories given as catalog indices, oldest first."""
+        texts = [self.template.render([self.titles[i] for i in h]) for h in histories]
+        encoded = self.tokenizer(texts)["input_ids"]
+        for n, ids in enumerate(encoded):
+            keep = len(histories[n])
+            while len(ids) > self.max_prompt_tokens and keep > 1:
+                keep -= 1
+                ids = self.tokenizer(self.template.render([self.titles[i] for i in histories[n][-keep:]]))["input_ids"]
+            if keep < len(histories[n]):
+                self.truncated += 1
+            encoded[n] = ids
+        return encoded
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` tensors, padded on the left."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask

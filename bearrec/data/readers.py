@@ -1,0 +1,574 @@
+"""Readers that turn source files into a :class:`~bearrec.data.dataset.RecDataset`.
+
+Formats
+-------
+* ``processed`` (:func:`read_processed`): a folder with ``items.csv`` (``item_id,title``) and
+  ``train.csv``, ``valid.csv``, ``test.csv`` (``user_id,item_ids,timestamp``). ``item_ids`` is a
+  JSON list of ids, oldest first: the last id is the target, the ids before it the history. The
+  splits are given, so ``timestamp`` is not needed and not read. This is the layout of the real
+  data in ``../shared/data/office`` and ``../shared/data/books``.
+* ``amazon`` (:func:`read_amazon`): raw Amazon review JSON lines (``reviewerID``, ``asin``,
+  ``unixReviewTime``) plus metadata lines (``asin``, ``title``) that are JSON (2018 release) or
+  Python dict literals (2014 release). Either file may be gzipped (``.gz``).
+* ``interactions`` (:func:`read_interactions`): ``interactions.csv`` (``user,item,timestamp``,
+  Unix seconds) plus ``items.csv`` (``item,title``).
+
+The two raw formats go through the pipeline of the BEAR / BIGRec papers: items without a title are
+dropped, then an iterative k-core filter keeps users and items with at least ``min_interactions``
+interactions until nothing changes. Each user's interactions are sorted by time (ties keep file
+order); every position i >= 1 of a user's sequence is one example (history = up to ``history_len``
+previous items, target = item i, time = the target's time). All examples are then split
+chronologically by target time: oldest 80 % train, next 10 % valid, newest 10 % test (examples with
+equal times keep the order of users' first appearance). The catalog is the items that survive the
+k-core filter, in the order of the items file.
+
+Catalog cleaning (every format, :func:`_clean_catalog`)
+-------------------------------------------------------
+Titles are HTML-unescaped (``&amp;`` -> ``&``) and their whitespace collapsed and stripped. Real data
+has quirks that are not bad input, so by default (``strict=False``) they are fixed, not refused:
+
+* An item whose title is empty is dropped from the catalog. In the processed format every example
+  whose target is that item is dropped too, the item is removed from histories, and an example
+  whose history becomes empty is dropped. (In the raw formats the item's interactions are dropped
+  before filtering, so no example ever refers to it.)
+* A title shared by several items stays on the first of them (catalog order); every later item gets
+  `` (item <item_id>)`` appended, so that a generated title names exactly one item and the first
+  item's title stays exactly as the source gives it.
+
+In the raw formats cleaning runs on every item that has an interaction, before the k-core filter; a
+metadata line without a ``title`` key counts as an empty title.
+
+Each fix emits a one-line :class:`DataWarning` naming file, row and field (the first five of each
+kind, then one line with the count of the rest). ``strict=True`` raises :class:`DataError` at the
+first empty or duplicate title instead (so on raw Amazon data it refuses the first reviewed item
+that has no title). Counts go to ``meta["cleaning"]``; ``meta["source"]``
+records the format and the paths. Items that appear in no split stay in the catalog.
+
+Errors
+------
+Bad input (a missing file or column, unparsable ``item_ids``, an unknown item id, an empty
+history, a line that is not UTF-8, a missing or garbled timestamp in the interactions format)
+raises :class:`DataError`, whose message is one line naming the file, the row (1-based line number
+in the file, header = line 1) and the field.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import gzip
+import html
+import io
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bearrec.data.dataset import SPLITS, DataError, RecDataset
+
+PathLike = str | os.PathLike
+
+_FORMATS = {
+    "processed": ("folder",),
+    "amazon": ("reviews", "meta"),
+    "interactions": ("interactions.csv", "items.csv"),
+}
+
+
+class DataWarning(UserWarning):
+    """A real-world quirk in the input that a reader fixed (see the module docstring)."""
+
+
+# ---------------------------------------------------------------------------------- public API
+def read_source(
+    fmt: str,
+    inputs: Sequence[PathLike],
+    domain: str = "products",
+    strict: bool = False,
+    min_interactions: int = 5,
+) -> RecDataset:
+    """Read ``inputs`` in format ``fmt``: "processed" (folder), "amazon" (reviews, meta) or
+    "interactions" (interactions.csv, items.csv)."""
+    where = ", ".join(map(str, inputs)) or "<no input>"
+    if fmt not in _FORMATS:
+        raise DataError(where, f"unknown format {fmt!r}; expected one of {', '.join(_FORMATS)}", field="format")
+    expected = _FORMATS[fmt]
+    if len(inputs) != len(expected):
+        raise DataError(
+            where,
+            f"format {fmt!r} takes {len(expected)} input(s) ({', '.join(expected)}), got {len(inputs)}",
+            field="inputs",
+        )
+    if fmt == "processed":
+        return read_processed(inputs[0], domain=domain, strict=strict)
+    reader = read_amazon if fmt == "amazon" else read_interactions
+    return reader(*inputs, domain=domain, strict=strict, min_interactions=min_interactions)
+
+
+def read_processed(folder: PathLike, domain: str = "products", strict: bool = False) -> RecDataset:
+    """Read a processed folder (items.csv plus train/valid/test.csv with JSON ``item_ids``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, "folder not found")
+    log = _FixLog()
+    items_path = folder / "items.csv"
+    items = _read_csv(items_path, ("item_id", "title"))
+    _refuse_duplicate_ids(items, "item_id", items_path)
+    known = pd.Index(items["item_id"])
+    splits = {name: _read_split(folder / f"{name}.csv", known, items_path.name) for name in SPLITS}
+
+    items, cleaning = _clean_catalog(items, items_path, strict, log)
+    dropped = set(known.difference(items["item_id"]))
+    splits, purge = _drop_items_from_examples(splits, dropped, {name: folder / f"{name}.csv" for name in SPLITS}, log)
+    log.flush()
+
+    dataset = RecDataset(
+        items=items[["item_id", "title"]],
+        splits={name: frame.drop(columns="_line").reset_index(drop=True) for name, frame in splits.items()},
+        domain=domain,
+        meta={"source": {"format": "processed", "paths": [str(folder)]}, "cleaning": {**cleaning, **purge}},
+    )
+    dataset.validate(source=str(folder))
+    return dataset
+
+
+def read_amazon(
+    reviews_path: PathLike,
+    meta_path: PathLike,
+    domain: str = "products",
+    strict: bool = False,
+    min_interactions: int = 5,
+    history_len: int = 10,
+) -> RecDataset:
+    """Read raw Amazon reviews plus metadata and build the k-core, sliding-window, 8:1:1 dataset."""
+    reviews_path, meta_path = Path(reviews_path), Path(meta_path)
+    users, item_ids, times = [], [], []
+    for line, record in _read_json_lines(reviews_path):
+        user, item, time = (_field(record, key, reviews_path, line) for key in ("reviewerID", "asin", "unixReviewTime"))
+        try:
+            times.append(int(time))
+        except (TypeError, ValueError):
+            message = f"not a Unix time: {_short(time)}"
+            raise DataError(reviews_path, message, row=line, field="unixReviewTime") from None
+        users.append(str(user))
+        item_ids.append(str(item))
+    interactions = pd.DataFrame({"user": users, "item": item_ids, "timestamp": np.array(times, dtype=np.int64)})
+
+    # A metadata dump covers a whole category; parsing (slow for Python literals) only the lines of
+    # reviewed items keeps reading fast. Lines whose asin the regex cannot see are parsed anyway.
+    reviewed = set(item_ids)
+
+    def unreviewed(text: str) -> bool:
+        asin = _meta_asin(text)
+        return asin is not None and asin not in reviewed
+
+    meta_ids, titles, lines = [], [], []
+    for line, record in _read_json_lines(meta_path, skip=unreviewed):
+        meta_ids.append(str(_field(record, "asin", meta_path, line)))
+        title = record.get("title")
+        titles.append("" if title is None else str(title))
+        lines.append(line)
+    # The 2018 metadata repeats some lines; the first one wins.
+    items = pd.DataFrame({"item_id": meta_ids, "title": titles, "_line": lines}).drop_duplicates("item_id")
+
+    source = {"format": "amazon", "paths": [str(reviews_path), str(meta_path)]}
+    return _build_from_interactions(
+        interactions, items, meta_path, domain, strict, min_interactions, history_len, source
+    )
+
+
+def read_interactions(
+    interactions_csv: PathLike,
+    items_csv: PathLike,
+    domain: str = "products",
+    strict: bool = False,
+    min_interactions: int = 5,
+    history_len: int = 10,
+) -> RecDataset:
+    """Read a generic interactions.csv (user,item,timestamp) plus items.csv (item,title)."""
+    interactions_csv, items_csv = Path(interactions_csv), Path(items_csv)
+    items = _read_csv(items_csv, ("item", "title")).rename(columns={"item": "item_id"})
+    _refuse_duplicate_ids(items, "item", items_csv)
+    interactions = _read_csv(interactions_csv, ("user", "item", "timestamp"))
+
+    times = pd.to_numeric(interactions["timestamp"], errors="coerce")
+    bad = times.isna() | ~np.isfinite(times)
+    if bad.any():
+        k = int(bad.to_numpy().argmax())
+        raw = interactions["timestamp"].iat[k]
+        message = "timestamp is missing" if not raw.strip() else f"not a Unix time in seconds: {_short(raw)}"
+        raise DataError(interactions_csv, message, row=int(interactions["_line"].iat[k]), field="timestamp")
+    unknown = ~interactions["item"].isin(items["item_id"])
+    if unknown.any():
+        k = int(unknown.to_numpy().argmax())
+        raise DataError(
+            interactions_csv,
+            f"unknown item id {interactions['item'].iat[k]!r} (not in {items_csv.name})",
+            row=int(interactions["_line"].iat[k]),
+            field="item",
+        )
+    interactions = pd.DataFrame({"user": interactions["user"], "item": interactions["item"], "timestamp": times})
+
+    source = {"format": "interactions", "paths": [str(interactions_csv), str(items_csv)]}
+    return _build_from_interactions(
+        interactions, items, items_csv, domain, strict, min_interactions, history_len, source
+    )
+
+
+# ---------------------------------------------------------------------------------- cleaning
+class _FixLog:
+    """Warns about the first few fixes of each kind and counts the rest, so that real data with
+    hundreds of quirks does not flood the console."""
+
+    LIMIT = 5
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def warn(self, kind: str, path: PathLike, message: str, row: int, field: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if self.counts[kind] <= self.LIMIT:
+            # Same one-line "file, row, field: message" format as the errors.
+            warnings.warn(str(DataError(path, message, row=row, field=field)), DataWarning, stacklevel=4)
+
+    def flush(self) -> None:
+        for kind, count in self.counts.items():
+            if count > self.LIMIT:
+                warnings.warn(
+                    f"{count - self.LIMIT} more {kind} not shown ({count} in all, counted in meta['cleaning'])",
+                    DataWarning,
+                    stacklevel=3,
+                )
+
+
+def _clean_catalog(items: pd.DataFrame, path: Path, strict: bool, log: _FixLog) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Normalise titles, drop items with an empty title and make titles unique.
+
+    ``items`` has columns item_id, title, _line (source line, for messages). Returns the cleaned
+    catalog in the same order and the counts for ``meta["cleaning"]``.
+    """
+    raw = items["title"]
+    titles = raw.copy()
+    # html.unescape is slow per call; only titles with an '&' can hold an entity.
+    has_entity = raw.str.contains("&", regex=False)
+    titles[has_entity] = raw[has_entity].map(html.unescape)
+    html_unescaped = int((titles != raw).sum())
+    # After unescaping, so that &nbsp; (U+00A0, matched by \s) collapses too.
+    titles = titles.str.replace(r"\s+", " ", regex=True).str.strip()
+    items = items.assign(title=titles)
+
+    empty = titles == ""
+    if strict and empty.any():
+        first = items[empty].iloc[0]
+        raise DataError(path, "title is empty (strict mode)", row=int(first["_line"]), field="title")
+    for item_id, line in zip(items.loc[empty, "item_id"], items.loc[empty, "_line"]):
+        log.warn("empty-title items", path, f"title is empty; item {item_id!r} dropped", row=int(line), field="title")
+    items = items[~empty].copy()
+
+    # A disambiguated title could in theory equal another item's title, hence the loop.
+    disambiguated = 0
+    while (dup := items["title"].duplicated()).any():
+        first_of = items.drop_duplicates("title").set_index("title")
+        for item_id, title, line in zip(items.loc[dup, "item_id"], items.loc[dup, "title"], items.loc[dup, "_line"]):
+            first_id, first_line = first_of.at[title, "item_id"], int(first_of.at[title, "_line"])
+            message = f"title {_short(title)} is also the title of item {first_id!r} (row {first_line})"
+            if strict:
+                raise DataError(path, message + " (strict mode)", row=int(line), field="title")
+            renamed = f"{message}; renamed to add ' (item {item_id})'"
+            log.warn("duplicate titles", path, renamed, row=int(line), field="title")
+        items.loc[dup, "title"] = items.loc[dup, "title"] + " (item " + items.loc[dup, "item_id"] + ")"
+        disambiguated += int(dup.sum())
+
+    counts = {
+        "html_unescaped": html_unescaped,
+        "empty_title_items_dropped": int(empty.sum()),
+        "duplicate_titles_disambiguated": disambiguated,
+    }
+    return items, counts
+
+
+def _drop_items_from_examples(
+    splits: dict[str, pd.DataFrame], dropped: set[str], paths: dict[str, Path], log: _FixLog
+) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+    """Remove dropped items from processed examples: as a target the example goes, in a history
+    the entry goes (and the example with it when its history becomes empty)."""
+    examples_dropped = entries_removed = 0
+    if not dropped:
+        return splits, {"examples_dropped": 0, "history_entries_removed": 0}
+    cleaned = {}
+    for name, frame in splits.items():
+        path = paths[name]
+        gone = frame["target"].isin(dropped)
+        for target, line in zip(frame.loc[gone, "target"], frame.loc[gone, "_line"]):
+            message = f"example dropped: target item {target!r} has an empty title"
+            log.warn("dropped examples", path, message, int(line), "item_ids")
+        examples_dropped += int(gone.sum())
+        frame = frame[~gone].copy()
+
+        histories = frame["history"].explode()
+        touched = histories[histories.isin(dropped)].index.unique()
+        for index in touched:
+            old = frame.at[index, "history"]
+            new = [item for item in old if item not in dropped]
+            entries_removed += len(old) - len(new)
+            frame.at[index, "history"] = new
+            removed = sorted(set(old) - set(new))
+            line = int(frame.at[index, "_line"])
+            message = f"item(s) {removed} with an empty title removed from the history"
+            log.warn("examples with history entries removed", path, message, line, "item_ids")
+            if not new:
+                message = "example dropped: its history held only empty-title items"
+                log.warn("dropped examples", path, message, line, "item_ids")
+        emptied = frame["history"].map(len) == 0
+        examples_dropped += int(emptied.sum())
+        cleaned[name] = frame[~emptied]
+    return cleaned, {"examples_dropped": examples_dropped, "history_entries_removed": entries_removed}
+
+
+# ---------------------------------------------------------------------------------- raw pipeline
+def _build_from_interactions(
+    interactions: pd.DataFrame,
+    items: pd.DataFrame,
+    items_path: Path,
+    domain: str,
+    strict: bool,
+    min_interactions: int,
+    history_len: int,
+    source: dict,
+) -> RecDataset:
+    """Clean the catalog, k-core filter, build sliding-window examples and split them 8:1:1 by time.
+
+    ``interactions`` has columns user, item, timestamp (file order); ``items`` item_id, title, _line.
+    """
+    log = _FixLog()
+    # Only reviewed items can reach a k-core catalog; cleaning the rest of a category-wide metadata
+    # dump would only add noise to the counts and warnings.
+    items = items[items["item_id"].isin(interactions["item"])]
+    items, cleaning = _clean_catalog(items, items_path, strict, log)
+    log.flush()
+    read = len(interactions)
+    interactions = interactions[interactions["item"].isin(items["item_id"])]
+    without_title = read - len(interactions)
+    interactions = _k_core(interactions, min_interactions)
+    examples = _sliding_window(interactions, history_len)
+
+    # Integer cut points: 8:1:1 exactly when the count divides, never a float rounding surprise.
+    examples = examples.iloc[np.argsort(examples["timestamp"].to_numpy(), kind="stable")].drop(columns="timestamp")
+    n = len(examples)
+    cuts = {"train": (0, n * 8 // 10), "valid": (n * 8 // 10, n * 9 // 10), "test": (n * 9 // 10, n)}
+    splits = {name: examples.iloc[a:b].reset_index(drop=True) for name, (a, b) in cuts.items()}
+
+    catalog = items.loc[items["item_id"].isin(interactions["item"]), ["item_id", "title"]]
+    source = {
+        **source,
+        "min_interactions": min_interactions,
+        "history_len": history_len,
+        "interactions_read": read,
+        "interactions_without_titled_item": without_title,
+        "interactions_after_k_core": len(interactions),
+        "users": int(interactions["user"].nunique()),
+    }
+    dataset = RecDataset(
+        items=catalog,
+        splits=splits,
+        domain=domain,
+        meta={"source": source, "cleaning": {**cleaning, "examples_dropped": 0, "history_entries_removed": 0}},
+    )
+    dataset.validate(source=source["paths"][0])
+    return dataset
+
+
+def _k_core(interactions: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Keep users and items with at least ``k`` interactions, repeating until nothing changes
+    (dropping a user can push an item below ``k`` and vice versa)."""
+    while len(interactions):
+        user_counts = interactions.groupby("user")["item"].transform("size")
+        item_counts = interactions.groupby("item")["user"].transform("size")
+        keep = (user_counts >= k) & (item_counts >= k)
+        if keep.all():
+            break
+        interactions = interactions[keep]
+    return interactions
+
+
+def _sliding_window(interactions: pd.DataFrame, history_len: int) -> pd.DataFrame:
+    """One example per position i >= 1 of each user's time-sorted sequence."""
+    codes, _ = pd.factorize(interactions["user"])  # users in order of first appearance
+    # np.lexsort is stable: interactions at the same time keep their file order.
+    order = np.lexsort((interactions["timestamp"].to_numpy(), codes))
+    codes = codes[order]
+    users = interactions["user"].to_numpy()[order]
+    items = interactions["item"].to_numpy()[order].tolist()
+    times = interactions["timestamp"].to_numpy()[order]
+
+    keep, histories, start = [], [], 0
+    for i in range(len(items)):
+        if i == 0 or codes[i] != codes[i - 1]:
+            start = i  # first interaction of a user: history only, never a target
+            continue
+        keep.append(i)
+        histories.append(items[max(start, i - history_len) : i])
+    keep = np.array(keep, dtype=np.int64)
+    return pd.DataFrame(
+        {
+            "user_id": users[keep].astype(str),
+            "history": pd.Series(histories, dtype=object),
+            "target": np.array(items, dtype=object)[keep].astype(str),
+            "timestamp": times[keep],
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------- file reading
+def _read_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    data = path.read_bytes()
+    return gzip.decompress(data) if path.suffix == ".gz" else data
+
+
+def _decode(path: Path, data: bytes, is_csv: bool) -> str:
+    """Decode UTF-8; on a bad byte name its line and, as far as the line's start tells, its field."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        row = data.count(b"\n", 0, err.start) + 1
+        prefix = data[data.rfind(b"\n", 0, err.start) + 1 : err.start].decode("utf-8", errors="replace")
+        if is_csv:
+            header = next(csv.reader([data.split(b"\n", 1)[0].decode("utf-8", errors="replace")]), [])
+            column = max(len(next(csv.reader([prefix]), [])) - 1, 0)
+            field = header[column] if row > 1 and column < len(header) else None
+        else:
+            keys = re.findall(r"""["'](\w+)["']\s*:""", prefix)
+            field = keys[-1] if keys else None
+        raise DataError(path, f"not UTF-8 (byte 0x{data[err.start]:02x})", row=row, field=field) from None
+    return text.removeprefix("\ufeff")  # a BOM would otherwise become part of the first column name
+
+
+def _record_starts(text: str) -> list[int]:
+    """Line on which each non-blank CSV record starts (header included), following the same quoting
+    rules as pandas, so that quoted newlines and blank lines do not shift row numbers."""
+    starts, previous = [], 0
+    reader = csv.reader(io.StringIO(text))
+    for record in reader:
+        if record and not (len(record) == 1 and not record[0].strip()):  # pandas skips blank lines
+            starts.append(previous + 1)
+        previous = reader.line_num
+    return starts
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Read a CSV as strings (ids stay ids, empty cells stay "") plus a ``_line`` column."""
+    text = _decode(path, _read_bytes(path), is_csv=True)
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(path, "file is empty (expected a header line)", row=1) from None
+    except pd.errors.ParserError as err:
+        # pandas counts records, not lines: "Expected 2 fields in line 7, saw 3".
+        detail = str(err).split("C error:")[-1].strip()
+        match = re.search(r"line (\d+)", detail)
+        starts = _record_starts(text)
+        row = starts[int(match.group(1)) - 1] if match and int(match.group(1)) <= len(starts) else None
+        raise DataError(path, f"malformed CSV: {detail}", row=row) from None
+    for column in columns:
+        if column not in frame.columns:
+            raise DataError(path, f"missing column (header: {','.join(frame.columns)})", row=1, field=column)
+    # Fast path: one line per record. Otherwise quoted newlines or blank lines: ask the csv module.
+    lines = text.count("\n") + (not text.endswith("\n"))
+    if lines == len(frame) + 1:
+        frame["_line"] = np.arange(2, len(frame) + 2)
+    else:
+        frame["_line"] = _record_starts(text)[1:]
+    return frame
+
+
+def _read_split(path: Path, known: pd.Index, items_name: str) -> pd.DataFrame:
+    """Read a processed split into user_id, history, target, _line; refuse bad or unknown ids."""
+    frame = _read_csv(path, ("user_id", "item_ids"))
+    lines = frame["_line"].to_numpy()
+    id_lists = []
+    for raw, line in zip(frame["item_ids"].tolist(), lines):
+        try:
+            ids = json.loads(raw)
+        except ValueError:
+            ids = None
+        if not isinstance(ids, list):
+            raise DataError(path, f"not a JSON list of item ids: {_short(raw)}", row=int(line), field="item_ids")
+        if len(ids) < 2:
+            message = f"history is empty: needs at least 2 ids (history, then target), got {len(ids)}"
+            raise DataError(path, message, row=int(line), field="item_ids")
+        # JSON numbers become the same strings as the ids in items.csv; anything odd (1.0, true,
+        # nested lists) becomes a string no catalog holds and is reported as unknown below.
+        id_lists.append([str(item) for item in ids])
+
+    lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+    flat = pd.Series([item for ids in id_lists for item in ids], dtype=object)
+    unknown = ~flat.isin(known)
+    if unknown.any():
+        k = int(unknown.to_numpy().argmax())
+        owner = int(np.searchsorted(np.cumsum(lengths), k, side="right"))
+        message = f"unknown item id {flat.iat[k]!r} (not in {items_name})"
+        raise DataError(path, message, row=int(lines[owner]), field="item_ids")
+    return pd.DataFrame(
+        {
+            "user_id": frame["user_id"],
+            "history": pd.Series([ids[:-1] for ids in id_lists], index=frame.index, dtype=object),
+            "target": [ids[-1] for ids in id_lists],
+            "_line": lines,
+        },
+        index=frame.index,
+    )
+
+
+def _read_json_lines(path: Path, skip=None) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, record) for each non-blank line that is JSON or a Python dict literal
+    (the 2014 Amazon metadata); ``skip(line)`` may pass over lines that are not needed."""
+    text = _decode(path, _read_bytes(path), is_csv=False)
+    # split("\n"), not splitlines(): titles may hold U+2028 and other characters splitlines breaks on.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip() or (skip is not None and skip(line)):
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            try:
+                record = ast.literal_eval(line)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                raise DataError(path, "line is neither JSON nor a Python dict literal", row=number) from None
+        if not isinstance(record, dict):
+            raise DataError(path, f"expected an object, got {type(record).__name__}", row=number)
+        yield number, record
+
+
+_ASIN = re.compile(r"""["']asin["']\s*:\s*["']([^"']*)["']""")
+
+
+def _meta_asin(line: str) -> str | None:
+    match = _ASIN.search(line)
+    return match.group(1) if match else None
+
+
+def _field(record: dict, name: str, path: Path, line: int):
+    if record.get(name) in (None, ""):
+        raise DataError(path, "field is missing", row=line, field=name)
+    return record[name]
+
+
+def _refuse_duplicate_ids(items: pd.DataFrame, field: str, path: Path) -> None:
+    dup = items["item_id"].duplicated()
+    if dup.any():
+        k = int(dup.to_numpy().argmax())
+        message = f"duplicate item id {items['item_id'].iat[k]!r}"
+        raise DataError(path, message, row=int(items["_line"].iat[k]), field=field)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """repr of a value, cut so that an error message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,175 @@
+"""Trie-constrained beam search with Hugging Face semantics, batched over users and beams.
+
+Semantics (those of ``generate(num_beams=B, prefix_allowed_tokens_fn=..., do_sample=False)``, which
+BIGRec, D3, MSL and the BEAR paper decode with):
+
+* a candidate's score is the sum of full-vocabulary log-softmax values of its tokens; the trie only
+  decides which children exist (it never renormalises);
+* at each step all children of all live beams of a user are ranked together; an EOS child (a
+  finished item) ranked within the top B is kept as a result, and the B best non-EOS children become
+  the live beams of the next step (finished items leave the beam);
+* a finished item scores ``sum_log_probs / generated_length ** length_penalty`` (0.0 by default, no
+  length normalisation; 1.0 reproduces BIGRec's decoding) and the B best finished items are returned;
+* Hugging Face's default stopping heuristic (``early_stopping=False``): a user stops accepting results
+  once it holds B of them and its best live beam, scored at the current length, cannot beat the worst.
+
+Implementation: one forward per step for the whole batch with the KV cache (the prompt is encoded
+once; beams share its rows through ``reorder_cache``), and trie children gathered with tensor ops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bearrec.catalog import ItemTrie
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class BeamResult:
+    """``item_ids [N, B]`` catalog indices best first (-1 where fewer items were found), ``scores [N, B]``."""
+
+    item_ids: torch.Tensor
+    scores: torch.Tensor
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that ignore left padding, as ``generate`` computes them (training uses the same)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def constrained_beam_search(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    trie: ItemTrie,
+    beam_width: int = 10,
+    batch_size: int = 64,
+    length_penalty: float = 0.0,
+    progress=None,
+) -> BeamResult:
+    """Top ``beam_width`` catalog items per prompt.
+
+    ``input_ids``/``attention_mask`` are left-padded prompts ``[N, L]``; ``trie`` is the catalog trie.
+    ``progress`` is an optional callable receiving the number of prompts finished after each batch.
+    """
+    if beam_width < 1:
+        raise ValueError("beam_width must be at least 1")
+    device = next(model.parameters()).device
+    trie = trie.to(device)
+    ids, scores = [], []
+    for start in range(0, input_ids.shape[0], batch_size):
+        batch = slice(start, start + batch_size)
+        i, s = _search_batch(
+            model, input_ids[batch].to(device), attention_mask[batch].to(device), trie, beam_width, length_penalty
+        )
+        ids.append(i.cpu())
+        scores.append(s.cpu())
+        if progress is not None:
+            progress(min(batch_size, input_ids.shape[0] - start))
+    return BeamResult(item_ids=torch.cat(ids), scores=torch.cat(scores))
+
+
+def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, length_penalty: float):
+    n = input_ids.shape[0]
+    dev = input_ids.device
+    users = torch.arange(n, device=dev)
+
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = out.past_key_values
+    log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).unsqueeze(1)  # [n, rows=1, V]
+    prompt_len = attention_mask.long().sum(-1)
+    prompt_mask_rows = attention_mask.repeat_interleave(B, dim=0)
+
+    # Live beams: trie node and summed score; -inf marks an empty slot. Step 0 has one beam (the root).
+    beam_node = torch.zeros(n, 1, dtype=torch.long, device=dev)
+    beam_score = torch.zeros(n, 1, device=dev)
+    fin_item = torch.full((n, B), -1, dtype=torch.long, device=dev)
+    fin_score = torch.full((n, B), NEG_INF, device=dev)
+    accepting = torch.ones(n, dtype=torch.bool, device=dev)  # HF's early-stop heuristic, per user
+
+    for step in range(trie.max_length):
+        rows = beam_node.shape[1]
+        # Expand every live beam into its trie children, as a flat candidate list ordered by user.
+        live = torch.isfinite(beam_score) & accepting[:, None]
+        counts = torch.where(live, trie.child_count[beam_node], 0).flatten()
+        flat_beam = torch.repeat_interleave(torch.arange(n * rows, device=dev), counts)
+        if flat_beam.numel() == 0:
+            break
+        first = torch.cumsum(counts, 0) - counts
+        child = trie.child_start[beam_node.flatten()[flat_beam]] + (
+            torch.arange(flat_beam.numel(), device=dev) - first[flat_beam]
+        )
+        token = trie.node_token[child]
+        cand_user = flat_beam // rows
+        cand_score = beam_score.flatten()[flat_beam] + log_probs.reshape(n * rows, -1)[flat_beam, token]
+
+        # Rank each user's candidates: pad the ragged lists into [n, C] and sort descending.
+        per_user = torch.bincount(cand_user, minlength=n)
+        user_first = torch.cumsum(per_user, 0) - per_user
+        slot = torch.arange(flat_beam.numel(), device=dev) - user_first[cand_user]
+        width = int(per_user.max())
+        padded_score = torch.full((n, width), NEG_INF, device=dev)
+        padded_index = torch.full((n, width), -1, dtype=torch.long, device=dev)
+        padded_score[cand_user, slot] = cand_score
+        padded_index[cand_user, slot] = torch.arange(flat_beam.numel(), device=dev)
+        sorted_score, order = padded_score.sort(dim=1, descending=True, stable=True)
+        sorted_index = padded_index.gather(1, order)
+        valid = torch.isfinite(sorted_score)
+        is_eos = valid & (token[sorted_index.clamp(min=0)] == trie.eos_token_id)
+
+        # Finished items: EOS candidates ranked within the top B; merge with earlier ones, keep the best B.
+        rank = torch.arange(width, device=dev)
+        finishing = is_eos & (rank < B)[None, :]
+        new_score = torch.where(finishing, sorted_score / float(step + 1) ** length_penalty, NEG_INF)
+        new_item = torch.where(finishing, trie.node_item[child[sorted_index.clamp(min=0)]], -1)
+        merged_score, pick = torch.cat([fin_score, new_score], 1).topk(B, dim=1)
+        fin_item = torch.cat([fin_item, new_item], 1).gather(1, pick)
+        fin_score = merged_score
+
+        # Next live beams: the B best non-EOS candidates.
+        running = valid & ~is_eos
+        keep = running & (running.long().cumsum(1) <= B)
+        next_rank = torch.where(keep, rank[None, :], width + rank[None, :])  # kept ones first, in order
+        take = next_rank.argsort(dim=1, stable=True)[:, :B]
+        kept = keep.gather(1, take)
+        if take.shape[1] < B:  # fewer candidates than beams this step: pad empty slots
+            pad = B - take.shape[1]
+            take = torch.cat([take, take.new_zeros(n, pad)], 1)
+            kept = torch.cat([kept, kept.new_zeros(n, pad)], 1)
+        chosen = sorted_index.gather(1, take).clamp(min=0)
+        beam_node = torch.where(kept, child[chosen], 0)
+        beam_score = torch.where(kept, sorted_score.gather(1, take), NEG_INF)
+
+        # HF early stopping (early_stopping=False): closed once full and the best live beam, scored
+        # at the current length, is no better than the worst result. Sticky, as in HF.
+        best_live = beam_score[:, 0] / float(step + 1) ** length_penalty
+        full = (fin_item >= 0).all(dim=1)
+        accepting &= ~(full & (best_live <= fin_score[:, -1]))
+        if not bool((kept.any(dim=1) & accepting).any()) or step + 1 == trie.max_length:
+            break
+
+        # One forward for every (user, beam) row; cache rows follow their source beams.
+        source_row = torch.where(kept, flat_beam[chosen], users[:, None] * rows)
+        cache.reorder_cache(source_row.flatten())
+        gen_mask = torch.ones(n * B, step + 1, dtype=attention_mask.dtype, device=dev)
+        attention = torch.cat([prompt_mask_rows, gen_mask], dim=1)
+        positions = (prompt_len.repeat_interleave(B) + step).unsqueeze(1)
+        tokens = torch.where(kept, trie.node_token[beam_node], trie.eos_token_id).reshape(n * B, 1)
+        out = model(
+            input_ids=tokens, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True
+        )
+        cache = out.past_key_values
+        log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).view(n, B, -1)
+
+    return fin_item, fin_score

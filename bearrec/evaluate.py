@@ -1,0 +1,67 @@
+"""Evaluation: constrained beam search for the recommendations, exact catalog scores for PR@K."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from bearrec.catalog import ItemTrie
+from bearrec.data.dataset import RecDataset
+from bearrec.data.prompts import PromptEncoder, left_pad
+from bearrec.decoding import constrained_beam_search, score_catalog
+from bearrec.metrics import ranking_metrics
+from bearrec.train import encode_split
+
+
+def evaluate(
+    model,
+    tokenizer,
+    dataset: RecDataset,
+    encoder: PromptEncoder,
+    trie: ItemTrie,
+    split: str = "test",
+    beam_width: int = 10,
+    ks: tuple[int, ...] = (5, 10),
+    max_users: int | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    pruning_rate: bool = True,
+    length_penalty: float = 0.0,
+    console=None,
+) -> dict:
+    """Metrics of ``model`` on ``split``: NDCG@K and HR@K from beam search, PR@K from exact scores."""
+    if max(ks) > beam_width:
+        raise ValueError(f"K={max(ks)} exceeds the beam width {beam_width}: beam search returns only B items")
+    prompts, target_list = encode_split(dataset, split, encoder, max_users, seed)
+    if not prompts:
+        raise ValueError(f"the {split} split is empty")
+    targets = torch.tensor(target_list)
+    input_ids, attention_mask = left_pad(prompts, tokenizer.pad_token_id)
+    model.eval()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"beam search B={beam_width} ({split})", total=len(prompts))
+        start = time.perf_counter()
+        beams = constrained_beam_search(
+            model, input_ids, attention_mask, trie, beam_width=beam_width, batch_size=batch_size,
+            length_penalty=length_penalty, progress=lambda k: progress.advance(task, k),
+        )
+        beam_seconds = time.perf_counter() - start
+        item_scores = None
+        if pruning_rate:
+            task = progress.add_task(f"exact scores of {trie.num_items} items", total=len(prompts))
+            start = time.perf_counter()
+            item_scores = score_catalog(
+                model, input_ids, attention_mask, trie, batch_size=max(1, batch_size // 2),
+                progress=lambda k: progress.advance(task, k),
+            )
+            score_seconds = time.perf_counter() - start
+    result = ranking_metrics(beams.item_ids, targets, item_scores, ks)
+    info = {"split": split, "users": len(prompts), "of_users": len(dataset.splits[split]), "beam_width": beam_width,
+            "beam_search_seconds": beam_seconds}
+    if pruning_rate:
+        info["exact_scoring_seconds"] = score_seconds
+    return {"metrics": result, **info}
+

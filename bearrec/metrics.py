@@ -1,0 +1,62 @@
+"""Ranking metrics, all in one place, with one positive item per user (the paper's protocol).
+
+* ``NDCG@K = 1 / log2(rank + 1)`` if the positive is at ``rank <= K`` of the beam-search list, else 0.
+* ``HR@K = 1`` if the positive is in the top K of the beam-search list, else 0.
+* ``PR@K`` (pruning rate, paper Figure 6): among users whose positive ranks in the top K of *all*
+  catalog items by full-sequence probability, the share whose positive is missing from the B items
+  that beam search returned. Ranks count items with a strictly higher score (ties favour the
+  positive), so a positive tied with the K-th item counts as top K.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def retrieved_rank(retrieved: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1-based position of each target in its retrieved list ``[N, B]`` (0 if absent)."""
+    hit = retrieved == targets[:, None]
+    position = hit.float().argmax(dim=1) + 1
+    return torch.where(hit.any(dim=1), position, torch.zeros_like(position))
+
+
+def full_rank(item_scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each target among all items by score ``[N, num_items]``."""
+    target_score = item_scores.gather(1, targets[:, None])
+    return (item_scores > target_score).sum(dim=1) + 1
+
+
+def ndcg_at_k(rank: torch.Tensor, k: int) -> float:
+    gains = torch.where((rank >= 1) & (rank <= k), 1.0 / torch.log2(rank.float() + 1), torch.zeros(rank.shape))
+    return float(gains.mean()) if rank.numel() else math.nan
+
+
+def hr_at_k(rank: torch.Tensor, k: int) -> float:
+    return float(((rank >= 1) & (rank <= k)).float().mean()) if rank.numel() else math.nan
+
+
+def pruning_rate_at_k(full: torch.Tensor, retrieved_rank_: torch.Tensor, k: int) -> float:
+    """Share of top-K-by-probability positives that beam search did not return (NaN if there are none)."""
+    eligible = full <= k
+    if not bool(eligible.any()):
+        return math.nan
+    return float((retrieved_rank_[eligible] == 0).float().mean())
+
+
+def ranking_metrics(
+    retrieved: torch.Tensor, targets: torch.Tensor, item_scores: torch.Tensor | None = None, ks=(5, 10)
+) -> dict[str, float]:
+    """NDCG@K and HR@K from the beam-search lists; PR@K too when exact ``item_scores`` are given."""
+    rank = retrieved_rank(retrieved, targets)
+    metrics = {}
+    for k in ks:
+        metrics[f"NDCG@{k}"] = ndcg_at_k(rank, k)
+    for k in ks:
+        metrics[f"HR@{k}"] = hr_at_k(rank, k)
+    if item_scores is not None:
+        full = full_rank(item_scores, targets)
+        for k in ks:
+            metrics[f"PR@{k}"] = pruning_rate_at_k(full, rank, k)
+    return metrics

@@ -1,0 +1,158 @@
+"""Language models: load any Hugging Face causal LM (optionally with LoRA), or build the tiny default.
+
+The tiny default needs no download: a BPE tokenizer trained on the dataset's own text with
+``tokenizers`` and a small Llama-architecture model built from a config. Both are saved and reloaded
+with ``save_pretrained`` / ``from_pretrained`` like any other model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+TINY = "tiny"
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
+
+
+@dataclass
+class TinyConfig:
+    """Shape of the tiny from-scratch Llama (about 0.6M parameters with a 1k vocabulary)."""
+
+    vocab_size: int = 1024  # upper bound for the BPE tokenizer trained on the dataset
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    max_position_embeddings: int = 2048
+
+
+@dataclass
+class LoraSettings:
+    """LoRA as in the paper (rank 8); ``target_modules=None`` uses peft's default for the architecture."""
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] | None = None
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on ``texts`` (titles and prompt text): every string stays encodable."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="left", **SPECIAL_TOKENS)
+
+
+def build_tiny_model(tokenizer, config: TinyConfig | None = None, seed: int = 0) -> LlamaForCausalLM:
+    """A freshly initialised small Llama sized to ``tokenizer`` (deterministic for a seed)."""
+    cfg = config or TinyConfig()
+    torch.manual_seed(seed)
+    llama = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_attention_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(llama)
+
+
+def tiny_model_for(texts: Iterable[str], config: TinyConfig | None = None, seed: int = 0):
+    """(model, tokenizer) of the tiny default, with the tokenizer trained on ``texts``."""
+    cfg = config or TinyConfig()
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    return build_tiny_model(tokenizer, cfg, seed), tokenizer
+
+
+def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None, lora: LoraSettings | None = None):
+    """(model, tokenizer) of a Hugging Face causal LM on disk or on the hub; a peft adapter folder works too.
+
+    With ``lora``, fresh LoRA adapters are added (the base weights stay frozen). The tokenizer pads
+    on the left (prompts end where generation starts) and falls back to EOS as padding.
+    """
+    path = str(name_or_path)
+    if path == TINY:
+        raise ValueError("the tiny model is built per dataset: use tiny_model_for(texts) (the CLI does this)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if (Path(path) / "adapter_config.json").is_file():
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"cannot load model {path!r}: not a model folder, and not reachable on the hub ({first_line})") from None
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"model {path!r}: its tokenizer has no EOS token, which ends every item title")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if lora is not None:
+        model = add_lora(model, lora)
+    return model, tokenizer
+
+
+def add_lora(model, settings: LoraSettings | None = None):
+    """Wrap ``model`` with trainable LoRA adapters (peft)."""
+    from peft import LoraConfig, get_peft_model
+
+    s = settings or LoraSettings()
+    config = LoraConfig(
+        r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=s.target_modules, task_type="CAUSAL_LM"
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError:  # architecture unknown to peft's defaults: adapt every linear layer
+        config.target_modules = "all-linear"
+        return get_peft_model(model, config)
+
+
+def save_model(model, tokenizer, folder: str | os.PathLike) -> Path:
+    """Save weights (safetensors; only the adapters for a LoRA model) and tokenizer, atomically."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def count_parameters(model) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}
+
+
+def describe(config: TinyConfig | LoraSettings) -> dict:
+    return asdict(config)

@@ -1,0 +1,96 @@
+"""Brute-force references for tests: slow, obvious, and independent of the library's fast code."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+EOS = 1
+PAD = 0
+
+
+def random_model(arch: str = "llama", vocab: int = 48, seed: int = 0):
+    """A small randomly initialised causal LM with peaky distributions (large init: few near-ties)."""
+    torch.manual_seed(seed)
+    if arch == "llama":
+        config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3,
+                             pad_token_id=PAD, eos_token_id=EOS, bos_token_id=2, tie_word_embeddings=False)
+        model = LlamaForCausalLM(config)
+    elif arch == "gpt2":
+        config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128, initializer_range=0.3,
+                            pad_token_id=PAD, eos_token_id=EOS, bos_token_id=2)
+        model = GPT2LMHeadModel(config)
+    else:
+        raise ValueError(arch)
+    return model.eval()
+
+
+def random_catalog(num_items: int, vocab: int, seed: int = 0, max_len: int = 5) -> list[list[int]]:
+    """Distinct token sequences ending in EOS with shared prefixes, varied lengths, and a title that is a
+    prefix of another (tokens 3..vocab-1; 0 = pad, 1 = EOS, 2 = BOS)."""
+    g = torch.Generator().manual_seed(seed)
+    first = torch.randint(3, vocab, (max(2, num_items // 4),), generator=g).tolist()  # few first tokens: sharing
+    seqs: set[tuple[int, ...]] = set()
+    while len(seqs) < num_items:
+        length = int(torch.randint(1, max_len + 1, (1,), generator=g))
+        head = first[int(torch.randint(len(first), (1,), generator=g))]
+        body = torch.randint(3, vocab, (length - 1,), generator=g).tolist()
+        seqs.add(tuple([head, *body, EOS]))
+    longest = max(seqs, key=len)
+    seqs.add(longest[:-2] + (EOS,))  # a title that is a strict prefix of another one
+    return [list(s) for s in sorted(seqs)]
+
+
+def item_token_log_probs(model, prompt: list[int], item: list[int]) -> list[float]:
+    """log p(token_t | prompt, item[:t]) for each token of one item: one full forward, no cache."""
+    ids = torch.tensor([prompt + item])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].float()
+    log_probs = torch.log_softmax(logits, dim=-1)
+    start = len(prompt) - 1
+    return [float(log_probs[start + t, tok]) for t, tok in enumerate(item)]
+
+
+def prefix_scores(model, prompt: list[int], items: list[list[int]]) -> dict[tuple[int, ...], float]:
+    """Summed log-probability of every prefix of every item (the trie's node scores), by teacher forcing."""
+    scores: dict[tuple[int, ...], float] = {(): 0.0}
+    for item in items:
+        total = 0.0
+        for t, lp in enumerate(item_token_log_probs(model, prompt, item)):
+            total += lp
+            key = tuple(item[: t + 1])
+            if key in scores:
+                assert abs(scores[key] - total) < 1e-4, "teacher forcing disagrees with itself"
+            scores[key] = total
+    return scores
+
+
+def simulate_beam_search(scores: dict, items: list[list[int]], B: int, length_penalty: float = 0.0):
+    """Hugging Face beam search simulated by hand on known prefix scores.
+
+    Returns [(item index, score)] best first, at most B.
+    """
+    index = {tuple(s): i for i, s in enumerate(items)}
+    children: dict[tuple, set[int]] = {}
+    for s in items:
+        for t in range(len(s)):
+            children.setdefault(tuple(s[:t]), set()).add(s[t])
+    live = [()]
+    finished: list[tuple[float, int]] = []
+    accepting = True
+    for step in range(max(len(s) for s in items)):
+        cands = sorted(((scores[p + (tok,)], p + (tok,)) for p in live for tok in children.get(p, ())), reverse=True)
+        for rank, (score, seq) in enumerate(cands):
+            if seq[-1] == EOS and rank < B and accepting:
+                finished.append((score / (step + 1) ** length_penalty, index[seq]))
+        finished = sorted(finished, reverse=True)[:B]
+        live = [seq for _, seq in cands if seq[-1] != EOS][:B]
+        best_live = scores[live[0]] / (step + 1) ** length_penalty if live else -math.inf
+        if len(finished) == B and best_live <= finished[-1][0]:
+            accepting = False
+        if not live or not accepting:
+            break
+    return [(i, s) for s, i in finished]

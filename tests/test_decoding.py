@@ -1,0 +1,104 @@
+"""Constrained beam search and exact scoring against brute force and against Hugging Face generate."""
+
+import pytest
+import torch
+from reference import EOS, PAD, prefix_scores, random_catalog, random_model, simulate_beam_search
+
+from bearrec.catalog import ItemTrie
+from bearrec.data.prompts import left_pad
+from bearrec.decoding import constrained_beam_search, score_catalog
+
+VOCAB = 48
+
+
+def _prompts(n: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [[2] + torch.randint(3, VOCAB, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(n)]
+
+
+def _tie_free(scores: dict, tol: float = 2e-5) -> bool:
+    """True if no two prefix scores are closer than ``tol`` (beam ranking then has no near-ties)."""
+    values = sorted(scores.values())
+    return all(b - a > tol for a, b in zip(values, values[1:]))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("beam_width", [1, 3, 6])
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_beam_search_matches_exhaustive_simulation(arch, beam_width, length_penalty):
+    model = random_model(arch, VOCAB, seed=1)
+    items = random_catalog(40, VOCAB, seed=2)
+    trie = ItemTrie.from_sequences(items, EOS)
+    prompts = _prompts(8, seed=3)
+    ids, mask = left_pad(prompts, PAD)
+    result = constrained_beam_search(model, ids, mask, trie, beam_width=beam_width, batch_size=4,
+                                     length_penalty=length_penalty)
+    checked = 0
+    for n, prompt in enumerate(prompts):
+        scores = prefix_scores(model, prompt, items)
+        if not _tie_free(scores):
+            continue
+        expected = simulate_beam_search(scores, items, beam_width, length_penalty)
+        got = [(int(i), float(s)) for i, s in zip(result.item_ids[n], result.scores[n]) if i >= 0]
+        assert [i for i, _ in got] == [i for i, _ in expected]
+        assert got and all(abs(a - b) < 1e-4 for (_, a), (_, b) in zip(got, expected))
+        checked += 1
+    assert checked >= 3
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_beam_search_matches_hf_generate(arch):
+    model = random_model(arch, VOCAB, seed=4)
+    items = random_catalog(40, VOCAB, seed=5)
+    trie = ItemTrie.from_sequences(items, EOS)
+    prompts = _prompts(5, seed=6)
+    ids, mask = left_pad(prompts, PAD)
+    B = 5
+    ours = constrained_beam_search(model, ids, mask, trie, beam_width=B)
+
+    def allowed(batch_id, sent):
+        tokens = trie.allowed_tokens(sent[ids.shape[1]:].tolist())
+        return tokens or [EOS]  # beams HF keeps with -inf score: any token, they never win
+
+    out = model.generate(input_ids=ids, attention_mask=mask, num_beams=B, num_return_sequences=B,
+                         prefix_allowed_tokens_fn=allowed, length_penalty=0.0, do_sample=False,
+                         max_new_tokens=trie.max_length, eos_token_id=EOS, pad_token_id=PAD,
+                         output_scores=True, return_dict_in_generate=True)
+    generated = out.sequences[:, ids.shape[1]:].view(len(prompts), B, -1)
+    hf_scores = out.sequences_scores.view(len(prompts), B)
+    for n, prompt in enumerate(prompts):
+        assert _tie_free(prefix_scores(model, prompt, items))
+        hf_items = []
+        for seq in generated[n].tolist():
+            node = trie.node_of(seq[: seq.index(EOS) + 1] if EOS in seq else seq)
+            hf_items.append(int(trie.node_item[node]) if node >= 0 else -1)
+        assert ours.item_ids[n].tolist() == hf_items
+        assert torch.allclose(ours.scores[n], hf_scores[n].float(), atol=1e-4)
+
+
+def test_beam_search_with_fewer_items_than_beams_pads():
+    model = random_model("llama", VOCAB, seed=7)
+    items = [[5, EOS], [5, 6, EOS], [9, EOS]]
+    trie = ItemTrie.from_sequences(items, EOS)
+    ids, mask = left_pad(_prompts(2, seed=8), PAD)
+    result = constrained_beam_search(model, ids, mask, trie, beam_width=5)
+    assert result.item_ids.shape == (2, 5)
+    for row, scores in zip(result.item_ids, result.scores):
+        assert sorted(row[:3].tolist()) == [0, 1, 2]
+        assert row[3:].tolist() == [-1, -1] and torch.isinf(scores[3:]).all()
+        assert (scores[:2] >= scores[1:3]).all()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_score_catalog_equals_teacher_forcing(arch):
+    model = random_model(arch, VOCAB, seed=9)
+    items = random_catalog(30, VOCAB, seed=10)
+    trie = ItemTrie.from_sequences(items, EOS)
+    prompts = _prompts(4, seed=11)
+    ids, mask = left_pad(prompts, PAD)
+    got = score_catalog(model, ids, mask, trie, batch_size=3)
+    for n, prompt in enumerate(prompts):
+        scores = prefix_scores(model, prompt, items)
+        expected = torch.tensor([scores[tuple(s)] for s in items])
+        assert torch.allclose(got[n], expected, atol=1e-4)
