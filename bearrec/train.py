@@ -7,11 +7,9 @@ answer positions only (``logits_to_keep``), which is all that SFT and BEAR need.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -154,10 +152,3 @@ def train_model(model, tokenizer, dataset: RecDataset, encoder: PromptEncoder, c
     log["seconds_per_epoch"] = sum(e["seconds"] for e in log["epochs"]) / len(log["epochs"])
     return log
 
-
-def write_json(path: Path, payload: dict) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)

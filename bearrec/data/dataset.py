@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from bearrec.io import atomic_folder
 
 SPLITS = ("train", "valid", "test")
 
@@ -81,24 +81,15 @@ class RecDataset:
     # ------------------------------------------------------------------ disk format
     def save(self, folder: str | os.PathLike) -> Path:
         """Write the dataset folder atomically (temporary sibling, then rename)."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+        with atomic_folder(folder) as tmp:
             self.items.to_parquet(tmp / "items.parquet", index=False)
             for name in SPLITS:
                 frame = self.splits.get(name, _empty_split())
                 frame = frame.assign(history=frame["history"].map(list))
                 frame.to_parquet(tmp / f"{name}.parquet", index=False)
             meta = {"domain": self.domain, **self.meta, "summary": self.summary()}
-            (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder
+            (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str))
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "RecDataset":

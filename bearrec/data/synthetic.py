@@ -51,9 +51,9 @@ class SyntheticConfig:
     min_sequence: int = 6  # interactions per user, inclusive range
     max_sequence: int = 10
     history_len: int = 5
-    p_successor: float = 0.5  # chance that the next item is the ring successor of the last one
+    p_successor: float = 0.3  # chance that the next item is the ring successor of the last one
     p_other_category: float = 0.1  # chance of a random item from another category
-    zipf_exponent: float = 1.0
+    zipf_exponent: float = 0.8
 
 
 def generate_synthetic(config: SyntheticConfig | None = None) -> RecDataset:

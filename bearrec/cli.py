@@ -1,0 +1,210 @@
+"""The `bearrec` command line. Each command is a thin layer over the library; errors are one line, exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split(".")[0] + ". Paper: arXiv 2601.22925 (BEAR).")
+console = Console(stderr=True)
+out = Console()
+
+
+class Format(str, Enum):
+    processed = "processed"
+    amazon = "amazon"
+    interactions = "interactions"
+    synthetic = "synthetic"
+
+
+class Objective(str, Enum):
+    sft = "sft"
+    bear = "bear"
+
+
+class Surrogate(str, Enum):
+    paper = "paper"
+    softplus = "softplus"
+
+
+def _cli_errors(func):
+    """Turn expected failures (bad data, missing files, bad options) into one line on stderr and exit 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from bearrec.data.dataset import DataError
+
+        try:
+            return func(*args, **kwargs)
+        except (DataError, FileNotFoundError, ValueError, KeyError) as err:
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _show_warnings(message, category, filename, lineno, file=None, line=None):
+    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+
+
+warnings.showwarning = _show_warnings
+
+
+@app.command()
+@_cli_errors
+def prepare(
+    fmt: Annotated[Format, typer.Argument(metavar="FORMAT", help="processed (a ../shared/data folder), amazon (reviews.json meta.json), interactions (interactions.csv items.csv) or synthetic")],
+    inputs: Annotated[Optional[list[Path]], typer.Argument(help="input files or folder, as FORMAT needs")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="dataset folder to write")] = Path("data/prepared"),
+    domain: Annotated[str, typer.Option(help="plural domain noun used in the prompt: products, movies, books, ...")] = "products",
+    strict: Annotated[bool, typer.Option(help="refuse empty or duplicate titles instead of cleaning them")] = False,
+    min_interactions: Annotated[int, typer.Option(help="k of the k-core filter (raw formats)")] = 5,
+    seed: Annotated[int, typer.Option(help="seed of the synthetic generator")] = 0,
+    users: Annotated[int, typer.Option(help="synthetic users")] = 800,
+):
+    """Turn raw or processed data into a bearrec dataset folder (catalog + train/valid/test)."""
+    from bearrec.data.readers import read_source
+    from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
+
+    if fmt is Format.synthetic:
+        dataset = generate_synthetic(SyntheticConfig(seed=seed, num_users=users))
+    else:
+        dataset = read_source(fmt.value, inputs or [], domain=domain, strict=strict, min_interactions=min_interactions)
+    dataset.save(out_dir)
+    cleaning = dataset.meta.get("cleaning")
+    out.print(f"wrote {out_dir}: {dataset.summary()}" + (f"; cleaning: {cleaning}" if cleaning else ""))
+
+
+@app.command()
+@_cli_errors
+def train(
+    data: Annotated[Path, typer.Argument(help="dataset folder from `bearrec prepare`")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="run folder to write")] = Path("runs/run"),
+    objective: Annotated[Objective, typer.Option(help="sft: cross-entropy (eq. 2.1); bear: SFT + beam-search-aware regulariser (eq. 3.5)")] = Objective.sft,
+    model: Annotated[str, typer.Option(help="'tiny' (built from a config, tokenizer trained on the data) or a Hugging Face model folder / hub name")] = "tiny",
+    epochs: Annotated[int, typer.Option(help="training epochs (the paper: 10)")] = 3,
+    lr: Annotated[Optional[float], typer.Option(help="learning rate [default: 1e-3 for tiny, 1e-4 with LoRA as in the paper]")] = None,
+    batch_size: Annotated[int, typer.Option(help="examples per optimiser step")] = 32,
+    beam_width: Annotated[int, typer.Option(help="B of the regulariser; match the decoding beam width (paper: 10)")] = 10,
+    weight: Annotated[float, typer.Option(help="BEAR lambda, regulariser strength (paper range 0.1-5)")] = 1.0,
+    temperature: Annotated[float, typer.Option(help="BEAR xi, sigmoid temperature (paper range 0.25-3)")] = 1.0,
+    surrogate: Annotated[Surrogate, typer.Option(help="paper: log sigmoid (eq. 3.4); softplus: penalise violated tokens")] = Surrogate.paper,
+    lora: Annotated[Optional[bool], typer.Option("--lora/--full", help="LoRA adapters or full fine-tuning [default: full for tiny, LoRA otherwise]")] = None,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank (paper: 8)")] = 8,
+    seed: Annotated[int, typer.Option()] = 0,
+    max_train_examples: Annotated[Optional[int], typer.Option(help="train on a seeded random subsample")] = None,
+    max_prompt_tokens: Annotated[int, typer.Option(help="longer prompts drop their oldest history items")] = 1024,
+):
+    """Fine-tune a model on the train split with SFT or BEAR and save it to a run folder."""
+    from bearrec.data.dataset import RecDataset
+    from bearrec.models import TINY, LoraSettings
+    from bearrec.runs import train_run
+    from bearrec.train import TrainConfig
+
+    dataset = RecDataset.load(data)
+    use_lora = (model != TINY) if lora is None else lora
+    if use_lora and model == TINY:
+        raise ValueError("--lora needs a pretrained model; the tiny model is trained from scratch (--full)")
+    config = TrainConfig(objective=objective.value, epochs=epochs, lr=lr if lr is not None else (1e-4 if use_lora else 1e-3),
+                         batch_size=batch_size, beam_width=beam_width, weight=weight, temperature=temperature,
+                         surrogate=surrogate.value, seed=seed, max_train_examples=max_train_examples,
+                         max_prompt_tokens=max_prompt_tokens)
+    log = train_run(dataset, data, out_dir, model, config, LoraSettings(rank=lora_rank) if use_lora else None, console=console)
+    if log["truncated_prompts"]:
+        console.print(f"[yellow]warning:[/yellow] {log['truncated_prompts']} prompts exceeded {max_prompt_tokens} tokens and lost their oldest items")
+    out.print(f"wrote {out_dir} ({log['seconds_per_epoch']:.1f} s/epoch, final loss {log['epochs'][-1]['loss']:.4f})")
+
+
+@app.command()
+@_cli_errors
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run folder from `bearrec train`")],
+    data: Annotated[Optional[Path], typer.Option(help="dataset folder [default: the one the run was trained on]")] = None,
+    split: Annotated[str, typer.Option(help="valid or test")] = "test",
+    beam_width: Annotated[int, typer.Option(help="beam width B of constrained beam search (paper: 10)")] = 10,
+    max_users: Annotated[Optional[int], typer.Option(help="evaluate a seeded random subsample of the split")] = None,
+    pruning_rate: Annotated[bool, typer.Option("--pruning-rate/--no-pruning-rate", help="also score every catalog item for PR@K")] = True,
+    seed: Annotated[int, typer.Option()] = 0,
+):
+    """NDCG@K and HR@K (K = 5, 10) from constrained beam search, and PR@K from exact catalog scores."""
+    from bearrec.report import rich_table
+    from bearrec.runs import evaluate_run
+
+    result = evaluate_run(run, data, split, beam_width, max_users, pruning_rate, seed, console=console)
+    out.print(rich_table({run.name: result}, f"{split}: {result['users']} users, B={beam_width}"))
+
+
+@app.command()
+@_cli_errors
+def recommend(
+    run: Annotated[Path, typer.Argument(help="run folder from `bearrec train`")],
+    history: Annotated[list[str], typer.Argument(help="items the user interacted with, oldest first: item ids or exact titles")],
+    data: Annotated[Optional[Path], typer.Option(help="dataset folder [default: the one the run was trained on]")] = None,
+    top_k: Annotated[int, typer.Option(help="how many items to print")] = 10,
+    beam_width: Annotated[int, typer.Option(help="beam width B (at least top-k)")] = 10,
+):
+    """Print the top-K recommended titles for one history."""
+    from bearrec.catalog import build_trie
+    from bearrec.data.prompts import PromptEncoder, PromptTemplate, left_pad
+    from bearrec.decoding import constrained_beam_search
+    from bearrec.runs import load_run
+
+    if top_k > beam_width:
+        raise ValueError(f"--top-k {top_k} exceeds --beam-width {beam_width}")
+    model, tokenizer, dataset, meta = load_run(run, data)
+    by_title = {t: i for i, t in enumerate(dataset.titles)}
+    indices = []
+    for pos, entry in enumerate(history, 1):
+        if entry in by_title:
+            indices.append(by_title[entry])
+        else:
+            try:
+                indices.append(dataset.item_index(entry))
+            except KeyError:
+                raise ValueError(f"history item {pos} ({entry!r}): neither an item id nor a title of the catalog") from None
+    encoder = PromptEncoder(tokenizer, dataset.titles, PromptTemplate(dataset.domain), meta["train"]["max_prompt_tokens"])
+    ids, mask = left_pad(encoder.prompts([indices]), tokenizer.pad_token_id)
+    result = constrained_beam_search(model, ids, mask, build_trie(tokenizer, dataset.titles), beam_width=beam_width)
+    for rank, (item, score) in enumerate(zip(result.item_ids[0].tolist()[:top_k], result.scores[0].tolist()), 1):
+        if item >= 0:
+            out.print(f"{rank:>2}. {dataset.titles[item]}  [dim](item {dataset.items['item_id'][item]}, log p = {score:.3f})[/dim]")
+
+
+@app.command()
+@_cli_errors
+def quickstart(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("bearrec-quickstart"),
+    model: Annotated[str, typer.Option(help="'tiny' or a Hugging Face model folder / hub name")] = "tiny",
+    seed: Annotated[int, typer.Option()] = 0,
+    users: Annotated[int, typer.Option(help="synthetic users")] = 800,
+    epochs: Annotated[int, typer.Option()] = 3,
+    eval_users: Annotated[Optional[int], typer.Option(help="evaluate a subsample of test users [default: all]")] = None,
+    weight: Annotated[float, typer.Option(help="BEAR lambda")] = 1.0,
+    temperature: Annotated[float, typer.Option(help="BEAR xi")] = 1.0,
+):
+    """Synthetic catalog -> tiny LM trained with SFT and with BEAR -> constrained beam search -> results table."""
+    from bearrec.quickstart import QuickstartConfig, run_quickstart
+
+    cfg = QuickstartConfig(seed=seed, model=model, users=users, epochs=epochs, eval_users=eval_users, weight=weight,
+                           temperature=temperature)
+    from bearrec.report import rich_table
+
+    results = run_quickstart(out_dir, cfg, console=console)
+    out.print(rich_table(results["runs"], results["title"]))
+    out.print(f"results in {out_dir.resolve()}/ (results.json, results.md, results.png)")
+
+
+def main() -> None:  # pragma: no cover - `python -m bearrec.cli`
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
