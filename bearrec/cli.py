@@ -12,7 +12,12 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split(".")[0] + ". Paper: arXiv 2601.22925 (BEAR).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Fine-tune language models as sequential recommenders with beam-search-aware objectives "
+    "(BEAR, arXiv 2601.22925). Start with `bearrec quickstart`.",
+)
 console = Console(stderr=True)
 out = Console()
 
@@ -55,7 +60,14 @@ def _show_warnings(message, category, filename, lineno, file=None, line=None):
     console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
 
 
-warnings.showwarning = _show_warnings
+@app.callback()
+def _setup() -> None:
+    """Warnings as one yellow line each; our own progress bars instead of transformers' load/save bars."""
+    import transformers
+
+    warnings.showwarning = _show_warnings
+    transformers.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
 
 
 @app.command()

@@ -23,20 +23,25 @@ def _tie_free(scores: dict, tol: float = 2e-5) -> bool:
     return all(b - a > tol for a, b in zip(values, values[1:]))
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def case(request):
+    """A random model, catalog and prompts, with brute-force prefix scores for every prompt (computed once)."""
+    model = random_model(request.param, VOCAB, seed=1)
+    items = random_catalog(40, VOCAB, seed=2)
+    prompts = _prompts(8, seed=3)
+    return model, items, prompts, [prefix_scores(model, p, items) for p in prompts]
+
+
 @pytest.mark.parametrize("beam_width", [1, 3, 6])
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0])
-def test_beam_search_matches_exhaustive_simulation(arch, beam_width, length_penalty):
-    model = random_model(arch, VOCAB, seed=1)
-    items = random_catalog(40, VOCAB, seed=2)
+def test_beam_search_matches_exhaustive_simulation(case, beam_width, length_penalty):
+    model, items, prompts, all_scores = case
     trie = ItemTrie.from_sequences(items, EOS)
-    prompts = _prompts(8, seed=3)
     ids, mask = left_pad(prompts, PAD)
     result = constrained_beam_search(model, ids, mask, trie, beam_width=beam_width, batch_size=4,
                                      length_penalty=length_penalty)
     checked = 0
-    for n, prompt in enumerate(prompts):
-        scores = prefix_scores(model, prompt, items)
+    for n, scores in enumerate(all_scores):
         if not _tie_free(scores):
             continue
         expected = simulate_beam_search(scores, items, beam_width, length_penalty)

@@ -1,0 +1,91 @@
+"""The command line end to end: prepare, train, evaluate, recommend, quickstart, and one-line errors."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from bearrec.cli import app
+
+runner = CliRunner()
+
+
+def _run(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def _write(path, text: str | bytes):
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def _processed(folder, items="item_id,title\na,Alpha\nb,Beta\nc,Gamma\n",
+               train='user_id,item_ids,timestamp\nu1,"[""a"", ""b""]",1\n'):
+    folder.mkdir()
+    _write(folder / "items.csv", items)
+    _write(folder / "train.csv", train)
+    _write(folder / "valid.csv", 'user_id,item_ids,timestamp\nu1,"[""a"", ""c""]",2\n')
+    _write(folder / "test.csv", 'user_id,item_ids,timestamp\nu1,"[""b"", ""c""]",3\n')
+    return folder
+
+
+@pytest.mark.parametrize("items,train,strict,needles", [
+    ("item_id,name\na,Alpha\n", None, False, ["items.csv", "title"]),  # missing column
+    (None, 'user_id,item_ids,timestamp\nu1,"[""a"", ""zz""]",1\n', False, ["train.csv", "row 2", "zz"]),  # unknown id
+    (None, 'user_id,item_ids,timestamp\nu1,"[""a""]",1\n', False, ["train.csv", "row 2", "item_ids"]),  # empty history
+    (b"item_id,title\na,Alpha\nb,B\xff\xfeta\nc,Gamma\n", None, False, ["items.csv", "row 3"]),  # not UTF-8
+    ("item_id,title\na,Alpha\nb,\nc,Gamma\n", None, True, ["items.csv", "row 3", "title"]),  # empty title, strict
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, items, train, strict, needles):
+    kwargs = {k: v for k, v in (("items", items), ("train", train)) if v is not None}
+    src = _processed(tmp_path / "src", **kwargs)
+    out = tmp_path / "out"
+    result = _run("prepare", "processed", src, "--out", out, *(["--strict"] if strict else []))
+    assert result.exit_code == 2
+    error = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(error) == 1 and error[0].startswith("error:")
+    for needle in needles:
+        assert needle in error[0]
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
+def test_missing_input_folder(tmp_path):
+    result = _run("prepare", "processed", tmp_path / "nope", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "nope" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_train_evaluate_recommend_on_synthetic(tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert _run("prepare", "synthetic", "--out", data, "--users", 60).exit_code == 0
+    result = _run("train", data, "--out", run, "--objective", "bear", "--epochs", 1, "--batch-size", 16)
+    assert result.exit_code == 0, result.output
+    assert (run / "model" / "model.safetensors").is_file() and (run / "run.json").is_file()
+    log = json.loads((run / "train_log.json").read_text())
+    assert log["config"]["objective"] == "bear" and len(log["epochs"]) == 1
+    result = _run("evaluate", run, "--split", "valid", "--max-users", 20)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "eval_valid.json").read_text())["metrics"]
+    assert set(metrics) == {"NDCG@5", "NDCG@10", "HR@5", "HR@10", "PR@5", "PR@10"}
+    assert "NDCG@10" in result.stdout
+    result = _run("recommend", run, "i00000", "i00001", "--top-k", 3)
+    assert result.exit_code == 0, result.output
+    assert [line.split(".")[0].strip() for line in result.stdout.splitlines()] == ["1", "2", "3"]
+    bad = _run("recommend", run, "no-such-item")
+    assert bad.exit_code == 2 and "no-such-item" in bad.stderr
+    assert _run("evaluate", tmp_path / "missing-run").exit_code == 2
+
+
+@pytest.mark.slow
+def test_quickstart_small(tmp_path):
+    out = tmp_path / "qs"
+    result = _run("quickstart", "--out", out, "--users", 100, "--epochs", 1)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["runs"]) == {"sft", "bear"}
+    for run in results["runs"].values():
+        assert run["users"] == 100 and run["seconds_per_epoch"] > 0
+        assert 0 <= run["metrics"]["HR@10"] <= 1
+    table = (out / "results.md").read_text()
+    assert "| sft |" in table and "| bear |" in table and "PR@10" in table
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    assert "NDCG@10" in result.stdout and "bear" in result.stdout
