@@ -19,13 +19,18 @@ import torch
 class ItemTrie:
     """Prefix tree over item token sequences (EOS included); items are indexed by position."""
 
-    def __init__(self, child_start, child_count, node_token, node_item, node_depth, sequences, eos_token_id):
+    _TABLES = ("child_start", "child_count", "node_token", "node_parent", "node_item", "node_depth", "sequences", "paths")
+
+    def __init__(self, child_start, child_count, node_token, node_parent, node_item, node_depth, sequences, paths,
+                 eos_token_id):
         self.child_start: torch.Tensor = child_start  # [num_nodes] first child id
         self.child_count: torch.Tensor = child_count  # [num_nodes]
         self.node_token: torch.Tensor = node_token  # [num_nodes] token into the node (-1 for the root)
+        self.node_parent: torch.Tensor = node_parent  # [num_nodes] (-1 for the root)
         self.node_item: torch.Tensor = node_item  # [num_nodes] item index of a leaf, else -1
         self.node_depth: torch.Tensor = node_depth  # [num_nodes] root = 0
         self.sequences: torch.Tensor = sequences  # [num_items, max_len] token ids, padded with -1
+        self.paths: torch.Tensor = paths  # [num_items, max_len] node after each token, padded with -1
         self.eos_token_id = int(eos_token_id)
 
     @property
@@ -78,6 +83,7 @@ class ItemTrie:
             raise ValueError(f"items {a} and {b} have the same token sequence")
 
         parent_of_row = np.zeros(len(rows), dtype=np.int64)  # node of each row at the previous depth
+        paths = np.full(padded.shape, -1, dtype=np.int64)
         tokens, parents, items, depths = [np.array([-1])], [np.array([-1])], [np.array([-1])], [np.array([0])]
         next_id = 1
         for d in range(width):
@@ -93,6 +99,7 @@ class ItemTrie:
             items.append(item)
             depths.append(np.full(count, d + 1))
             parent_of_row = np.where(alive, new_ids, parent_of_row)
+            paths[order[alive], d] = new_ids[alive]
             next_id += count
         node_token = np.concatenate(tokens)
         parent = np.concatenate(parents)
@@ -105,16 +112,24 @@ class ItemTrie:
             child_start=as_tensor(child_start),
             child_count=as_tensor(child_count),
             node_token=as_tensor(node_token),
+            node_parent=as_tensor(parent),
             node_item=as_tensor(np.concatenate(items)),
             node_depth=as_tensor(np.concatenate(depths)),
             sequences=as_tensor(padded),
+            paths=as_tensor(paths),
             eos_token_id=eos_token_id,
         )
 
     def to(self, device: torch.device | str) -> "ItemTrie":
         """A copy whose lookup tables live on ``device`` (the decoder gathers from them every step)."""
-        fields = ("child_start", "child_count", "node_token", "node_item", "node_depth", "sequences")
-        return ItemTrie(*(getattr(self, f).to(device) for f in fields), eos_token_id=self.eos_token_id)
+        return ItemTrie(*(getattr(self, f).to(device) for f in self._TABLES), eos_token_id=self.eos_token_id)
+
+    def preorder(self) -> torch.Tensor:
+        """Node ids in depth-first preorder (root first): every subtree is a contiguous run."""
+        walk = self.paths.cpu()[_lexicographic(self.sequences)].flatten()
+        walk = walk[walk >= 0]
+        nodes, first = np.unique(walk.cpu().numpy(), return_index=True)
+        return torch.cat([torch.zeros(1, dtype=torch.long), torch.from_numpy(nodes[np.argsort(first)])])
 
     # ------------------------------------------------------------------ per-prefix lookups (tools, tests)
     def children(self, node: int) -> tuple[list[int], list[int]]:
@@ -154,3 +169,8 @@ def build_trie(tokenizer, titles: Sequence[str]) -> ItemTrie:
         return ItemTrie.from_sequences(tokenize_titles(tokenizer, titles), tokenizer.eos_token_id)
     except ValueError as err:
         raise ValueError(f"catalog cannot be decoded with this tokenizer: {err}") from None
+
+
+def _lexicographic(sequences: torch.Tensor) -> torch.Tensor:
+    """Row order that sorts padded token sequences lexicographically."""
+    return torch.from_numpy(np.lexsort(sequences.cpu().numpy().T[::-1]).copy())

@@ -24,9 +24,9 @@ SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 
 @dataclass
 class TinyConfig:
-    """Shape of the tiny from-scratch Llama (about 0.6M parameters with a 1k vocabulary)."""
+    """Shape of the tiny from-scratch Llama (about 0.9M parameters with a 4k vocabulary)."""
 
-    vocab_size: int = 1024  # upper bound for the BPE tokenizer trained on the dataset
+    vocab_size: int = 4096  # upper bound: BPE stops earlier when the text has no more pairs to merge
     hidden_size: int = 128
     intermediate_size: int = 384
     num_hidden_layers: int = 2

@@ -68,11 +68,14 @@ def prefix_scores(model, prompt: list[int], items: list[list[int]]) -> dict[tupl
     return scores
 
 
-def simulate_beam_search(scores: dict, items: list[list[int]], B: int, length_penalty: float = 0.0):
+def simulate_beam_search(scores: dict, items: list[list[int]], B: int, length_penalty: float = 0.0, target=None):
     """Hugging Face beam search simulated by hand on known prefix scores.
 
-    Returns [(item index, score)] best first, at most B.
+    Returns [(item index, score)] best first, at most B. With a ``target`` item index, returns
+    ``(results, drop_step, violated)``: the 1-based step at which the target's prefix was pruned (-1 if
+    returned) and whether its token was outside the top B of its siblings at that step.
     """
+    drop_step, violated, alive, done = -1, False, True, False
     index = {tuple(s): i for i, s in enumerate(items)}
     children: dict[tuple, set[int]] = {}
     for s in items:
@@ -88,9 +91,24 @@ def simulate_beam_search(scores: dict, items: list[list[int]], B: int, length_pe
                 finished.append((score / (step + 1) ** length_penalty, index[seq]))
         finished = sorted(finished, reverse=True)[:B]
         live = [seq for _, seq in cands if seq[-1] != EOS][:B]
+        if target is not None and alive:
+            prefix = tuple(items[target][: step + 1])
+            if prefix not in live:
+                alive = False
+                done = any(i == target for _, i in finished)
+                if not done:
+                    drop_step = step + 1
+                    if any(seq == prefix for _, seq in cands):
+                        siblings = [sc for sc, seq in cands if seq[:-1] == prefix[:-1]]
+                        violated = sum(sc > scores[prefix] for sc in siblings) >= B
+        elif target is not None and done and all(i != target for _, i in finished):
+            done, drop_step = False, step + 1  # pushed out of the results by better ones
         best_live = scores[live[0]] / (step + 1) ** length_penalty if live else -math.inf
         if len(finished) == B and best_live <= finished[-1][0]:
             accepting = False
         if not live or not accepting:
             break
-    return [(i, s) for s, i in finished]
+    if target is not None and alive:
+        drop_step = step + 2  # still live when the search stopped early
+    results = [(i, s) for s, i in finished]
+    return results if target is None else (results, drop_step, violated)

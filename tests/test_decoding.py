@@ -96,14 +96,33 @@ def test_beam_search_with_fewer_items_than_beams_pads():
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_score_catalog_equals_teacher_forcing(arch):
+@pytest.mark.parametrize("chunk_nodes", [None, 1, 5])
+def test_score_catalog_equals_teacher_forcing(arch, chunk_nodes):
     model = random_model(arch, VOCAB, seed=9)
     items = random_catalog(30, VOCAB, seed=10)
     trie = ItemTrie.from_sequences(items, EOS)
     prompts = _prompts(4, seed=11)
     ids, mask = left_pad(prompts, PAD)
-    got = score_catalog(model, ids, mask, trie, batch_size=3)
+    got = score_catalog(model, ids, mask, trie, batch_size=3, chunk_nodes=chunk_nodes)
     for n, prompt in enumerate(prompts):
         scores = prefix_scores(model, prompt, items)
         expected = torch.tensor([scores[tuple(s)] for s in items])
         assert torch.allclose(got[n], expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("beam_width", [2, 5])
+def test_pruning_attribution_matches_simulation(case, beam_width):
+    """Every item as the target of every prompt: drop step and violation flag as a by-hand simulation."""
+    model, items, prompts, all_scores = case
+    trie = ItemTrie.from_sequences(items, EOS)
+    rows = [(n, t) for n in range(len(prompts)) if _tie_free(all_scores[n]) for t in range(len(items))]
+    ids, mask = left_pad([prompts[n] for n, _ in rows], PAD)
+    result = constrained_beam_search(model, ids, mask, trie, beam_width=beam_width,
+                                     targets=torch.tensor([t for _, t in rows]))
+    kinds = set()
+    for row, (n, t) in enumerate(rows):
+        results, drop_step, violated = simulate_beam_search(all_scores[n], items, beam_width, target=t)
+        assert (int(result.drop_step[row]), bool(result.violated[row])) == (drop_step, violated), (n, t)
+        assert (drop_step == -1) == (t in [i for i, _ in results])
+        kinds.add((drop_step > 0, violated))
+    assert kinds == {(False, False), (True, True), (True, False)}  # returned, violation, prefix-level loss

@@ -44,9 +44,9 @@ class SyntheticConfig:
     """Size and structure of the synthetic data (defaults: the quickstart, a few minutes on 2 cores)."""
 
     seed: int = 0
-    num_categories: int = 8
-    items_per_category: int = 48
-    rare_brand_share: float = 0.25 # share of items whose first word is their own
+    num_categories: int = 6
+    items_per_category: int = 80
+    rare_brand_share: float = 0.35  # share of items whose first word is their own
     num_users: int = 800
     min_sequence: int = 6  # interactions per user, inclusive range
     max_sequence: int = 10

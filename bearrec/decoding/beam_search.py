@@ -30,10 +30,17 @@ NEG_INF = float("-inf")
 
 @dataclass
 class BeamResult:
-    """``item_ids [N, B]`` catalog indices best first (-1 where fewer items were found), ``scores [N, B]``."""
+    """``item_ids [N, B]`` catalog indices best first (-1 where fewer items were found), ``scores [N, B]``.
+
+    When the search was given ``targets``, ``drop_step [N]`` is the decoding step (1 = first token) at
+    which the target left the beam (-1: returned), and ``violated [N]`` says whether its token at that
+    step ranked outside the top B of its siblings (the token-level necessary condition, eq. 3.2).
+    """
 
     item_ids: torch.Tensor
     scores: torch.Tensor
+    drop_step: torch.Tensor | None = None
+    violated: torch.Tensor | None = None
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -50,31 +57,33 @@ def constrained_beam_search(
     beam_width: int = 10,
     batch_size: int = 64,
     length_penalty: float = 0.0,
+    targets: torch.Tensor | None = None,
     progress=None,
 ) -> BeamResult:
     """Top ``beam_width`` catalog items per prompt.
 
     ``input_ids``/``attention_mask`` are left-padded prompts ``[N, L]``; ``trie`` is the catalog trie.
-    ``progress`` is an optional callable receiving the number of prompts finished after each batch.
+    ``targets [N]`` (catalog indices, optional) are followed through the search to tell where and why
+    each was pruned (see :class:`BeamResult`). ``progress`` is an optional callable receiving the
+    number of prompts finished after each batch.
     """
     if beam_width < 1:
         raise ValueError("beam_width must be at least 1")
     device = next(model.parameters()).device
     trie = trie.to(device)
-    ids, scores = [], []
+    parts = []
     for start in range(0, input_ids.shape[0], batch_size):
         batch = slice(start, start + batch_size)
-        i, s = _search_batch(
-            model, input_ids[batch].to(device), attention_mask[batch].to(device), trie, beam_width, length_penalty
-        )
-        ids.append(i.cpu())
-        scores.append(s.cpu())
+        parts.append([t.cpu() for t in _search_batch(
+            model, input_ids[batch].to(device), attention_mask[batch].to(device), trie, beam_width, length_penalty,
+            None if targets is None else targets[batch].to(device),
+        )])
         if progress is not None:
             progress(min(batch_size, input_ids.shape[0] - start))
-    return BeamResult(item_ids=torch.cat(ids), scores=torch.cat(scores))
+    return BeamResult(*(torch.cat(column) for column in zip(*parts)))
 
 
-def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, length_penalty: float):
+def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, length_penalty: float, targets=None):
     n = input_ids.shape[0]
     dev = input_ids.device
     users = torch.arange(n, device=dev)
@@ -97,6 +106,7 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
     fin_item = torch.full((n, B), -1, dtype=torch.long, device=dev)
     fin_score = torch.full((n, B), NEG_INF, device=dev)
     accepting = torch.ones(n, dtype=torch.bool, device=dev)  # HF's early-stop heuristic, per user
+    tracker = _TargetTracker(trie, targets, B) if targets is not None else None
 
     for step in range(trie.max_length):
         rows = beam_node.shape[1]
@@ -151,12 +161,17 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
         beam_node = torch.where(kept, child[chosen], 0)
         beam_score = torch.where(kept, sorted_score.gather(1, take), NEG_INF)
 
+        if tracker is not None:
+            tracker.update(step, child, cand_user, flat_beam, cand_score, beam_node, kept, new_item, fin_item)
+
         # HF early stopping (early_stopping=False): closed once full and the best live beam, scored
         # at the current length, is no better than the worst result. Sticky, as in HF.
         best_live = beam_score[:, 0] / float(step + 1) ** length_penalty
         full = (fin_item >= 0).all(dim=1)
         accepting &= ~(full & (best_live <= fin_score[:, -1]))
         if not bool((kept.any(dim=1) & accepting).any()) or step + 1 == trie.max_length:
+            if tracker is not None:
+                tracker.stop(step)
             break
 
         # One forward for every (user, beam) row; cache rows follow their source beams.
@@ -172,4 +187,47 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
         cache = out.past_key_values
         log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).view(n, B, -1)
 
-    return fin_item, fin_score
+    if tracker is None:
+        return fin_item, fin_score
+    return fin_item, fin_score, tracker.drop_step, tracker.violated
+
+
+class _TargetTracker:
+    """Follows each user's target item through the search: when it leaves the beam, and why."""
+
+    def __init__(self, trie: ItemTrie, targets: torch.Tensor, B: int):
+        n, dev = targets.shape[0], targets.device
+        self.targets, self.B = targets, B
+        self.path = trie.paths[targets]  # [n, max_len] node after each target token
+        self.alive = torch.ones(n, dtype=torch.bool, device=dev)  # target prefix among the live beams
+        self.finished = torch.zeros(n, dtype=torch.bool, device=dev)  # target among the results
+        self.drop_step = torch.full((n,), -1, dtype=torch.long, device=dev)
+        self.violated = torch.zeros(n, dtype=torch.bool, device=dev)
+
+    def update(self, step, child, cand_user, flat_beam, cand_score, beam_node, kept, new_item, fin_item):
+        n = self.targets.shape[0]
+        target_node = self.path[:, step] if step < self.path.shape[1] else torch.full_like(self.targets, -1)
+        is_target = child == target_node[cand_user]
+        users = cand_user[is_target]
+        target_beam = torch.full((n,), -1, dtype=torch.long, device=child.device)
+        target_score = torch.full((n,), NEG_INF, device=child.device)
+        target_beam[users] = flat_beam[is_target]
+        target_score[users] = cand_score[is_target]
+        # Siblings (children of the same beam) that beat the target's token: B or more is a violation.
+        better = (flat_beam == target_beam[cand_user]) & (cand_score > target_score[cand_user])
+        sibling_rank = torch.bincount(cand_user[better], minlength=n)
+        kept_live = ((beam_node == target_node[:, None]) & kept).any(dim=1)
+        kept_done = (new_item == self.targets[:, None]).any(dim=1)
+        lost = self.alive & ~kept_live & ~kept_done
+        self.drop_step[lost] = step + 1
+        self.violated |= lost & (target_beam >= 0) & (sibling_rank >= self.B)
+        self.finished |= self.alive & kept_done
+        self.alive &= kept_live
+        displaced = self.finished & ~(fin_item == self.targets[:, None]).any(dim=1)  # pushed out by better results
+        self.drop_step[displaced] = step + 1
+        self.finished &= ~displaced
+
+    def stop(self, step):
+        """The search ended with the target still live (early stopping): it is lost at the next step."""
+        self.drop_step[self.alive] = step + 2
+        self.alive[:] = False
