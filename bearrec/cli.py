@@ -143,15 +143,27 @@ def evaluate(
     split: Annotated[str, typer.Option(help="valid or test")] = "test",
     beam_width: Annotated[int, typer.Option(help="beam width B of constrained beam search (paper: 10)")] = 10,
     max_users: Annotated[Optional[int], typer.Option(help="evaluate a seeded random subsample of the split")] = None,
-    pruning_rate: Annotated[bool, typer.Option("--pruning-rate/--no-pruning-rate", help="also score every catalog item for PR@K")] = True,
+    pruning_rate: Annotated[bool, typer.Option("--pruning-rate/--no-pruning-rate", help="also score every catalog item for PR@K and the pruning attribution")] = True,
+    report: Annotated[bool, typer.Option("--report", help="write eval_<split>_pruning.png: Figure 4-style attribution and the pruning-step histogram")] = False,
     seed: Annotated[int, typer.Option()] = 0,
 ):
-    """NDCG@K and HR@K (K = 5, 10) from constrained beam search, and PR@K from exact catalog scores."""
-    from bearrec.report import rich_table
+    """NDCG@K and HR@K (K = 5, 10) from constrained beam search; PR@K and why positives were pruned, from exact scores."""
+    from bearrec.report import pruning_figure, pruning_table, rich_table
     from bearrec.runs import evaluate_run
 
+    if report and not pruning_rate:
+        raise ValueError("--report needs the exact scores: drop --no-pruning-rate")
     result = evaluate_run(run, data, split, beam_width, max_users, pruning_rate, seed, console=console)
-    out.print(rich_table({run.name: result}, f"{split}: {result['users']} users, B={beam_width}"))
+    title = f"{run.name}, {split}: {result['users']} users, B={beam_width}"
+    out.print(rich_table({run.name: result}, title))
+    if pruning_rate:
+        out.print(pruning_table(result["pruning"]))
+        hist = result["pruning"]["pruning_step_histogram"]
+        out.print("pruning step histogram (all users): " + ", ".join(f"step {k}: {v}" for k, v in hist.items()))
+    if report:
+        path = run / f"eval_{split}_pruning.png"
+        pruning_figure(result["pruning"], path, title)
+        out.print(f"wrote {path}")
 
 
 @app.command()

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bearrec.catalog import ItemTrie
 from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, left_pad
-from bearrec.decoding import constrained_beam_search, score_catalog
+from bearrec.decoding import attribute_pruning, constrained_beam_search, score_catalog
 from bearrec.metrics import ranking_metrics
 from bearrec.train import encode_split
 
@@ -31,7 +31,12 @@ def evaluate(
     length_penalty: float = 0.0,
     console=None,
 ) -> dict:
-    """Metrics of ``model`` on ``split``: NDCG@K and HR@K from beam search, PR@K from exact scores."""
+    """Metrics of ``model`` on ``split``: NDCG@K and HR@K from beam search, PR@K from exact scores.
+
+    With ``pruning_rate`` (the default) the result also holds the pruning attribution (``"pruning"``:
+    paper Figure 4 shares and the histogram of pruning steps) and, under ``"per_user"``, one
+    :class:`~bearrec.decoding.PruningReport` row per user.
+    """
     if max(ks) > beam_width:
         raise ValueError(f"K={max(ks)} exceeds the beam width {beam_width}: beam search returns only B items")
     prompts, target_list = encode_split(dataset, split, encoder, max_users, seed)
@@ -46,7 +51,7 @@ def evaluate(
         start = time.perf_counter()
         beams = constrained_beam_search(
             model, input_ids, attention_mask, trie, beam_width=beam_width, batch_size=batch_size,
-            length_penalty=length_penalty, progress=lambda k: progress.advance(task, k),
+            length_penalty=length_penalty, targets=targets, progress=lambda k: progress.advance(task, k),
         )
         beam_seconds = time.perf_counter() - start
         item_scores = None
@@ -58,10 +63,11 @@ def evaluate(
                 progress=lambda k: progress.advance(task, k),
             )
             score_seconds = time.perf_counter() - start
-    result = ranking_metrics(beams.item_ids, targets, item_scores, ks)
-    info = {"split": split, "users": len(prompts), "of_users": len(dataset.splits[split]), "beam_width": beam_width,
-            "beam_search_seconds": beam_seconds}
+    result = {"metrics": ranking_metrics(beams.item_ids, targets, item_scores, ks), "split": split,
+              "users": len(prompts), "of_users": len(dataset.splits[split]), "beam_width": beam_width,
+              "beam_search_seconds": beam_seconds}
     if pruning_rate:
-        info["exact_scoring_seconds"] = score_seconds
-    return {"metrics": result, **info}
+        report = attribute_pruning(beams, item_scores, targets, ks)
+        result.update(exact_scoring_seconds=score_seconds, pruning=report.summary, per_user=report.per_user)
+    return result
 

@@ -60,3 +60,27 @@ def ranking_metrics(
         for k in ks:
             metrics[f"PR@{k}"] = pruning_rate_at_k(full, rank, k)
     return metrics
+
+
+def pruning_summary(
+    exact_rank: torch.Tensor, retrieved_rank_: torch.Tensor, drop_step: torch.Tensor, violated: torch.Tensor, ks=(5, 10)
+) -> dict:
+    """Figure 4 of the paper: for positives in the top K by exact probability, how many beam search pruned,
+    and which share of those prunings violated the token-level necessary condition (eq. 3.2).
+
+    Also a histogram of the decoding step at which pruned positives (any rank) left the beam.
+    """
+    summary: dict = {}
+    for k in ks:
+        eligible = exact_rank <= k
+        pruned = eligible & (retrieved_rank_ == 0)
+        n_pruned = int(pruned.sum())
+        summary[f"PR@{k}"] = pruning_rate_at_k(exact_rank, retrieved_rank_, k)
+        summary[f"top{k}_positives"] = int(eligible.sum())
+        summary[f"pruned@{k}"] = n_pruned
+        summary[f"violation_share@{k}"] = float(violated[pruned].float().mean()) if n_pruned else math.nan
+    steps = drop_step[drop_step > 0]
+    summary["pruning_step_histogram"] = {int(s): int((steps == s).sum()) for s in steps.unique().tolist()}
+    summary["pruned_all_ranks"] = int(steps.numel())
+    summary["violation_share_all_ranks"] = float(violated[drop_step > 0].float().mean()) if steps.numel() else math.nan
+    return summary

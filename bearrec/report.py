@@ -62,8 +62,57 @@ def bar_chart(runs: dict[str, dict], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend()
     ax.spines[["top", "right"]].set_visible(False)
+    _save(fig, path)
+
+
+def pruning_table(summary: dict, ks=(5, 10)) -> Table:
+    """Paper Figure 4 as a table: pruned top-K positives and the share caused by necessary-condition violations."""
+    table = Table(title="Pruning attribution (positives in the top K by exact probability)")
+    for col in ("K", "top-K positives", "pruned by beam search", "PR@K", "of which violations (eq. 3.2)"):
+        table.add_column(col, justify="right")
+    for k in ks:
+        table.add_row(str(k), str(summary[f"top{k}_positives"]), str(summary[f"pruned@{k}"]), _fmt(summary[f"PR@{k}"]),
+                      _fmt(summary[f"violation_share@{k}"], 3))
+    return table
+
+
+def pruning_figure(summary: dict, path: Path, title: str, ks=(5, 10)) -> None:
+    """Left: Figure 4-style bars (pruned top-K positives, violation vs other); right: pruning-step histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    labels = [f"K={k}" for k in ks]
+    kept = [summary[f"top{k}_positives"] - summary[f"pruned@{k}"] for k in ks]
+    violation = [round(summary[f"pruned@{k}"] * _zero_if_nan(summary[f"violation_share@{k}"])) for k in ks]
+    other = [summary[f"pruned@{k}"] - v for k, v in zip(ks, violation)]
+    left.bar(labels, kept, color="#4c78a8", label="retrieved")
+    left.bar(labels, violation, bottom=kept, color="#e45756", label="pruned: token outside top-B (eq. 3.2)")
+    left.bar(labels, other, bottom=[a + b for a, b in zip(kept, violation)], color="#9d9d9d", label="pruned: prefix-level")
+    left.set_ylabel("positives in the top K by exact probability")
+    left.legend(fontsize=8)
+    hist = summary["pruning_step_histogram"]
+    right.bar([int(s) for s in hist], list(hist.values()), color="#e45756")
+    right.set_xlabel("decoding step at which the positive was pruned")
+    right.set_ylabel("users (all ranks)")
+    for ax in (left, right):
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    """Write a figure atomically (matplotlib picks the format from the suffix, hence .tmp.png)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")  # matplotlib picks the format from the suffix
+    tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     tmp.replace(path)
+
+
+def _zero_if_nan(value: float) -> float:
+    return 0.0 if math.isnan(value) else value

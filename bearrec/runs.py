@@ -100,5 +100,9 @@ def evaluate_run(run_dir, dataset_dir=None, split: str = "test", beam_width: int
     trie = build_trie(tokenizer, dataset.titles)
     result = evaluate(model, tokenizer, dataset, encoder, trie, split=split, beam_width=beam_width,
                       max_users=max_users, seed=seed, pruning_rate=pruning_rate, console=console)
+    per_user = result.pop("per_user", None)
+    if per_user is not None:  # item ids instead of catalog indices, for people reading the file
+        per_user.insert(0, "target_item_id", dataset.items["item_id"].to_numpy()[per_user.pop("target").to_numpy()])
+        per_user.to_csv(Path(run_dir) / f"eval_{split}_users.csv", index=False)
     write_json(Path(run_dir) / f"eval_{split}.json", result)
     return result
