@@ -11,7 +11,7 @@ import torch
 
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 from bearrec.models import TINY
-from bearrec.report import bar_chart, markdown_table
+from bearrec.report import bar_chart, markdown_table, pruning_markdown
 from bearrec.runs import evaluate_run, train_run
 from bearrec.io import write_json, write_text
 from bearrec.train import TrainConfig
@@ -64,7 +64,9 @@ def run_quickstart(out_dir: str | Path, config: QuickstartConfig | None = None, 
         "total_seconds": time.perf_counter() - started,
     }
     write_json(out / "results.json", results)
-    md = f"# {title}\n\n{markdown_table(runs)}\nPR@K: share of top-K positives (by exact probability) that beam search pruned; lower is better.\n"
+    md = (f"# {title}\n\n{markdown_table(runs)}\n"
+          "PR@K: share of top-K positives (by exact probability) that beam search pruned; lower is better.\n\n"
+          f"## Pruning attribution (paper Figure 4)\n\n{pruning_markdown(runs)}")
     write_text(out / "results.md", md)
     bar_chart(runs, out / "results.png", title)
     if console:

@@ -42,6 +42,17 @@ def markdown_table(runs: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pruning_markdown(runs: dict[str, dict], ks=(5, 10)) -> str:
+    """Paper Figure 4 in numbers: top-K positives, how many beam search pruned, and the violation share."""
+    lines = ["| objective | K | top-K positives | pruned | PR@K | of which eq. 3.2 violations |", "|---|---:|---:|---:|---:|---:|"]
+    for name, r in runs.items():
+        summary = r.get("pruning")
+        if summary:
+            lines += [f"| {name} | {k} | {summary[f'top{k}_positives']} | {summary[f'pruned@{k}']} | "
+                      f"{_fmt(summary[f'PR@{k}'])} | {_fmt(summary[f'violation_share@{k}'], 3)} |" for k in ks]
+    return "\n".join(lines) + "\n"
+
+
 def bar_chart(runs: dict[str, dict], path: Path, title: str) -> None:
     """Grouped bars: one group per metric, one bar per objective (PR@K: lower is better)."""
     import matplotlib
