@@ -126,3 +126,39 @@ def test_pruning_attribution_matches_simulation(case, beam_width):
         assert (drop_step == -1) == (t in [i for i, _ in results])
         kinds.add((drop_step > 0, violated))
     assert kinds == {(False, False), (True, True), (True, False)}  # returned, violation, prefix-level loss
+
+
+def test_peft_wrapped_model_matches_simulation():
+    from bearrec.models import LoraSettings, add_lora
+
+    model = add_lora(random_model("llama", VOCAB, seed=12), LoraSettings(rank=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # non-zero adapters, so the wrapped model really differs from its base
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    model.eval()
+    items = random_catalog(30, VOCAB, seed=13)
+    trie = ItemTrie.from_sequences(items, EOS)
+    prompts = _prompts(4, seed=14)
+    ids, mask = left_pad(prompts, PAD)
+    result = constrained_beam_search(model, ids, mask, trie, beam_width=4)
+    exact = score_catalog(model, ids, mask, trie)
+    for n, prompt in enumerate(prompts):
+        scores = prefix_scores(model, prompt, items)
+        assert torch.allclose(exact[n], torch.tensor([scores[tuple(s)] for s in items]), atol=1e-4)
+        if _tie_free(scores):
+            expected = [i for i, _ in simulate_beam_search(scores, items, 4)]
+            assert result.item_ids[n].tolist()[: len(expected)] == expected
+
+
+def test_bfloat16_model_decodes_valid_items():
+    model = random_model("llama", VOCAB, seed=15).to(torch.bfloat16)
+    items = random_catalog(30, VOCAB, seed=16)
+    trie = ItemTrie.from_sequences(items, EOS)
+    ids, mask = left_pad(_prompts(3, seed=17), PAD)
+    result = constrained_beam_search(model, ids, mask, trie, beam_width=5)
+    exact = score_catalog(model, ids, mask, trie)
+    assert ((result.item_ids >= 0) & (result.item_ids < len(items))).all()
+    assert all(len(set(row.tolist())) == 5 for row in result.item_ids)
+    # scores are fp32 sums of bf16-model log-probs: close to the exact scores of the same items
+    assert torch.allclose(exact.gather(1, result.item_ids), result.scores, atol=0.1)

@@ -1,0 +1,158 @@
+"""Decoding benchmark: our constrained beam search vs Hugging Face generate, in one run, same inputs.
+
+Measures, for one model, one set of prompts and B:
+* users per second of ``constrained_beam_search`` and of ``model.generate(num_beams=B,
+  prefix_allowed_tokens_fn=trie walk, length_penalty=0.0)``, and whether their item lists and scores agree;
+* the decoding overhead: our time divided by the time of the bare forwards beam search cannot avoid
+  (one prefill, then one forward of B rows per user per decoding step, KV cache growing);
+* exact scoring of the whole catalog (``score_catalog``) against beam search.
+
+Usage (CPU, the quickstart's synthetic catalog and tiny model trained for one epoch):
+    python benchmarks/bench_decoding.py --users 256
+With a trained run folder and its dataset (for example the office data):
+    python benchmarks/bench_decoding.py --run runs/office-sft --users 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+from bearrec.catalog import build_trie
+from bearrec.data.prompts import PromptEncoder, PromptTemplate, left_pad
+from bearrec.data.synthetic import generate_synthetic
+from bearrec.decoding import constrained_beam_search, position_ids_from_mask, score_catalog
+from bearrec.runs import load_run, new_model
+from bearrec.train import TrainConfig, encode_split, train_model
+
+
+def timed(fn, repeat: int = 1):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+@torch.no_grad()
+def bare_forwards(model, ids, mask, steps: int, B: int, batch_size: int) -> None:
+    """The forwards any beam search needs: prefill, then ``steps`` single-token forwards of B rows per user."""
+    for start in range(0, ids.shape[0], batch_size):
+        i, m = ids[start : start + batch_size], mask[start : start + batch_size]
+        out = model(input_ids=i, attention_mask=m, position_ids=position_ids_from_mask(m), use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        cache.reorder_cache(torch.arange(i.shape[0], device=i.device).repeat_interleave(B))
+        attention = m.repeat_interleave(B, 0)
+        positions = m.sum(-1).repeat_interleave(B)[:, None]
+        token = torch.zeros(i.shape[0] * B, 1, dtype=torch.long, device=i.device)
+        for step in range(steps):
+            attention = torch.cat([attention, attention.new_ones(attention.shape[0], 1)], 1)
+            out = model(input_ids=token, attention_mask=attention, position_ids=positions + step,
+                        past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            torch.log_softmax(out.logits[:, -1].float(), -1)
+
+
+@torch.no_grad()
+def hf_generate(model, ids, mask, trie, B: int, batch_size: int, pad_id: int):
+    """Items and scores from Hugging Face beam search with the trie as prefix_allowed_tokens_fn."""
+    width = ids.shape[1]
+    eos = trie.eos_token_id
+
+    def allowed(batch_id, sent):
+        return trie.allowed_tokens(sent[width:].tolist()) or [eos]
+
+    items, scores = [], []
+    for start in range(0, ids.shape[0], batch_size):
+        out = model.generate(input_ids=ids[start : start + batch_size], attention_mask=mask[start : start + batch_size],
+                             num_beams=B, num_return_sequences=B, prefix_allowed_tokens_fn=allowed,
+                             length_penalty=0.0, do_sample=False, max_new_tokens=trie.max_length, eos_token_id=eos,
+                             pad_token_id=pad_id, output_scores=True, return_dict_in_generate=True)
+        for seq in out.sequences[:, width:].tolist():
+            seq = seq[: seq.index(eos) + 1] if eos in seq else seq
+            node = trie.node_of(seq)
+            items.append(int(trie.node_item[node]) if node >= 0 else -1)
+        scores.append(out.sequences_scores.float().cpu())
+    return torch.tensor(items).view(-1, B), torch.cat(scores).view(-1, B)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, help="trained run folder (default: tiny model on synthetic data, 1 epoch)")
+    parser.add_argument("--users", type=int, default=256)
+    parser.add_argument("--beam-width", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--skip-hf", action="store_true", help="do not run Hugging Face generate")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    transformers.logging.disable_progress_bar()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    if args.run:
+        model, tokenizer, dataset, meta = load_run(args.run)
+        max_prompt = meta["train"]["max_prompt_tokens"]
+    else:
+        dataset = generate_synthetic()
+        model, tokenizer = new_model("tiny", dataset, PromptTemplate(dataset.domain))
+        max_prompt = 1024
+        encoder = PromptEncoder(tokenizer, dataset.titles, PromptTemplate(dataset.domain), max_prompt)
+        train_model(model, tokenizer, dataset, encoder, TrainConfig(epochs=1))
+    model.to(device, dtype=getattr(torch, args.dtype)).eval()
+    encoder = PromptEncoder(tokenizer, dataset.titles, PromptTemplate(dataset.domain), max_prompt)
+    trie = build_trie(tokenizer, dataset.titles)
+    prompts, _ = encode_split(dataset, "test", encoder, args.users, seed=0)
+    ids, mask = (t.to(device) for t in left_pad(prompts, tokenizer.pad_token_id))
+    B, bs = args.beam_width, args.batch_size
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def run(fn):
+        def wrapped():
+            out = fn()
+            sync()
+            return out
+        return timed(wrapped, repeat=2)
+
+    ours_s, ours = run(lambda: constrained_beam_search(model, ids, mask, trie, beam_width=B, batch_size=bs))
+    steps = trie.max_length
+    bare_s, _ = run(lambda: bare_forwards(model, ids, mask, steps, B, bs))
+    exact_s, exact = run(lambda: score_catalog(model, ids, mask, trie))
+    n = ids.shape[0]
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                   + (torch.cuda.get_device_name() if device.type == "cuda" else "CPU"),
+        "model_parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": args.dtype, "users": n, "beam_width": B, "batch_size": bs, "catalog_items": trie.num_items,
+        "trie_nodes": trie.num_nodes, "max_title_tokens": steps, "mean_prompt_tokens": float(mask.sum(1).float().mean()),
+        "ours_users_per_s": n / ours_s,
+        "bare_forwards_users_per_s": n / bare_s,
+        "decoding_overhead": ours_s / bare_s,
+        "exact_scoring_users_per_s": n / exact_s,
+        "exact_scoring_vs_beam_time": exact_s / ours_s,
+        "beam_scores_equal_exact_scores": float((exact.gather(1, ours.item_ids.clamp(min=0)) - ours.scores)
+                                                .masked_fill(ours.item_ids < 0, 0).abs().max()),
+    }
+    if not args.skip_hf:
+        hf_s, (hf_items, hf_scores) = timed(lambda: hf_generate(model, ids, mask, trie, B, bs, tokenizer.pad_token_id))
+        same = (hf_items == ours.item_ids).all(dim=1)
+        result.update({
+            "hf_users_per_s": n / hf_s,
+            "speedup_vs_hf": hf_s / ours_s,
+            "identical_item_lists": f"{int(same.sum())}/{n}",
+            "max_score_difference_on_identical_lists": float((hf_scores[same] - ours.scores[same]).abs().max()) if same.any() else None,
+        })
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
