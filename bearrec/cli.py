@@ -32,6 +32,7 @@ class Format(str, Enum):
 class Objective(str, Enum):
     sft = "sft"
     bear = "bear"
+    beam_sim = "beam-sim"
 
 
 class Surrogate(str, Enum):
@@ -48,7 +49,7 @@ def _cli_errors(func):
 
         try:
             return func(*args, **kwargs)
-        except (DataError, FileNotFoundError, ValueError, KeyError) as err:
+        except (DataError, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
@@ -98,41 +99,52 @@ def prepare(
 @app.command()
 @_cli_errors
 def train(
-    data: Annotated[Path, typer.Argument(help="dataset folder from `bearrec prepare`")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="run folder to write")] = Path("runs/run"),
-    objective: Annotated[Objective, typer.Option(help="sft: cross-entropy (eq. 2.1); bear: SFT + beam-search-aware regulariser (eq. 3.5)")] = Objective.sft,
-    model: Annotated[str, typer.Option(help="'tiny' (built from a config, tokenizer trained on the data) or a Hugging Face model folder / hub name")] = "tiny",
-    epochs: Annotated[int, typer.Option(help="training epochs (the paper: 10)")] = 3,
+    data: Annotated[Optional[Path], typer.Argument(help="dataset folder from `bearrec prepare` [default: 'data' of --config]")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="experiment YAML (see configs/); flags and --set override it")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override any config field: section.field=value, e.g. train.grad_accum_steps=4")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="run folder")] = Path("runs/run"),
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last complete checkpoint (its saved config is used)")] = False,
+    objective: Annotated[Optional[Objective], typer.Option(help="sft: cross-entropy (eq. 2.1); bear: SFT + beam-search-aware regulariser (eq. 3.5); beam-sim: beam search simulated in training (eq. 3.1) [default: sft]")] = None,
+    model: Annotated[Optional[str], typer.Option(help="'tiny' (built from a config, tokenizer trained on the data) or a Hugging Face model folder / hub name [default: tiny]")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="training epochs (the paper: 10) [default: 3]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="learning rate [default: 1e-3 for tiny, 1e-4 with LoRA as in the paper]")] = None,
-    batch_size: Annotated[int, typer.Option(help="examples per optimiser step")] = 32,
-    beam_width: Annotated[int, typer.Option(help="B of the regulariser; match the decoding beam width (paper: 10)")] = 10,
-    weight: Annotated[float, typer.Option(help="BEAR lambda, regulariser strength (paper range 0.1-5)")] = 1.0,
-    temperature: Annotated[float, typer.Option(help="BEAR xi, sigmoid temperature (paper range 0.25-3)")] = 1.0,
-    surrogate: Annotated[Surrogate, typer.Option(help="paper: log sigmoid (eq. 3.4); softplus: penalise violated tokens")] = Surrogate.paper,
+    batch_size: Annotated[Optional[int], typer.Option(help="examples per device and step [default: 32]")] = None,
+    beam_width: Annotated[Optional[int], typer.Option(help="B of the objective; match the decoding beam width (paper: 10)")] = None,
+    weight: Annotated[Optional[float], typer.Option(help="lambda, regulariser strength (paper range 0.1-5) [default: 1]")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="xi, sigmoid temperature (paper range 0.25-3) [default: 1]")] = None,
+    surrogate: Annotated[Optional[Surrogate], typer.Option(help="paper: log sigmoid (eq. 3.4); softplus: only violated tokens pay")] = None,
     lora: Annotated[Optional[bool], typer.Option("--lora/--full", help="LoRA adapters or full fine-tuning [default: full for tiny, LoRA otherwise]")] = None,
-    lora_rank: Annotated[int, typer.Option(help="LoRA rank (paper: 8)")] = 8,
-    seed: Annotated[int, typer.Option()] = 0,
+    lora_rank: Annotated[Optional[int], typer.Option(help="LoRA rank (paper: 8)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="[default: 0]")] = None,
     max_train_examples: Annotated[Optional[int], typer.Option(help="train on a seeded random subsample")] = None,
-    max_prompt_tokens: Annotated[int, typer.Option(help="longer prompts drop their oldest history items")] = 1024,
+    max_prompt_tokens: Annotated[Optional[int], typer.Option(help="longer prompts drop their oldest history items [default: 1024]")] = None,
 ):
-    """Fine-tune a model on the train split with SFT or BEAR and save it to a run folder."""
-    from bearrec.data.dataset import RecDataset
-    from bearrec.models import TINY, LoraSettings
-    from bearrec.runs import train_run
-    from bearrec.train import TrainConfig
+    """Fine-tune a model with SFT, BEAR or beam-sim through the Hugging Face Trainer; keeps the best validation NDCG@10.
 
-    dataset = RecDataset.load(data)
-    use_lora = (model != TINY) if lora is None else lora
-    if use_lora and model == TINY:
-        raise ValueError("--lora needs a pretrained model; the tiny model is trained from scratch (--full)")
-    config = TrainConfig(objective=objective.value, epochs=epochs, lr=lr if lr is not None else (1e-4 if use_lora else 1e-3),
-                         batch_size=batch_size, beam_width=beam_width, weight=weight, temperature=temperature,
-                         surrogate=surrogate.value, seed=seed, max_train_examples=max_train_examples,
-                         max_prompt_tokens=max_prompt_tokens)
-    log = train_run(dataset, data, out_dir, model, config, LoraSettings(rank=lora_rank) if use_lora else None, console=console)
+    Several GPUs: `accelerate launch -m bearrec.cli train ...` or `torchrun --nproc-per-node N -m bearrec.cli train ...`.
+    """
+    from bearrec.config import load_config
+    from bearrec.runs import train_run
+
+    if resume:
+        cfg = None
+    else:
+        section = "beam_sim" if objective is Objective.beam_sim else "bear"
+        flags = {
+            "data": str(data) if data else None, "model": model, "lora": lora, "lora_settings.rank": lora_rank,
+            "train.objective": objective.value if objective else None, "train.epochs": epochs, "train.lr": lr,
+            "train.batch_size": batch_size, "train.seed": seed, "train.max_train_examples": max_train_examples,
+            "train.max_prompt_tokens": max_prompt_tokens, f"{section}.beam_width": beam_width,
+            f"{section}.weight": weight, f"{section}.temperature": temperature,
+            f"{section}.surrogate": surrogate.value if surrogate else None,
+        }
+        sets = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(overrides or [])
+        cfg = load_config(config, sets)
+    log = train_run(cfg, out_dir, resume=resume, console=console)
     if log["truncated_prompts"]:
-        console.print(f"[yellow]warning:[/yellow] {log['truncated_prompts']} prompts exceeded {max_prompt_tokens} tokens and lost their oldest items")
-    out.print(f"wrote {out_dir} ({log['seconds_per_epoch']:.1f} s/epoch, final loss {log['epochs'][-1]['loss']:.4f})")
+        console.print(f"[yellow]warning:[/yellow] {log['truncated_prompts']} prompts exceeded the token limit and lost their oldest items")
+    best = log.get("best_valid_ndcg10")
+    out.print(f"wrote {out_dir} ({log['seconds_per_epoch']:.1f} s/epoch" + (f", best valid NDCG@10 {best:.4f}" if best is not None else "") + ")")
 
 
 @app.command()
@@ -183,7 +195,7 @@ def recommend(
 
     if top_k > beam_width:
         raise ValueError(f"--top-k {top_k} exceeds --beam-width {beam_width}")
-    model, tokenizer, dataset, meta = load_run(run, data)
+    model, tokenizer, dataset, config = load_run(run, data)
     by_title = {t: i for i, t in enumerate(dataset.titles)}
     indices = []
     for pos, entry in enumerate(history, 1):
@@ -194,7 +206,7 @@ def recommend(
                 indices.append(dataset.item_index(entry))
             except KeyError:
                 raise ValueError(f"history item {pos} ({entry!r}): neither an item id nor a title of the catalog") from None
-    encoder = PromptEncoder(tokenizer, dataset.titles, PromptTemplate(dataset.domain), meta["train"]["max_prompt_tokens"])
+    encoder = PromptEncoder(tokenizer, dataset.titles, PromptTemplate(dataset.domain), config.train.max_prompt_tokens)
     ids, mask = left_pad(encoder.prompts([indices]), tokenizer.pad_token_id)
     result = constrained_beam_search(model, ids, mask, build_trie(tokenizer, dataset.titles), beam_width=beam_width)
     for rank, (item, score) in enumerate(zip(result.item_ids[0].tolist()[:top_k], result.scores[0].tolist()), 1):

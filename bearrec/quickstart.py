@@ -14,7 +14,8 @@ from bearrec.models import TINY
 from bearrec.report import bar_chart, markdown_table, pruning_markdown
 from bearrec.runs import evaluate_run, train_run
 from bearrec.io import write_json, write_text
-from bearrec.train import TrainConfig
+from bearrec.config import ExperimentConfig, TrainConfig
+from bearrec.objectives.configs import BEARConfig
 
 
 @dataclass
@@ -24,7 +25,7 @@ class QuickstartConfig:
     users: int = 800  # synthetic users (each gives one test example)
     epochs: int = 3
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float | None = None  # None: 1e-3 for the tiny model, 1e-4 with LoRA
     beam_width: int = 10
     weight: float = 1.0  # BEAR lambda
     temperature: float = 1.0  # BEAR xi
@@ -45,10 +46,14 @@ def run_quickstart(out_dir: str | Path, config: QuickstartConfig | None = None, 
 
     runs: dict[str, dict] = {}
     for objective in ("sft", "bear"):
-        train_cfg = TrainConfig(objective=objective, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                                seed=cfg.seed, beam_width=cfg.beam_width, weight=cfg.weight,
-                                temperature=cfg.temperature, surrogate=cfg.surrogate)
-        log = train_run(dataset, data_dir, out / objective, cfg.model, train_cfg, console=console)
+        config = ExperimentConfig(
+            data=str(data_dir), model=cfg.model,
+            train=TrainConfig(objective=objective, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
+                              valid_beam_width=cfg.beam_width),
+            bear=BEARConfig(beam_width=cfg.beam_width, weight=cfg.weight, temperature=cfg.temperature,
+                            surrogate=cfg.surrogate),
+        )
+        log = train_run(config, out / objective, overwrite=True, dataset=dataset, console=console)
         result = evaluate_run(out / objective, split="test", beam_width=cfg.beam_width, max_users=cfg.eval_users,
                               seed=cfg.seed, console=console)
         runs[objective] = {**result, "seconds_per_epoch": log["seconds_per_epoch"], "train_log": log["epochs"]}

@@ -1,30 +1,39 @@
-"""Run folders: what a training run leaves on disk, and how evaluation and `recommend` find it again.
+"""Run folders: what a training run leaves on disk, how it resumes, and how evaluation finds it again.
 
-A run folder holds ``model/`` (weights or LoRA adapters, plus the tokenizer, in safetensors),
-``run.json`` (model name, dataset folder, prompt domain, resolved configs) and ``train_log.json``.
-It is written to a temporary sibling and renamed when training ends, so a failed run leaves nothing.
+A run folder holds:
+
+* ``config.yaml``: the resolved :class:`~bearrec.config.ExperimentConfig`; ``run.json``: dataset folder,
+  prompt domain, model name;
+* ``tokenizer/``: saved before training starts (the tiny model's tokenizer is trained on the data, and a
+  resumed run must reuse it);
+* ``checkpoints/checkpoint-<step>/``: the Trainer's checkpoints (weights or LoRA adapters in
+  safetensors, optimizer, scheduler, RNG state), and their TensorBoard logs under ``checkpoints/runs/``;
+* ``model/``: the final (best-validation) model and tokenizer, written atomically at the end;
+  ``train_log.json``: per-epoch seconds and validation metrics.
+
+A checkpoint counts only once its ``trainer_state.json`` (written last) parses: a run killed while
+saving resumes from the previous checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+import re
+import shutil
+import warnings
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 from bearrec.catalog import build_trie
+from bearrec.config import ExperimentConfig, load_config
 from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, PromptTemplate
 from bearrec.evaluate import evaluate
 from bearrec.io import atomic_folder, write_json
-from bearrec.models import TINY, LoraSettings, TinyConfig, count_parameters, load_model, save_model, tiny_model_for
-from bearrec.train import TrainConfig, train_model
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from bearrec.models import TINY, add_lora, build_tiny_model, count_parameters, load_model, save_model, tiny_model_for
 
 
 def tokenizer_corpus(dataset: RecDataset, template: PromptTemplate) -> list[str]:
@@ -32,71 +41,96 @@ def tokenizer_corpus(dataset: RecDataset, template: PromptTemplate) -> list[str]
     return dataset.titles + [template.render(dataset.titles[:3])] * 50
 
 
-def new_model(model_name: str, dataset: RecDataset, template: PromptTemplate, seed: int = 0,
-              lora: LoraSettings | None = None, tiny: TinyConfig | None = None):
-    """(model, tokenizer) to fine-tune: the tiny default built for ``dataset``, or a pretrained LM."""
-    if model_name == TINY:
-        return tiny_model_for(tokenizer_corpus(dataset, template), tiny, seed)
-    return load_model(model_name, lora=lora)
+def new_model(config: ExperimentConfig, dataset: RecDataset, tokenizer=None):
+    """(model, tokenizer) to fine-tune: the tiny default built for ``dataset``, or a pretrained LM (+ LoRA)."""
+    if config.model == TINY:
+        if tokenizer is not None:
+            return build_tiny_model(tokenizer, config.tiny, config.train.seed), tokenizer
+        return tiny_model_for(tokenizer_corpus(dataset, PromptTemplate(dataset.domain)), config.tiny, config.train.seed)
+    model, loaded_tokenizer = load_model(config.model)
+    if config.use_lora:
+        model = add_lora(model, config.lora_settings)
+    return model, tokenizer or loaded_tokenizer
 
 
-def train_run(
-    dataset: RecDataset,
-    dataset_dir: str | os.PathLike | None,
-    out_dir: str | os.PathLike,
-    model_name: str = TINY,
-    config: TrainConfig | None = None,
-    lora: LoraSettings | None = None,
-    tiny: TinyConfig | None = None,
-    console=None,
-) -> dict:
-    """Train one model and write its run folder atomically; returns the training log."""
-    config = config or TrainConfig()
+def last_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest complete checkpoint; incomplete ones (killed mid-save) are removed with a warning."""
+    if not checkpoint_dir.is_dir():
+        return None
+    found = []
+    for path in checkpoint_dir.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if not match:
+            continue
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            found.append((int(match.group(1)), path))
+        except (OSError, ValueError):
+            warnings.warn(f"{path}: incomplete checkpoint (interrupted while saving), removed")
+            shutil.rmtree(path, ignore_errors=True)
+    return str(max(found)[1]) if found else None
+
+
+def train_run(config: ExperimentConfig, out_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False,
+              dataset: RecDataset | None = None, console=None) -> dict:
+    """Train one model into the run folder ``out_dir``; with ``resume``, continue from its last checkpoint."""
     out_dir = Path(out_dir)
-    template = PromptTemplate(dataset.domain)
-    model, tokenizer = new_model(model_name, dataset, template, config.seed, lora, tiny)
-    model.to(default_device())
-    encoder = PromptEncoder(tokenizer, dataset.titles, template, config.max_prompt_tokens)
-    build_trie(tokenizer, dataset.titles)  # fail before training if titles collide under this tokenizer
-    log = train_model(model, tokenizer, dataset, encoder, config, console=console)
-    log["parameters"] = count_parameters(model)
+    checkpoint = None
+    if resume:
+        if not (out_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"{out_dir}: no run to resume (no config.yaml)")
+        config = load_config(out_dir / "config.yaml")
+        checkpoint = last_checkpoint(out_dir / "checkpoints")
+        if console:
+            console.print(f"resuming {out_dir} from {checkpoint or 'the start (no complete checkpoint yet)'}")
+    elif (out_dir / "config.yaml").is_file() and not overwrite:
+        raise FileExistsError(f"{out_dir}: already holds a run; pass --resume to continue it, or choose another --out")
+    config.validate()
+    if not config.data:
+        raise ValueError("no dataset: pass DATA or set 'data' in the config")
+    dataset = dataset or RecDataset.load(config.data)
+    saved_tokenizer = AutoTokenizer.from_pretrained(out_dir / "tokenizer") if resume and (out_dir / "tokenizer").is_dir() else None
+    model, tokenizer = new_model(config, dataset, saved_tokenizer)
+    trie = build_trie(tokenizer, dataset.titles)  # fails before anything is written if titles collide
+    encoder = PromptEncoder(tokenizer, dataset.titles, PromptTemplate(dataset.domain), config.train.max_prompt_tokens)
 
-    with atomic_folder(out_dir) as tmp:
-        save_model(model, tokenizer, tmp / "model")
-        meta = {
-            "model": model_name,
-            "dataset_dir": str(Path(dataset_dir).resolve()) if dataset_dir else None,
-            "domain": dataset.domain,
-            "train": asdict(config),
-            "lora": asdict(lora) if lora else None,
-            "tiny": asdict(tiny or TinyConfig()) if model_name == TINY else None,
-        }
-        write_json(tmp / "run.json", meta)
-        write_json(tmp / "train_log.json", log)
+    if not resume:
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True)
+        config.save(out_dir / "config.yaml")
+        with atomic_folder(out_dir / "tokenizer") as tmp:
+            tokenizer.save_pretrained(tmp)
+        write_json(out_dir / "run.json", {"model": config.model, "dataset_dir": str(Path(config.data).resolve()),
+                                          "domain": dataset.domain, "objective": config.train.objective})
+    from bearrec.train import train_model
+
+    log = train_model(model, tokenizer, dataset, encoder, trie, config, out_dir / "checkpoints", checkpoint, console)
+    log["parameters"] = count_parameters(model)
+    save_model(model, tokenizer, out_dir / "model")
+    write_json(out_dir / "train_log.json", log)
     return log
 
 
 def load_run(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike | None = None):
-    """(model, tokenizer, dataset, run metadata) of a finished run; ``dataset_dir`` overrides the recorded one."""
+    """(model, tokenizer, dataset, config) of a finished run; ``dataset_dir`` overrides the recorded one."""
     run_dir = Path(run_dir)
-    if not (run_dir / "run.json").is_file():
-        raise FileNotFoundError(f"{run_dir}: not a bearrec run folder (no run.json); create one with `bearrec train`")
+    if not (run_dir / "run.json").is_file() or not (run_dir / "model").is_dir():
+        raise FileNotFoundError(f"{run_dir}: not a finished bearrec run (no run.json or model/); train one with `bearrec train`")
     meta = json.loads((run_dir / "run.json").read_text())
+    config = load_config(run_dir / "config.yaml")
     data = dataset_dir or meta.get("dataset_dir")
-    if not data:
-        raise ValueError(f"{run_dir}/run.json: field 'dataset_dir' is empty; pass --data")
     dataset = RecDataset.load(data)
     model, tokenizer = load_model(run_dir / "model")
-    model.to(default_device()).eval()
-    return model, tokenizer, dataset, meta
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    return model, tokenizer, dataset, config
 
 
 def evaluate_run(run_dir, dataset_dir=None, split: str = "test", beam_width: int = 10, max_users: int | None = None,
                  pruning_rate: bool = True, seed: int = 0, console=None) -> dict:
-    """Evaluate a run folder on a split; the result is also written to ``eval_<split>.json`` in it."""
-    model, tokenizer, dataset, meta = load_run(run_dir, dataset_dir)
-    template = PromptTemplate(dataset.domain)
-    encoder = PromptEncoder(tokenizer, dataset.titles, template, meta["train"]["max_prompt_tokens"])
+    """Evaluate a run folder on a split; written to ``eval_<split>.json`` (and per user to ``eval_<split>_users.csv``)."""
+    model, tokenizer, dataset, config = load_run(run_dir, dataset_dir)
+    encoder = PromptEncoder(tokenizer, dataset.titles, PromptTemplate(dataset.domain), config.train.max_prompt_tokens)
     trie = build_trie(tokenizer, dataset.titles)
     result = evaluate(model, tokenizer, dataset, encoder, trie, split=split, beam_width=beam_width,
                       max_users=max_users, seed=seed, pruning_rate=pruning_rate, console=console)

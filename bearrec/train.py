@@ -1,59 +1,33 @@
-"""A plain, correct fine-tuning loop: AdamW, a fixed seed, a progress bar, and the model saved at the end.
+"""Fine-tuning through the Hugging Face ``Trainer``: only the loss and the model selection are ours.
 
-Only the loss differs between objectives; it is looked up by name in :data:`LOSSES`. Batches are
-left-padded so that every answer ends at the last position: the model then computes logits for the
-answer positions only (``logits_to_keep``), which is all that SFT and BEAR need.
+The Trainer brings gradient accumulation, bf16, checkpoints with optimizer/scheduler/RNG state
+(``resume_from_checkpoint``), TensorBoard logging, and multi-GPU training under ``accelerate launch``
+or ``torchrun`` (DDP, FSDP or DeepSpeed through their standard configs) with no code of our own.
+
+Batches are left-padded so that every answer (title + EOS) ends at the last position: the model then
+computes logits for the answer positions only (``logits_to_keep``), which is all the objectives need.
+At the end of every epoch the model is evaluated with constrained beam search on a validation
+subsample; the checkpoint with the best NDCG@10 is kept and training stops after ``patience`` epochs
+without improvement.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from transformers import get_scheduler
+from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+from bearrec.catalog import ItemTrie
+from bearrec.config import ExperimentConfig
 from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, left_pad
 from bearrec.decoding.beam_search import position_ids_from_mask
-from bearrec.objectives import IGNORE_INDEX, bear_loss, pruning_margin, sft_loss
+from bearrec.objectives import IGNORE_INDEX, pruning_margin
 
-
-@dataclass
-class TrainConfig:
-    """Training hyperparameters. Paper defaults: B = 10, LoRA lr 1e-4, lambda in [0.1, 5], xi in [0.25, 3]."""
-
-    objective: str = "sft"  # "sft" or "bear"
-    epochs: int = 3
-    lr: float = 1e-3  # 1e-3 suits the tiny model trained from scratch; the paper uses 1e-4 with LoRA
-    batch_size: int = 32
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    grad_clip: float = 1.0
-    seed: int = 0
-    beam_width: int = 10  # B of the BEAR regulariser (match the decoding beam width)
-    weight: float = 1.0  # lambda: strength of the regulariser
-    temperature: float = 1.0  # xi: sigmoid temperature
-    surrogate: str = "paper"  # "paper" (eq. 3.4) or "softplus"
-    max_prompt_tokens: int = 1024
-    max_train_examples: int | None = None
-
-
-def objective_loss(config: TrainConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if config.objective == "sft":
-        return sft_loss(logits, labels)
-    if config.objective == "bear":
-        return bear_loss(
-            logits,
-            labels,
-            beam_width=config.beam_width,
-            temperature=config.temperature,
-            weight=config.weight,
-            surrogate=config.surrogate,
-        )
-    raise ValueError(f"unknown objective {config.objective!r}; choose 'sft' or 'bear'")
+SELECTION_METRIC = "NDCG@10"
 
 
 def encode_split(
@@ -68,22 +42,31 @@ def encode_split(
     return encoder.prompts(histories), targets
 
 
-def collate(examples: list[tuple[list[int], list[int]]], pad_id: int):
-    """Left-padded ``input_ids``, ``attention_mask`` and answer-aligned ``labels [n, A]``.
+class Collator:
+    """Left-padded ``input_ids``/``attention_mask``, answer-aligned ``labels [n, A]``, and, for objectives
+    that simulate beam search, the prompts alone (``prompt_ids``/``prompt_mask``).
 
-    ``labels[:, j]`` is the token at position ``L - A + j``; the logits of the last ``A + 1``
-    positions, minus the final one, predict exactly these tokens.
+    ``labels[:, j]`` is the token at position ``L - A + j``: the logits of the last ``A + 1`` positions,
+    minus the final one, predict exactly these tokens.
     """
-    input_ids, attention_mask = left_pad([p + a for p, a in examples], pad_id)
-    longest = max(len(a) for _, a in examples)
-    labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
-    for row, (_, answer) in enumerate(examples):
-        labels[row, longest - len(answer) :] = torch.tensor(answer)
-    return input_ids, attention_mask, labels
+
+    def __init__(self, pad_id: int, with_prompts: bool = False):
+        self.pad_id, self.with_prompts = pad_id, with_prompts
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = left_pad([e["prompt"] + e["answer"] for e in examples], self.pad_id)
+        longest = max(len(e["answer"]) for e in examples)
+        labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
+        for row, e in enumerate(examples):
+            labels[row, longest - len(e["answer"]) :] = torch.tensor(e["answer"])
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if self.with_prompts:
+            batch["prompt_ids"], batch["prompt_mask"] = left_pad([e["prompt"] for e in examples], self.pad_id)
+        return batch
 
 
 def answer_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, answer_len: int) -> torch.Tensor:
-    """Logits aligned with ``labels`` of :func:`collate`: ``[n, answer_len, V]``."""
+    """Logits aligned with the collator's ``labels``: ``[n, answer_len, V]``."""
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -93,62 +76,176 @@ def answer_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     return out.logits[:, :-1]
 
 
-def train_model(model, tokenizer, dataset: RecDataset, encoder: PromptEncoder, config: TrainConfig, console=None) -> dict:
-    """Fine-tune ``model`` in place on the train split; returns the training log (per-epoch losses and seconds)."""
-    torch.manual_seed(config.seed)
-    prompts, targets = encode_split(dataset, "train", encoder, config.max_train_examples, config.seed)
-    examples = [(p, encoder.answers[t]) for p, t in zip(prompts, targets)]
-    if not examples:
+class RecTrainer(Trainer):
+    """``Trainer`` with our objective as the loss and constrained-beam-search NDCG@10 as the evaluation."""
+
+    loss_is_scaled_for_ga = False  # our loss is a per-batch mean: let the Trainer divide by the accumulation steps
+
+    def __init__(self, *args, objective, trie: ItemTrie, valid: tuple[list, list] | None, beam_width: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objective, self.valid, self.beam_width = objective, valid, beam_width
+        self.trie = trie.to(self.args.device)  # once, not on every decoding call
+        self._reset_parts()
+
+    def _reset_parts(self) -> None:
+        self._parts = {"sft": 0.0, "reg": 0.0, "violated": 0.0, "tokens": 0, "seen": 0, "batches": 0}
+        self._since = time.perf_counter()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        thresholds = None
+        if self.objective.needs_search:
+            from bearrec.objectives.beam_sim import align_thresholds, simulate_thresholds
+
+            raw = simulate_thresholds(model, inputs["prompt_ids"], inputs["prompt_mask"], self.trie,
+                                      beam_width=self.objective.beam_width)
+            thresholds = align_thresholds(raw, labels)
+        logits = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], labels.shape[1])
+        loss, reg = self.objective.loss(logits, labels, thresholds)
+        if model.training:
+            with torch.no_grad():  # what the logs show: SFT and regulariser parts, share of tokens beam search would prune
+                ce, delta, can_prune, _ = pruning_margin(logits.detach(), labels, getattr(self.objective, "beam_width", 10))
+                p = self._parts
+                p["sft"] += float(ce.mean())
+                p["reg"] += float(reg)
+                p["violated"] += float(((delta > 0) & can_prune).float().mean())
+                p["tokens"] += ce.numel()
+                p["seen"] += int(inputs["attention_mask"].sum())
+                p["batches"] += 1
+        return (loss, logits) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        p = self._parts
+        if "loss" in logs and p["batches"]:
+            elapsed = time.perf_counter() - self._since
+            logs.update({"loss_sft": p["sft"] / p["batches"], "loss_regulariser": p["reg"] / p["batches"],
+                         "violated_token_share": p["violated"] / p["batches"], "tokens_per_second": p["seen"] / elapsed})
+            self._reset_parts()
+        super().log(logs, *args, **kwargs)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """NDCG@K and HR@K of constrained beam search on the validation subsample."""
+        from bearrec.decoding import constrained_beam_search
+        from bearrec.metrics import ranking_metrics
+
+        prompts, targets = self.valid
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        ids, mask = left_pad(prompts, self.processing_class.pad_token_id)
+        beams = constrained_beam_search(model, ids, mask, self.trie, beam_width=self.beam_width,
+                                        batch_size=self.args.per_device_eval_batch_size)
+        model.train(was_training)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in ranking_metrics(beams.item_ids, torch.tensor(targets)).items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+class EpochLog(TrainerCallback):
+    """Seconds per epoch (training only, evaluation excluded) and a rich progress bar."""
+
+    def __init__(self, progress=None):
+        self.progress, self.task, self.epochs, self._start = progress, None, [], 0.0
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+        if self.progress is not None:
+            steps = math.ceil(state.max_steps / max(args.num_train_epochs, 1))
+            done = state.global_step % steps if steps else 0
+            self.task = self.progress.add_task(f"epoch {int(state.epoch or 0) + 1}/{int(args.num_train_epochs)}",
+                                               total=steps, completed=done)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None and self.task is not None:
+            self.progress.advance(self.task)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.epochs.append({"epoch": round(state.epoch or 0, 3), "seconds": time.perf_counter() - self._start})
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self.epochs and metrics:
+            self.epochs[-1].update({k.removeprefix("eval_"): v for k, v in metrics.items()})
+            if self.progress is not None:
+                shown = ", ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in metrics.items() if k != "epoch")
+                self.progress.console.print(f"epoch {self.epochs[-1]['epoch']:g}: valid {shown}")
+
+
+def train_model(
+    model,
+    tokenizer,
+    dataset: RecDataset,
+    encoder: PromptEncoder,
+    trie: ItemTrie,
+    config: ExperimentConfig,
+    checkpoint_dir: Path,
+    resume_from: str | None = None,
+    console=None,
+) -> dict:
+    """Fine-tune ``model`` on the train split; returns the training log. The best (or last) model stays in ``model``."""
+    tc = config.train
+    prompts, targets = encode_split(dataset, "train", encoder, tc.max_train_examples, tc.seed)
+    if not prompts:
         raise ValueError("the train split is empty")
-    device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total)
-    generator = torch.Generator().manual_seed(config.seed)
-    log = {"config": asdict(config), "examples": len(examples), "truncated_prompts": encoder.truncated, "epochs": []}
+    examples = [{"prompt": p, "answer": encoder.answers[t]} for p, t in zip(prompts, targets)]
+    valid = encode_split(dataset, "valid", encoder, tc.valid_users, tc.seed) if len(dataset.splits["valid"]) else None
+    objective = config.objective_config()
+    use_bf16 = tc.bf16 == "true" or (tc.bf16 == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    select = tc.select_best and valid is not None
+    args = TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        num_train_epochs=tc.epochs,
+        per_device_train_batch_size=tc.batch_size,
+        per_device_eval_batch_size=64,
+        gradient_accumulation_steps=tc.grad_accum_steps,
+        learning_rate=config.learning_rate,
+        weight_decay=tc.weight_decay,
+        warmup_steps=tc.warmup_ratio,
+        lr_scheduler_type="linear",
+        max_grad_norm=tc.grad_clip,
+        seed=tc.seed,
+        data_seed=tc.seed,
+        bf16=use_bf16,
+        eval_strategy="epoch" if valid is not None else "no",
+        save_strategy="epoch",
+        save_total_limit=tc.save_total_limit,
+        load_best_model_at_end=select,
+        metric_for_best_model=SELECTION_METRIC if select else None,
+        greater_is_better=True,
+        logging_strategy="steps",
+        logging_steps=tc.logging_steps,
+        report_to=["tensorboard"],
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    model.train()
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        for epoch in range(config.epochs):
-            task = progress.add_task(f"{config.objective} epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch, loss=math.nan)
-            order = torch.randperm(len(examples), generator=generator).tolist()
-            sums = {"loss": 0.0, "ce": 0.0, "margin_positive": 0.0, "tokens": 0, "seen": 0}
-            start = time.perf_counter()
-            for step in range(steps_per_epoch):
-                batch = [examples[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]]
-                input_ids, attention_mask, labels = (t.to(device) for t in collate(batch, tokenizer.pad_token_id))
-                logits = answer_logits(model, input_ids, attention_mask, labels.shape[1])
-                loss = objective_loss(config, logits, labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                with torch.no_grad():  # monitoring: CE part and share of tokens beam search would prune
-                    ce, delta, can_prune, _ = pruning_margin(logits.detach(), labels, config.beam_width)
-                    n_tok = ce.numel()
-                    sums["loss"] += float(loss) * n_tok
-                    sums["ce"] += float(ce.sum())
-                    sums["margin_positive"] += float(((delta > 0) & can_prune).sum())
-                    sums["tokens"] += n_tok
-                    sums["seen"] += int(attention_mask.sum())
-                progress.update(task, advance=1, loss=sums["loss"] / max(sums["tokens"], 1))
-            seconds = time.perf_counter() - start
-            n = max(sums["tokens"], 1)
-            log["epochs"].append({
-                "epoch": epoch + 1,
-                "seconds": seconds,
-                "loss": sums["loss"] / n,
-                "ce": sums["ce"] / n,
-                "violated_token_share": sums["margin_positive"] / n,
-                "tokens_per_second": sums["seen"] / seconds,  # prompt and answer tokens
-            })
+    columns = (TextColumn(f"{tc.objective} {{task.description}}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        epoch_log = EpochLog(progress)
+        callbacks = [epoch_log]
+        if select and tc.patience > 0:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.patience))
+        trainer = RecTrainer(
+            model=model, args=args, train_dataset=examples, eval_dataset=valid[0] if valid else None, data_collator=Collator(tokenizer.pad_token_id, objective.needs_search),
+            processing_class=tokenizer, callbacks=callbacks, objective=objective, trie=trie, valid=valid,
+            beam_width=tc.valid_beam_width,
+        )
+        trainer.remove_callback(PrinterCallback)  # our progress bar and per-epoch lines replace its raw dicts
+        trainer.train(resume_from_checkpoint=resume_from)
     model.eval()
-    log["seconds_per_epoch"] = sum(e["seconds"] for e in log["epochs"]) / len(log["epochs"])
-    return log
-
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    epochs = epoch_log.epochs
+    return {
+        "examples": len(examples),
+        "truncated_prompts": encoder.truncated,
+        "epochs": epochs,
+        "seconds_per_epoch": sum(e["seconds"] for e in epochs) / len(epochs) if epochs else math.nan,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_valid_ndcg10": trainer.state.best_metric,
+        "global_step": trainer.state.global_step,
+        "log_history": history,
+    }

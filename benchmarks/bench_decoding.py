@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,8 +29,9 @@ from bearrec.catalog import build_trie
 from bearrec.data.prompts import PromptEncoder, PromptTemplate, left_pad
 from bearrec.data.synthetic import generate_synthetic
 from bearrec.decoding import constrained_beam_search, position_ids_from_mask, score_catalog
-from bearrec.runs import load_run, new_model
-from bearrec.train import TrainConfig, encode_split, train_model
+from bearrec.config import ExperimentConfig, TrainConfig
+from bearrec.runs import load_run, train_run
+from bearrec.train import encode_split
 
 
 def timed(fn, repeat: int = 1):
@@ -96,15 +98,14 @@ def main() -> None:
     transformers.logging.disable_progress_bar()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    if args.run:
-        model, tokenizer, dataset, meta = load_run(args.run)
-        max_prompt = meta["train"]["max_prompt_tokens"]
-    else:
-        dataset = generate_synthetic()
-        model, tokenizer = new_model("tiny", dataset, PromptTemplate(dataset.domain))
-        max_prompt = 1024
-        encoder = PromptEncoder(tokenizer, dataset.titles, PromptTemplate(dataset.domain), max_prompt)
-        train_model(model, tokenizer, dataset, encoder, TrainConfig(epochs=1))
+    run = args.run
+    if run is None:  # train the tiny model for one epoch on the quickstart's synthetic data
+        tmp = Path(tempfile.mkdtemp(prefix="bench-decoding-"))
+        generate_synthetic().save(tmp / "data")
+        run = tmp / "run"
+        train_run(ExperimentConfig(data=str(tmp / "data"), train=TrainConfig(epochs=1, valid_users=None, select_best=False)), run)
+    model, tokenizer, dataset, config = load_run(run)
+    max_prompt = config.train.max_prompt_tokens
     model.to(device, dtype=getattr(torch, args.dtype)).eval()
     encoder = PromptEncoder(tokenizer, dataset.titles, PromptTemplate(dataset.domain), max_prompt)
     trie = build_trie(tokenizer, dataset.titles)

@@ -61,7 +61,9 @@ def test_train_evaluate_recommend_on_synthetic(tmp_path):
     assert result.exit_code == 0, result.output
     assert (run / "model" / "model.safetensors").is_file() and (run / "run.json").is_file()
     log = json.loads((run / "train_log.json").read_text())
-    assert log["config"]["objective"] == "bear" and len(log["epochs"]) == 1
+    assert "objective: bear" in (run / "config.yaml").read_text() and len(log["epochs"]) == 1
+    again = _run("train", data, "--out", run)
+    assert again.exit_code == 2 and "--resume" in again.stderr
     result = _run("evaluate", run, "--split", "valid", "--max-users", 20)
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "eval_valid.json").read_text())["metrics"]

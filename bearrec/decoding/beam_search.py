@@ -35,12 +35,21 @@ class BeamResult:
     When the search was given ``targets``, ``drop_step [N]`` is the decoding step (1 = first token) at
     which the target left the beam (-1: returned), and ``violated [N]`` says whether its token at that
     step ranked outside the top B of its siblings (the token-level necessary condition, eq. 3.2).
+
+    With ``return_thresholds=True``, ``thresholds [N, trie.max_length]`` holds, per user and decoding
+    step (column s = step s + 1, the step that picks the (s+1)-th token), the score (summed
+    log-probability, not length-normalised) of the candidate ranked exactly B-th among all candidates
+    of that step: the threshold of eq. 3.1 that a prefix must reach to stay in the beam. ``-inf``
+    where the step had fewer than B candidates (nothing is pruned) or the user had no live beam left.
+    After a user stopped early (HF heuristic), every later step holds its worst (B-th) finished score:
+    see the comment at the end of ``_search_batch``.
     """
 
     item_ids: torch.Tensor
     scores: torch.Tensor
     drop_step: torch.Tensor | None = None
     violated: torch.Tensor | None = None
+    thresholds: torch.Tensor | None = None
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -59,31 +68,36 @@ def constrained_beam_search(
     length_penalty: float = 0.0,
     targets: torch.Tensor | None = None,
     progress=None,
+    return_thresholds: bool = False,
 ) -> BeamResult:
     """Top ``beam_width`` catalog items per prompt.
 
     ``input_ids``/``attention_mask`` are left-padded prompts ``[N, L]``; ``trie`` is the catalog trie.
     ``targets [N]`` (catalog indices, optional) are followed through the search to tell where and why
     each was pruned (see :class:`BeamResult`). ``progress`` is an optional callable receiving the
-    number of prompts finished after each batch.
+    number of prompts finished after each batch. ``return_thresholds`` also returns the B-th candidate
+    score of every step (``BeamResult.thresholds``, used by the beam-sim objective of eq. 3.1).
     """
     if beam_width < 1:
         raise ValueError("beam_width must be at least 1")
     device = next(model.parameters()).device
     trie = trie.to(device)
+    fields = ["item_ids", "scores"] + (["drop_step", "violated"] if targets is not None else [])
+    fields += ["thresholds"] if return_thresholds else []
     parts = []
     for start in range(0, input_ids.shape[0], batch_size):
         batch = slice(start, start + batch_size)
         parts.append([t.cpu() for t in _search_batch(
             model, input_ids[batch].to(device), attention_mask[batch].to(device), trie, beam_width, length_penalty,
-            None if targets is None else targets[batch].to(device),
+            None if targets is None else targets[batch].to(device), return_thresholds,
         )])
         if progress is not None:
             progress(min(batch_size, input_ids.shape[0] - start))
-    return BeamResult(*(torch.cat(column) for column in zip(*parts)))
+    return BeamResult(**{name: torch.cat(column) for name, column in zip(fields, zip(*parts))})
 
 
-def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, length_penalty: float, targets=None):
+def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, length_penalty: float, targets=None,
+                  return_thresholds: bool = False):
     n = input_ids.shape[0]
     dev = input_ids.device
     users = torch.arange(n, device=dev)
@@ -107,6 +121,9 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
     fin_score = torch.full((n, B), NEG_INF, device=dev)
     accepting = torch.ones(n, dtype=torch.bool, device=dev)  # HF's early-stop heuristic, per user
     tracker = _TargetTracker(trie, targets, B) if targets is not None else None
+    # B-th candidate score per step (eq. 3.1's threshold); steps never reached stay -inf, see the end.
+    thresholds = torch.full((n, trie.max_length), NEG_INF, device=dev) if return_thresholds else None
+    stop_step = torch.full((n,), trie.max_length, dtype=torch.long, device=dev) if return_thresholds else None
 
     for step in range(trie.max_length):
         rows = beam_node.shape[1]
@@ -136,6 +153,8 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
         sorted_score, order = padded_score.sort(dim=1, descending=True, stable=True)
         sorted_index = padded_index.gather(1, order)
         valid = torch.isfinite(sorted_score)
+        if thresholds is not None and width >= B:  # users with fewer than B candidates keep -inf
+            thresholds[:, step] = sorted_score[:, B - 1]
         is_eos = valid & (token[sorted_index.clamp(min=0)] == trie.eos_token_id)
 
         # Finished items: EOS candidates ranked within the top B; merge with earlier ones, keep the best B.
@@ -168,7 +187,10 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
         # at the current length, is no better than the worst result. Sticky, as in HF.
         best_live = beam_score[:, 0] / float(step + 1) ** length_penalty
         full = (fin_item >= 0).all(dim=1)
-        accepting &= ~(full & (best_live <= fin_score[:, -1]))
+        closing = accepting & full & (best_live <= fin_score[:, -1])
+        if thresholds is not None:
+            stop_step = torch.where(closing, step, stop_step)
+        accepting &= ~closing
         if not bool((kept.any(dim=1) & accepting).any()) or step + 1 == trie.max_length:
             if tracker is not None:
                 tracker.stop(step)
@@ -187,9 +209,24 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
         cache = out.past_key_values
         log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).view(n, B, -1)
 
-    if tracker is None:
-        return fin_item, fin_score
-    return fin_item, fin_score, tracker.drop_step, tracker.violated
+    outputs = [fin_item, fin_score]
+    if tracker is not None:
+        outputs += [tracker.drop_step, tracker.violated]
+    if thresholds is not None:
+        # A user that stopped early (HF heuristic, ``accepting`` False) ranks no more candidates, yet its
+        # later steps still have a meaningful bar: the worst finished score. The user stopped because no
+        # live beam could beat it, and with length_penalty = 0 scores only fall as a prefix grows, so a
+        # prefix scoring below the B-th result can never be returned: that score is what a positive
+        # prefix must beat, the natural continuation of "the B-th candidate" (-inf instead would silently
+        # switch the objective off exactly where the positive is lost). Its first step is the one after
+        # the user stopped: the step on which it stopped was ranked and recorded above. Users that ran
+        # out of live beams while still accepting keep -inf (no candidates: nothing to beat). With a
+        # length_penalty other than 0 this bar is length-normalised like the results (the other steps are
+        # raw sums): the beam-sim objective uses length_penalty = 0.
+        after = torch.arange(trie.max_length, device=dev)[None, :] > stop_step[:, None]
+        thresholds = torch.where(after, fin_score[:, -1:], thresholds)
+        outputs.append(thresholds)
+    return tuple(outputs)
 
 
 class _TargetTracker:

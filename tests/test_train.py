@@ -1,0 +1,89 @@
+"""Training through the Trainer: configs, validation model selection, checkpoints and resume."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from bearrec.config import ExperimentConfig, TrainConfig, load_config
+from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
+from bearrec.runs import last_checkpoint, train_run
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data") / "synthetic"
+    generate_synthetic(SyntheticConfig(num_users=60, num_categories=3, items_per_category=20)).save(folder)
+    return folder
+
+
+def _config(data_dir, **train):
+    defaults = dict(epochs=2, batch_size=16, valid_users=30, logging_steps=2)
+    return ExperimentConfig(data=str(data_dir), train=TrainConfig(**(defaults | train)))
+
+
+def test_yaml_config_and_overrides(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"model": "tiny", "train": {"objective": "bear", "epochs": 4}, "bear": {"weight": 0.5}}))
+    config = load_config(path, ["train.epochs=7", "bear.temperature=2.5", "beam_sim.surrogate=softplus"])
+    assert (config.train.objective, config.train.epochs, config.bear.weight, config.bear.temperature) == ("bear", 7, 0.5, 2.5)
+    assert config.beam_sim.surrogate == "softplus" and config.learning_rate == 1e-3 and not config.use_lora
+    config.save(tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == config
+    with pytest.raises(ValueError, match="unknown field.*epoch"):
+        load_config(None, ["train.epoch=3"])
+    with pytest.raises(ValueError, match="objective"):
+        load_config(None, ["train.objective=dpo"])
+    path.write_text("train: [unclosed\n")
+    with pytest.raises(ValueError, match="row"):
+        load_config(path)
+
+
+@pytest.mark.slow
+def test_best_checkpoint_selection_and_logs(data_dir, tmp_path):
+    log = train_run(_config(data_dir, objective="bear", epochs=3, patience=0), tmp_path / "run")
+    epochs_ndcg = [e["NDCG@10"] for e in log["epochs"]]
+    assert len(epochs_ndcg) == 3 and log["best_valid_ndcg10"] == pytest.approx(max(epochs_ndcg))
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["objective"] == "bear"
+    assert any("loss_regulariser" in h for h in log["log_history"])
+    assert list((tmp_path / "run" / "checkpoints" / "runs").rglob("events.out.tfevents*")), "TensorBoard logs"
+
+
+@pytest.mark.slow
+def test_resume_after_crash_reaches_the_same_metrics(data_dir, tmp_path):
+    full = train_run(_config(data_dir, select_best=False), tmp_path / "full")
+
+    class Crash(Exception):
+        pass
+
+    from transformers import TrainerCallback
+
+    class CrashAfterFirstSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise Crash
+
+    import bearrec.train as train_module
+
+    original = train_module.EpochLog
+    train_module.EpochLog = type("CrashingEpochLog", (original, CrashAfterFirstSave), {})
+    try:
+        with pytest.raises(Crash):
+            train_run(_config(data_dir, select_best=False), tmp_path / "crashed")
+    finally:
+        train_module.EpochLog = original
+    run = tmp_path / "crashed"
+    per_epoch = full["global_step"] // 2
+    assert last_checkpoint(run / "checkpoints").endswith(f"checkpoint-{per_epoch}") and not (run / "model").exists()
+    # a checkpoint killed while saving (no trainer_state.json) is ignored and removed
+    broken = run / "checkpoints" / "checkpoint-99"
+    shutil.copytree(run / "checkpoints" / f"checkpoint-{per_epoch}", broken)
+    (broken / "trainer_state.json").write_text('{"truncated')
+    resumed = train_run(None, run, resume=True)
+    assert not broken.exists()
+    assert resumed["global_step"] == full["global_step"]
+    final = lambda log: [h for h in log["log_history"] if "loss" in h][-1]["loss"]  # noqa: E731
+    assert final(resumed) == pytest.approx(final(full), rel=1e-4)
+    metrics = json.loads((run / "train_log.json").read_text())["epochs"][-1]
+    assert metrics["NDCG@10"] == pytest.approx(full["epochs"][-1]["NDCG@10"], abs=1e-6)
