@@ -37,7 +37,7 @@ class TrainConfig:
     bf16: str = "auto"  # auto: bf16 on GPUs that support it, fp32 on CPU; or "true"/"false"
     max_prompt_tokens: int = 1024  # longer prompts drop their oldest history items
     max_train_examples: int | None = None  # seeded subsample of the train split
-    valid_users: int | None = 200  # seeded subsample of the valid split for model selection (None: all)
+    valid_users: int | None = 200  # seeded valid subsample for model selection (None: all; 0: no validation)
     valid_beam_width: int = 10
     patience: int = 3  # epochs without a better validation NDCG@10 before stopping (0: never stop early)
     select_best: bool = True  # keep the checkpoint with the best validation NDCG@10

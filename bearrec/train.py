@@ -188,7 +188,8 @@ def train_model(
     if not prompts:
         raise ValueError("the train split is empty")
     examples = [{"prompt": p, "answer": encoder.answers[t]} for p, t in zip(prompts, targets)]
-    valid = encode_split(dataset, "valid", encoder, tc.valid_users, tc.seed) if len(dataset.splits["valid"]) else None
+    has_valid = len(dataset.splits["valid"]) > 0 and tc.valid_users != 0  # valid_users: 0 turns validation off
+    valid = encode_split(dataset, "valid", encoder, tc.valid_users, tc.seed) if has_valid else None
     objective = config.objective_config()
     use_bf16 = tc.bf16 == "true" or (tc.bf16 == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     select = tc.select_best and valid is not None

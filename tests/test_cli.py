@@ -80,12 +80,12 @@ def test_train_evaluate_recommend_on_synthetic(tmp_path):
 @pytest.mark.slow
 def test_quickstart_small(tmp_path):
     out = tmp_path / "qs"
-    result = _run("quickstart", "--out", out, "--users", 100, "--epochs", 1)
+    result = _run("quickstart", "--out", out, "--users", 60, "--epochs", 1)
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert set(results["runs"]) == {"sft", "bear"}
     for run in results["runs"].values():
-        assert run["users"] == 100 and run["seconds_per_epoch"] > 0
+        assert run["users"] == 60 and run["seconds_per_epoch"] > 0
         assert 0 <= run["metrics"]["HR@10"] <= 1
     table = (out / "results.md").read_text()
     assert "| sft |" in table and "| bear |" in table and "PR@10" in table

@@ -21,10 +21,11 @@ def test_prepare_train_evaluate_office_subsample(tmp_path):
     meta = json.loads((data / "dataset.json").read_text())
     assert meta["summary"]["items"] == 2417 and meta["cleaning"]["duplicate_titles_disambiguated"] == 3
     result = runner.invoke(app, ["train", str(data), "--out", str(run), "--objective", "bear", "--epochs", "1",
-                                 "--max-train-examples", "256", "--batch-size", "32"])
+                                 "--max-train-examples", "128", "--batch-size", "32",
+                                 "--set", "train.valid_users=8"])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["evaluate", str(run), "--max-users", "12"])
+    result = runner.invoke(app, ["evaluate", str(run), "--max-users", "6"])
     assert result.exit_code == 0, result.output
     evaluation = json.loads((run / "eval_test.json").read_text())
-    assert evaluation["users"] == 12 and evaluation["of_users"] == 4883
+    assert evaluation["users"] == 6 and evaluation["of_users"] == 4883
     assert all(0.0 <= v <= 1.0 for k, v in evaluation["metrics"].items() if not k.startswith("PR"))

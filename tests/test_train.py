@@ -14,12 +14,12 @@ from bearrec.runs import last_checkpoint, train_run
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data") / "synthetic"
-    generate_synthetic(SyntheticConfig(num_users=60, num_categories=3, items_per_category=20)).save(folder)
+    generate_synthetic(SyntheticConfig(num_users=40, num_categories=3, items_per_category=12)).save(folder)
     return folder
 
 
 def _config(data_dir, **train):
-    defaults = dict(epochs=2, batch_size=16, valid_users=30, logging_steps=2)
+    defaults = dict(epochs=2, batch_size=16, valid_users=20, logging_steps=2)
     return ExperimentConfig(data=str(data_dir), train=TrainConfig(**(defaults | train)))
 
 
@@ -87,3 +87,10 @@ def test_resume_after_crash_reaches_the_same_metrics(data_dir, tmp_path):
     assert final(resumed) == pytest.approx(final(full), rel=1e-4)
     metrics = json.loads((run / "train_log.json").read_text())["epochs"][-1]
     assert metrics["NDCG@10"] == pytest.approx(full["epochs"][-1]["NDCG@10"], abs=1e-6)
+
+
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    config = load_config(path)
+    assert config.train.objective in ("sft", "bear", "beam-sim")
