@@ -51,15 +51,22 @@ class ItemTrie:
         return (self.sequences >= 0).sum(dim=1)
 
     @classmethod
-    def from_sequences(cls, sequences: Sequence[Sequence[int]], eos_token_id: int) -> "ItemTrie":
-        """Build the trie. Each sequence must end with ``eos_token_id`` and contain it nowhere else."""
+    def from_sequences(cls, sequences: Sequence[Sequence[int]] | np.ndarray, eos_token_id: int) -> "ItemTrie":
+        """Build the trie. Each sequence must end with ``eos_token_id`` and contain it nowhere else.
+
+        ``sequences`` is a list of token-id lists, or an integer array ``[items, width]`` padded with -1.
+        """
         if len(sequences) == 0:
             raise ValueError("cannot build a trie of an empty catalog")
-        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-        width = int(lengths.max())
-        padded = np.full((len(sequences), width), -1, dtype=np.int64)
-        for i, seq in enumerate(sequences):
-            padded[i, : len(seq)] = seq
+        if isinstance(sequences, np.ndarray):  # already padded with -1: big catalogs skip the Python loop
+            padded = sequences.astype(np.int64, copy=False)
+            lengths = (padded >= 0).sum(axis=1)
+        else:
+            lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+            padded = np.full((len(sequences), int(lengths.max())), -1, dtype=np.int64)
+            for i, seq in enumerate(sequences):
+                padded[i, : len(seq)] = seq
+        width = padded.shape[1]
         ends = padded[np.arange(len(sequences)), lengths - 1]
         if (lengths < 1).any() or (ends != eos_token_id).any():
             bad = int(np.flatnonzero((lengths < 1) | (ends != eos_token_id))[0])
