@@ -94,3 +94,26 @@ def test_resume_after_crash_reaches_the_same_metrics(data_dir, tmp_path):
 def test_shipped_configs_load(path):
     config = load_config(path)
     assert config.train.objective in ("sft", "bear", "beam-sim")
+
+
+@pytest.mark.slow
+def test_lora_on_a_pretrained_folder_trains_saves_and_reloads(data_dir, tmp_path):
+    """A 'pretrained' model from a local folder gets LoRA adapters; the run saves only them and reloads."""
+    from bearrec.data.dataset import RecDataset
+    from bearrec.models import build_tiny_model, train_tokenizer
+    from bearrec.runs import evaluate_run
+
+    titles = RecDataset.load(data_dir).titles
+    tokenizer = train_tokenizer(titles * 5, vocab_size=300)
+    base = tmp_path / "base"
+    build_tiny_model(tokenizer).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    config = ExperimentConfig(data=str(data_dir), model=str(base),
+                              train=TrainConfig(epochs=1, batch_size=16, valid_users=10, objective="bear"))
+    assert config.use_lora and config.learning_rate == 1e-4
+    log = train_run(config, tmp_path / "run")
+    assert log["parameters"]["trainable"] < log["parameters"]["total"] / 5
+    model_dir = tmp_path / "run" / "model"
+    assert (model_dir / "adapter_model.safetensors").is_file() and not (model_dir / "model.safetensors").exists()
+    result = evaluate_run(tmp_path / "run", split="valid", max_users=5, pruning_rate=False)
+    assert result["users"] == 5
