@@ -88,7 +88,7 @@ class RecTrainer(Trainer):
         self._reset_parts()
 
     def _reset_parts(self) -> None:
-        self._parts = {"sft": 0.0, "reg": 0.0, "violated": 0.0, "tokens": 0, "seen": 0, "batches": 0}
+        self._parts = {"sft": 0.0, "reg": 0.0, "violated": 0.0, "seen": 0, "batches": 0}
         self._since = time.perf_counter()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -109,7 +109,6 @@ class RecTrainer(Trainer):
                 p["sft"] += float(ce.mean())
                 p["reg"] += float(reg)
                 p["violated"] += float(((delta > 0) & can_prune).float().mean())
-                p["tokens"] += ce.numel()
                 p["seen"] += int(inputs["attention_mask"].sum())
                 p["batches"] += 1
         return (loss, logits) if return_outputs else loss

@@ -28,6 +28,19 @@ def random_model(arch: str = "llama", vocab: int = 48, seed: int = 0):
     return model.eval()
 
 
+def random_prompts(n: int, vocab: int, seed: int) -> list[list[int]]:
+    """``n`` prompts of 4 to 9 tokens (BOS first) over ``vocab``."""
+    g = torch.Generator().manual_seed(seed)
+    return [[2] + torch.randint(3, vocab, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(n)]
+
+
+def tie_free(scores: dict, tol: float = 2e-5) -> bool:
+    """True if no two prefix scores are closer than ``tol`` (beam ranking then has no near-ties)."""
+    values = sorted(scores.values())
+    return all(b - a > tol for a, b in zip(values, values[1:]))
+
+
 def random_catalog(num_items: int, vocab: int, seed: int = 0, max_len: int = 5) -> list[list[int]]:
     """Distinct token sequences ending in EOS with shared prefixes, varied lengths, and a title that is a
     prefix of another (tokens 3..vocab-1; 0 = pad, 1 = EOS, 2 = BOS)."""

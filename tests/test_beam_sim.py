@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import EOS, PAD, prefix_scores, random_catalog, random_model
+from reference import EOS, PAD, prefix_scores, random_catalog, random_model, random_prompts, tie_free
 
 from bearrec.catalog import ItemTrie
 from bearrec.data.prompts import left_pad
@@ -14,17 +14,6 @@ from bearrec.objectives import OBJECTIVES, align_thresholds, beam_sim_loss, sft_
 
 VOCAB = 48
 NEG_INF = -math.inf
-
-
-def _prompts(n: int, seed: int) -> list[list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    return [[2] + torch.randint(3, VOCAB, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
-            for _ in range(n)]
-
-
-def _tie_free(scores: dict, tol: float = 2e-5) -> bool:
-    values = sorted(scores.values())
-    return all(b - a > tol for a, b in zip(values, values[1:]))
 
 
 def thresholds_by_hand(scores: dict, items: list[list[int]], B: int) -> tuple[list[float], set[str]]:
@@ -71,7 +60,7 @@ def case(request):
     """A random model, catalog and prompts, with brute-force prefix scores for every prompt (computed once)."""
     model = random_model(request.param, VOCAB, seed=21)
     items = random_catalog(30, VOCAB, seed=22)
-    prompts = _prompts(6, seed=23)
+    prompts = random_prompts(6, VOCAB, seed=23)
     return model, items, prompts, [prefix_scores(model, p, items) for p in prompts]
 
 
@@ -87,7 +76,7 @@ def test_thresholds_match_brute_force(case, beam_width):
     assert plain.thresholds is None and torch.equal(plain.item_ids, result.item_ids)  # the flag changes nothing else
     checked, kinds = 0, set()
     for n, scores in enumerate(all_scores):
-        if not _tie_free(scores):
+        if not tie_free(scores):
             continue
         expected, seen = thresholds_by_hand(scores, items, beam_width)
         got = result.thresholds[n]
@@ -107,7 +96,7 @@ def test_thresholds_with_targets_and_few_candidates():
     model = random_model("llama", VOCAB, seed=24)
     items = [[5, EOS], [5, 6, EOS], [5, 7, 8, EOS], [9, EOS]]
     trie = ItemTrie.from_sequences(items, EOS)
-    prompts = _prompts(3, seed=25)
+    prompts = random_prompts(3, VOCAB, seed=25)
     ids, mask = left_pad(prompts, PAD)
     result = constrained_beam_search(model, ids, mask, trie, beam_width=3, targets=torch.tensor([0, 2, 3]),
                                      return_thresholds=True)
@@ -125,7 +114,7 @@ def test_simulate_thresholds_restores_modes():
     model = random_model("gpt2", VOCAB, seed=26)
     items = random_catalog(20, VOCAB, seed=27)
     trie = ItemTrie.from_sequences(items, EOS)
-    ids, mask = left_pad(_prompts(3, seed=28), PAD)
+    ids, mask = left_pad(random_prompts(3, VOCAB, seed=28), PAD)
     expected = constrained_beam_search(model.eval(), ids, mask, trie, beam_width=3, batch_size=2,
                                        return_thresholds=True).thresholds
     model.train()
@@ -255,7 +244,7 @@ def test_end_to_end_regulariser_fires_where_the_target_is_pruned(case):
     model, items, prompts, all_scores = case
     trie = ItemTrie.from_sequences(items, EOS)
     B = 3
-    rows = [(n, t) for n in range(len(prompts)) if _tie_free(all_scores[n]) for t in range(len(items))]
+    rows = [(n, t) for n in range(len(prompts)) if tie_free(all_scores[n]) for t in range(len(items))]
     prompt_ids, prompt_mask = left_pad([prompts[n] for n, _ in rows], PAD)
     targets = torch.tensor([t for _, t in rows])
     drop = constrained_beam_search(model, prompt_ids, prompt_mask, trie, beam_width=B, targets=targets).drop_step

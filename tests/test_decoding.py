@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from reference import EOS, PAD, prefix_scores, random_catalog, random_model, simulate_beam_search
+from reference import EOS, PAD, prefix_scores, random_catalog, random_model, random_prompts, simulate_beam_search, tie_free
 
 from bearrec.catalog import ItemTrie
 from bearrec.data.prompts import left_pad
@@ -11,24 +11,12 @@ from bearrec.decoding import constrained_beam_search, score_catalog
 VOCAB = 48
 
 
-def _prompts(n: int, seed: int) -> list[list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    return [[2] + torch.randint(3, VOCAB, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
-            for _ in range(n)]
-
-
-def _tie_free(scores: dict, tol: float = 2e-5) -> bool:
-    """True if no two prefix scores are closer than ``tol`` (beam ranking then has no near-ties)."""
-    values = sorted(scores.values())
-    return all(b - a > tol for a, b in zip(values, values[1:]))
-
-
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def case(request):
     """A random model, catalog and prompts, with brute-force prefix scores for every prompt (computed once)."""
     model = random_model(request.param, VOCAB, seed=1)
     items = random_catalog(40, VOCAB, seed=2)
-    prompts = _prompts(8, seed=3)
+    prompts = random_prompts(8, VOCAB, seed=3)
     return model, items, prompts, [prefix_scores(model, p, items) for p in prompts]
 
 
@@ -42,7 +30,7 @@ def test_beam_search_matches_exhaustive_simulation(case, beam_width, length_pena
                                      length_penalty=length_penalty)
     checked = 0
     for n, scores in enumerate(all_scores):
-        if not _tie_free(scores):
+        if not tie_free(scores):
             continue
         expected = simulate_beam_search(scores, items, beam_width, length_penalty)
         got = [(int(i), float(s)) for i, s in zip(result.item_ids[n], result.scores[n]) if i >= 0]
@@ -57,7 +45,7 @@ def test_beam_search_matches_hf_generate(arch):
     model = random_model(arch, VOCAB, seed=4)
     items = random_catalog(40, VOCAB, seed=5)
     trie = ItemTrie.from_sequences(items, EOS)
-    prompts = _prompts(5, seed=6)
+    prompts = random_prompts(5, VOCAB, seed=6)
     ids, mask = left_pad(prompts, PAD)
     B = 5
     ours = constrained_beam_search(model, ids, mask, trie, beam_width=B)
@@ -73,7 +61,7 @@ def test_beam_search_matches_hf_generate(arch):
     generated = out.sequences[:, ids.shape[1]:].view(len(prompts), B, -1)
     hf_scores = out.sequences_scores.view(len(prompts), B)
     for n, prompt in enumerate(prompts):
-        assert _tie_free(prefix_scores(model, prompt, items))
+        assert tie_free(prefix_scores(model, prompt, items))
         hf_items = []
         for seq in generated[n].tolist():
             node = trie.node_of(seq[: seq.index(EOS) + 1] if EOS in seq else seq)
@@ -86,7 +74,7 @@ def test_beam_search_with_fewer_items_than_beams_pads():
     model = random_model("llama", VOCAB, seed=7)
     items = [[5, EOS], [5, 6, EOS], [9, EOS]]
     trie = ItemTrie.from_sequences(items, EOS)
-    ids, mask = left_pad(_prompts(2, seed=8), PAD)
+    ids, mask = left_pad(random_prompts(2, VOCAB, seed=8), PAD)
     result = constrained_beam_search(model, ids, mask, trie, beam_width=5)
     assert result.item_ids.shape == (2, 5)
     for row, scores in zip(result.item_ids, result.scores):
@@ -101,7 +89,7 @@ def test_score_catalog_equals_teacher_forcing(arch, chunk_nodes):
     model = random_model(arch, VOCAB, seed=9)
     items = random_catalog(30, VOCAB, seed=10)
     trie = ItemTrie.from_sequences(items, EOS)
-    prompts = _prompts(4, seed=11)
+    prompts = random_prompts(4, VOCAB, seed=11)
     ids, mask = left_pad(prompts, PAD)
     got = score_catalog(model, ids, mask, trie, batch_size=3, chunk_nodes=chunk_nodes)
     for n, prompt in enumerate(prompts):
@@ -115,7 +103,7 @@ def test_pruning_attribution_matches_simulation(case, beam_width):
     """Every item as the target of every prompt: drop step and violation flag as a by-hand simulation."""
     model, items, prompts, all_scores = case
     trie = ItemTrie.from_sequences(items, EOS)
-    rows = [(n, t) for n in range(len(prompts)) if _tie_free(all_scores[n]) for t in range(len(items))]
+    rows = [(n, t) for n in range(len(prompts)) if tie_free(all_scores[n]) for t in range(len(items))]
     ids, mask = left_pad([prompts[n] for n, _ in rows], PAD)
     result = constrained_beam_search(model, ids, mask, trie, beam_width=beam_width,
                                      targets=torch.tensor([t for _, t in rows]))
@@ -139,14 +127,14 @@ def test_peft_wrapped_model_matches_simulation():
     model.eval()
     items = random_catalog(30, VOCAB, seed=13)
     trie = ItemTrie.from_sequences(items, EOS)
-    prompts = _prompts(4, seed=14)
+    prompts = random_prompts(4, VOCAB, seed=14)
     ids, mask = left_pad(prompts, PAD)
     result = constrained_beam_search(model, ids, mask, trie, beam_width=4)
     exact = score_catalog(model, ids, mask, trie)
     for n, prompt in enumerate(prompts):
         scores = prefix_scores(model, prompt, items)
         assert torch.allclose(exact[n], torch.tensor([scores[tuple(s)] for s in items]), atol=1e-4)
-        if _tie_free(scores):
+        if tie_free(scores):
             expected = [i for i, _ in simulate_beam_search(scores, items, 4)]
             assert result.item_ids[n].tolist()[: len(expected)] == expected
 
@@ -155,7 +143,7 @@ def test_bfloat16_model_decodes_valid_items():
     model = random_model("llama", VOCAB, seed=15).to(torch.bfloat16)
     items = random_catalog(30, VOCAB, seed=16)
     trie = ItemTrie.from_sequences(items, EOS)
-    ids, mask = left_pad(_prompts(3, seed=17), PAD)
+    ids, mask = left_pad(random_prompts(3, VOCAB, seed=17), PAD)
     result = constrained_beam_search(model, ids, mask, trie, beam_width=5)
     exact = score_catalog(model, ids, mask, trie)
     assert ((result.item_ids >= 0) & (result.item_ids < len(items))).all()
