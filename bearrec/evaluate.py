@@ -37,6 +37,8 @@ def evaluate(
     paper Figure 4 shares and the histogram of pruning steps) and, under ``"per_user"``, one
     :class:`~bearrec.decoding.PruningReport` row per user.
     """
+    if split not in dataset.splits:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(dataset.splits)}")
     if max(ks) > beam_width:
         raise ValueError(f"K={max(ks)} exceeds the beam width {beam_width}: beam search returns only B items")
     prompts, target_list = encode_split(dataset, split, encoder, max_users, seed)
