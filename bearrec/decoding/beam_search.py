@@ -23,7 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
+from transformers import DynamicCache
+
 from bearrec.catalog import ItemTrie
+from bearrec.decoding.shared_prompt import PromptCache, shared_prompt, supports
 
 NEG_INF = float("-inf")
 
@@ -109,9 +112,12 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
         use_cache=True,
         logits_to_keep=1,
     )
-    cache = out.past_key_values
     log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).unsqueeze(1)  # [n, rows=1, V]
     prompt_len = attention_mask.long().sum(-1)
+    # Where the architecture allows, the prompt's keys/values stay one copy per user and the cache that
+    # beams reorder holds generated tokens only (see shared_prompt.py); otherwise the standard cache.
+    prompt = PromptCache.from_cache(out.past_key_values, attention_mask) if supports(model) else None
+    cache = DynamicCache() if prompt is not None else out.past_key_values
     prompt_mask_rows = attention_mask.repeat_interleave(B, dim=0)
 
     # Live beams: trie node and summed score; -inf marks an empty slot. Step 0 has one beam (the root).
@@ -199,13 +205,17 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
         # One forward for every (user, beam) row; cache rows follow their source beams.
         source_row = torch.where(kept, flat_beam[chosen], users[:, None] * rows)
         cache.reorder_cache(source_row.flatten())
-        gen_mask = torch.ones(n * B, step + 1, dtype=attention_mask.dtype, device=dev)
-        attention = torch.cat([prompt_mask_rows, gen_mask], dim=1)
         positions = (prompt_len.repeat_interleave(B) + step).unsqueeze(1)
         tokens = torch.where(kept, trie.node_token[beam_node], trie.eos_token_id).reshape(n * B, 1)
-        out = model(
-            input_ids=tokens, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True
-        )
+        if prompt is not None:
+            with shared_prompt(model, prompt):
+                out = model(input_ids=tokens, position_ids=positions, past_key_values=cache, use_cache=True)
+        else:
+            gen_mask = torch.ones(n * B, step + 1, dtype=attention_mask.dtype, device=dev)
+            attention = torch.cat([prompt_mask_rows, gen_mask], dim=1)
+            out = model(
+                input_ids=tokens, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True
+            )
         cache = out.past_key_values
         log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).view(n, B, -1)
 
