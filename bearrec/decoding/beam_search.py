@@ -118,7 +118,7 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
     # beams reorder holds generated tokens only (see shared_prompt.py); otherwise the standard cache.
     prompt = PromptCache.from_cache(out.past_key_values, attention_mask) if supports(model) else None
     cache = DynamicCache() if prompt is not None else out.past_key_values
-    prompt_mask_rows = attention_mask.repeat_interleave(B, dim=0)
+    prompt_mask_rows = attention_mask.repeat_interleave(B, dim=0) if prompt is None else None
 
     # Live beams: trie node and summed score; -inf marks an empty slot. Step 0 has one beam (the root).
     beam_node = torch.zeros(n, 1, dtype=torch.long, device=dev)
