@@ -41,7 +41,11 @@ def test_beam_search_matches_exhaustive_simulation(case, beam_width, length_pena
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_beam_search_matches_hf_generate(arch):
+@pytest.mark.parametrize("shared_prompt", [True, False], ids=["shared-prompt-cache", "standard-cache"])
+def test_beam_search_matches_hf_generate(arch, shared_prompt, monkeypatch):
+    import bearrec.decoding.beam_search as beam_search
+
+    monkeypatch.setattr(beam_search, "supports", lambda model: shared_prompt)
     model = random_model(arch, VOCAB, seed=4)
     items = random_catalog(40, VOCAB, seed=5)
     trie = ItemTrie.from_sequences(items, EOS)
