@@ -33,7 +33,7 @@ from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, PromptTemplate
 from bearrec.evaluate import evaluate
 from bearrec.io import atomic_folder, write_json
-from bearrec.models import TINY, add_lora, build_tiny_model, count_parameters, load_model, save_model, tiny_model_for
+from bearrec.models import TINY, build_tiny_model, count_parameters, load_model, save_model, tiny_model_for
 
 
 def tokenizer_corpus(dataset: RecDataset, template: PromptTemplate) -> list[str]:
@@ -47,9 +47,7 @@ def new_model(config: ExperimentConfig, dataset: RecDataset, tokenizer=None):
         if tokenizer is not None:
             return build_tiny_model(tokenizer, config.tiny, config.train.seed), tokenizer
         return tiny_model_for(tokenizer_corpus(dataset, PromptTemplate(dataset.domain)), config.tiny, config.train.seed)
-    model, loaded_tokenizer = load_model(config.model)
-    if config.use_lora:
-        model = add_lora(model, config.lora_settings)
+    model, loaded_tokenizer = load_model(config.model, lora=config.lora_settings if config.use_lora else None)
     return model, tokenizer or loaded_tokenizer
 
 

@@ -57,6 +57,14 @@ def random_catalog(num_items: int, vocab: int, seed: int = 0, max_len: int = 5) 
     return [list(s) for s in sorted(seqs)]
 
 
+def scored_case(arch: str, vocab: int, num_items: int, num_prompts: int, seed: int):
+    """(model, items, prompts, brute-force prefix scores per prompt): the shared setup of decoding tests."""
+    model = random_model(arch, vocab, seed=seed)
+    items = random_catalog(num_items, vocab, seed=seed + 1)
+    prompts = random_prompts(num_prompts, vocab, seed=seed + 2)
+    return model, items, prompts, [prefix_scores(model, p, items) for p in prompts]
+
+
 def item_token_log_probs(model, prompt: list[int], item: list[int]) -> list[float]:
     """log p(token_t | prompt, item[:t]) for each token of one item: one full forward, no cache."""
     ids = torch.tensor([prompt + item])

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import EOS, PAD, prefix_scores, random_catalog, random_model, random_prompts, tie_free
+from reference import EOS, PAD, scored_case, prefix_scores, random_catalog, random_model, random_prompts, tie_free
 
 from bearrec.catalog import ItemTrie
 from bearrec.data.prompts import left_pad
@@ -58,10 +58,7 @@ def thresholds_by_hand(scores: dict, items: list[list[int]], B: int) -> tuple[li
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def case(request):
     """A random model, catalog and prompts, with brute-force prefix scores for every prompt (computed once)."""
-    model = random_model(request.param, VOCAB, seed=21)
-    items = random_catalog(30, VOCAB, seed=22)
-    prompts = random_prompts(6, VOCAB, seed=23)
-    return model, items, prompts, [prefix_scores(model, p, items) for p in prompts]
+    return scored_case(request.param, VOCAB, num_items=30, num_prompts=6, seed=21)
 
 
 @pytest.mark.parametrize("beam_width", [2, 4])

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from reference import EOS, PAD, prefix_scores, random_catalog, random_model, random_prompts, simulate_beam_search, tie_free
+from reference import EOS, PAD, scored_case, prefix_scores, random_catalog, random_model, random_prompts, simulate_beam_search, tie_free
 
 from bearrec.catalog import ItemTrie
 from bearrec.data.prompts import left_pad
@@ -14,10 +14,7 @@ VOCAB = 48
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def case(request):
     """A random model, catalog and prompts, with brute-force prefix scores for every prompt (computed once)."""
-    model = random_model(request.param, VOCAB, seed=1)
-    items = random_catalog(40, VOCAB, seed=2)
-    prompts = random_prompts(8, VOCAB, seed=3)
-    return model, items, prompts, [prefix_scores(model, p, items) for p in prompts]
+    return scored_case(request.param, VOCAB, num_items=40, num_prompts=8, seed=1)
 
 
 @pytest.mark.parametrize("beam_width", [1, 3, 6])
