@@ -1,4 +1,4 @@
-"""Evaluation: constrained beam search for the recommendations, exact catalog scores for PR@K."""
+"""Evaluation: constrained beam search for the recommendations, the positives' exact ranks for PR@K."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bearrec.catalog import ItemTrie
 from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, left_pad
-from bearrec.decoding import attribute_pruning, constrained_beam_search, score_catalog
+from bearrec.decoding import attribute_pruning, constrained_beam_search, exact_target_ranks
 from bearrec.metrics import ranking_metrics
 from bearrec.train import encode_split
 
@@ -31,7 +31,7 @@ def evaluate(
     length_penalty: float = 0.0,
     console=None,
 ) -> dict:
-    """Metrics of ``model`` on ``split``: NDCG@K and HR@K from beam search, PR@K from exact scores.
+    """Metrics of ``model`` on ``split``: NDCG@K and HR@K from beam search, PR@K from exact ranks.
 
     With ``pruning_rate`` (the default) the result also holds the pruning attribution (``"pruning"``:
     paper Figure 4 shares and the histogram of pruning steps) and, under ``"per_user"``, one
@@ -56,20 +56,18 @@ def evaluate(
             length_penalty=length_penalty, targets=targets, progress=lambda k: progress.advance(task, k),
         )
         beam_seconds = time.perf_counter() - start
-        item_scores = None
+        exact_rank = None
         if pruning_rate:
-            task = progress.add_task(f"exact scores of {trie.num_items} items", total=len(prompts))
+            task = progress.add_task(f"exact ranks of the positives among {trie.num_items} items", total=len(prompts))
             start = time.perf_counter()
-            item_scores = score_catalog(
-                model, input_ids, attention_mask, trie, batch_size=max(1, batch_size // 2),
-                progress=lambda k: progress.advance(task, k),
-            )
+            exact_rank = exact_target_ranks(model, input_ids, attention_mask, trie, targets, max_rank=max(ks),
+                                            progress=lambda k: progress.advance(task, k))
             score_seconds = time.perf_counter() - start
-    result = {"metrics": ranking_metrics(beams.item_ids, targets, item_scores, ks), "split": split,
+    result = {"metrics": ranking_metrics(beams.item_ids, targets, exact_rank, ks), "split": split,
               "users": len(prompts), "of_users": len(dataset.splits[split]), "beam_width": beam_width,
               "beam_search_seconds": beam_seconds}
     if pruning_rate:
-        report = attribute_pruning(beams, item_scores, targets, ks)
-        result.update(exact_scoring_seconds=score_seconds, pruning=report.summary, per_user=report.per_user)
+        report = attribute_pruning(beams, exact_rank, targets, ks)
+        result.update(exact_rank_seconds=score_seconds, pruning=report.summary, per_user=report.per_user)
     return result
 

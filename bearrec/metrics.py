@@ -46,19 +46,19 @@ def pruning_rate_at_k(full: torch.Tensor, retrieved_rank_: torch.Tensor, k: int)
 
 
 def ranking_metrics(
-    retrieved: torch.Tensor, targets: torch.Tensor, item_scores: torch.Tensor | None = None, ks=(5, 10)
+    retrieved: torch.Tensor, targets: torch.Tensor, exact_rank: torch.Tensor | None = None, ks=(5, 10)
 ) -> dict[str, float]:
-    """NDCG@K and HR@K from the beam-search lists; PR@K too when exact ``item_scores`` are given."""
+    """NDCG@K and HR@K from the beam-search lists; PR@K too when the targets' ``exact_rank`` (by full-sequence
+    probability, from :func:`full_rank` or :func:`~bearrec.decoding.exact_target_ranks`) is given."""
     rank = retrieved_rank(retrieved, targets)
     metrics = {}
     for k in ks:
         metrics[f"NDCG@{k}"] = ndcg_at_k(rank, k)
     for k in ks:
         metrics[f"HR@{k}"] = hr_at_k(rank, k)
-    if item_scores is not None:
-        full = full_rank(item_scores, targets)
+    if exact_rank is not None:
         for k in ks:
-            metrics[f"PR@{k}"] = pruning_rate_at_k(full, rank, k)
+            metrics[f"PR@{k}"] = pruning_rate_at_k(exact_rank, rank, k)
     return metrics
 
 

@@ -6,7 +6,7 @@ from reference import EOS, PAD, scored_case, prefix_scores, random_catalog, rand
 
 from bearrec.catalog import ItemTrie
 from bearrec.data.prompts import left_pad
-from bearrec.decoding import constrained_beam_search, score_catalog
+from bearrec.decoding import constrained_beam_search, exact_target_ranks, score_catalog
 
 VOCAB = 48
 
@@ -97,6 +97,23 @@ def test_score_catalog_equals_teacher_forcing(arch, chunk_nodes):
         scores = prefix_scores(model, prompt, items)
         expected = torch.tensor([scores[tuple(s)] for s in items])
         assert torch.allclose(got[n], expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("nodes_per_forward,max_rank", [(1, 4), (3, 50), (64, 1), (64, 10)])
+def test_exact_target_ranks_equal_brute_force_ranks(case, nodes_per_forward, max_rank):
+    """Every item as the target of every prompt: the pruned search gives the capped rank by enumeration."""
+    model, items, prompts, all_scores = case
+    trie = ItemTrie.from_sequences(items, EOS)
+    rows = [(n, t) for n in range(4) for t in range(len(items))]
+    ids, mask = left_pad([prompts[n] for n, _ in rows], PAD)
+    got = exact_target_ranks(model, ids, mask, trie, torch.tensor([t for _, t in rows]), max_rank=max_rank,
+                             nodes_per_forward=nodes_per_forward)
+    expected = []
+    for n, t in rows:
+        scores = torch.tensor([all_scores[n][tuple(s)] for s in items])
+        expected.append(min(int((scores > scores[t] + 1e-5).sum()) + 1, max_rank + 1))
+    assert got.tolist() == expected
+    assert len(set(expected)) >= min(3, max_rank + 1)  # targets at several ranks, capped and not
 
 
 @pytest.mark.parametrize("beam_width", [2, 5])

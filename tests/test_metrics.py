@@ -29,11 +29,11 @@ def test_pruning_rate_by_hand():
     targets = torch.tensor([0, 1, 4, 1])
     retrieved = torch.tensor([[0, 2], [0, 2], [0, 1], [2, 1]])
     assert full_rank(scores, targets).tolist() == [1, 2, 5, 2]
-    m = ranking_metrics(retrieved, targets, scores, ks=(2,))
+    m = ranking_metrics(retrieved, targets, full_rank(scores, targets), ks=(2,))
     assert m["PR@2"] == pytest.approx(1 / 3)  # eligible users 0, 1, 3; user 1 pruned
 
 
 def test_pruning_rate_without_eligible_users_is_nan():
     scores = torch.tensor([[0.0, -1.0]])
-    m = ranking_metrics(torch.tensor([[0]]), torch.tensor([1]), scores, ks=(1,))
+    m = ranking_metrics(torch.tensor([[0]]), torch.tensor([1]), full_rank(scores, torch.tensor([1])), ks=(1,))
     assert math.isnan(m["PR@1"])

@@ -27,33 +27,39 @@ class _Chunk:
     window: torch.Tensor  # [W] positions (in ``nodes``) whose children this chunk scores
 
 
-def _chunks(trie: ItemTrie, size: int) -> list[_Chunk]:
-    """Cut the internal non-root nodes, in preorder, into windows of ``size``.
+def _tree_chunk(trie: ItemTrie, window: torch.Tensor) -> _Chunk:
+    """The chunk that scores the children of the nodes ``window``: the window plus all its ancestors.
 
-    In preorder an ancestor outside a window is an ancestor of the window's first node, so each chunk
-    is the window plus that one path: closed under ancestors, as tree attention needs.
+    Closed under ancestors, as tree attention needs; row j may attend to itself and its ancestors.
     """
+    parent = trie.node_parent
+    extra, up = [], parent[window]
+    in_set = torch.zeros(trie.num_nodes, dtype=torch.bool)
+    in_set[window] = True
+    while bool((up > 0).any()):
+        up = up[(up > 0) & ~in_set[up.clamp(min=0)]].unique()
+        in_set[up] = True
+        extra.append(up)
+        up = parent[up]
+    outside = torch.cat(extra) if extra else window.new_empty(0)
+    nodes = torch.cat([outside, window])
+    local = torch.full((trie.num_nodes,), -1, dtype=torch.long)
+    local[nodes] = torch.arange(nodes.numel())
+    ancestors = torch.eye(nodes.numel(), dtype=torch.bool)
+    rows = torch.arange(nodes.numel())
+    up = local[parent[nodes]]  # position of each node's parent in the chunk (-1: the root)
+    while bool((up >= 0).any()):
+        ancestors[rows[up >= 0], up[up >= 0]] = True
+        up = torch.where(up >= 0, local[parent[nodes[up.clamp(min=0)]]], up)
+    return _Chunk(nodes, trie.node_depth[nodes], ancestors, torch.arange(outside.numel(), nodes.numel()))
+
+
+def _chunks(trie: ItemTrie, size: int) -> list[_Chunk]:
+    """Cut the internal non-root nodes, in preorder, into windows of ``size`` (in preorder, the ancestors
+    outside a window are those of its first node: a chunk adds at most one path)."""
     order = trie.preorder()[1:]
     internal = order[trie.child_count[order] > 0]
-    parent = trie.node_parent
-    chunks = []
-    for lo in range(0, internal.numel(), size):
-        window = internal[lo : lo + size]
-        path, node = [], int(parent[window[0]])
-        while node > 0:
-            path.append(node)
-            node = int(parent[node])
-        nodes = torch.cat([torch.tensor(path[::-1], dtype=torch.long), window])
-        local = torch.full((trie.num_nodes,), -1, dtype=torch.long)
-        local[nodes] = torch.arange(nodes.numel())
-        ancestors = torch.eye(nodes.numel(), dtype=torch.bool)
-        rows = torch.arange(nodes.numel())
-        up = local[parent[nodes]]  # position of each node's parent in the chunk (-1: the root)
-        while bool((up >= 0).any()):
-            ancestors[rows[up >= 0], up[up >= 0]] = True
-            up = torch.where(up >= 0, local[parent[nodes[up.clamp(min=0)]]], up)
-        chunks.append(_Chunk(nodes, trie.node_depth[nodes], ancestors, torch.arange(len(path), nodes.numel())))
-    return chunks
+    return [_tree_chunk(trie, internal[lo : lo + size]) for lo in range(0, internal.numel(), size)]
 
 
 @torch.no_grad()
@@ -98,24 +104,31 @@ def _edge_log_probs(model, input_ids, attention_mask, trie: ItemTrie, chunks: li
                 position_ids=position_ids_from_mask(attention_mask), use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     _scatter_children(edge, torch.log_softmax(out.logits[:, -1:].float(), -1), torch.zeros(1, dtype=torch.long), trie)
-    prompt_len = attention_mask.long().sum(-1)
-    blocked = torch.finfo(dtype).min
     for chunk in chunks:
-        c = chunk.nodes.numel()
-        allowed = torch.cat([attention_mask.bool()[:, None, :].expand(n, c, prompt_width),
-                             chunk.ancestors.to(dev)[None].expand(n, c, c)], dim=2)
-        mask4d = torch.zeros(n, 1, c, prompt_width + c, dtype=dtype, device=dev).masked_fill(~allowed[:, None], blocked)
-        logits = model(
-            input_ids=trie.node_token[chunk.nodes].to(dev).expand(n, c),
-            attention_mask=mask4d,
-            position_ids=prompt_len[:, None] + chunk.depth.to(dev)[None] - 1,
-            past_key_values=cache,
-            use_cache=True,
-        ).logits
-        cache.crop(-c)  # back to the prompt: the next chunk reuses it
-        window = chunk.window.to(dev)
-        _scatter_children(edge, torch.log_softmax(logits[:, window].float(), -1), chunk.nodes[chunk.window], trie)
+        log_probs = _chunk_log_probs(model, cache, attention_mask, chunk, trie, dtype)
+        _scatter_children(edge, log_probs, chunk.nodes[chunk.window], trie)
     return edge
+
+
+def _chunk_log_probs(model, cache, attention_mask: torch.Tensor, chunk: _Chunk, trie: ItemTrie, dtype) -> torch.Tensor:
+    """Log-softmax over the vocabulary after each window node of ``chunk`` ``[n, W, vocab]``, attending to
+    the prompt ``cache`` and the node's ancestors; the cache is cropped back to the prompt afterwards."""
+    n, prompt_width = attention_mask.shape
+    dev = attention_mask.device
+    c = chunk.nodes.numel()
+    allowed = torch.cat([attention_mask.bool()[:, None, :].expand(n, c, prompt_width),
+                         chunk.ancestors.to(dev)[None].expand(n, c, c)], dim=2)
+    mask4d = torch.zeros(n, 1, c, prompt_width + c, dtype=dtype, device=dev).masked_fill(~allowed[:, None],
+                                                                                        torch.finfo(dtype).min)
+    logits = model(
+        input_ids=trie.node_token[chunk.nodes].to(dev).expand(n, c),
+        attention_mask=mask4d,
+        position_ids=attention_mask.long().sum(-1)[:, None] + chunk.depth.to(dev)[None] - 1,
+        past_key_values=cache,
+        use_cache=True,
+    ).logits
+    cache.crop(-c)  # back to the prompt: the next chunk reuses it
+    return torch.log_softmax(logits[:, chunk.window.to(dev)].float(), -1)
 
 
 def _scatter_children(edge: torch.Tensor, log_probs: torch.Tensor, parents: torch.Tensor, trie: ItemTrie) -> None:
@@ -126,3 +139,75 @@ def _scatter_children(edge: torch.Tensor, log_probs: torch.Tensor, parents: torc
     first = torch.cumsum(count, 0) - count
     child = trie.child_start[parents][row] + torch.arange(row.numel()) - first[row]
     edge[:, child.to(dev)] = log_probs[:, row.to(dev), trie.node_token[child].to(dev)]
+
+
+@torch.no_grad()
+def exact_target_ranks(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    trie: ItemTrie,
+    targets: torch.Tensor,
+    max_rank: int = 10,
+    nodes_per_forward: int = 128,
+    progress=None,
+) -> torch.Tensor:
+    """Rank of each target among all items by exact probability (as :func:`score_catalog` +
+    :func:`~bearrec.metrics.full_rank` would give), capped: ``max_rank + 1`` means "below ``max_rank``".
+
+    PR@K needs only whether the positive is in the top K, so this never scores the whole catalog. An
+    item's score is at most the log-probability of any of its prefixes (log-probabilities are <= 0),
+    so only trie nodes whose prefix is more probable than the target item can lead to an item ranked
+    above it. Starting from the target's own path (which gives its score), the most probable such
+    nodes are expanded ``nodes_per_forward`` at a time by tree attention, until every one of them is
+    expanded (the rank is exact) or ``max_rank`` items beat the target. With a peaked (trained,
+    pretrained) model this is a few forwards per user instead of one per trie node.
+    """
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    is_leaf = trie.node_item >= 0
+    internal = trie.child_count > 0
+    ranks = []
+    for user in range(input_ids.shape[0]):
+        ids = input_ids[user : user + 1].to(device)
+        mask = attention_mask[user : user + 1].to(device)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
+                    logits_to_keep=1)
+        cache = out.past_key_values
+        prefix = torch.full((trie.num_nodes,), float("-inf"))  # log P(prefix | prompt) of scored nodes
+        prefix[0] = 0.0
+        expanded = torch.zeros(trie.num_nodes, dtype=torch.bool)
+
+        def expand(nodes: torch.Tensor, log_probs: torch.Tensor) -> None:
+            """Score the children of ``nodes`` (sorted by depth) from their log-probabilities ``[1, W, vocab]``."""
+            edge = torch.zeros(1, trie.num_nodes)
+            _scatter_children(edge, log_probs.cpu(), nodes, trie)
+            for depth in trie.node_depth[nodes].unique().tolist():  # a parent's score before its children's
+                level = nodes[trie.node_depth[nodes] == depth]
+                count = trie.child_count[level]
+                offset = torch.arange(int(count.sum())) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+                children = torch.repeat_interleave(trie.child_start[level], count) + offset
+                prefix[children] = torch.repeat_interleave(prefix[level], count) + edge[0, children]
+            expanded[nodes] = True
+
+        expand(torch.zeros(1, dtype=torch.long), torch.log_softmax(out.logits[:, -1:].float(), -1))
+        path = trie.paths[int(targets[user])]
+        path = path[path >= 0]
+        # The target's internal nodes in order of depth: each one's prefix score comes from its parent.
+        for lo in range(0, path.numel() - 1, nodes_per_forward):
+            window = path[:-1][lo : lo + nodes_per_forward]
+            expand(window, _chunk_log_probs(model, cache, mask, _tree_chunk(trie, window), trie, dtype))
+        target_score = prefix[path[-1]]
+        while True:
+            above = prefix > target_score  # ties favour the positive, as in full_rank
+            beaten = int((above & is_leaf).sum())
+            frontier = torch.nonzero(above & internal & ~expanded).flatten()
+            if beaten >= max_rank or frontier.numel() == 0:
+                break
+            window = frontier[prefix[frontier].topk(min(nodes_per_forward, frontier.numel())).indices]
+            window = window[torch.argsort(trie.node_depth[window])]
+            expand(window, _chunk_log_probs(model, cache, mask, _tree_chunk(trie, window), trie, dtype))
+        ranks.append(min(beaten, max_rank) + 1)
+        if progress is not None:
+            progress(1)
+    return torch.tensor(ranks)

@@ -10,8 +10,8 @@ import torch
 
 from bearrec.catalog import ItemTrie
 from bearrec.decoding.beam_search import BeamResult, constrained_beam_search
-from bearrec.decoding.exhaustive import score_catalog
-from bearrec.metrics import full_rank, pruning_summary, retrieved_rank
+from bearrec.decoding.exhaustive import exact_target_ranks
+from bearrec.metrics import pruning_summary, retrieved_rank
 
 
 @dataclass
@@ -23,17 +23,17 @@ class PruningReport:
     summary: dict
 
 
-def attribute_pruning(beams: BeamResult, item_scores: torch.Tensor, targets: torch.Tensor, ks=(5, 10)) -> PruningReport:
-    """Build the report from a beam search run with ``targets`` and the exact item scores."""
+def attribute_pruning(beams: BeamResult, exact_rank: torch.Tensor, targets: torch.Tensor, ks=(5, 10)) -> PruningReport:
+    """Build the report from a beam search run with ``targets`` and the targets' exact ranks (capped at
+    ``max(ks) + 1`` or not)."""
     if beams.drop_step is None:
         raise ValueError("run constrained_beam_search with targets= to attribute pruning")
     got = retrieved_rank(beams.item_ids, targets)
-    exact = full_rank(item_scores, targets)
     cause = ["retrieved" if d < 0 else "necessary-condition violation" if v else "prefix-level loss"
              for d, v in zip(beams.drop_step.tolist(), beams.violated.tolist())]
-    per_user = pd.DataFrame({"target": targets.tolist(), "retrieved_rank": got.tolist(), "exact_rank": exact.tolist(),
+    per_user = pd.DataFrame({"target": targets.tolist(), "retrieved_rank": got.tolist(), "exact_rank": exact_rank.tolist(),
                              "drop_step": beams.drop_step.tolist(), "cause": cause})
-    return PruningReport(per_user, pruning_summary(exact, got, beams.drop_step, beams.violated, ks))
+    return PruningReport(per_user, pruning_summary(exact_rank, got, beams.drop_step, beams.violated, ks))
 
 
 def pruning_report(
@@ -46,7 +46,7 @@ def pruning_report(
     ks=(5, 10),
     batch_size: int = 32,
 ) -> PruningReport:
-    """Beam search with the positives followed, exact scores of every item, and the attribution."""
+    """Beam search with the positives followed, the positives' exact ranks, and the attribution."""
     beams = constrained_beam_search(model, input_ids, attention_mask, trie, beam_width, batch_size, targets=targets)
-    scores = score_catalog(model, input_ids, attention_mask, trie, batch_size=max(1, batch_size // 2))
-    return attribute_pruning(beams, scores, targets, ks)
+    exact_rank = exact_target_ranks(model, input_ids, attention_mask, trie, targets, max_rank=max(ks))
+    return attribute_pruning(beams, exact_rank, targets, ks)
