@@ -189,9 +189,9 @@ def recommend(
 ):
     """Print the top-K recommended titles for one history."""
     from bearrec.catalog import build_trie
-    from bearrec.data.prompts import PromptEncoder, PromptTemplate, left_pad
+    from bearrec.data.prompts import left_pad
     from bearrec.decoding import constrained_beam_search
-    from bearrec.runs import load_run
+    from bearrec.runs import load_run, prompt_encoder
 
     if top_k > beam_width:
         raise ValueError(f"--top-k {top_k} exceeds --beam-width {beam_width}")
@@ -206,7 +206,7 @@ def recommend(
                 indices.append(dataset.item_index(entry))
             except KeyError:
                 raise ValueError(f"history item {pos} ({entry!r}): neither an item id nor a title of the catalog") from None
-    encoder = PromptEncoder(tokenizer, dataset.titles, PromptTemplate(dataset.domain), config.train.max_prompt_tokens)
+    encoder = prompt_encoder(tokenizer, dataset, config)
     ids, mask = left_pad(encoder.prompts([indices]), tokenizer.pad_token_id)
     result = constrained_beam_search(model, ids, mask, build_trie(tokenizer, dataset.titles), beam_width=beam_width)
     for rank, (item, score) in enumerate(zip(result.item_ids[0].tolist()[:top_k], result.scores[0].tolist()), 1):
@@ -236,6 +236,120 @@ def quickstart(
     results = run_quickstart(out_dir, cfg, console=console)
     out.print(rich_table(results["runs"], results["title"]))
     out.print(f"results in {out_dir.resolve()}/ (results.json, results.md, results.png)")
+
+
+def _experiment_config(config: Optional[Path], data: Optional[Path], model: Optional[str], overrides: list[str],
+                       default_model: str):
+    """Base config of compare/sweep: YAML, then flags, then --set; ``default_model`` if neither names one."""
+    import yaml
+
+    from bearrec.config import load_config
+
+    named = model is not None or any(o.startswith("model=") for o in overrides)
+    if config is not None and config.is_file():
+        named = named or "model" in (yaml.safe_load(config.read_text()) or {})
+    sets = ([f"data={data}"] if data else []) + [f"model={model or default_model}"] * (not named or model is not None)
+    return load_config(config, sets + overrides)
+
+
+def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: bool, grid=None) -> None:
+    import shlex
+    import shutil
+
+    from bearrec.experiments import run_experiment, write_report
+    from bearrec.report import rich_table, summary_runs
+
+    if overwrite and out_dir.exists():
+        shutil.rmtree(out_dir)
+    try:
+        results = run_experiment(base, specs, out_dir, settings, kind, console)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted:[/yellow] finished runs are kept in {out_dir}; "
+                      "run the same command again to resume")
+        raise typer.Exit(130) from None
+    rows = write_report(out_dir, results, base, settings, kind, shlex.join(["bearrec", *sys.argv[1:]]), grid)
+    out.print(rich_table(summary_runs(rows), f"{kind}: {len(results)} runs (mean over seeds)"))
+    from bearrec.experiments import verdict
+
+    for label, row in rows.items():
+        if "vs_sft" in row:
+            out.print(verdict(label, row))
+    out.print(f"results in {out_dir}/ (results.json, results.md, figures)")
+
+
+@app.command()
+@_cli_errors
+def compare(
+    config: Annotated[Optional[Path], typer.Argument(help="experiment YAML (see configs/); flags and --set override it")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="dataset folder from `bearrec prepare` [default: 'data' of the config]")] = None,
+    objectives: Annotated[str, typer.Option(help="comma-separated objectives; SFT is always included as the baseline")] = "sft,bear,beam-sim",
+    model: Annotated[Optional[str], typer.Option(help="'smollm2-135m', 'tiny' or a Hugging Face model folder / hub name [default: the config's, else smollm2-135m]")] = None,
+    seeds: Annotated[int, typer.Option(help="training seeds per objective (mean, std and a seed-noise test)")] = 1,
+    sasrec: Annotated[bool, typer.Option("--sasrec/--no-sasrec", help="also train the SASRec baseline (2 layers, 64 dims)")] = True,
+    max_train_examples: Annotated[Optional[int], typer.Option(help="train every run on the same seeded subsample")] = None,
+    max_eval_users: Annotated[Optional[int], typer.Option(help="evaluate every run on the same seeded subsample of users")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="training epochs [default: the config's]")] = None,
+    beam_width: Annotated[int, typer.Option(help="B of decoding (and of the objectives)")] = 10,
+    pruning_rate: Annotated[bool, typer.Option("--pruning-rate/--no-pruning-rate", help="PR@K and the pruning attribution")] = True,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override any config field: section.field=value")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="experiment folder")] = Path("runs/compare"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="delete the experiment folder first")] = False,
+):
+    """Train and evaluate several objectives (and SASRec) on the same data, model, seed and budget; one report.
+
+    Interrupted (Ctrl-C)? Run the same command again: finished runs are kept, the current one resumes.
+    """
+    from bearrec.experiments import EvalSettings, compare_plan
+    from bearrec.models import SMOLLM2
+    from bearrec.objectives.configs import OBJECTIVE_CONFIGS
+
+    sets = [f"train.epochs={epochs}"] * (epochs is not None) + [f"train.max_train_examples={max_train_examples}"] * (
+        max_train_examples is not None) + [f"{s}.beam_width={beam_width}" for s in ("bear", "beam_sim")] + [
+        f"train.valid_beam_width={beam_width}"] + list(overrides or [])
+    base = _experiment_config(config, data, model, sets, SMOLLM2)
+    names = [o.strip() for o in objectives.split(",") if o.strip()]
+    unknown = [n for n in names if n not in OBJECTIVE_CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVE_CONFIGS)}")
+    settings = EvalSettings(beam_width=beam_width, max_users=max_eval_users, pruning_rate=pruning_rate)
+    _run_experiment("compare", base, compare_plan(names, seeds, base.train.seed, sasrec), out_dir, settings, overwrite)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_cli_errors
+def sweep(
+    ctx: typer.Context,
+    config: Annotated[Optional[Path], typer.Argument(help="experiment YAML (see configs/)")] = None,
+    grid: Annotated[Optional[list[str]], typer.Option(help="name=v1,v2,... ; several names after one --grid or one --grid each; 'weight' is the objective's field, or section.field")] = None,
+    objective: Annotated[Objective, typer.Option(help="the objective whose hyperparameters are swept")] = Objective.bear,
+    data: Annotated[Optional[Path], typer.Option(help="dataset folder [default: 'data' of the config]")] = None,
+    model: Annotated[Optional[str], typer.Option(help="[default: the config's, else tiny]")] = None,
+    seeds: Annotated[int, typer.Option(help="training seeds per grid point")] = 1,
+    max_train_examples: Annotated[Optional[int], typer.Option()] = None,
+    max_eval_users: Annotated[Optional[int], typer.Option()] = None,
+    epochs: Annotated[Optional[int], typer.Option()] = None,
+    pruning_rate: Annotated[bool, typer.Option("--pruning-rate/--no-pruning-rate", help="PR@K for every grid point (slower)")] = False,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override any config field: section.field=value")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="experiment folder")] = Path("runs/sweep"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="delete the experiment folder first")] = False,
+):
+    """Grid over an objective's hyperparameters (paper Figure 8), e.g. --grid weight=0.1,0.5,1,2,5 temperature=0.25,0.5,1,2,3.
+
+    Restarted with the same arguments, it skips the runs that finished.
+    """
+    from bearrec.experiments import EvalSettings, parse_grid, sweep_plan
+    from bearrec.models import TINY
+
+    extra = [a for a in ctx.args if "=" in a and not a.startswith("-")]
+    if len(extra) != len(ctx.args):
+        raise ValueError(f"unexpected argument(s): {' '.join(a for a in ctx.args if a not in extra)}")
+    parsed = parse_grid(list(grid or []) + extra, objective.value)
+    sets = [f"train.epochs={epochs}"] * (epochs is not None) + [f"train.max_train_examples={max_train_examples}"] * (
+        max_train_examples is not None) + list(overrides or [])
+    base = _experiment_config(config, data, model, sets, TINY)
+    settings = EvalSettings(max_users=max_eval_users, pruning_rate=pruning_rate)
+    _run_experiment("sweep", base, sweep_plan(objective.value, parsed, seeds, base.train.seed), out_dir, settings,
+                    overwrite, parsed)
 
 
 def main() -> None:  # pragma: no cover - `python -m bearrec.cli`

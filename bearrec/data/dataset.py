@@ -55,6 +55,17 @@ class RecDataset:
         """Catalog index of an item id (KeyError if the item is not in the catalog)."""
         return self._index[item_id]
 
+    def examples(self, split: str, limit: int | None = None, seed: int = 0) -> tuple[list[list[int]], list[int]]:
+        """(histories, targets) of a split as catalog indices; a seeded subsample of ``limit`` rows if given.
+
+        Every model (LM or SASRec) evaluated with the same ``limit`` and ``seed`` sees the same rows.
+        """
+        frame = self.splits[split]
+        if limit is not None and limit < len(frame):
+            frame = frame.sample(n=limit, random_state=seed)
+        histories = [[self.item_index(i) for i in h] for h in frame["history"]]
+        return histories, [self.item_index(t) for t in frame["target"]]
+
     def validate(self, source: str = "dataset") -> None:
         """Check the contract; raise :class:`DataError` on the first violation."""
         titles = self.items["title"]

@@ -2,7 +2,8 @@
 
 The prompt ends right before the answer; the answer (the target title followed by EOS) is tokenised
 on its own, exactly as the catalog trie tokenises titles, so training and constrained decoding see the
-same token sequences.
+same token sequences. For chat/instruct models the prompt can instead be the user turn of the
+tokenizer's chat template, followed by the opening of the assistant turn.
 """
 
 from __future__ import annotations
@@ -43,14 +44,17 @@ class PromptTemplate:
             f"please recommend a new {self.singular} that the user likes to the user."
         )
 
-    def render(self, history_titles: list[str]) -> str:
-        """Prompt text for a history (titles oldest first); the model continues with the answer title."""
+    def render(self, history_titles: list[str], response_header: bool = True) -> str:
+        """Prompt text for a history (titles oldest first); the model continues with the answer title.
+
+        Without ``response_header`` the text stops after the input section (the user turn of a chat).
+        """
         listed = ", ".join(f'"{t}"' for t in history_titles)
-        return (
+        text = (
             f"### Instruction:\n{self.instruction()}\n\n"
-            f"### Input:\nThe user has {self.verb} the following {self.domain} before: {listed}\n\n"
-            f"### Response:\n"
+            f"### Input:\nThe user has {self.verb} the following {self.domain} before: {listed}"
         )
+        return text + "\n\n### Response:\n" if response_header else text
 
 
 class PromptEncoder:
@@ -58,25 +62,38 @@ class PromptEncoder:
 
     Answers are the catalog's title sequences (title + EOS, as in the trie). Prompts longer than
     ``max_prompt_tokens`` drop their oldest history items until they fit; ``truncated`` counts them.
+    With ``chat_template`` the Figure 2 text is the user message of the tokenizer's chat template and
+    the prompt ends with the template's assistant header.
     """
 
-    def __init__(self, tokenizer, titles: list[str], template: PromptTemplate, max_prompt_tokens: int = 1024):
+    def __init__(self, tokenizer, titles: list[str], template: PromptTemplate, max_prompt_tokens: int = 1024,
+                 chat_template: bool = False):
+        if chat_template and not getattr(tokenizer, "chat_template", None):
+            raise ValueError("chat_template: the tokenizer has no chat template (set prompt.chat_template: false)")
         self.tokenizer = tokenizer
         self.titles = titles
         self.template = template
         self.max_prompt_tokens = max_prompt_tokens
+        self.chat_template = chat_template
         self.answers = tokenize_titles(tokenizer, titles)
         self.truncated = 0
 
+    def _encode(self, history: list[int]) -> list[int]:
+        titles = [self.titles[i] for i in history]
+        if not self.chat_template:
+            return self.tokenizer(self.template.render(titles))["input_ids"]
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": self.template.render(titles, False)}],
+                                                  tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]  # the template has its own markers
+
     def prompts(self, histories: list[list[int]]) -> list[list[int]]:
         """Prompt ids for histories given as catalog indices, oldest first."""
-        texts = [self.template.render([self.titles[i] for i in h]) for h in histories]
-        encoded = self.tokenizer(texts)["input_ids"]
+        encoded = [self._encode(h) for h in histories]
         for n, ids in enumerate(encoded):
             keep = len(histories[n])
             while len(ids) > self.max_prompt_tokens and keep > 1:
                 keep -= 1
-                ids = self.tokenizer(self.template.render([self.titles[i] for i in histories[n][-keep:]]))["input_ids"]
+                ids = self._encode(histories[n][-keep:])
             if keep < len(histories[n]):
                 self.truncated += 1
             encoded[n] = ids

@@ -1,0 +1,355 @@
+"""Experiments: several runs on the same data, model, seed and budget, compared in one folder.
+
+``bearrec compare`` plans one run per objective (and SASRec) per seed; ``bearrec sweep`` plans one
+run per point of a hyperparameter grid plus the SFT baseline. Each run lives in
+``OUT/runs/<label>/seed<k>/`` (a normal run folder) and is finished once its ``result.json`` exists:
+a restarted experiment skips finished runs and resumes an interrupted one from its last checkpoint.
+``OUT/experiment.json`` records the plan; restarting with a different base config is refused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import platform
+import re
+import time
+from dataclasses import asdict, dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bearrec.config import ExperimentConfig, with_overrides
+from bearrec.data.dataset import RecDataset
+from bearrec.io import write_json
+from bearrec.metrics import ndcg_at_k
+
+SASREC = "sasrec"
+BASELINE = "sft"
+SHORT_KEYS = {"weight", "temperature", "beam_width", "surrogate", "allowed", "reduction"}  # fields of an objective
+
+
+@dataclass
+class EvalSettings:
+    """How every run of an experiment is evaluated (the same users for all of them)."""
+
+    split: str = "test"
+    beam_width: int = 10
+    max_users: int | None = None  # seeded subsample of the split (None: all)
+    pruning_rate: bool = True  # PR@K and the pruning attribution (costs a search per user)
+    seed: int = 0  # seed of the user subsample, fixed across training seeds
+
+
+@dataclass
+class RunSpec:
+    """One run: a label (row of the results table), its seed and the config fields it changes."""
+
+    label: str
+    seed: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> str:
+        return f"{re.sub(r'[^A-Za-z0-9.=_-]+', '_', self.label)}/seed{self.seed}"
+
+    def config(self, base: ExperimentConfig) -> ExperimentConfig:
+        return with_overrides(base, {**self.overrides, "train.seed": self.seed})
+
+
+def compare_plan(objectives: list[str], seeds: int, base_seed: int = 0, sasrec: bool = True) -> list[RunSpec]:
+    """Seed-major order, so that every objective has a result early and later seeds refine them."""
+    labels = list(dict.fromkeys(objectives))
+    if BASELINE not in labels:
+        labels.insert(0, BASELINE)
+    specs = []
+    for seed in range(base_seed, base_seed + seeds):
+        specs += [RunSpec(name, seed, {"train.objective": name}) for name in labels]
+        if sasrec:
+            specs.append(RunSpec(SASREC, seed))
+    return specs
+
+
+def parse_grid(entries: list[str], objective: str) -> dict[str, list]:
+    """``["weight=0.1,0.5", "train.lr=1e-4,1e-3"]`` -> ``{"bear.weight": [0.1, 0.5], "train.lr": [...]}``.
+
+    A name without a section (``weight``) is a field of the swept objective's section.
+    """
+    import yaml
+
+    section = {"bear": "bear", "beam-sim": "beam_sim"}.get(objective)
+    grid: dict[str, list] = {}
+    for entry in entries:
+        key, sep, values = entry.partition("=")
+        if not sep or not key or not values:
+            raise ValueError(f"grid entry {entry!r}: expected name=v1,v2,... (e.g. weight=0.1,0.5,1)")
+        if "." not in key:
+            if section is None or key not in SHORT_KEYS:
+                raise ValueError(f"grid entry {entry!r}: use section.field (e.g. bear.weight or train.lr)")
+            key = f"{section}.{key}"
+        grid[key] = [yaml.safe_load(v) for v in values.split(",")]
+    if not grid:
+        raise ValueError("empty grid: pass --grid name=v1,v2,... (e.g. --grid weight=0.1,0.5,1 temperature=0.5,1)")
+    return grid
+
+
+def grid_label(objective: str, point: dict[str, Any]) -> str:
+    return f"{objective} " + " ".join(f"{k.split('.')[-1]}={v}" for k, v in point.items())
+
+
+def sweep_plan(objective: str, grid: dict[str, list], seeds: int, base_seed: int = 0) -> list[RunSpec]:
+    """The SFT baseline and every grid point, per seed."""
+    specs = []
+    for seed in range(base_seed, base_seed + seeds):
+        specs.append(RunSpec(BASELINE, seed, {"train.objective": BASELINE}))
+        for values in itertools.product(*grid.values()):
+            point = dict(zip(grid, values))
+            specs.append(RunSpec(grid_label(objective, point), seed, {"train.objective": objective, **point}))
+    return specs
+
+
+def environment() -> dict:
+    """Library versions and machine, for results.json."""
+    versions = {}
+    for package in ("bearrec", "torch", "transformers", "peft", "accelerate", "tokenizers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"versions": versions, "python": platform.python_version(), "platform": platform.platform(),
+            "cpu_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def run_experiment(base: ExperimentConfig, specs: list[RunSpec], out_dir: str | Path, settings: EvalSettings,
+                   kind: str, console=None) -> list[dict]:
+    """Train and evaluate every planned run that is not finished yet; returns one result per spec."""
+    out = Path(out_dir)
+    base.validate()
+    if not base.data:
+        raise ValueError("no dataset: pass DATA or set 'data' in the config")
+    plan = {"kind": kind, "base_config": base.to_dict(), "eval": asdict(settings)}
+    previous = out / "experiment.json"
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        if {k: old.get(k) for k in plan} != plan:
+            raise FileExistsError(f"{out}: holds a different experiment (other config or evaluation); "
+                                  "choose another --out, or --overwrite to start again")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(previous, {**plan, "runs": [asdict(s) | {"folder": s.folder} for s in specs]})
+    dataset = RecDataset.load(base.data)
+    for spec in specs:  # fail on a bad override before hours of training, not after
+        if spec.label != SASREC:
+            spec.config(base)
+    results, durations = [], []
+    started = time.perf_counter()
+    for n, spec in enumerate(specs, 1):
+        folder = out / "runs" / spec.folder
+        done = folder / "result.json"
+        if done.is_file():
+            results.append(json.loads(done.read_text()))
+            if console:
+                console.print(f"[{n}/{len(specs)}] {spec.label} seed {spec.seed}: finished earlier, kept")
+            continue
+        if console:
+            left = len(specs) - n + 1
+            eta = f", about {_clock(left * sum(durations) / len(durations))} left" if durations else ""
+            console.print(f"[bold][{n}/{len(specs)}] {spec.label} seed {spec.seed}[/bold] "
+                          f"(elapsed {_clock(time.perf_counter() - started)}{eta})")
+        run_start = time.perf_counter()
+        if spec.label == SASREC:
+            result = _sasrec_run(dataset, replace(base.sasrec, seed=spec.seed), settings, folder, console)
+        else:
+            result = _lm_run(spec.config(base), dataset, settings, folder, console)
+        result.update(label=spec.label, seed=spec.seed, overrides=spec.overrides, folder=spec.folder,
+                      wall_seconds=time.perf_counter() - run_start)
+        write_json(done, result)
+        durations.append(result["wall_seconds"])
+        results.append(result)
+    return results
+
+
+def _lm_run(config: ExperimentConfig, dataset: RecDataset, settings: EvalSettings, folder: Path, console) -> dict:
+    from bearrec.runs import evaluate_run, train_run
+
+    if (folder / "train_log.json").is_file() and (folder / "model").is_dir():
+        log = json.loads((folder / "train_log.json").read_text())  # trained, interrupted while evaluating
+    else:
+        log = train_run(config, folder, resume=(folder / "config.yaml").is_file(), dataset=dataset, console=console)
+    result = evaluate_run(folder, split=settings.split, beam_width=settings.beam_width, max_users=settings.max_users,
+                          pruning_rate=settings.pruning_rate, seed=settings.seed, console=console, dataset=dataset)
+    return {"kind": "lm", "metrics": result["metrics"], "pruning": result.get("pruning"), "users": result["users"],
+            "of_users": result["of_users"], "retrieved_rank": result["retrieved_rank"],
+            "seconds_per_epoch": log["seconds_per_epoch"], "best_valid_ndcg10": log.get("best_valid_ndcg10"),
+            "epochs_trained": len(log["epochs"]), "parameters": log.get("parameters"),
+            "train_examples": log.get("examples"), "config": config.to_dict()}
+
+
+def _sasrec_run(dataset: RecDataset, config, settings: EvalSettings, folder: Path, console) -> dict:
+    from bearrec.sasrec import evaluate_sasrec, save_sasrec, train_sasrec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model, log = train_sasrec(dataset, config, console)
+    save_sasrec(model, folder / "model.safetensors")
+    result = evaluate_sasrec(model, dataset, settings.split, settings.max_users, settings.seed,
+                             top_k=settings.beam_width)
+    return {"kind": "sasrec", **result, "pruning": None, "seconds_per_epoch": log["seconds_per_epoch"],
+            "best_valid_ndcg10": log["best_valid_ndcg10"], "epochs_trained": log["epochs_run"],
+            "parameters": {"total": sum(p.numel() for p in model.parameters())}, "config": log["config"]}
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# --- summaries ---------------------------------------------------------------------------------------------
+
+METRICS = ("NDCG@5", "NDCG@10", "HR@5", "HR@10", "PR@5", "PR@10")
+
+
+def summarize(results: list[dict], ks=(5, 10)) -> dict:
+    """Per label: mean and std over seeds of every metric, seconds per epoch, pooled pruning counts; per
+    label other than SFT: relative improvement over SFT and whether the NDCG@10 difference exceeds noise."""
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        groups.setdefault(r["label"], []).append(r)
+    rows = {}
+    for label, runs in groups.items():
+        row = {"seeds": [r["seed"] for r in runs], "kind": runs[0]["kind"], "mean": {}, "std": {}}
+        for metric in METRICS:
+            values = [r["metrics"][metric] for r in runs if metric in r["metrics"]]
+            values = [v for v in values if v is not None and not math.isnan(v)]
+            if values:
+                row["mean"][metric] = float(np.mean(values))
+                row["std"][metric] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+        row["seconds_per_epoch"] = float(np.mean([r["seconds_per_epoch"] for r in runs]))
+        row["users"] = runs[0]["users"]
+        row["pruning"] = _pool_pruning([r["pruning"] for r in runs if r.get("pruning")], ks)
+        rows[label] = row
+    if BASELINE in groups:
+        for label, row in rows.items():
+            if label != BASELINE:
+                row["vs_sft"] = _versus(groups[label], groups[BASELINE], row["mean"], rows[BASELINE]["mean"])
+    return rows
+
+
+def _pool_pruning(summaries: list[dict], ks) -> dict | None:
+    """Pruning counts summed over seeds (PR@K of the pooled users)."""
+    if not summaries:
+        return None
+    pooled: dict = {"pruning_step_histogram": {}}
+    for k in ks:
+        positives = sum(s[f"top{k}_positives"] for s in summaries)
+        pruned = sum(s[f"pruned@{k}"] for s in summaries)
+        violations = sum(round(s[f"pruned@{k}"] * s[f"violation_share@{k}"]) for s in summaries if s[f"pruned@{k}"])
+        pooled.update({f"top{k}_positives": positives, f"pruned@{k}": pruned,
+                       f"PR@{k}": pruned / positives if positives else math.nan,
+                       f"violation_share@{k}": violations / pruned if pruned else math.nan})
+    for s in summaries:
+        for step, count in s["pruning_step_histogram"].items():
+            pooled["pruning_step_histogram"][int(step)] = pooled["pruning_step_histogram"].get(int(step), 0) + count
+    pooled["pruned_all_ranks"] = sum(s["pruned_all_ranks"] for s in summaries)
+    return pooled
+
+
+def _versus(runs: list[dict], baseline: list[dict], mean: dict, base_mean: dict) -> dict:
+    """Relative improvement over SFT, a seed-noise test and a paired bootstrap over users (NDCG@10)."""
+    from scipy import stats
+
+    relative = {m: (mean[m] - base_mean[m]) / base_mean[m] if base_mean.get(m) else None
+                for m in METRICS[:4] if m in mean and m in base_mean}
+    ours = [r["metrics"]["NDCG@10"] for r in runs]
+    theirs = [r["metrics"]["NDCG@10"] for r in baseline]
+    out: dict = {"relative": relative, "ndcg10_difference": float(np.mean(ours) - np.mean(theirs))}
+    if len(ours) > 1 and len(theirs) > 1:
+        test = stats.ttest_ind(ours, theirs, equal_var=False)
+        p = float(test.pvalue) if not math.isnan(test.pvalue) else 1.0
+        out["seed_test"] = {"test": "Welch t-test over seeds", "p_value": p, "exceeds_seed_noise": p < 0.05}
+    # Users are the same rows in every run: resample them, with both sides averaged over their seeds.
+    gain = _per_user_ndcg(runs) - _per_user_ndcg(baseline)
+    rng = np.random.default_rng(0)
+    boot = gain[rng.integers(0, gain.size, (2000, gain.size))].mean(axis=1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    out["user_bootstrap"] = {"ci95": [float(low), float(high)], "excludes_zero": bool(low > 0 or high < 0)}
+    return out
+
+
+def _per_user_ndcg(runs: list[dict]) -> np.ndarray:
+    ranks = torch.tensor([r["retrieved_rank"] for r in runs])
+    return np.mean([[ndcg_at_k(rank[None], 10) for rank in row] for row in ranks], axis=0)
+
+
+def verdict(label: str, row: dict) -> str:
+    """One sentence on whether ``label`` beats SFT beyond the noise."""
+    vs = row["vs_sft"]
+    diff = vs["ndcg10_difference"]
+    direction = "higher" if diff > 0 else "lower"
+    parts = [f"{label}: NDCG@10 {abs(diff):.4f} {direction} than SFT"]
+    seed = vs.get("seed_test")
+    if seed:
+        parts.append(f"{'exceeds' if seed['exceeds_seed_noise'] else 'within'} the seed noise "
+                     f"(Welch t-test over {len(row['seeds'])} seeds, p = {seed['p_value']:.3f})")
+    else:
+        parts.append("one seed only, so the seed noise is unknown (use --seeds 3)")
+    low, high = vs["user_bootstrap"]["ci95"]
+    parts.append(f"95% user-bootstrap interval of the difference [{low:+.4f}, {high:+.4f}]"
+                 + (" excludes 0" if vs["user_bootstrap"]["excludes_zero"] else " includes 0"))
+    return "; ".join(parts) + "."
+
+
+# --- reports ------------------------------------------------------------------------------------------------
+
+def write_report(out_dir: str | Path, results: list[dict], base: ExperimentConfig, settings: EvalSettings,
+                 kind: str, command: str, grid: dict[str, list] | None = None) -> dict:
+    """``results.json``, ``results.md`` and the figures of an experiment folder; returns the summary rows."""
+    from bearrec.io import write_text
+    from bearrec.report import (efficiency_figure, pr_figure, pruning_comparison_figure, pruning_markdown,
+                                summary_markdown, summary_runs, sweep_figure)
+
+    out = Path(out_dir)
+    rows = summarize(results)
+    dataset = RecDataset.load(base.data)
+    first = next((r for r in results if r["kind"] == "lm"), None)
+    users = results[0]["users"] if results else 0
+    title = f"{kind}: {Path(base.data).name}, model {base.model}, {users} {settings.split} users, B={settings.beam_width}"
+    write_json(out / "results.json", {
+        "title": title, "command": command, "kind": kind, "dataset": dataset.summary(), "eval": asdict(settings),
+        "grid": grid, "base_config": base.to_dict(), "summary": rows, "environment": environment(),
+        "runs": [{k: v for k, v in r.items() if k != "retrieved_rank"} for r in results],
+    })
+    figures = []
+    if any(row["pruning"] for row in rows.values()):
+        pr_figure(rows, out / "pr_at_k.png", f"Pruning rate (paper Fig. 6), {Path(base.data).name}")
+        pruning_comparison_figure(rows, out / "pruning.png", f"Pruning attribution (paper Fig. 4), {Path(base.data).name}")
+        figures += ["pr_at_k.png", "pruning.png"]
+    efficiency_figure(rows, out / "efficiency.png", f"Training time vs NDCG@10 (paper Fig. 9), {Path(base.data).name}")
+    figures.append("efficiency.png")
+    if grid:
+        points = {r["label"]: {k: r["overrides"][k] for k in grid} for r in results if r["label"] != BASELINE}
+        sweep_figure(rows, points, out / "sweep.png", f"Sensitivity (paper Fig. 8), {Path(base.data).name}")
+        figures.append("sweep.png")
+
+    subsample = (f"{users} of {results[0]['of_users']} {settings.split} rows (seeded subsample, seed {settings.seed})"
+                 if results and users < results[0]["of_users"] else f"all {users} {settings.split} rows")
+    train_examples = first.get("train_examples") if first else None
+    lines = [f"# {title}", "", f"Command: `{command}`", "",
+             f"- data: `{base.data}` ({dataset.summary()['items']} items); evaluated on {subsample}",
+             f"- model: {base.model}" + (f" ({first['parameters']['total']:,} parameters, "
+                                        f"{first['parameters']['trainable']:,} trained)" if first and first.get("parameters") else ""),
+             f"- training: {train_examples if train_examples is not None else '?'} examples, up to {base.train.epochs} epochs, "
+             f"best validation NDCG@10 kept ({base.train.valid_users} validation users)",
+             "- N = NDCG, H = HR (beam search, B = {}), PR = pruning rate (lower is better); mean ± std over seeds".format(settings.beam_width),
+             "", summary_markdown(rows)]
+    verdicts = [verdict(label, row) for label, row in rows.items() if "vs_sft" in row]
+    if verdicts:
+        lines += ["## Is the difference real?", ""] + [f"- {v}" for v in verdicts] + [""]
+    if any(row["pruning"] for row in rows.values()):
+        lines += ["## Pruning attribution (paper Figure 4, users pooled over seeds)", "",
+                  pruning_markdown({k: v for k, v in summary_runs(rows).items() if v["pruning"]}), ""]
+    lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
+    write_text(out / "results.md", "\n".join(lines))
+    return rows
