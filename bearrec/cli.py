@@ -343,6 +343,9 @@ def sweep(
     extra = [a for a in ctx.args if "=" in a and not a.startswith("-")]
     if len(extra) != len(ctx.args):
         raise ValueError(f"unexpected argument(s): {' '.join(a for a in ctx.args if a not in extra)}")
+    if config is not None and "=" in config.name and not config.exists():  # a grid entry, not a config file
+        extra.insert(0, str(config))
+        config = None
     parsed = parse_grid(list(grid or []) + extra, objective.value)
     sets = [f"train.epochs={epochs}"] * (epochs is not None) + [f"train.max_train_examples={max_train_examples}"] * (
         max_train_examples is not None) + list(overrides or [])

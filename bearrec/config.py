@@ -123,10 +123,21 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override {item!r}: expected section.field=value")
-        _set(raw, key, yaml.safe_load(value))
+        _set(raw, key, parse_value(value))
     config = from_dict(raw, str(path) if path else "config")
     config.validate()
     return config
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML, except that ``3e-4`` is a number (YAML 1.1 wants ``3.0e-4``)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def with_overrides(config: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfig:

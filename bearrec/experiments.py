@@ -78,7 +78,7 @@ def parse_grid(entries: list[str], objective: str) -> dict[str, list]:
 
     A name without a section (``weight``) is a field of the swept objective's section.
     """
-    import yaml
+    from bearrec.config import parse_value
 
     section = {"bear": "bear", "beam-sim": "beam_sim"}.get(objective)
     grid: dict[str, list] = {}
@@ -90,7 +90,7 @@ def parse_grid(entries: list[str], objective: str) -> dict[str, list]:
             if section is None or key not in SHORT_KEYS:
                 raise ValueError(f"grid entry {entry!r}: use section.field (e.g. bear.weight or train.lr)")
             key = f"{section}.{key}"
-        grid[key] = [yaml.safe_load(v) for v in values.split(",")]
+        grid[key] = [parse_value(v) for v in values.split(",")]
     if not grid:
         raise ValueError("empty grid: pass --grid name=v1,v2,... (e.g. --grid weight=0.1,0.5,1 temperature=0.5,1)")
     return grid

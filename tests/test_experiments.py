@@ -1,0 +1,127 @@
+"""Experiments: plans, summaries against hand-computed numbers, and compare / sweep end to end (restart included)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from bearrec.cli import app
+from bearrec.experiments import compare_plan, parse_grid, summarize, sweep_plan
+
+runner = CliRunner()
+
+
+def _run(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_compare_plan_is_seed_major_with_sft_first():
+    specs = compare_plan(["bear", "beam-sim"], seeds=2, base_seed=5, sasrec=True)
+    assert [(s.label, s.seed) for s in specs] == [
+        ("sft", 5), ("bear", 5), ("beam-sim", 5), ("sasrec", 5), ("sft", 6), ("bear", 6), ("beam-sim", 6), ("sasrec", 6)]
+    assert specs[1].overrides == {"train.objective": "bear"} and specs[1].folder == "bear/seed5"
+
+
+def test_parse_grid_and_sweep_plan():
+    grid = parse_grid(["weight=0.1,1", "temperature=3e-1,2", "train.lr=1e-4"], "bear")
+    assert grid == {"bear.weight": [0.1, 1], "bear.temperature": [0.3, 2], "train.lr": [1e-4]}
+    specs = sweep_plan("bear", grid, seeds=1)
+    assert len(specs) == 1 + 2 * 2 * 1 and specs[0].label == "sft"
+    assert specs[1].overrides == {"train.objective": "bear", "bear.weight": 0.1, "bear.temperature": 0.3, "train.lr": 1e-4}
+    assert specs[1].label == "bear weight=0.1 temperature=0.3 lr=0.0001"
+    with pytest.raises(ValueError, match="section.field"):
+        parse_grid(["lr=0.1"], "bear")
+    with pytest.raises(ValueError, match="name=v1,v2"):
+        parse_grid(["weight"], "bear")
+
+
+def _result(label, seed, ndcg10, ranks, pruned=1):
+    return {"label": label, "seed": seed, "kind": "lm", "users": len(ranks), "seconds_per_epoch": 2.0,
+            "metrics": {"NDCG@5": ndcg10 / 2, "NDCG@10": ndcg10, "HR@5": 0.1, "HR@10": 0.2, "PR@5": 0.5, "PR@10": 0.25},
+            "retrieved_rank": ranks,
+            "pruning": {"top5_positives": 2, "pruned@5": 1, "violation_share@5": 1.0, "top10_positives": 4,
+                        "pruned@10": pruned, "violation_share@10": 0.0, "pruning_step_histogram": {"1": pruned},
+                        "pruned_all_ranks": pruned}}
+
+
+def test_summary_statistics_by_hand():
+    sft = [_result("sft", s, v, [1, 0, 0, 0]) for s, v in enumerate([0.10, 0.12, 0.11])]
+    bear = [_result("bear", s, v, [1, 1, 1, 0], pruned=3) for s, v in enumerate([0.20, 0.22, 0.21])]
+    rows = summarize(sft + bear)
+    assert rows["sft"]["mean"]["NDCG@10"] == pytest.approx(0.11)
+    assert rows["sft"]["std"]["NDCG@10"] == pytest.approx(0.01)  # sample std over seeds
+    vs = rows["bear"]["vs_sft"]
+    assert vs["relative"]["NDCG@10"] == pytest.approx(0.21 / 0.11 - 1)
+    assert vs["relative"]["HR@10"] == pytest.approx(0.0)
+    # Welch t-test by hand: t = 0.1 / sqrt(2 * 0.01^2 / 3), df = 4
+    from scipy import stats
+
+    t = 0.1 / math.sqrt(2 * 0.01**2 / 3)
+    assert vs["seed_test"]["p_value"] == pytest.approx(2 * stats.t.sf(t, 4))
+    assert vs["seed_test"]["exceeds_seed_noise"]
+    # per user: bear gains NDCG@10 = 1 on users 1 and 2, nothing elsewhere (mean gain 0.5)
+    low, high = vs["user_bootstrap"]["ci95"]
+    assert 0 <= low < 0.5 < high <= 1 and vs["user_bootstrap"]["excludes_zero"] == (low > 0)
+    pooled = rows["bear"]["pruning"]
+    assert pooled["top10_positives"] == 12 and pooled["pruned@10"] == 9 and pooled["PR@10"] == pytest.approx(0.75)
+    assert pooled["pruning_step_histogram"] == {1: 9}
+
+
+def test_one_seed_has_no_seed_test_but_a_user_bootstrap():
+    rows = summarize([_result("sft", 0, 0.1, [1, 0, 2, 0]), _result("bear", 0, 0.1, [1, 0, 2, 0])])
+    vs = rows["bear"]["vs_sft"]
+    assert "seed_test" not in vs and vs["user_bootstrap"]["ci95"] == [0.0, 0.0]
+    assert not vs["user_bootstrap"]["excludes_zero"]
+    assert np.isclose(vs["ndcg10_difference"], 0.0)
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_then_restart_skips_finished_runs(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "cmp"
+    assert _run("prepare", "synthetic", "--out", data, "--users", 60).exit_code == 0
+    args = ["compare", "--data", data, "--model", "tiny", "--objectives", "sft,bear", "--seeds", 2, "--epochs", 1,
+            "--max-eval-users", 12, "--set", "train.batch_size=32", "--set", "train.valid_users=8",
+            "--set", "sasrec.epochs=2", "--set", "sasrec.eval_every=1", "--out", out]
+    result = _run(*args)
+    assert result.exit_code == 0, result.output
+    for name in ("results.json", "results.md", "pr_at_k.png", "pruning.png", "efficiency.png", "experiment.json"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["summary"]) == {"sft", "bear", "sasrec"} and len(report["runs"]) == 6
+    assert report["environment"]["versions"]["torch"] and report["base_config"]["model"] == "tiny"
+    assert all(r["users"] == 12 for r in report["runs"])
+    assert report["summary"]["sasrec"]["mean"].get("PR@10") is None  # no beam search, no pruning rate
+    md = (out / "results.md").read_text()
+    assert "| bear vs sft |" in md and "Welch t-test over 2 seeds" in md and "seeds" in md
+
+    # Simulate Ctrl-C during the last run: its result is missing, its training half done.
+    last = out / "runs" / "bear" / "seed1"
+    (last / "result.json").unlink()
+    kept = (out / "runs" / "sft" / "seed0" / "result.json").stat().st_mtime_ns
+    again = _run(*args)
+    assert again.exit_code == 0
+    assert again.stderr.count("finished earlier, kept") == 5
+    assert (last / "result.json").is_file()
+    assert (out / "runs" / "sft" / "seed0" / "result.json").stat().st_mtime_ns == kept
+
+    other = _run(*args[:-2], "--set", "train.lr=0.01", "--out", out)
+    assert other.exit_code == 2 and "different experiment" in other.stderr
+
+
+@pytest.mark.slow
+def test_sweep_end_to_end(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "sweep"
+    assert _run("prepare", "synthetic", "--out", data, "--users", 40).exit_code == 0
+    args = ["sweep", "--data", data, "--grid", "weight=0.1,1", "temperature=1", "--epochs", 1, "--max-eval-users", 8,
+            "--set", "train.valid_users=0", "--out", out]
+    result = _run(*args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["summary"]) == {"sft", "bear weight=0.1 temperature=1", "bear weight=1 temperature=1"}
+    assert report["grid"] == {"bear.weight": [0.1, 1], "bear.temperature": [1]}
+    assert (out / "sweep.png").is_file()
+    assert _run(*args).stderr.count("finished earlier, kept") == 3
+    bad = _run("sweep", "--data", data, "--grid", "lr=1", "--out", tmp_path / "bad")
+    assert bad.exit_code == 2 and "section.field" in bad.stderr
