@@ -60,7 +60,9 @@ def evaluate(
         if pruning_rate:
             task = progress.add_task(f"exact ranks of the positives among {trie.num_items} items", total=len(prompts))
             start = time.perf_counter()
+            known = (beams.item_ids, beams.scores) if length_penalty == 0 else (None, None)  # unnormalised scores
             exact_rank = exact_target_ranks(model, input_ids, attention_mask, trie, targets, max_rank=max(ks),
+                                            known_items=known[0], known_scores=known[1],
                                             progress=lambda k: progress.advance(task, k))
             score_seconds = time.perf_counter() - start
     result = {"metrics": ranking_metrics(beams.item_ids, targets, exact_rank, ks), "split": split,

@@ -99,15 +99,22 @@ def test_score_catalog_equals_teacher_forcing(arch, chunk_nodes):
         assert torch.allclose(got[n], expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("nodes_per_forward,max_rank", [(1, 4), (3, 50), (64, 1), (64, 10)])
-def test_exact_target_ranks_equal_brute_force_ranks(case, nodes_per_forward, max_rank):
-    """Every item as the target of every prompt: the pruned search gives the capped rank by enumeration."""
+@pytest.mark.parametrize("nodes_per_forward,max_rank,beam_width", [(1, 4, 0), (3, 50, 0), (64, 1, 0), (64, 10, 0),
+                                                                 (2, 4, 6), (64, 10, 10)])
+def test_exact_target_ranks_equal_brute_force_ranks(case, nodes_per_forward, max_rank, beam_width):
+    """Every item as the target of every prompt: the pruned search gives the capped rank by enumeration,
+    with and without a beam search's items as known scores."""
     model, items, prompts, all_scores = case
     trie = ItemTrie.from_sequences(items, EOS)
     rows = [(n, t) for n in range(4) for t in range(len(items))]
     ids, mask = left_pad([prompts[n] for n, _ in rows], PAD)
-    got = exact_target_ranks(model, ids, mask, trie, torch.tensor([t for _, t in rows]), max_rank=max_rank,
-                             nodes_per_forward=nodes_per_forward)
+    targets = torch.tensor([t for _, t in rows])
+    known = {}
+    if beam_width:
+        beams = constrained_beam_search(model, ids, mask, trie, beam_width=beam_width)
+        known = {"known_items": beams.item_ids, "known_scores": beams.scores}
+    got = exact_target_ranks(model, ids, mask, trie, targets, max_rank=max_rank, nodes_per_forward=nodes_per_forward,
+                             **known)
     expected = []
     for n, t in rows:
         scores = torch.tensor([all_scores[n][tuple(s)] for s in items])

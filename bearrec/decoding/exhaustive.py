@@ -150,6 +150,8 @@ def exact_target_ranks(
     targets: torch.Tensor,
     max_rank: int = 10,
     nodes_per_forward: int = 128,
+    known_items: torch.Tensor | None = None,
+    known_scores: torch.Tensor | None = None,
     progress=None,
 ) -> torch.Tensor:
     """Rank of each target among all items by exact probability (as :func:`score_catalog` +
@@ -162,6 +164,10 @@ def exact_target_ranks(
     nodes are expanded ``nodes_per_forward`` at a time by tree attention, until every one of them is
     expanded (the rank is exact) or ``max_rank`` items beat the target. With a peaked (trained,
     pretrained) model this is a few forwards per user instead of one per trie node.
+
+    ``known_items`` / ``known_scores`` ``[N, B]`` (a beam search's items and their unnormalised scores,
+    -1 for none) are items whose exact score is already known: when ``max_rank`` of them beat the target,
+    as they do for most users of a weak model, the search stops after the target's own path.
     """
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -198,6 +204,11 @@ def exact_target_ranks(
             window = path[:-1][lo : lo + nodes_per_forward]
             expand(window, _chunk_log_probs(model, cache, mask, _tree_chunk(trie, window), trie, dtype))
         target_score = prefix[path[-1]]
+        if known_items is not None:
+            items, scores = known_items[user].cpu(), known_scores[user].cpu().float()
+            keep = (items >= 0) & (items != int(targets[user]))
+            leaves = trie.paths[items[keep]].gather(1, (trie.lengths[items[keep]] - 1)[:, None])[:, 0]
+            prefix[leaves] = scores[keep]
         while True:
             above = prefix > target_score  # ties favour the positive, as in full_rank
             beaten = int((above & is_leaf).sum())

@@ -48,5 +48,6 @@ def pruning_report(
 ) -> PruningReport:
     """Beam search with the positives followed, the positives' exact ranks, and the attribution."""
     beams = constrained_beam_search(model, input_ids, attention_mask, trie, beam_width, batch_size, targets=targets)
-    exact_rank = exact_target_ranks(model, input_ids, attention_mask, trie, targets, max_rank=max(ks))
+    exact_rank = exact_target_ranks(model, input_ids, attention_mask, trie, targets, max_rank=max(ks),
+                                    known_items=beams.item_ids, known_scores=beams.scores)
     return attribute_pruning(beams, exact_rank, targets, ks)
