@@ -252,6 +252,15 @@ def _experiment_config(config: Optional[Path], data: Optional[Path], model: Opti
     return load_config(config, sets + overrides)
 
 
+CPU_BUDGET = (512, 100)  # (train examples, evaluation users) of compare with smollm2-135m on a CPU
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: bool, grid=None) -> None:
     import shlex
     import shutil
@@ -265,7 +274,7 @@ def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: 
         results = run_experiment(base, specs, out_dir, settings, kind, console)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted:[/yellow] finished runs are kept in {out_dir}; "
-                      "run the same command again to resume")
+                      "run the same command again to resume", soft_wrap=True)
         raise typer.Exit(130) from None
     rows = write_report(out_dir, results, base, settings, kind, shlex.join(["bearrec", *sys.argv[1:]]), grid)
     out.print(rich_table(summary_runs(rows), f"{kind}: {len(results)} runs (mean over seeds)"))
@@ -307,6 +316,14 @@ def compare(
         max_train_examples is not None) + [f"{s}.beam_width={beam_width}" for s in ("bear", "beam_sim")] + [
         f"train.valid_beam_width={beam_width}"] + list(overrides or [])
     base = _experiment_config(config, data, model, sets, SMOLLM2)
+    if base.model == SMOLLM2 and not torch_cuda() and max_train_examples is None and max_eval_users is None \
+            and base.train.max_train_examples is None:
+        # A full office epoch of a 135M model is hours on a CPU: default to a budget of about an hour.
+        base.train.max_train_examples, max_eval_users = CPU_BUDGET
+        base.train.batch_size = min(base.train.batch_size, 8)
+        console.print(f"[yellow]note:[/yellow] {SMOLLM2} on CPU: training on {CPU_BUDGET[0]} examples and evaluating "
+                      f"{CPU_BUDGET[1]} users per run (about an hour for SFT + BEAR); pass --max-train-examples / "
+                      "--max-eval-users to change", soft_wrap=True)
     names = [o.strip() for o in objectives.split(",") if o.strip()]
     unknown = [n for n in names if n not in OBJECTIVE_CONFIGS]
     if unknown:

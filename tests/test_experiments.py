@@ -125,3 +125,24 @@ def test_sweep_end_to_end(tmp_path):
     assert _run(*args).stderr.count("finished earlier, kept") == 3
     bad = _run("sweep", "--data", data, "--grid", "lr=1", "--out", tmp_path / "bad")
     assert bad.exit_code == 2 and "section.field" in bad.stderr
+
+
+def test_compare_defaults_to_smollm2_with_a_cpu_budget(tmp_path, monkeypatch):
+    import bearrec.experiments
+
+    seen = {}
+
+    def fake_run(base, specs, out_dir, settings, kind, console=None):
+        seen.update(base=base, specs=specs, settings=settings)
+        raise KeyboardInterrupt  # stop before any training; also exercises the Ctrl-C message
+
+    monkeypatch.setattr(bearrec.experiments, "run_experiment", fake_run)
+    monkeypatch.setattr("bearrec.cli.torch_cuda", lambda: False)
+    data = tmp_path / "data"
+    assert _run("prepare", "synthetic", "--out", data, "--users", 20).exit_code == 0
+    result = _run("compare", "--data", data, "--objectives", "bear", "--out", tmp_path / "cmp")
+    assert result.exit_code == 130 and "run the same command again" in result.stderr
+    assert seen["base"].model == "smollm2-135m" and seen["base"].train.max_train_examples == 512
+    assert seen["settings"].max_users == 100 and [s.label for s in seen["specs"]] == ["sft", "bear", "sasrec"]
+    result = _run("compare", "--data", data, "--model", "tiny", "--objectives", "bear,nope", "--out", tmp_path / "c2")
+    assert result.exit_code == 2 and "nope" in result.stderr
