@@ -5,7 +5,8 @@ Measures, for one model, one set of prompts and B:
   prefix_allowed_tokens_fn=trie walk, length_penalty=0.0)``, and whether their item lists and scores agree;
 * the decoding overhead: our time divided by the time of the bare forwards beam search cannot avoid
   (one prefill, then one forward of B rows per user per decoding step, KV cache growing);
-* exact scoring of the whole catalog (``score_catalog``) against beam search.
+* exact scoring of the whole catalog (``score_catalog``) and exact ranks of the positives
+  (``exact_target_ranks``, what PR@K uses) against beam search.
 
 Usage (CPU, the quickstart's synthetic catalog and tiny model trained for one epoch):
     python benchmarks/bench_decoding.py --users 256
@@ -28,7 +29,8 @@ import transformers
 from bearrec.catalog import build_trie
 from bearrec.data.prompts import PromptEncoder, PromptTemplate, left_pad
 from bearrec.data.synthetic import generate_synthetic
-from bearrec.decoding import constrained_beam_search, position_ids_from_mask, score_catalog
+from bearrec.decoding import constrained_beam_search, exact_target_ranks, position_ids_from_mask, score_catalog
+from bearrec.metrics import full_rank
 from bearrec.config import ExperimentConfig, TrainConfig
 from bearrec.runs import load_run, train_run
 from bearrec.train import encode_split
@@ -109,7 +111,7 @@ def main() -> None:
     model.to(device, dtype=getattr(torch, args.dtype)).eval()
     encoder = PromptEncoder(tokenizer, dataset.titles, PromptTemplate(dataset.domain), max_prompt)
     trie = build_trie(tokenizer, dataset.titles)
-    prompts, _ = encode_split(dataset, "test", encoder, args.users, seed=0)
+    prompts, positives = encode_split(dataset, "test", encoder, args.users, seed=0)
     ids, mask = (t.to(device) for t in left_pad(prompts, tokenizer.pad_token_id))
     B, bs = args.beam_width, args.batch_size
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -125,6 +127,9 @@ def main() -> None:
     steps = trie.max_length
     bare_s, _ = run(lambda: bare_forwards(model, ids, mask, steps, B, bs))
     exact_s, exact = run(lambda: score_catalog(model, ids, mask, trie))
+    targets = torch.tensor(positives)
+    ranks_s, ranks = run(lambda: exact_target_ranks(model, ids, mask, trie, targets, max_rank=B,
+                                                    known_items=ours.item_ids, known_scores=ours.scores))
     n = ids.shape[0]
     result = {
         "date": time.strftime("%Y-%m-%d"),
@@ -138,6 +143,9 @@ def main() -> None:
         "decoding_overhead": ours_s / bare_s,
         "exact_scoring_users_per_s": n / exact_s,
         "exact_scoring_vs_beam_time": exact_s / ours_s,
+        "exact_ranks_users_per_s": n / ranks_s,
+        "exact_ranks_vs_beam_time": ranks_s / ours_s,
+        "exact_ranks_equal_full_scoring": bool((ranks == full_rank(exact, targets).clamp(max=B + 1)).all()),
         "beam_scores_equal_exact_scores": float((exact.gather(1, ours.item_ids.clamp(min=0)) - ours.scores)
                                                 .masked_fill(ours.item_ids < 0, 0).abs().max()),
     }
