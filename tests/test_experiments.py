@@ -143,6 +143,7 @@ def test_compare_defaults_to_smollm2_with_a_cpu_budget(tmp_path, monkeypatch):
     result = _run("compare", "--data", data, "--objectives", "bear", "--out", tmp_path / "cmp")
     assert result.exit_code == 130 and "run the same command again" in result.stderr
     assert seen["base"].model == "smollm2-135m" and seen["base"].train.max_train_examples == 512
+    assert seen["base"].train.epochs == 1 and seen["base"].train.valid_users == 0 and seen["base"].train.lr == 3e-4
     assert seen["settings"].max_users == 100 and [s.label for s in seen["specs"]] == ["sft", "bear", "sasrec"]
     result = _run("compare", "--data", data, "--model", "tiny", "--objectives", "bear,nope", "--out", tmp_path / "c2")
     assert result.exit_code == 2 and "nope" in result.stderr
