@@ -240,16 +240,21 @@ def quickstart(
 
 def _experiment_config(config: Optional[Path], data: Optional[Path], model: Optional[str], overrides: list[str],
                        default_model: str):
-    """Base config of compare/sweep: YAML, then flags, then --set; ``default_model`` if neither names one."""
+    """Base config of compare/sweep: YAML, then --set, then --data/--model; ``default_model`` if none names one."""
     import yaml
 
     from bearrec.config import load_config
 
-    named = model is not None or any(o.startswith("model=") for o in overrides)
+    named = any(o.startswith("model=") for o in overrides)
     if config is not None and config.is_file():
         named = named or "model" in (yaml.safe_load(config.read_text()) or {})
-    sets = ([f"data={data}"] if data else []) + [f"model={model or default_model}"] * (not named or model is not None)
-    return load_config(config, sets + overrides)
+    base = load_config(config, overrides)
+    if data is not None:
+        base.data = str(data)  # set as given: not parsed as YAML (a folder may be called "2024" or "null")
+    if model is not None or not named:
+        base.model = model or default_model
+    base.validate()
+    return base
 
 
 def _cpu_budget(base) -> int:
@@ -317,6 +322,7 @@ def compare(
 
     Interrupted (Ctrl-C)? Run the same command again: finished runs are kept, the current one resumes.
     """
+    from bearrec.config import TrainConfig
     from bearrec.experiments import EvalSettings, compare_plan
     from bearrec.models import SMOLLM2
     from bearrec.objectives.configs import OBJECTIVE_CONFIGS
@@ -325,8 +331,10 @@ def compare(
         max_train_examples is not None) + [f"{s}.beam_width={beam_width}" for s in ("bear", "beam_sim")] + [
         f"train.valid_beam_width={beam_width}"] + list(overrides or [])
     base = _experiment_config(config, data, model, sets, SMOLLM2)
-    if base.model == SMOLLM2 and not torch_cuda() and max_train_examples is None and max_eval_users is None \
-            and epochs is None and base.train.max_train_examples is None:
+    defaults = TrainConfig()
+    untouched = all(getattr(base.train, f) == getattr(defaults, f)
+                    for f in ("epochs", "max_train_examples", "valid_users", "batch_size", "lr"))
+    if base.model == SMOLLM2 and not torch_cuda() and max_eval_users is None and untouched:
         max_eval_users = _cpu_budget(base)
     names = [o.strip() for o in objectives.split(",") if o.strip()]
     unknown = [n for n in names if n not in OBJECTIVE_CONFIGS]

@@ -173,5 +173,9 @@ def _build(cls, raw: dict, where: str):
         if dataclasses.is_dataclass(default):
             values[name] = _build(type(default), value, f"{where}: {name}")
         else:
+            declared = fields[name].default
+            if isinstance(declared, (int, float)) and not isinstance(declared, bool) and value is not None and (
+                    isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{where}: {name} must be a number, not {value!r}")
             values[name] = value
     return cls(**values)

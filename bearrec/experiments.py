@@ -26,7 +26,6 @@ import torch
 from bearrec.config import ExperimentConfig, with_overrides
 from bearrec.data.dataset import RecDataset
 from bearrec.io import write_json
-from bearrec.metrics import ndcg_at_k
 
 SASREC = "sasrec"
 BASELINE = "sft"
@@ -131,6 +130,16 @@ def run_experiment(base: ExperimentConfig, specs: list[RunSpec], out_dir: str | 
     base.validate()
     if not base.data:
         raise ValueError("no dataset: pass DATA or set 'data' in the config")
+    if settings.beam_width < 10:
+        raise ValueError(f"beam width {settings.beam_width}: the reported metrics go up to K=10, so B must be at least 10")
+    folders = [s.folder for s in specs]
+    if len(set(folders)) != len(folders):
+        raise ValueError(f"two planned runs share a folder ({next(f for f in folders if folders.count(f) > 1)}): "
+                         "repeated grid values?")
+    dataset = RecDataset.load(base.data)
+    for spec in specs:  # fail on a bad override before hours of training, not after
+        if spec.label != SASREC:
+            spec.config(base)
     plan = {"kind": kind, "base_config": base.to_dict(), "eval": asdict(settings)}
     previous = out / "experiment.json"
     if previous.is_file():
@@ -140,10 +149,6 @@ def run_experiment(base: ExperimentConfig, specs: list[RunSpec], out_dir: str | 
                                   "choose another --out, or --overwrite to start again")
     out.mkdir(parents=True, exist_ok=True)
     write_json(previous, {**plan, "runs": [asdict(s) | {"folder": s.folder} for s in specs]})
-    dataset = RecDataset.load(base.data)
-    for spec in specs:  # fail on a bad override before hours of training, not after
-        if spec.label != SASREC:
-            spec.config(base)
     results, durations = [], []
     started = time.perf_counter()
     for n, spec in enumerate(specs, 1):
@@ -226,7 +231,7 @@ def summarize(results: list[dict], ks=(5, 10)) -> dict:
             if values:
                 row["mean"][metric] = float(np.mean(values))
                 row["std"][metric] = float(np.std(values, ddof=1)) if len(values) > 1 else None
-        row["seconds_per_epoch"] = float(np.mean([r["seconds_per_epoch"] for r in runs]))
+        row["seconds_per_epoch"] = float(np.nanmean([r["seconds_per_epoch"] for r in runs]))
         row["users"] = runs[0]["users"]
         row["pruning"] = _pool_pruning([r["pruning"] for r in runs if r.get("pruning")], ks)
         rows[label] = row
@@ -272,15 +277,17 @@ def _versus(runs: list[dict], baseline: list[dict], mean: dict, base_mean: dict)
     # Users are the same rows in every run: resample them, with both sides averaged over their seeds.
     gain = _per_user_ndcg(runs) - _per_user_ndcg(baseline)
     rng = np.random.default_rng(0)
-    boot = gain[rng.integers(0, gain.size, (2000, gain.size))].mean(axis=1)
+    boot = np.concatenate([gain[rng.integers(0, gain.size, (200, gain.size))].mean(axis=1) for _ in range(10)])
     low, high = np.percentile(boot, [2.5, 97.5])
     out["user_bootstrap"] = {"ci95": [float(low), float(high)], "excludes_zero": bool(low > 0 or high < 0)}
     return out
 
 
 def _per_user_ndcg(runs: list[dict]) -> np.ndarray:
-    ranks = torch.tensor([r["retrieved_rank"] for r in runs])
-    return np.mean([[ndcg_at_k(rank[None], 10) for rank in row] for row in ranks], axis=0)
+    """NDCG@10 per user (metrics.py's definition), averaged over the runs (seeds)."""
+    ranks = np.array([r["retrieved_rank"] for r in runs], dtype=float)
+    with np.errstate(divide="ignore"):
+        return np.where((ranks >= 1) & (ranks <= 10), 1 / np.log2(ranks + 1), 0.0).mean(axis=0)
 
 
 def verdict(label: str, row: dict) -> str:

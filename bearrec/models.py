@@ -12,6 +12,7 @@ Hugging Face folder (safetensors); later loads read the cache.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -158,9 +159,12 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if (Path(path) / "adapter_config.json").is_file():
-            from peft import AutoPeftModelForCausalLM
+            from peft import PeftModel
 
-            model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype)
+            base = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+            if Path(base).name == SMOLLM2 and not Path(base).is_dir():  # the cache moved or was purged: rebuild it
+                base = str(smollm2_folder())
+            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), path)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as err:

@@ -241,17 +241,20 @@ def sweep_figure(rows: dict[str, dict], points: dict[str, dict], path: Path, tit
         lines: dict[tuple, list] = {}
         for label, values in points.items():
             lines.setdefault(tuple(values[o] for o in others), []).append((values[name], rows[label]["mean"]["NDCG@10"], label))
+        numeric = all(isinstance(v[name], (int, float)) and not isinstance(v[name], bool) for v in points.values())
         for key, line in lines.items():
-            line.sort(key=lambda t: t[0])
+            line.sort(key=lambda t: t[0] if numeric else str(t[0]))
             legend = ", ".join(f"{o.split('.')[-1]}={v}" for o, v in zip(others, key)) or "NDCG@10"
-            ax.plot([t[0] for t in line], [t[1] for t in line], marker="o", label=legend)
+            ax.plot([t[0] if numeric else str(t[0]) for t in line], [t[1] for t in line], marker="o", label=legend)
             for x, y, label in line:
                 if label == best_label:
-                    ax.plot([x], [y], marker="*", markersize=16, color="gold", markeredgecolor="black", zorder=5)
+                    ax.plot([x if numeric else str(x)], [y], marker="*", markersize=16, color="gold", markeredgecolor="black", zorder=5)
         if baseline in rows:
             ax.axhline(rows[baseline]["mean"]["NDCG@10"], linestyle="--", color="gray", label=f"{baseline} baseline")
-        ax.set_xscale("log")
-        ax.set_xlabel(name.split(".")[-1] + " (log scale)")
+        log = numeric and all(v[name] > 0 for v in points.values())
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(name.split(".")[-1] + (" (log scale)" if log else ""))
         ax.set_ylabel("NDCG@10")
         ax.legend(fontsize=7)
         ax.spines[["top", "right"]].set_visible(False)

@@ -39,7 +39,7 @@ class SASRecConfig:
     loss: str = "bce"  # bce: one sampled negative per example (official); ce: softmax over the whole catalog
     eval_every: int = 5  # epochs between validation NDCG@10 checks
     patience: int = 4  # checks without improvement before stopping (0: train all epochs)
-    valid_users: int | None = 1000  # seeded validation subsample for model selection (None: all)
+    valid_users: int | None = 1000  # seeded validation subsample for model selection (None: all; 0: none, keep the last)
     seed: int = 0
 
 
@@ -103,7 +103,9 @@ def train_sasrec(dataset: RecDataset, config: SASRecConfig | None = None, consol
     """Train on the train split; keep the weights with the best validation NDCG@10. Returns (model, log)."""
     cfg = config or SASRecConfig()
     if cfg.loss not in ("bce", "ce"):
-        raise ValueError(f"SASRec loss must be 'bce' or 'ce', not {cfg.loss!r}")
+        raise ValueError(f"sasrec.loss must be 'bce' or 'ce', not {cfg.loss!r}")
+    if cfg.eval_every < 1 or cfg.epochs < 1:
+        raise ValueError("sasrec.epochs and sasrec.eval_every must be at least 1")
     torch.manual_seed(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     num_items = len(dataset.items)
@@ -112,7 +114,7 @@ def train_sasrec(dataset: RecDataset, config: SASRecConfig | None = None, consol
     histories, targets = dataset.examples("train")
     sequences = _pad([h + [t] for h, t in zip(histories, targets)], cfg.max_len + 1)
     rows, targets = sequences[:, :-1], sequences[:, 1:] - 1  # targets: catalog index after each prefix, -1 at padding
-    valid_histories, valid_targets = dataset.examples("valid", cfg.valid_users, cfg.seed)
+    valid_histories, valid_targets = dataset.examples("valid", cfg.valid_users, cfg.seed) if cfg.valid_users != 0 else ([], [])
     generator = torch.Generator().manual_seed(cfg.seed)
     best, best_state, since_best, epochs_run, seconds = -1.0, None, 0, 0, 0.0
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
@@ -143,8 +145,8 @@ def train_sasrec(dataset: RecDataset, config: SASRecConfig | None = None, consol
             seconds += time.perf_counter() - start
             epochs_run = epoch
             progress.advance(task)
-            if epoch % cfg.eval_every and epoch != cfg.epochs:
-                continue
+            if not valid_targets or (epoch % cfg.eval_every and epoch != cfg.epochs):
+                continue  # no validation data: the last epoch's weights are kept
             ndcg = ranking_metrics(top_items(model, valid_histories, 10), torch.tensor(valid_targets), ks=(10,))["NDCG@10"]
             progress.update(task, valid=f"valid NDCG@10 {ndcg:.4f} (best {max(best, ndcg):.4f})")
             if ndcg > best:
@@ -154,8 +156,9 @@ def train_sasrec(dataset: RecDataset, config: SASRecConfig | None = None, consol
                 since_best += 1
                 if cfg.patience and since_best >= cfg.patience:
                     break
-    model.load_state_dict(best_state)
-    return model, {"epochs_run": epochs_run, "seconds_per_epoch": seconds / epochs_run, "best_valid_ndcg10": best,
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return model, {"epochs_run": epochs_run, "seconds_per_epoch": seconds / epochs_run, "best_valid_ndcg10": best if best >= 0 else None,
                    "config": asdict(cfg)}
 
 

@@ -147,3 +147,13 @@ def test_compare_defaults_to_smollm2_with_a_cpu_budget(tmp_path, monkeypatch):
     assert seen["settings"].max_users == 100 and [s.label for s in seen["specs"]] == ["sft", "bear", "sasrec"]
     result = _run("compare", "--data", data, "--model", "tiny", "--objectives", "bear,nope", "--out", tmp_path / "c2")
     assert result.exit_code == 2 and "nope" in result.stderr
+
+
+def test_bad_grid_values_fail_before_training(tmp_path):
+    data = tmp_path / "data"
+    assert _run("prepare", "synthetic", "--out", data, "--users", 20).exit_code == 0
+    result = _run("sweep", "--data", data, "--grid", "temperature=0.5,two", "--out", tmp_path / "s")
+    assert result.exit_code == 2 and "temperature must be a number" in result.stderr
+    result = _run("sweep", "--data", data, "--grid", "weight=0.1,1e-1", "--out", tmp_path / "s2")
+    assert result.exit_code == 2 and "share a folder" in result.stderr
+    assert not (tmp_path / "s").exists() and not (tmp_path / "s2").exists()  # nothing written

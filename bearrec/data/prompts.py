@@ -69,7 +69,7 @@ class PromptEncoder:
     def __init__(self, tokenizer, titles: list[str], template: PromptTemplate, max_prompt_tokens: int = 1024,
                  chat_template: bool = False):
         if chat_template and not getattr(tokenizer, "chat_template", None):
-            raise ValueError("chat_template: the tokenizer has no chat template (set prompt.chat_template: false)")
+            raise ValueError("chat_template: the tokenizer has no chat template (set chat_template: false)")
         self.tokenizer = tokenizer
         self.titles = titles
         self.template = template

@@ -173,6 +173,7 @@ def exact_target_ranks(
     dtype = next(model.parameters()).dtype
     is_leaf = trie.node_item >= 0
     internal = trie.child_count > 0
+    tolerance = 1e-3 if dtype == torch.float32 else 5e-2
     ranks = []
     for user in range(input_ids.shape[0]):
         ids = input_ids[user : user + 1].to(device)
@@ -203,10 +204,11 @@ def exact_target_ranks(
         for lo in range(0, path.numel() - 1, nodes_per_forward):
             window = path[:-1][lo : lo + nodes_per_forward]
             expand(window, _chunk_log_probs(model, cache, mask, _tree_chunk(trie, window), trie, dtype))
-        target_score = prefix[path[-1]]
+        target_score = float(prefix[path[-1]])
         if known_items is not None:
             items, scores = known_items[user].cpu(), known_scores[user].cpu().float()
-            keep = (items >= 0) & (items != int(targets[user]))
+            # Another forward (cached decoding) computed these: trust only clear wins, search the near-ties.
+            keep = (items >= 0) & (items != int(targets[user])) & (scores > target_score + tolerance)
             leaves = trie.paths[items[keep]].gather(1, (trie.lengths[items[keep]] - 1)[:, None])[:, 0]
             prefix[leaves] = scores[keep]
         while True:
