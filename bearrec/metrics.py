@@ -38,8 +38,9 @@ def hr_at_k(rank: torch.Tensor, k: int) -> float:
 
 
 def pruning_rate_at_k(full: torch.Tensor, retrieved_rank_: torch.Tensor, k: int) -> float:
-    """Share of top-K-by-probability positives that beam search did not return (NaN if there are none)."""
-    eligible = full <= k
+    """Share of top-K-by-probability positives that beam search did not return (NaN if there are none).
+    Users whose exact rank was not computed (``full`` < 1) are left out."""
+    eligible = (full >= 1) & (full <= k)
     if not bool(eligible.any()):
         return math.nan
     return float((retrieved_rank_[eligible] == 0).float().mean())
@@ -70,9 +71,9 @@ def pruning_summary(
 
     Also a histogram of the decoding step at which pruned positives (any rank) left the beam.
     """
-    summary: dict = {}
+    summary: dict = {"ranked_users": int((exact_rank >= 1).sum())}  # users whose exact rank was computed
     for k in ks:
-        eligible = exact_rank <= k
+        eligible = (exact_rank >= 1) & (exact_rank <= k)
         pruned = eligible & (retrieved_rank_ == 0)
         n_pruned = int(pruned.sum())
         summary[f"PR@{k}"] = pruning_rate_at_k(exact_rank, retrieved_rank_, k)

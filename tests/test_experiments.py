@@ -83,7 +83,7 @@ def test_compare_end_to_end_then_restart_skips_finished_runs(tmp_path):
     assert _run("prepare", "synthetic", "--out", data, "--users", 60).exit_code == 0
     args = ["compare", "--data", data, "--model", "tiny", "--objectives", "sft,bear", "--seeds", 2, "--epochs", 1,
             "--max-eval-users", 12, "--set", "train.batch_size=32", "--set", "train.valid_users=8",
-            "--set", "sasrec.epochs=2", "--set", "sasrec.eval_every=1", "--out", out]
+            "--set", "sasrec.epochs=2", "--set", "sasrec.eval_every=1", "--pruning-users", 8, "--out", out]
     result = _run(*args)
     assert result.exit_code == 0, result.output
     for name in ("results.json", "results.md", "pr_at_k.png", "pruning.png", "efficiency.png", "experiment.json"):
@@ -93,6 +93,7 @@ def test_compare_end_to_end_then_restart_skips_finished_runs(tmp_path):
     assert report["environment"]["versions"]["torch"] and report["base_config"]["model"] == "tiny"
     assert all(r["users"] == 12 for r in report["runs"])
     assert report["summary"]["sasrec"]["mean"].get("PR@10") is None  # no beam search, no pruning rate
+    assert report["summary"]["bear"]["pruning"]["ranked_users"] == 2 * 8  # two seeds, 8 of 12 users ranked
     md = (out / "results.md").read_text()
     assert "| bear vs sft |" in md and "Welch t-test over 2 seeds" in md and "seeds" in md
 
@@ -144,7 +145,7 @@ def test_compare_defaults_to_smollm2_with_a_cpu_budget(tmp_path, monkeypatch):
     assert result.exit_code == 130 and "run the same command again" in result.stderr
     assert seen["base"].model == "smollm2-135m" and seen["base"].train.max_train_examples == 512
     assert seen["base"].train.epochs == 1 and seen["base"].train.valid_users == 0 and seen["base"].train.lr == 3e-4
-    assert seen["settings"].max_users == 100 and [s.label for s in seen["specs"]] == ["sft", "bear", "sasrec"]
+    assert seen["settings"].max_users == 100 and seen["settings"].pruning_users == 30 and [s.label for s in seen["specs"]] == ["sft", "bear", "sasrec"]
     result = _run("compare", "--data", data, "--model", "tiny", "--objectives", "bear,nope", "--out", tmp_path / "c2")
     assert result.exit_code == 2 and "nope" in result.stderr
 

@@ -37,3 +37,11 @@ def test_pruning_rate_without_eligible_users_is_nan():
     scores = torch.tensor([[0.0, -1.0]])
     m = ranking_metrics(torch.tensor([[0]]), torch.tensor([1]), full_rank(scores, torch.tensor([1])), ks=(1,))
     assert math.isnan(m["PR@1"])
+
+
+def test_unranked_users_are_left_out_of_the_pruning_rate():
+    retrieved = torch.tensor([[0, 2], [0, 2], [0, 1]])
+    targets = torch.tensor([1, 1, 1])
+    exact = torch.tensor([2, -1, 1])  # user 1 was not ranked
+    m = ranking_metrics(retrieved, targets, exact, ks=(2,))
+    assert m["PR@2"] == pytest.approx(1 / 2)  # users 0 (pruned) and 2 (retrieved)
