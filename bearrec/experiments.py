@@ -296,8 +296,10 @@ def verdict(label: str, row: dict) -> str:
     """One sentence on whether ``label`` beats SFT beyond the noise."""
     vs = row["vs_sft"]
     diff = vs["ndcg10_difference"]
-    direction = "higher" if diff > 0 else "lower"
-    parts = [f"{label}: NDCG@10 {abs(diff):.4f} {direction} than SFT"]
+    if diff == 0:
+        parts = [f"{label}: the same NDCG@10 as SFT"]
+    else:
+        parts = [f"{label}: NDCG@10 {abs(diff):.4f} {'higher' if diff > 0 else 'lower'} than SFT"]
     seed = vs.get("seed_test")
     if seed:
         parts.append(f"{'exceeds' if seed['exceeds_seed_noise'] else 'within'} the seed noise "
