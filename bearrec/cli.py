@@ -266,7 +266,7 @@ def _cpu_budget(base) -> int:
     base.train.batch_size = min(base.train.batch_size, 8)
     base.train.lr = base.train.lr or 3e-4  # 64 LoRA steps: the paper's 1e-4 barely moves the adapters
     console.print("[yellow]note:[/yellow] smollm2-135m on a CPU: 1 epoch on 512 training examples (batch 8, lr "
-                  f"{base.train.lr:g}), 100 evaluation users per run, PR@K on 30 of them; pass --max-train-examples, --epochs or "
+                  f"{base.train.lr:g}), 100 evaluation users per run, PR@K on 30 of them (at most 512 trie nodes expanded each); pass --max-train-examples, --epochs or "
                   "--max-eval-users to choose your own budget", soft_wrap=True)
     return 100
 
@@ -317,6 +317,7 @@ def compare(
     beam_width: Annotated[int, typer.Option(help="B of decoding (and of the objectives)")] = 10,
     pruning_rate: Annotated[bool, typer.Option("--pruning-rate/--no-pruning-rate", help="PR@K and the pruning attribution")] = True,
     pruning_users: Annotated[Optional[int], typer.Option(help="PR@K on the first N evaluated users only (exact ranks cost up to a minute per user for a 135M model on a CPU)")] = None,
+    pruning_node_budget: Annotated[Optional[int], typer.Option(help="trie nodes expanded per user for its exact rank; users still undecided are left out of PR@K")] = None,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override any config field: section.field=value")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="experiment folder")] = Path("runs/compare"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="delete the experiment folder first")] = False,
@@ -340,12 +341,13 @@ def compare(
     if base.model == SMOLLM2 and not torch_cuda() and max_eval_users is None and untouched:
         max_eval_users = _cpu_budget(base)
         pruning_users = pruning_users or 30
+        pruning_node_budget = pruning_node_budget or 512
     names = [o.strip() for o in objectives.split(",") if o.strip()]
     unknown = [n for n in names if n not in OBJECTIVE_CONFIGS]
     if unknown:
         raise ValueError(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVE_CONFIGS)}")
     settings = EvalSettings(beam_width=beam_width, max_users=max_eval_users, pruning_rate=pruning_rate,
-                            pruning_users=pruning_users)
+                            pruning_users=pruning_users, pruning_node_budget=pruning_node_budget)
     _run_experiment("compare", base, compare_plan(names, seeds, base.train.seed, sasrec), out_dir, settings, overwrite)
 
 

@@ -30,6 +30,7 @@ def evaluate(
     pruning_rate: bool = True,
     length_penalty: float = 0.0,
     pruning_users: int | None = None,
+    pruning_node_budget: int | None = None,
     console=None,
 ) -> dict:
     """Metrics of ``model`` on ``split``: NDCG@K and HR@K from beam search, PR@K from exact ranks.
@@ -39,6 +40,8 @@ def evaluate(
     :class:`~bearrec.decoding.PruningReport` row per user. ``pruning_users`` limits the exact ranks (and so
     PR@K and the attribution) to the first that many users of the (already random) evaluation sample:
     for a large model on a CPU they cost up to a minute per user whose positive ranks near the top.
+    ``pruning_node_budget`` caps the trie nodes expanded per user; users left undecided are not ranked
+    (counted as ``"unranked_users"``).
     """
     if split not in dataset.splits:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(dataset.splits)}")
@@ -68,13 +71,15 @@ def evaluate(
             exact_rank = torch.full((len(prompts),), -1, dtype=torch.long)  # -1: not ranked
             exact_rank[:ranked] = exact_target_ranks(
                 model, input_ids[:ranked], attention_mask[:ranked], trie, targets[:ranked], max_rank=max(ks),
-                known_items=known[0], known_scores=known[1], progress=lambda k: progress.advance(task, k))
+                known_items=known[0], known_scores=known[1], max_nodes=pruning_node_budget,
+                progress=lambda k: progress.advance(task, k))
             score_seconds = time.perf_counter() - start
     result = {"metrics": ranking_metrics(beams.item_ids, targets, exact_rank, ks), "split": split,
               "users": len(prompts), "of_users": len(dataset.splits[split]), "beam_width": beam_width,
               "beam_search_seconds": beam_seconds, "retrieved_rank": retrieved_rank(beams.item_ids, targets).tolist()}
     if pruning_rate:
         report = attribute_pruning(beams, exact_rank, targets, ks)
+        report.summary["unranked_users"] = ranked - report.summary["ranked_users"]  # over the node budget
         result.update(exact_rank_seconds=score_seconds, pruning=report.summary, per_user=report.per_user)
     return result
 

@@ -41,6 +41,7 @@ class EvalSettings:
     max_users: int | None = None  # seeded subsample of the split (None: all)
     pruning_rate: bool = True  # PR@K and the pruning attribution (costs a search per user)
     pruning_users: int | None = None  # PR@K on the first that many evaluated users only (None: all)
+    pruning_node_budget: int | None = None  # trie nodes expanded per user for its exact rank (None: no limit)
     seed: int = 0  # seed of the user subsample, fixed across training seeds
 
 
@@ -187,7 +188,7 @@ def _lm_run(config: ExperimentConfig, dataset: RecDataset, settings: EvalSetting
         log = train_run(config, folder, resume=(folder / "config.yaml").is_file(), dataset=dataset, console=console)
     result = evaluate_run(folder, split=settings.split, beam_width=settings.beam_width, max_users=settings.max_users,
                           pruning_rate=settings.pruning_rate, seed=settings.seed, console=console, dataset=dataset,
-                          pruning_users=settings.pruning_users)
+                          pruning_users=settings.pruning_users, pruning_node_budget=settings.pruning_node_budget)
     return {"kind": "lm", "metrics": result["metrics"], "pruning": result.get("pruning"), "users": result["users"],
             "of_users": result["of_users"], "retrieved_rank": result["retrieved_rank"],
             "seconds_per_epoch": log["seconds_per_epoch"], "best_valid_ndcg10": log.get("best_valid_ndcg10"),
@@ -248,7 +249,8 @@ def _pool_pruning(summaries: list[dict], ks) -> dict | None:
     """Pruning counts summed over seeds (PR@K of the pooled users)."""
     if not summaries:
         return None
-    pooled: dict = {"pruning_step_histogram": {}, "ranked_users": sum(s.get("ranked_users", 0) for s in summaries)}
+    pooled: dict = {"pruning_step_histogram": {}, "ranked_users": sum(s.get("ranked_users", 0) for s in summaries),
+                    "unranked_users": sum(s.get("unranked_users", 0) for s in summaries)}
     for k in ks:
         positives = sum(s[f"top{k}_positives"] for s in summaries)
         pruned = sum(s[f"pruned@{k}"] for s in summaries)
@@ -364,7 +366,10 @@ def write_report(out_dir: str | Path, results: list[dict], base: ExperimentConfi
                   "PR@K and this table come from the exact ranks of "
                   + ", ".join(f"{n} users ({label})" for label, n in ranked.items())
                   + (f" (the first {settings.pruning_users} evaluated users per run)" if settings.pruning_users else "")
-                  + ".", "",
+                  + "." + (f" Users whose rank was still undecided after {settings.pruning_node_budget} expanded trie nodes "
+                           "are left out: " + ", ".join(f"{row['pruning']['unranked_users']} ({label})"
+                                                         for label, row in rows.items() if row["pruning"]) + "."
+                           if settings.pruning_node_budget else ""), "",
                   pruning_markdown({k: v for k, v in summary_runs(rows).items() if v["pruning"]}), ""]
     lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
     write_text(out / "results.md", "\n".join(lines))

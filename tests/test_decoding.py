@@ -175,3 +175,17 @@ def test_bfloat16_model_decodes_valid_items():
     assert all(len(set(row.tolist())) == 5 for row in result.item_ids)
     # scores are fp32 sums of bf16-model log-probs: close to the exact scores of the same items
     assert torch.allclose(exact.gather(1, result.item_ids), result.scores, atol=0.1)
+
+
+def test_exact_target_ranks_node_budget_leaves_undecided_users_unranked(case):
+    """With a tiny budget a user is either ranked exactly or marked -1, never given a wrong rank."""
+    model, items, prompts, all_scores = case
+    trie = ItemTrie.from_sequences(items, EOS)
+    rows = [(n, t) for n in range(2) for t in range(len(items))]
+    ids, mask = left_pad([prompts[n] for n, _ in rows], PAD)
+    targets = torch.tensor([t for _, t in rows])
+    got = exact_target_ranks(model, ids, mask, trie, targets, max_rank=3, nodes_per_forward=2, max_nodes=12)
+    for (n, t), rank in zip(rows, got.tolist()):
+        scores = torch.tensor([all_scores[n][tuple(s)] for s in items])
+        assert rank in (-1, min(int((scores > scores[t] + 1e-5).sum()) + 1, 4))
+    assert (got == -1).any() and (got > 0).any()

@@ -152,6 +152,7 @@ def exact_target_ranks(
     nodes_per_forward: int = 128,
     known_items: torch.Tensor | None = None,
     known_scores: torch.Tensor | None = None,
+    max_nodes: int | None = None,
     progress=None,
 ) -> torch.Tensor:
     """Rank of each target among all items by exact probability (as :func:`score_catalog` +
@@ -168,6 +169,9 @@ def exact_target_ranks(
     ``known_items`` / ``known_scores`` ``[N, B]`` (a beam search's items and their unnormalised scores,
     -1 for none) are items whose exact score is already known: when ``max_rank`` of them beat the target,
     as they do for most users of a weak model, the search stops after the target's own path.
+
+    ``max_nodes`` bounds the nodes expanded per user (a large model on a CPU can need thousands when
+    its positive ranks near the top); a user whose rank is still undecided then gets -1 ("not ranked").
     """
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -216,6 +220,9 @@ def exact_target_ranks(
             beaten = int((above & is_leaf).sum())
             frontier = torch.nonzero(above & internal & ~expanded).flatten()
             if beaten >= max_rank or frontier.numel() == 0:
+                break
+            if max_nodes is not None and int(expanded.sum()) >= max_nodes:
+                beaten = -2  # undecided within the budget: reported as rank -1
                 break
             window = frontier[prefix[frontier].topk(min(nodes_per_forward, frontier.numel())).indices]
             window = window[torch.argsort(trie.node_depth[window])]
