@@ -131,13 +131,18 @@ def _chunk_log_probs(model, cache, attention_mask: torch.Tensor, chunk: _Chunk, 
     return torch.log_softmax(logits[:, chunk.window.to(dev)].float(), -1)
 
 
-def _scatter_children(edge: torch.Tensor, log_probs: torch.Tensor, parents: torch.Tensor, trie: ItemTrie) -> None:
-    """Write into ``edge [n, nodes]`` the log-probability of each child of ``parents`` (rows of ``log_probs``)."""
-    dev = edge.device
+def _children(trie: ItemTrie, parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every child of ``parents``: ``(row, child)``, the child's parent as a position in ``parents`` and its node."""
     count = trie.child_count[parents]
     row = torch.repeat_interleave(torch.arange(parents.numel()), count)
     first = torch.cumsum(count, 0) - count
-    child = trie.child_start[parents][row] + torch.arange(row.numel()) - first[row]
+    return row, trie.child_start[parents][row] + torch.arange(row.numel()) - first[row]
+
+
+def _scatter_children(edge: torch.Tensor, log_probs: torch.Tensor, parents: torch.Tensor, trie: ItemTrie) -> None:
+    """Write into ``edge [n, nodes]`` the log-probability of each child of ``parents`` (rows of ``log_probs``)."""
+    dev = edge.device
+    row, child = _children(trie, parents)
     edge[:, child.to(dev)] = log_probs[:, row.to(dev), trie.node_token[child].to(dev)]
 
 
@@ -178,6 +183,7 @@ def exact_target_ranks(
     is_leaf = trie.node_item >= 0
     internal = trie.child_count > 0
     tolerance = 1e-3 if dtype == torch.float32 else 5e-2
+    item_leaf = trie.paths.gather(1, (trie.lengths - 1)[:, None])[:, 0]  # the EOS node that ends each item
     ranks = []
     for user in range(input_ids.shape[0]):
         ids = input_ids[user : user + 1].to(device)
@@ -190,15 +196,13 @@ def exact_target_ranks(
         expanded = torch.zeros(trie.num_nodes, dtype=torch.bool)
 
         def expand(nodes: torch.Tensor, log_probs: torch.Tensor) -> None:
-            """Score the children of ``nodes`` (sorted by depth) from their log-probabilities ``[1, W, vocab]``."""
-            edge = torch.zeros(1, trie.num_nodes)
-            _scatter_children(edge, log_probs.cpu(), nodes, trie)
-            for depth in trie.node_depth[nodes].unique().tolist():  # a parent's score before its children's
-                level = nodes[trie.node_depth[nodes] == depth]
-                count = trie.child_count[level]
-                offset = torch.arange(int(count.sum())) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
-                children = torch.repeat_interleave(trie.child_start[level], count) + offset
-                prefix[children] = torch.repeat_interleave(prefix[level], count) + edge[0, children]
+            """Score the children of ``nodes`` from their log-probabilities ``[1, W, vocab]``."""
+            row, child = _children(trie, nodes)
+            edge = log_probs[0, row.to(device), trie.node_token[child].to(device)].cpu()  # only the children's
+            parent_depth = trie.node_depth[nodes[row]]
+            for depth in parent_depth.unique().tolist():  # a parent's score before its children's
+                at = parent_depth == depth
+                prefix[child[at]] = prefix[nodes[row[at]]] + edge[at]
             expanded[nodes] = True
 
         expand(torch.zeros(1, dtype=torch.long), torch.log_softmax(out.logits[:, -1:].float(), -1))
@@ -213,8 +217,7 @@ def exact_target_ranks(
             items, scores = known_items[user].cpu(), known_scores[user].cpu().float()
             # Another forward (cached decoding) computed these: trust only clear wins, search the near-ties.
             keep = (items >= 0) & (items != int(targets[user])) & (scores > target_score + tolerance)
-            leaves = trie.paths[items[keep]].gather(1, (trie.lengths[items[keep]] - 1)[:, None])[:, 0]
-            prefix[leaves] = scores[keep]
+            prefix[item_leaf[items[keep]]] = scores[keep]
         while True:
             above = prefix > target_score  # ties favour the positive, as in full_rank
             beaten = int((above & is_leaf).sum())
