@@ -26,6 +26,7 @@ import torch
 from bearrec.config import ExperimentConfig, with_overrides
 from bearrec.data.dataset import RecDataset
 from bearrec.io import write_json
+from bearrec.report import METRIC_COLUMNS
 
 SASREC = "sasrec"
 BASELINE = "sft"
@@ -216,7 +217,6 @@ def _clock(seconds: float) -> str:
 
 # --- summaries ---------------------------------------------------------------------------------------------
 
-METRICS = ("NDCG@5", "NDCG@10", "HR@5", "HR@10", "PR@5", "PR@10")
 
 
 def summarize(results: list[dict], ks=(5, 10)) -> dict:
@@ -228,7 +228,7 @@ def summarize(results: list[dict], ks=(5, 10)) -> dict:
     rows = {}
     for label, runs in groups.items():
         row = {"seeds": [r["seed"] for r in runs], "kind": runs[0]["kind"], "mean": {}, "std": {}}
-        for metric in METRICS:
+        for metric in METRIC_COLUMNS:
             values = [r["metrics"][metric] for r in runs if metric in r["metrics"]]
             values = [v for v in values if v is not None and not math.isnan(v)]
             if values:
@@ -270,7 +270,7 @@ def _versus(runs: list[dict], baseline: list[dict], mean: dict, base_mean: dict)
     from scipy import stats
 
     relative = {m: (mean[m] - base_mean[m]) / base_mean[m] if base_mean.get(m) else None
-                for m in METRICS[:4] if m in mean and m in base_mean}
+                for m in METRIC_COLUMNS[:4] if m in mean and m in base_mean}
     ours = [r["metrics"]["NDCG@10"] for r in runs]
     theirs = [r["metrics"]["NDCG@10"] for r in baseline]
     out: dict = {"relative": relative, "ndcg10_difference": float(np.mean(ours) - np.mean(theirs))}

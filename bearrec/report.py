@@ -96,12 +96,7 @@ def pruning_figure(summary: dict, path: Path, title: str, ks=(5, 10)) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     labels = [f"K={k}" for k in ks]
-    kept = [summary[f"top{k}_positives"] - summary[f"pruned@{k}"] for k in ks]
-    violation = [round(summary[f"pruned@{k}"] * _zero_if_nan(summary[f"violation_share@{k}"])) for k in ks]
-    other = [summary[f"pruned@{k}"] - v for k, v in zip(ks, violation)]
-    left.bar(labels, kept, color="#4c78a8", label="retrieved")
-    left.bar(labels, violation, bottom=kept, color="#e45756", label="pruned: token outside top-B (eq. 3.2)")
-    left.bar(labels, other, bottom=[a + b for a, b in zip(kept, violation)], color="#9d9d9d", label="pruned: prefix-level")
+    _attribution_bars(left, labels, [(summary, k) for k in ks])
     left.set_ylabel("positives in the top K by exact probability")
     left.legend(fontsize=8)
     hist = summary["pruning_step_histogram"]
@@ -112,6 +107,17 @@ def pruning_figure(summary: dict, path: Path, title: str, ks=(5, 10)) -> None:
         ax.spines[["top", "right"]].set_visible(False)
     fig.suptitle(title)
     _save(fig, path)
+
+
+def _attribution_bars(ax, labels: list[str], bars: list[tuple[dict, int]]) -> None:
+    """One stacked bar per (pruning summary, K): top-K positives retrieved, pruned by an eq. 3.2
+    violation, pruned at prefix level."""
+    kept = [s[f"top{k}_positives"] - s[f"pruned@{k}"] for s, k in bars]
+    violation = [round(s[f"pruned@{k}"] * _zero_if_nan(s[f"violation_share@{k}"])) for s, k in bars]
+    other = [s[f"pruned@{k}"] - v for (s, k), v in zip(bars, violation)]
+    ax.bar(labels, kept, color="#4c78a8", label="retrieved")
+    ax.bar(labels, violation, bottom=kept, color="#e45756", label="pruned: token outside top-B (eq. 3.2)")
+    ax.bar(labels, other, bottom=[a + b for a, b in zip(kept, violation)], color="#9d9d9d", label="pruned: prefix-level")
 
 
 def _save(fig, path: Path) -> None:
@@ -140,15 +146,14 @@ def _cell(row: dict, metric: str) -> str:
 
 def summary_markdown(rows: dict[str, dict], baseline: str = "sft") -> str:
     """Paper Table 2 layout: mean (± std over seeds) per label, then each label's change over SFT in %."""
-    metrics = ("NDCG@5", "NDCG@10", "HR@5", "HR@10", "PR@5", "PR@10")
     lines = ["| | N@5 | N@10 | H@5 | H@10 | PR@5 | PR@10 | seeds | train s/epoch |", "|---|" + "---:|" * 8]
     for label, row in rows.items():
-        cells = [_cell(row, m) for m in metrics] + [str(len(row["seeds"])), _fmt(row["seconds_per_epoch"], 1)]
+        cells = [_cell(row, m) for m in METRIC_COLUMNS] + [str(len(row["seeds"])), _fmt(row["seconds_per_epoch"], 1)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for label, row in rows.items():
         if "vs_sft" in row:
             rel = row["vs_sft"]["relative"]
-            cells = [f"{rel[m]:+.1%}" if rel.get(m) is not None else "n/a" for m in metrics[:4]]
+            cells = [f"{rel[m]:+.1%}" if rel.get(m) is not None else "n/a" for m in METRIC_COLUMNS[:4]]
             lines.append(f"| {label} vs {baseline} | " + " | ".join(cells) + " | | | | |")
     return "\n".join(lines) + "\n"
 
@@ -196,14 +201,7 @@ def pruning_comparison_figure(rows: dict[str, dict], path: Path, title: str, ks=
     labels = [label for label, row in rows.items() if row["pruning"]]
     fig, axes = plt.subplots(1, len(ks), figsize=(4.5 * len(ks), 4), squeeze=False)
     for ax, k in zip(axes[0], ks):
-        pools = [rows[label]["pruning"] for label in labels]
-        kept = [p[f"top{k}_positives"] - p[f"pruned@{k}"] for p in pools]
-        violation = [round(p[f"pruned@{k}"] * _zero_if_nan(p[f"violation_share@{k}"])) for p in pools]
-        other = [p[f"pruned@{k}"] - v for p, v in zip(pools, violation)]
-        ax.bar(labels, kept, color="#4c78a8", label="retrieved")
-        ax.bar(labels, violation, bottom=kept, color="#e45756", label="pruned: token outside top-B (eq. 3.2)")
-        ax.bar(labels, other, bottom=[a + b for a, b in zip(kept, violation)], color="#9d9d9d",
-               label="pruned: prefix-level")
+        _attribution_bars(ax, labels, [(rows[label]["pruning"], k) for label in labels])
         ax.set_title(f"positives in the top {k} by exact probability", fontsize=9)
         ax.spines[["top", "right"]].set_visible(False)
     axes[0][0].set_ylabel("users (all seeds)")
