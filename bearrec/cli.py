@@ -61,6 +61,12 @@ def _show_warnings(message, category, filename, lineno, file=None, line=None):
     console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
 
 
+def _flag_sets(flags: dict) -> list[str]:
+    """Command-line flags as ``section.field=value`` overrides (unset flags, None, are left out); ``--set``
+    entries come after them and win."""
+    return [f"{key}={value}" for key, value in flags.items() if value is not None]
+
+
 @app.callback()
 def _setup() -> None:
     """Warnings as one yellow line each; our own progress bars instead of transformers' load/save bars."""
@@ -138,8 +144,7 @@ def train(
             f"{section}.weight": weight, f"{section}.temperature": temperature,
             f"{section}.surrogate": surrogate.value if surrogate else None,
         }
-        sets = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(overrides or [])
-        cfg = load_config(config, sets)
+        cfg = load_config(config, _flag_sets(flags) + list(overrides or []))
     log = train_run(cfg, out_dir, resume=resume, console=console)
     if log["truncated_prompts"]:
         console.print(f"[yellow]warning:[/yellow] {log['truncated_prompts']} prompts exceeded the token limit and lost their oldest items")
@@ -282,7 +287,7 @@ def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: 
     import shlex
     import shutil
 
-    from bearrec.experiments import run_experiment, write_report
+    from bearrec.experiments import run_experiment, verdict, write_report
     from bearrec.report import rich_table, summary_runs
 
     if overwrite and out_dir.exists():
@@ -295,8 +300,6 @@ def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: 
         raise typer.Exit(130) from None
     rows = write_report(out_dir, results, base, settings, kind, shlex.join(["bearrec", *sys.argv[1:]]), grid)
     out.print(rich_table(summary_runs(rows), f"{kind}: {len(results)} runs (mean over seeds)"))
-    from bearrec.experiments import verdict
-
     for label, row in rows.items():
         if "vs_sft" in row:
             out.print(verdict(label, row))
@@ -332,9 +335,9 @@ def compare(
     from bearrec.models import SMOLLM2
     from bearrec.objectives.configs import OBJECTIVE_CONFIGS
 
-    sets = [f"train.epochs={epochs}"] * (epochs is not None) + [f"train.max_train_examples={max_train_examples}"] * (
-        max_train_examples is not None) + [f"{s}.beam_width={beam_width}" for s in ("bear", "beam_sim")] + [
-        f"train.valid_beam_width={beam_width}"] + list(overrides or [])
+    sets = _flag_sets({"train.epochs": epochs, "train.max_train_examples": max_train_examples,
+                       "bear.beam_width": beam_width, "beam_sim.beam_width": beam_width,
+                       "train.valid_beam_width": beam_width}) + list(overrides or [])
     base = _experiment_config(config, data, model, sets, SMOLLM2)
     defaults = TrainConfig()
     untouched = all(getattr(base.train, f) == getattr(defaults, f)
@@ -384,8 +387,7 @@ def sweep(
         extra.insert(0, str(config))
         config = None
     parsed = parse_grid(list(grid or []) + extra, objective.value)
-    sets = [f"train.epochs={epochs}"] * (epochs is not None) + [f"train.max_train_examples={max_train_examples}"] * (
-        max_train_examples is not None) + list(overrides or [])
+    sets = _flag_sets({"train.epochs": epochs, "train.max_train_examples": max_train_examples}) + list(overrides or [])
     base = _experiment_config(config, data, model, sets, TINY)
     settings = EvalSettings(max_users=max_eval_users, pruning_rate=pruning_rate)
     _run_experiment("sweep", base, sweep_plan(objective.value, parsed, seeds, base.train.seed), out_dir, settings,
