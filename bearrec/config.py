@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from bearrec.io import write_text
-from bearrec.models import LoraSettings, TinyConfig
+from bearrec.models import TINY, LoraSettings, TinyConfig
 from bearrec.objectives.configs import BeamSimConfig, BEARConfig
 from bearrec.sasrec import SASRecConfig
 
@@ -49,7 +49,7 @@ class TrainConfig:
 @dataclass
 class ExperimentConfig:
     data: str | None = None  # dataset folder from `bearrec prepare`
-    model: str = "tiny"  # "tiny" or a Hugging Face model folder / hub name
+    model: str = TINY  # "tiny", "smollm2-135m" or a Hugging Face model folder / hub name
     lora: bool | None = None  # None: LoRA for pretrained models, full fine-tuning for tiny
     chat_template: bool | None = None  # wrap the prompt in the tokenizer's chat template (None: the model's default)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -61,7 +61,7 @@ class ExperimentConfig:
 
     @property
     def use_lora(self) -> bool:
-        return (self.model != "tiny") if self.lora is None else self.lora
+        return (self.model != TINY) if self.lora is None else self.lora
 
     @property
     def use_chat_template(self) -> bool:
@@ -84,7 +84,7 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         self.objective_config()
-        if self.use_lora and self.model == "tiny":
+        if self.use_lora and self.model == TINY:
             raise ValueError("LoRA needs a pretrained model; the tiny model is trained from scratch (lora: false)")
         for section in (self.bear, self.beam_sim):
             if section.surrogate not in ("paper", "softplus"):

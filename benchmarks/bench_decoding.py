@@ -27,12 +27,12 @@ import torch
 import transformers
 
 from bearrec.catalog import build_trie
-from bearrec.data.prompts import PromptEncoder, PromptTemplate, left_pad
+from bearrec.data.prompts import left_pad
 from bearrec.data.synthetic import generate_synthetic
 from bearrec.decoding import constrained_beam_search, exact_target_ranks, position_ids_from_mask, score_catalog
 from bearrec.metrics import full_rank
 from bearrec.config import ExperimentConfig, TrainConfig
-from bearrec.runs import load_run, train_run
+from bearrec.runs import load_run, prompt_encoder, train_run
 from bearrec.train import encode_split
 
 
@@ -107,9 +107,8 @@ def main() -> None:
         run = tmp / "run"
         train_run(ExperimentConfig(data=str(tmp / "data"), train=TrainConfig(epochs=1, valid_users=None, select_best=False)), run)
     model, tokenizer, dataset, config = load_run(run)
-    max_prompt = config.train.max_prompt_tokens
     model.to(device, dtype=getattr(torch, args.dtype)).eval()
-    encoder = PromptEncoder(tokenizer, dataset.titles, PromptTemplate(dataset.domain), max_prompt)
+    encoder = prompt_encoder(tokenizer, dataset, config)  # the run's own prompt format
     trie = build_trie(tokenizer, dataset.titles)
     prompts, positives = encode_split(dataset, "test", encoder, args.users, seed=0)
     ids, mask = (t.to(device) for t in left_pad(prompts, tokenizer.pad_token_id))
