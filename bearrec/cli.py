@@ -40,8 +40,13 @@ class Surrogate(str, Enum):
     softplus = "softplus"
 
 
+def _error(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
+
+
 def _cli_errors(func):
-    """Turn expected failures (bad data, missing files, bad options) into one line on stderr and exit 2."""
+    """Turn expected failures (bad data, missing or unwritable files, bad options) into one line on stderr
+    and exit 2; Ctrl-C into a one-line note and exit 130."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -49,12 +54,24 @@ def _cli_errors(func):
 
         try:
             return func(*args, **kwargs)
-        except (DataError, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+        except (DataError, ValueError, KeyError, OSError) as err:
+            text = str(err).strip()
+            if isinstance(err, OSError) and err.filename and err.strerror:  # e.g. permission denied on --out
+                text = f"{err.filename}: {err.strerror.lower()}"
+            _error(rich_escape(text.splitlines()[0] if text else type(err).__name__))
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/yellow]: finished work is kept (train: --resume; compare, sweep: "
+                          "run the same command again)", soft_wrap=True)
+            raise typer.Exit(130) from None
 
     return wrapper
+
+
+def rich_escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def _show_warnings(message, category, filename, lineno, file=None, line=None):
@@ -92,8 +109,15 @@ def prepare(
     """Turn raw or processed data into a bearrec dataset folder (catalog + train/valid/test)."""
     from bearrec.data.readers import read_source
     from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
+    from bearrec.io import check_replaceable
 
+    check_replaceable(out_dir, "dataset")  # before reading: a refused --out costs nothing
+    for source in inputs or []:
+        if source.resolve() == out_dir.resolve() or out_dir.resolve() in source.resolve().parents:
+            raise ValueError(f"--out {out_dir}: holds the input {source}; write the dataset to another folder")
     if fmt is Format.synthetic:
+        if inputs:
+            raise ValueError("prepare synthetic takes no input files")
         dataset = generate_synthetic(SyntheticConfig(seed=seed, num_users=users))
     else:
         dataset = read_source(fmt.value, inputs or [], domain=domain, strict=strict, min_interactions=min_interactions)
@@ -166,9 +190,12 @@ def evaluate(
     seed: Annotated[int, typer.Option()] = 0,
 ):
     """NDCG@K and HR@K (K = 5, 10) from constrained beam search; PR@K and why positives were pruned, from exact scores."""
+    from bearrec.experiments import EvalSettings
     from bearrec.report import pruning_figure, pruning_table, rich_table
     from bearrec.runs import evaluate_run
 
+    EvalSettings(split=split, beam_width=beam_width, max_users=max_users, pruning_users=pruning_users,
+                 seed=seed).validate("evaluate")
     if report and not pruning_rate:
         raise ValueError("--report needs the exact scores: drop --no-pruning-rate")
     result = evaluate_run(run, data, split, beam_width, max_users, pruning_rate, seed, console=console,
@@ -193,32 +220,51 @@ def recommend(
     data: Annotated[Optional[Path], typer.Option(help="dataset folder [default: the one the run was trained on]")] = None,
     top_k: Annotated[int, typer.Option(help="how many items to print")] = 10,
     beam_width: Annotated[int, typer.Option(help="beam width B (at least top-k)")] = 10,
+    exclude_history: Annotated[bool, typer.Option("--exclude-history/--include-history", help="leave out items already in the history (the search then keeps B + len(history) beams, so that k items remain)")] = False,
 ):
-    """Print the top-K recommended titles for one history."""
+    """Print the top-K recommended titles for one history.
+
+    Titles are matched after the same normalisation as `prepare` (HTML entities, Unicode NFC, whitespace).
+    A history longer than the longest one in the training data keeps its most recent items (with a warning).
+    """
     from bearrec.catalog import build_trie
+    from bearrec.data.dataset import normalize_title
     from bearrec.data.prompts import left_pad
     from bearrec.decoding import constrained_beam_search
     from bearrec.runs import load_run, prompt_encoder
 
+    if top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {top_k}")
     if top_k > beam_width:
         raise ValueError(f"--top-k {top_k} exceeds --beam-width {beam_width}")
     model, tokenizer, dataset, config = load_run(run, data)
     by_title = {t: i for i, t in enumerate(dataset.titles)}
     indices = []
     for pos, entry in enumerate(history, 1):
-        if entry in by_title:
-            indices.append(by_title[entry])
+        title = normalize_title(entry)
+        if not title:
+            raise ValueError(f"history item {pos}: empty")
+        if title in by_title:
+            indices.append(by_title[title])
         else:
             try:
-                indices.append(dataset.item_index(entry))
+                indices.append(dataset.item_index(entry.strip()))
             except KeyError:
                 raise ValueError(f"history item {pos} ({entry!r}): neither an item id nor a title of the catalog") from None
+    window = max((len(h) for h in dataset.splits["train"]["history"]), default=len(indices))
+    if len(indices) > window:
+        warnings.warn(f"the history has {len(indices)} items; the model was trained on at most {window}: "
+                      f"using the {window} most recent")
+        indices = indices[-window:]
+    width = beam_width + (len(set(indices)) if exclude_history else 0)
+    width = min(width, len(dataset.titles))
     encoder = prompt_encoder(tokenizer, dataset, config)
     ids, mask = left_pad(encoder.prompts([indices]), tokenizer.pad_token_id)
-    result = constrained_beam_search(model, ids, mask, build_trie(tokenizer, dataset.titles), beam_width=beam_width)
-    for rank, (item, score) in enumerate(zip(result.item_ids[0].tolist()[:top_k], result.scores[0].tolist()), 1):
-        if item >= 0:
-            out.print(f"{rank:>2}. {dataset.titles[item]}  [dim](item {dataset.items['item_id'][item]}, log p = {score:.3f})[/dim]")
+    result = constrained_beam_search(model, ids, mask, build_trie(tokenizer, dataset.titles), beam_width=width)
+    seen = set(indices) if exclude_history else set()
+    ranked = [(i, sc) for i, sc in zip(result.item_ids[0].tolist(), result.scores[0].tolist()) if i >= 0 and i not in seen]
+    for rank, (item, score) in enumerate(ranked[:top_k], 1):
+        out.print(f"{rank:>2}. {rich_escape(dataset.titles[item])}  [dim](item {rich_escape(str(dataset.items['item_id'][item]))}, log p = {score:.3f})[/dim]")
 
 
 @app.command()
@@ -248,13 +294,11 @@ def quickstart(
 def _experiment_config(config: Optional[Path], data: Optional[Path], model: Optional[str], overrides: list[str],
                        default_model: str):
     """Base config of compare/sweep: YAML, then --set, then --data/--model; ``default_model`` if none names one."""
-    import yaml
-
-    from bearrec.config import load_config
+    from bearrec.config import load_config, read_yaml
 
     named = any(o.startswith("model=") for o in overrides)
-    if config is not None and config.is_file():
-        named = named or "model" in (yaml.safe_load(config.read_text()) or {})
+    if config is not None:
+        named = named or "model" in read_yaml(config)
     base = load_config(config, overrides)
     if data is not None:
         base.data = str(data)  # set as given: not parsed as YAML (a folder may be called "2024" or "null")
@@ -288,9 +332,12 @@ def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: 
     import shutil
 
     from bearrec.experiments import run_experiment, verdict, write_report
+    from bearrec.io import check_replaceable
     from bearrec.report import rich_table, summary_runs
 
+    settings.validate()
     if overwrite and out_dir.exists():
+        check_replaceable(out_dir, "experiment")  # --overwrite deletes only an earlier bearrec experiment
         shutil.rmtree(out_dir)
     try:
         results = run_experiment(base, specs, out_dir, settings, kind, console)
@@ -394,8 +441,23 @@ def sweep(
                     overwrite, parsed)
 
 
-def main() -> None:  # pragma: no cover - `python -m bearrec.cli`
-    sys.exit(app())
+def main() -> None:
+    """The `bearrec` command: like ``app()``, but a usage error (unknown flag, a value of the wrong type) is
+    one line on stderr and exit 2, as every other error."""
+    # Typer raises click's exception classes, or those of the click copy it vendors (typer >= 0.25).
+    click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    try:
+        code = app(standalone_mode=False)
+    except click_exception as err:
+        ctx = getattr(err, "ctx", None)
+        name = ctx.command.name if ctx is not None and ctx.command is not None else None
+        hint = f" (see `bearrec {name} --help`)" if name and ctx.parent is not None else ""
+        _error(rich_escape(" ".join(err.format_message().split())) + hint)
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        console.print("[yellow]interrupted[/yellow]")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

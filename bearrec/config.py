@@ -8,13 +8,17 @@ is saved as ``config.yaml`` in the run folder, and ``bearrec train --resume`` re
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bearrec.checks import check
 from bearrec.io import write_text
 from bearrec.models import TINY, LoraSettings, TinyConfig
 from bearrec.objectives.configs import BeamSimConfig, BEARConfig
@@ -44,6 +48,23 @@ class TrainConfig:
     select_best: bool = True  # keep the checkpoint with the best validation NDCG@10
     save_total_limit: int = 2  # checkpoints kept on disk (the best one is always kept)
     logging_steps: int = 10
+
+    def validate(self, section: str = "train") -> None:
+        check(self.epochs >= 1, section, "epochs", "at least 1", self.epochs)
+        check(self.lr is None or 0 < self.lr < 1, section, "lr", "in (0, 1) (or null for the default)", self.lr)
+        for name in ("batch_size", "grad_accum_steps", "valid_beam_width", "save_total_limit", "logging_steps"):
+            check(getattr(self, name) >= 1, section, name, "at least 1", getattr(self, name))
+        check(self.weight_decay >= 0, section, "weight_decay", "at least 0", self.weight_decay)
+        check(0 <= self.warmup_ratio < 1, section, "warmup_ratio", "in [0, 1)", self.warmup_ratio)
+        check(self.grad_clip > 0, section, "grad_clip", "positive", self.grad_clip)
+        check(self.seed >= 0, section, "seed", "at least 0", self.seed)
+        check(self.bf16 in ("auto", "true", "false"), section, "bf16", "auto, true or false", self.bf16)
+        check(self.max_prompt_tokens >= 16, section, "max_prompt_tokens", "at least 16", self.max_prompt_tokens)
+        check(self.max_train_examples is None or self.max_train_examples >= 1, section, "max_train_examples",
+              "at least 1 (or null for all)", self.max_train_examples)
+        check(self.valid_users is None or self.valid_users >= 0, section, "valid_users",
+              "at least 0 (0: no validation; null: all)", self.valid_users)
+        check(self.patience >= 0, section, "patience", "at least 0", self.patience)
 
 
 @dataclass
@@ -83,14 +104,19 @@ class ExperimentConfig:
         return {"bear": self.bear, "beam-sim": self.beam_sim}.get(name) or OBJECTIVE_CONFIGS[name]()
 
     def validate(self) -> None:
+        """Check every section (each config dataclass's own ``validate(section)``) and the fields across them."""
         self.objective_config()
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if dataclasses.is_dataclass(section) and hasattr(section, "validate"):
+                section.validate(f.name)
+        check(bool(self.model and self.model.strip()), "config", "model", "a model name or folder", self.model)
+        check(self.data is None or bool(self.data.strip()), "config", "data", "a dataset folder", self.data)
         if self.use_lora and self.model == TINY:
             raise ValueError("LoRA needs a pretrained model; the tiny model is trained from scratch (lora: false)")
         for section in (self.bear, self.beam_sim):
             if section.surrogate not in ("paper", "softplus"):
                 raise ValueError(f"surrogate must be 'paper' or 'softplus', not {section.surrogate!r}")
-        if self.train.bf16 not in ("auto", "true", "false"):
-            raise ValueError(f"train.bf16 must be auto, true or false, not {self.train.bf16!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,29 +130,45 @@ def from_dict(raw: dict, source: str = "config") -> ExperimentConfig:
     return _build(ExperimentConfig, raw or {}, source)
 
 
+def read_yaml(path: str | os.PathLike) -> dict:
+    """A YAML experiment file as a dict; one-line errors name the file (and the row of a syntax error)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", row {mark.line + 1}" if mark else ""
+        raise ValueError(f"{path}{where}: not valid YAML ({_yaml_problem(err)})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a config file must be a mapping of sections, not a {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML experiment file (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: config file not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f", row {mark.line + 1}" if mark else ""
-            raise ValueError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: a config file must be a mapping of sections")
+    raw: dict = read_yaml(path) if path is not None else {}
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {item!r}: expected section.field=value")
-        _set(raw, key, parse_value(value))
+            raise ValueError(f"--set {item!r}: expected section.field=value")
+        try:
+            parsed = parse_value(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {item!r}: not a valid value ({_yaml_problem(err)})") from None
+        _set(raw, key, parsed)
     config = from_dict(raw, str(path) if path else "config")
     config.validate()
     return config
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    return " ".join(str(getattr(err, "problem", None) or err).split())
 
 
 def parse_value(text: str) -> Any:
@@ -151,31 +193,85 @@ def with_overrides(config: ExperimentConfig, values: dict[str, Any]) -> Experime
 
 
 def _set(raw: dict, key: str, value: Any) -> None:
-    node = raw
+    """Set the dotted field ``key`` of the raw config, checking each part against the dataclasses."""
+    node, owner = raw, ExperimentConfig
     parts = key.split(".")
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(owner)}
+        where = ".".join(parts[:depth]) or "the config"
+        if part not in fields:
+            raise ValueError(f"--set {key}: {where} has no field {part!r} (it has {', '.join(fields)})")
+        if depth == len(parts) - 1:
+            node[part] = value
+            return
+        section = _section_type(fields[part])
+        if section is None:
+            raise ValueError(f"--set {key}: {'.'.join(parts[:depth + 1])} is a field, not a section")
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ValueError(f"override {key!r}: {part!r} is not a section")
-    node[parts[-1]] = value
+            raise ValueError(f"--set {key}: {'.'.join(parts[:depth + 1])} is not a mapping in the config")
+        owner = section
+
+
+def _section_type(f: dataclasses.Field):
+    """The dataclass type of a section field, or None for a plain field."""
+    if f.default_factory is dataclasses.MISSING:
+        return None
+    default = f.default_factory()
+    return type(default) if dataclasses.is_dataclass(default) else None
 
 
 def _build(cls, raw: dict, where: str):
     if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected a mapping, got {raw!r}")
+        raise ValueError(f"{where}: expected a mapping of fields, got {_short(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(raw) - set(fields)
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(fields)}")
+        raise ValueError(f"{where}: unknown field(s) {', '.join(map(str, sorted(unknown, key=str)))}; known: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for name, value in raw.items():
-        default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(default):
-            values[name] = _build(type(default), value, f"{where}: {name}")
+        section = _section_type(fields[name])
+        if section is not None:
+            values[name] = _build(section, value, f"{where}: {name}")
         else:
-            declared = fields[name].default
-            if isinstance(declared, (int, float)) and not isinstance(declared, bool) and value is not None and (
-                    isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ValueError(f"{where}: {name} must be a number, not {value!r}")
-            values[name] = value
+            values[name] = _typed(value, hints[name], f"{where}: {name}")
     return cls(**values)
+
+
+def _typed(value: Any, hint, where: str) -> Any:
+    """``value`` as the declared type ``hint`` (int, float, str, bool, list[str], optionally None), or a one-line error.
+
+    Numbers pass as floats, integers never as floats or bools; a number or bool where text is expected becomes its
+    text (``bf16: true`` -> "true"; the section's ``validate`` judges it).
+    """
+    arms = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    if value is None:
+        if type(None) in arms:
+            return None
+        raise ValueError(f"{where} must not be empty (null)")
+    for arm in arms:
+        if arm is bool and isinstance(value, bool):
+            return value
+        if arm is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if arm is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ValueError(f"{where} must be a finite number, got {value!r}")
+            return float(value)
+        if arm is str and isinstance(value, (str, int, float, bool)):
+            return ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if typing.get_origin(arm) is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+    wanted = " or ".join(_type_name(a) for a in arms)
+    raise ValueError(f"{where} must be {wanted}, got {_short(value)}")
+
+
+def _type_name(hint) -> str:
+    names = {int: "an integer", float: "a number", str: "text", bool: "true or false", type(None): "null"}
+    return names.get(hint, "a list of names" if typing.get_origin(hint) is list else str(hint))
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

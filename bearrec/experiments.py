@@ -25,7 +25,8 @@ import torch
 
 from bearrec.config import ExperimentConfig, with_overrides
 from bearrec.data.dataset import RecDataset
-from bearrec.io import write_json
+from bearrec.checks import check
+from bearrec.io import check_replaceable, mark, write_json
 from bearrec.report import METRIC_COLUMNS
 
 SASREC = "sasrec"
@@ -44,6 +45,17 @@ class EvalSettings:
     pruning_users: int | None = None  # PR@K on the first that many evaluated users only (None: all)
     pruning_node_budget: int | None = None  # trie nodes expanded per user for its exact rank (None: no limit)
     seed: int = 0  # seed of the user subsample, fixed across training seeds
+
+    def validate(self, section: str = "eval") -> None:
+        check(self.split in ("valid", "test"), section, "split", "valid or test", self.split)
+        check(self.beam_width >= 1, section, "beam_width", "at least 1", self.beam_width)
+        check(self.max_users is None or self.max_users >= 1, section, "max_users", "at least 1 (or unset for all)",
+              self.max_users)
+        check(self.pruning_users is None or self.pruning_users >= 1, section, "pruning_users",
+              "at least 1 (or unset for all)", self.pruning_users)
+        check(self.pruning_node_budget is None or self.pruning_node_budget >= 1, section, "pruning_node_budget",
+              "at least 1 (or unset for no limit)", self.pruning_node_budget)
+        check(self.seed >= 0, section, "seed", "at least 0", self.seed)
 
 
 @dataclass
@@ -131,8 +143,11 @@ def run_experiment(base: ExperimentConfig, specs: list[RunSpec], out_dir: str | 
     """Train and evaluate every planned run that is not finished yet; returns one result per spec."""
     out = Path(out_dir)
     base.validate()
+    settings.validate()
     if not base.data:
         raise ValueError("no dataset: pass DATA or set 'data' in the config")
+    if not specs:
+        raise ValueError("nothing to run: the plan is empty (--seeds must be at least 1)")
     if settings.beam_width < 10:
         raise ValueError(f"beam width {settings.beam_width}: the reported metrics go up to K=10, so B must be at least 10")
     folders = [s.folder for s in specs]
@@ -150,7 +165,10 @@ def run_experiment(base: ExperimentConfig, specs: list[RunSpec], out_dir: str | 
         if {k: old.get(k) for k in plan} != plan:
             raise FileExistsError(f"{out}: holds a different experiment (other config or evaluation); "
                                   "choose another --out, or --overwrite to start again")
+    else:
+        check_replaceable(out, "experiment")  # a new experiment goes only into a new or empty folder
     out.mkdir(parents=True, exist_ok=True)
+    mark(out, "experiment")
     write_json(previous, {**plan, "runs": [asdict(s) | {"folder": s.folder} for s in specs]})
     results, durations = [], []
     started = time.perf_counter()

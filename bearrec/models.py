@@ -22,6 +22,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from bearrec.checks import check
 from bearrec.io import atomic_folder
 
 TINY = "tiny"
@@ -44,6 +45,17 @@ class TinyConfig:
     num_attention_heads: int = 4
     max_position_embeddings: int = 2048
 
+    def validate(self, section: str = "tiny") -> None:
+        """Refuse shapes the Llama config cannot be built with (rotary embeddings need an even head size)."""
+        check(self.vocab_size >= 300, section, "vocab_size", "at least 300 (256 bytes and the special tokens)", self.vocab_size)
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+            check(getattr(self, name) >= 1, section, name, "at least 1", getattr(self, name))
+        heads = self.num_attention_heads
+        check(self.hidden_size % heads == 0 and (self.hidden_size // heads) % 2 == 0, section, "hidden_size",
+              f"a multiple of num_attention_heads ({heads}) with an even quotient (the rotary head size)", self.hidden_size)
+        check(self.max_position_embeddings >= 64, section, "max_position_embeddings", "at least 64",
+              self.max_position_embeddings)
+
 
 @dataclass
 class LoraSettings:
@@ -53,6 +65,13 @@ class LoraSettings:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: list[str] | None = None
+
+    def validate(self, section: str = "lora_settings") -> None:
+        check(self.rank >= 1, section, "rank", "at least 1", self.rank)
+        check(self.alpha > 0, section, "alpha", "positive", self.alpha)
+        check(0 <= self.dropout < 1, section, "dropout", "in [0, 1)", self.dropout)
+        check(self.target_modules is None or len(self.target_modules) > 0, section, "target_modules",
+              "null (peft's default) or a non-empty list of module names", self.target_modules)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
@@ -135,7 +154,7 @@ def smollm2_folder(console=None) -> Path:
         del config.quantization_config
     model = LlamaForCausalLM(config)
     model.load_state_dict(quantised.state_dict())
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, "model") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return folder
@@ -167,9 +186,13 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None
             model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), path)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except OSError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"cannot load model {path!r}: not a model folder, and not reachable on the hub ({first_line})") from None
+    except Exception as err:  # OSError, safetensors' and pickle's errors share no base class
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        if Path(path).is_dir():
+            raise ValueError(f"cannot load model {path!r}: its files are damaged or incomplete ({first_line})") from None
+        if isinstance(err, OSError):
+            raise ValueError(f"cannot load model {path!r}: not a model folder, and not reachable on the hub ({first_line})") from None
+        raise
     if tokenizer.eos_token_id is None:
         raise ValueError(f"model {path!r}: its tokenizer has no EOS token, which ends every item title")
     if tokenizer.pad_token_id is None:
@@ -197,7 +220,7 @@ def add_lora(model, settings: LoraSettings | None = None):
 
 def save_model(model, tokenizer, folder: str | os.PathLike) -> Path:
     """Save weights (safetensors; only the adapters for a LoRA model) and tokenizer, atomically."""
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, "model") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return Path(folder)

@@ -32,7 +32,7 @@ from bearrec.config import ExperimentConfig, load_config
 from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, PromptTemplate
 from bearrec.evaluate import evaluate
-from bearrec.io import atomic_folder, write_json
+from bearrec.io import atomic_folder, check_replaceable, folder_kind, write_json
 from bearrec.models import TINY, build_tiny_model, count_parameters, load_model, save_model, tiny_model_for
 
 
@@ -75,37 +75,80 @@ def last_checkpoint(checkpoint_dir: Path) -> str | None:
     return str(max(found)[1]) if found else None
 
 
+def verify_checkpoint(checkpoint: str | os.PathLike) -> None:
+    """Read every weight and state file of a checkpoint the safe way (safetensors, ``torch.load(weights_only=True)``)
+    before training resumes from it; a truncated or tampered file is one clear error, not a traceback mid-run."""
+    from safetensors.torch import load_file
+
+    checkpoint = Path(checkpoint)
+    for path in sorted(checkpoint.iterdir()):
+        try:
+            if path.suffix == ".safetensors":
+                load_file(path)
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # safetensors, pickle and zip errors share no base class
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise ValueError(f"{path}: unreadable ({reason}); the checkpoint is damaged, delete {checkpoint} "
+                             "to resume from the checkpoint before it") from None
+
+
+def _check_sequence_length(model, encoder: PromptEncoder, dataset: RecDataset, config: ExperimentConfig) -> None:
+    """Refuse titles so long that prompt + answer would run past the model's positions."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not limit:
+        return
+    lengths = [len(a) for a in encoder.answers]
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[longest] + config.train.max_prompt_tokens > limit:
+        item = dataset.items["item_id"].iat[longest]
+        raise ValueError(f"item {item!r}: its title is {lengths[longest]} tokens; with train.max_prompt_tokens="
+                         f"{config.train.max_prompt_tokens} a training sequence can reach "
+                         f"{lengths[longest] + config.train.max_prompt_tokens} tokens, beyond the model's {limit} "
+                         "positions (shorten that title, or lower train.max_prompt_tokens)")
+
+
 def train_run(config: ExperimentConfig, out_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False,
               dataset: RecDataset | None = None, console=None) -> dict:
-    """Train one model into the run folder ``out_dir``; with ``resume``, continue from its last checkpoint."""
+    """Train one model into the run folder ``out_dir``; with ``resume``, continue from its last checkpoint.
+
+    Everything is checked (config, dataset, model, trie, output folder) before the run folder is written,
+    and the folder's first content (config, tokenizer, run.json) appears in one atomic step: a failed start
+    leaves nothing behind. ``overwrite`` replaces an earlier run folder (never anything else).
+    """
     out_dir = Path(out_dir)
     checkpoint = None
     if resume:
-        if not (out_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"{out_dir}: no run to resume (no config.yaml)")
+        if not (out_dir / "config.yaml").is_file() or folder_kind(out_dir) != "run":
+            raise FileNotFoundError(f"{out_dir}: no run to resume (not a bearrec run folder)")
         config = load_config(out_dir / "config.yaml")
         checkpoint = last_checkpoint(out_dir / "checkpoints")
+        if checkpoint:
+            verify_checkpoint(checkpoint)
         if console:
             console.print(f"resuming {out_dir} from {checkpoint or 'the start (no complete checkpoint yet)'}")
     elif (out_dir / "config.yaml").is_file() and not overwrite:
         raise FileExistsError(f"{out_dir}: already holds a run; pass --resume to continue it, or choose another --out")
+    else:
+        check_replaceable(out_dir, "run")
     config.validate()
     if not config.data:
         raise ValueError("no dataset: pass DATA or set 'data' in the config")
+    data_dir = Path(config.data).resolve()
+    if out_dir.resolve() == data_dir or data_dir in out_dir.resolve().parents:
+        raise ValueError(f"{out_dir}: is inside the dataset folder {config.data}; choose a run folder outside it")
     dataset = dataset or RecDataset.load(config.data)
     saved_tokenizer = AutoTokenizer.from_pretrained(out_dir / "tokenizer") if resume and (out_dir / "tokenizer").is_dir() else None
     model, tokenizer = new_model(config, dataset, saved_tokenizer)
     trie = build_trie(tokenizer, dataset.titles)  # fails before anything is written if titles collide
     encoder = prompt_encoder(tokenizer, dataset, config)
+    _check_sequence_length(model, encoder, dataset, config)
 
     if not resume:
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True)
-        config.save(out_dir / "config.yaml")
-        with atomic_folder(out_dir / "tokenizer") as tmp:
-            tokenizer.save_pretrained(tmp)
-        write_json(out_dir / "run.json", {"model": config.model, "dataset_dir": str(Path(config.data).resolve()),
+        with atomic_folder(out_dir, "run") as tmp:
+            config.save(tmp / "config.yaml")
+            tokenizer.save_pretrained(tmp / "tokenizer")
+            write_json(tmp / "run.json", {"model": config.model, "dataset_dir": str(data_dir),
                                           "domain": dataset.domain, "objective": config.train.objective})
     from bearrec.train import train_model
 
@@ -122,9 +165,17 @@ def load_run(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike | None =
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").is_file() or not (run_dir / "model").is_dir():
         raise FileNotFoundError(f"{run_dir}: not a finished bearrec run (no run.json or model/); train one with `bearrec train`")
-    meta = json.loads((run_dir / "run.json").read_text())
+    try:
+        meta = json.loads((run_dir / "run.json").read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{run_dir / 'run.json'}: unreadable ({err})") from None
     config = load_config(run_dir / "config.yaml")
-    dataset = dataset or RecDataset.load(dataset_dir or meta.get("dataset_dir"))
+    source = dataset_dir or meta.get("dataset_dir")
+    if dataset is None and not source:
+        raise ValueError(f"{run_dir / 'run.json'}: names no dataset folder; pass --data")
+    dataset = dataset or RecDataset.load(source)
     model, tokenizer = load_model(run_dir / "model")
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
     return model, tokenizer, dataset, config

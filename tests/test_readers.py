@@ -269,9 +269,11 @@ def test_raw_formats_k_core_window_and_split(tmp_path: Path, fmt: str) -> None:
     assert ds.meta["cleaning"]["html_unescaped"] == 1
 
 
-def test_raw_k_core_default_keeps_nobody_here(tmp_path: Path) -> None:
-    ds = read_interactions(*write_interactions(tmp_path))  # min_interactions=5: nobody has 5
-    assert len(ds.items) == 0 and all(len(f) == 0 for f in ds.splits.values())
+def test_raw_k_core_that_keeps_nobody_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as err:  # min_interactions=5: nobody has 5
+        read_interactions(*write_interactions(tmp_path))
+    assert_names(err, "interactions.csv", None, None)
+    assert "5-core" in str(err.value) and "--min-interactions" in str(err.value)
 
 
 def test_raw_ties_keep_file_order_and_default_history_len(tmp_path: Path) -> None:

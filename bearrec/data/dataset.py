@@ -15,8 +15,11 @@ written to a temporary sibling and renamed into place, so a crash never leaves h
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,14 @@ import pandas as pd
 from bearrec.io import atomic_folder
 
 SPLITS = ("train", "valid", "test")
+
+
+def normalize_title(text: str) -> str:
+    """A title as bearrec stores and looks it up: HTML entities unescaped (``&amp;`` -> ``&``), Unicode NFC,
+    and whitespace runs (tabs, newlines, no-break spaces) collapsed to one space and stripped."""
+    if "&" in text:
+        text = html.unescape(text)
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
 
 
 class DataError(ValueError):
@@ -67,7 +78,18 @@ class RecDataset:
         return histories, [self.item_index(t) for t in frame["target"]]
 
     def validate(self, source: str = "dataset") -> None:
-        """Check the contract; raise :class:`DataError` on the first violation."""
+        """Check the contract; raise :class:`DataError` on the first violation.
+
+        A dataset needs items and at least one training example; valid and test may be empty (training
+        then runs without model selection, and evaluating an empty split is refused).
+        """
+        if len(self.items) == 0:
+            raise DataError(source, "the catalog is empty: no item with a title is left")
+        if len(self.splits.get("train", ())) == 0:
+            raise DataError(source, "no training examples: the train split is empty")
+        ids = self.items["item_id"].astype(str)
+        if (ids.str.strip() == "").any():
+            raise DataError(source, "item id is empty", row=int((ids.str.strip() == "").idxmax()), field="item_id")
         titles = self.items["title"]
         empty = titles.str.strip() == ""
         if empty.any():
@@ -91,8 +113,10 @@ class RecDataset:
 
     # ------------------------------------------------------------------ disk format
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write the dataset folder atomically (temporary sibling, then rename)."""
-        with atomic_folder(folder) as tmp:
+        """Write the dataset folder atomically (temporary sibling, then swap). Only an earlier bearrec
+        dataset is replaced; the contract is checked first."""
+        self.validate(str(folder))
+        with atomic_folder(folder, "dataset") as tmp:
             self.items.to_parquet(tmp / "items.parquet", index=False)
             for name in SPLITS:
                 frame = self.splits.get(name, _empty_split())

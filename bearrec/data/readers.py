@@ -60,18 +60,23 @@ import gzip
 import html
 import io
 import json
+import math
 import os
 import re
 import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bearrec.data.dataset import SPLITS, DataError, RecDataset
+from bearrec.data.dataset import SPLITS, DataError, RecDataset, normalize_title
 
 PathLike = str | os.PathLike
+
+# Unix times in seconds fit comfortably inside +-1e11 (year 5138); larger values are milliseconds or garbage.
+MAX_UNIX_SECONDS = 10**11
 
 _FORMATS = {
     "processed": ("folder",),
@@ -95,6 +100,8 @@ def read_source(
     """Read ``inputs`` in format ``fmt``: "processed" (folder), "amazon" (reviews, meta) or
     "interactions" (interactions.csv, items.csv)."""
     where = ", ".join(map(str, inputs)) or "<no input>"
+    if isinstance(min_interactions, bool) or not isinstance(min_interactions, int) or min_interactions < 1:
+        raise ValueError(f"min_interactions (--min-interactions) must be an integer of at least 1, got {min_interactions!r}")
     if fmt not in _FORMATS:
         raise DataError(where, f"unknown format {fmt!r}; expected one of {', '.join(_FORMATS)}", field="format")
     expected = _FORMATS[fmt]
@@ -149,14 +156,12 @@ def read_amazon(
     reviews_path, meta_path = Path(reviews_path), Path(meta_path)
     users, item_ids, times = [], [], []
     for line, record in _read_json_lines(reviews_path):
-        user, item, time = (_field(record, key, reviews_path, line) for key in ("reviewerID", "asin", "unixReviewTime"))
-        try:
-            times.append(int(time))
-        except (TypeError, ValueError):
-            message = f"not a Unix time: {_short(time)}"
-            raise DataError(reviews_path, message, row=line, field="unixReviewTime") from None
-        users.append(str(user))
-        item_ids.append(str(item))
+        user, item = (_id_field(record, key, reviews_path, line) for key in ("reviewerID", "asin"))
+        times.append(_unix_seconds(_field(record, "unixReviewTime", reviews_path, line), reviews_path, line, "unixReviewTime"))
+        users.append(user)
+        item_ids.append(item)
+    if not users:
+        raise DataError(reviews_path, "no reviews: the file holds no JSON line")
     interactions = pd.DataFrame({"user": users, "item": item_ids, "timestamp": np.array(times, dtype=np.int64)})
 
     # A metadata dump covers a whole category; parsing (slow for Python literals) only the lines of
@@ -169,9 +174,12 @@ def read_amazon(
 
     meta_ids, titles, lines = [], [], []
     for line, record in _read_json_lines(meta_path, skip=unreviewed):
-        meta_ids.append(str(_field(record, "asin", meta_path, line)))
+        meta_ids.append(_id_field(record, "asin", meta_path, line))
         title = record.get("title")
-        titles.append("" if title is None else str(title))
+        if title is not None and not isinstance(title, str):
+            raise DataError(meta_path, f"title must be a string, got {type(title).__name__} {_short(title)}",
+                            row=line, field="title")
+        titles.append(title or "")
         lines.append(line)
     # The 2018 metadata repeats some lines; the first one wins.
     items = pd.DataFrame({"item_id": meta_ids, "title": titles, "_line": lines}).drop_duplicates("item_id")
@@ -195,13 +203,22 @@ def read_interactions(
     items = _read_csv(items_csv, ("item", "title")).rename(columns={"item": "item_id"})
     _refuse_duplicate_ids(items, "item", items_csv)
     interactions = _read_csv(interactions_csv, ("user", "item", "timestamp"))
+    if interactions.empty:
+        raise DataError(interactions_csv, "no interactions: the file has a header but no rows", row=1)
+    for column in ("user", "item"):
+        empty = interactions[column].str.strip() == ""
+        if empty.any():
+            k = int(empty.to_numpy().argmax())
+            raise DataError(interactions_csv, f"{column} id is empty", row=int(interactions["_line"].iat[k]), field=column)
 
     times = pd.to_numeric(interactions["timestamp"], errors="coerce")
-    bad = times.isna() | ~np.isfinite(times)
+    bad = times.isna() | ~np.isfinite(times) | (times.abs() >= MAX_UNIX_SECONDS)
     if bad.any():
         k = int(bad.to_numpy().argmax())
         raw = interactions["timestamp"].iat[k]
         message = "timestamp is missing" if not raw.strip() else f"not a Unix time in seconds: {_short(raw)}"
+        if np.isfinite(times.iat[k]) and abs(times.iat[k]) >= MAX_UNIX_SECONDS:
+            message += " (out of range; milliseconds? divide by 1000)"
         raise DataError(interactions_csv, message, row=int(interactions["_line"].iat[k]), field="timestamp")
     unknown = ~interactions["item"].isin(items["item_id"])
     if unknown.any():
@@ -253,13 +270,10 @@ def _clean_catalog(items: pd.DataFrame, path: Path, strict: bool, log: _FixLog) 
     catalog in the same order and the counts for ``meta["cleaning"]``.
     """
     raw = items["title"]
-    titles = raw.copy()
     # html.unescape is slow per call; only titles with an '&' can hold an entity.
     has_entity = raw.str.contains("&", regex=False)
-    titles[has_entity] = raw[has_entity].map(html.unescape)
-    html_unescaped = int((titles != raw).sum())
-    # After unescaping, so that &nbsp; (U+00A0, matched by \s) collapses too.
-    titles = titles.str.replace(r"\s+", " ", regex=True).str.strip()
+    html_unescaped = int((raw[has_entity].map(html.unescape) != raw[has_entity]).sum())
+    titles = raw.map(normalize_title)  # the same normalisation `recommend` applies to titles it looks up
     items = items.assign(title=titles)
 
     empty = titles == ""
@@ -355,6 +369,10 @@ def _build_from_interactions(
     interactions = interactions[interactions["item"].isin(items["item_id"])]
     without_title = read - len(interactions)
     interactions = _k_core(interactions, min_interactions)
+    if interactions.empty:
+        raise DataError(items_path if without_title == read else source["paths"][0],
+                        f"no interaction is left after cleaning and the {min_interactions}-core filter ({read} read, "
+                        f"{read - without_title} of them with a titled item); lower --min-interactions or add data")
     examples = _sliding_window(interactions, history_len)
 
     # Integer cut points: 8:1:1 exactly when the count divides, never a float rounding surprise.
@@ -429,7 +447,13 @@ def _read_bytes(path: Path) -> bytes:
     if not path.is_file():
         raise DataError(path, "file not found")
     data = path.read_bytes()
-    return gzip.decompress(data) if path.suffix == ".gz" else data
+    if path.suffix != ".gz":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as err:  # not gzip, or cut short
+        reason = "truncated" if isinstance(err, EOFError) else str(err).strip() or type(err).__name__
+        raise DataError(path, f"not a readable gzip file ({reason})") from None
 
 
 def _decode(path: Path, data: bytes, is_csv: bool) -> str:
@@ -536,6 +560,8 @@ def _read_json_lines(path: Path, skip=None) -> Iterator[tuple[int, dict]]:
             continue
         try:
             record = json.loads(line)
+        except RecursionError:
+            raise DataError(path, "line is nested too deeply to be a record", row=number) from None
         except ValueError:
             try:
                 record = ast.literal_eval(line)
@@ -555,12 +581,41 @@ def _meta_asin(line: str) -> str | None:
 
 
 def _field(record: dict, name: str, path: Path, line: int):
-    if record.get(name) in (None, ""):
+    value = record.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
         raise DataError(path, "field is missing", row=line, field=name)
-    return record[name]
+    return value
+
+
+def _id_field(record: dict, name: str, path: Path, line: int) -> str:
+    """An id: a non-empty string or an integer (never a bool, float, list or object)."""
+    value = _field(record, name, path, line)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(path, f"expected a string id, got {type(value).__name__} {_short(value)}", row=line, field=name)
+    return str(value)
+
+
+def _unix_seconds(value, path: Path, line: int, name: str) -> int:
+    """A Unix time in seconds: an integer (or a string of one) within +-MAX_UNIX_SECONDS."""
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,30}\s*", value):
+        number = int(value)
+    if number is None or abs(number) >= MAX_UNIX_SECONDS:
+        hint = " (out of range; milliseconds? divide by 1000)" if number is not None else ""
+        raise DataError(path, f"not a Unix time in seconds: {_short(value)}{hint}", row=line, field=name)
+    return number
 
 
 def _refuse_duplicate_ids(items: pd.DataFrame, field: str, path: Path) -> None:
+    """Refuse empty and repeated item ids (``items`` has an ``item_id`` column; ``field`` is its name in the file)."""
+    empty = items["item_id"].str.strip() == ""
+    if empty.any():
+        k = int(empty.to_numpy().argmax())
+        raise DataError(path, "item id is empty", row=int(items["_line"].iat[k]), field=field)
     dup = items["item_id"].duplicated()
     if dup.any():
         k = int(dup.to_numpy().argmax())

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bearrec.checks import check
 from bearrec.data.dataset import RecDataset
 
 _NOUNS = [
@@ -55,14 +56,23 @@ class SyntheticConfig:
     p_other_category: float = 0.1  # chance of a random item from another category
     zipf_exponent: float = 0.8
 
+    def validate(self, section: str = "synthetic") -> None:
+        check(self.num_users >= 1, section, "num_users", "at least 1 (--users)", self.num_users)
+        check(1 <= self.num_categories <= len(_NOUNS), section, "num_categories", f"in [1, {len(_NOUNS)}]",
+              self.num_categories)
+        check(self.items_per_category >= 2, section, "items_per_category", "at least 2", self.items_per_category)
+        check(3 <= self.min_sequence <= self.max_sequence, section, "min_sequence",
+              "at least 3 (a train, a valid and a test target) and at most max_sequence", self.min_sequence)
+        check(self.history_len >= 1, section, "history_len", "at least 1", self.history_len)
+        for name in ("rare_brand_share", "p_successor", "p_other_category"):
+            check(0 <= getattr(self, name) <= 1, section, name, "in [0, 1]", getattr(self, name))
+        check(self.zipf_exponent >= 0, section, "zipf_exponent", "at least 0", self.zipf_exponent)
+
 
 def generate_synthetic(config: SyntheticConfig | None = None) -> RecDataset:
     """Generate a :class:`RecDataset` from ``config`` (same seed, same data)."""
     cfg = config or SyntheticConfig()
-    if cfg.num_categories > len(_NOUNS):
-        raise ValueError(f"num_categories must be at most {len(_NOUNS)}")
-    if cfg.min_sequence < 3 or cfg.max_sequence < cfg.min_sequence:
-        raise ValueError("need 3 <= min_sequence <= max_sequence (one train, one valid and one test target)")
+    cfg.validate()
     rng = np.random.default_rng(cfg.seed)
 
     titles: list[str] = []
