@@ -200,7 +200,7 @@ def _set(raw: dict, key: str, value: Any) -> None:
         fields = {f.name: f for f in dataclasses.fields(owner)}
         where = ".".join(parts[:depth]) or "the config"
         if part not in fields:
-            raise ValueError(f"--set {key}: {where} has no field {part!r} (it has {', '.join(fields)})")
+            raise ValueError(f"--set {key}: unknown field {part!r} in {where} (known: {', '.join(fields)})")
         if depth == len(parts) - 1:
             node[part] = value
             return

@@ -13,7 +13,7 @@ from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 from bearrec.models import TINY
 from bearrec.report import bar_chart, markdown_table, pruning_markdown
 from bearrec.runs import evaluate_run, train_run
-from bearrec.io import write_json, write_text
+from bearrec.io import check_replaceable, mark, write_json, write_text
 from bearrec.config import ExperimentConfig, TrainConfig
 from bearrec.objectives.configs import BEARConfig
 
@@ -37,22 +37,30 @@ def run_quickstart(out_dir: str | Path, config: QuickstartConfig | None = None, 
     """Generate data, train SFT and BEAR from the same seed, evaluate both, write the report into ``out_dir``."""
     cfg = config or QuickstartConfig()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    configs = {objective: ExperimentConfig(
+        data=str(out / "data"), model=cfg.model,
+        train=TrainConfig(objective=objective, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
+                          valid_beam_width=cfg.beam_width),
+        bear=BEARConfig(beam_width=cfg.beam_width, weight=cfg.weight, temperature=cfg.temperature,
+                        surrogate=cfg.surrogate),
+    ) for objective in ("sft", "bear")}
+    for config in configs.values():  # every setting is checked before anything is written
+        config.validate()
+    synthetic = SyntheticConfig(seed=cfg.seed, num_users=cfg.users)
+    synthetic.validate()
+    if cfg.eval_users is not None and cfg.eval_users < 1:
+        raise ValueError(f"eval_users must be at least 1 (or unset for all), got {cfg.eval_users}")
+    check_replaceable(out, "quickstart")  # a new or empty folder, or an earlier quickstart
     started = time.perf_counter()
-    dataset = generate_synthetic(SyntheticConfig(seed=cfg.seed, num_users=cfg.users))
+    dataset = generate_synthetic(synthetic)
+    out.mkdir(parents=True, exist_ok=True)
+    mark(out, "quickstart")
     data_dir = dataset.save(out / "data")
     if console:
         console.print(f"synthetic data: {dataset.summary()} -> {data_dir}")
 
     runs: dict[str, dict] = {}
-    for objective in ("sft", "bear"):
-        config = ExperimentConfig(
-            data=str(data_dir), model=cfg.model,
-            train=TrainConfig(objective=objective, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
-                              valid_beam_width=cfg.beam_width),
-            bear=BEARConfig(beam_width=cfg.beam_width, weight=cfg.weight, temperature=cfg.temperature,
-                            surrogate=cfg.surrogate),
-        )
+    for objective, config in configs.items():
         log = train_run(config, out / objective, overwrite=True, dataset=dataset, console=console)
         result = evaluate_run(out / objective, split="test", beam_width=cfg.beam_width, max_users=cfg.eval_users,
                               seed=cfg.seed, console=console)

@@ -186,6 +186,8 @@ def evaluate_run(run_dir, dataset_dir=None, split: str = "test", beam_width: int
                  pruning_users: int | None = None, pruning_node_budget: int | None = None) -> dict:
     """Evaluate a run folder on a split; written to ``eval_<split>.json`` (and per user to ``eval_<split>_users.csv``)."""
     model, tokenizer, dataset, config = load_run(run_dir, dataset_dir, dataset)
+    if len(dataset.splits.get(split, ())) == 0:
+        raise ValueError(f"{run_dir}: the dataset's {split} split has no examples to evaluate")
     encoder = prompt_encoder(tokenizer, dataset, config)
     trie = build_trie(tokenizer, dataset.titles)
     result = evaluate(model, tokenizer, dataset, encoder, trie, split=split, beam_width=beam_width,

@@ -13,6 +13,7 @@ without improvement.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from bearrec.config import ExperimentConfig
 from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, left_pad
 from bearrec.decoding.beam_search import position_ids_from_mask
+from bearrec.io import write_json
 from bearrec.objectives import IGNORE_INDEX, pruning_margin
 
 SELECTION_METRIC = "NDCG@10"
@@ -138,10 +140,26 @@ class RecTrainer(Trainer):
 
 
 class EpochLog(TrainerCallback):
-    """Seconds per epoch (training only, evaluation excluded) and a rich progress bar."""
+    """Seconds per epoch (training only, evaluation excluded) and a rich progress bar.
 
-    def __init__(self, progress=None):
+    The list is kept in ``<checkpoint dir>/epochs.json`` (rewritten atomically after each epoch and its
+    validation, before the epoch's checkpoint is saved), so a resumed run logs every epoch, not only the
+    ones after the resume: it keeps the entries up to the epoch of the checkpoint it resumes from.
+    """
+
+    FILE = "epochs.json"
+
+    def __init__(self, progress=None, checkpoint_dir: Path | None = None, resume_from: str | None = None):
         self.progress, self.task, self.epochs, self._start = progress, None, [], 0.0
+        self.path = Path(checkpoint_dir) / self.FILE if checkpoint_dir is not None else None
+        if resume_from and self.path is not None and self.path.is_file():
+            reached = json.loads((Path(resume_from) / "trainer_state.json").read_text()).get("epoch") or 0
+            self.epochs = [e for e in json.loads(self.path.read_text()) if e["epoch"] <= reached + 1e-6]
+
+    def _keep(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.path, self.epochs)
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self._start = time.perf_counter()
@@ -157,6 +175,7 @@ class EpochLog(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self.epochs.append({"epoch": round(state.epoch or 0, 3), "seconds": time.perf_counter() - self._start})
+        self._keep()
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if self.epochs and metrics:
@@ -164,6 +183,7 @@ class EpochLog(TrainerCallback):
             if self.progress is not None:
                 shown = ", ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in metrics.items() if k != "epoch")
                 self.progress.console.print(f"epoch {self.epochs[-1]['epoch']:g}: valid {shown}")
+            self._keep()
 
 
 def train_model(
@@ -221,7 +241,7 @@ def train_model(
     columns = (TextColumn(f"{tc.objective} {{task.description}}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
-        epoch_log = EpochLog(progress)
+        epoch_log = EpochLog(progress, checkpoint_dir, resume_from)
         callbacks = [epoch_log]
         if select and tc.patience > 0:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.patience))

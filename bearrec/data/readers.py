@@ -181,8 +181,11 @@ def read_amazon(
                             row=line, field="title")
         titles.append(title or "")
         lines.append(line)
+    if not meta_ids:
+        raise DataError(meta_path, "no metadata line for any reviewed item: no item has a title")
     # The 2018 metadata repeats some lines; the first one wins.
-    items = pd.DataFrame({"item_id": meta_ids, "title": titles, "_line": lines}).drop_duplicates("item_id")
+    items = pd.DataFrame({"item_id": pd.Series(meta_ids, dtype=object), "title": pd.Series(titles, dtype=object),
+                          "_line": lines}).drop_duplicates("item_id")
 
     source = {"format": "amazon", "paths": [str(reviews_path), str(meta_path)]}
     return _build_from_interactions(
@@ -464,14 +467,22 @@ def _decode(path: Path, data: bytes, is_csv: bool) -> str:
         row = data.count(b"\n", 0, err.start) + 1
         prefix = data[data.rfind(b"\n", 0, err.start) + 1 : err.start].decode("utf-8", errors="replace")
         if is_csv:
-            header = next(csv.reader([data.split(b"\n", 1)[0].decode("utf-8", errors="replace")]), [])
-            column = max(len(next(csv.reader([prefix]), [])) - 1, 0)
+            header = _csv_fields(data.split(b"\n", 1)[0].decode("utf-8", errors="replace"))
+            column = max(len(_csv_fields(prefix)) - 1, 0)
             field = header[column] if row > 1 and column < len(header) else None
         else:
             keys = re.findall(r"""["'](\w+)["']\s*:""", prefix)
             field = keys[-1] if keys else None
         raise DataError(path, f"not UTF-8 (byte 0x{data[err.start]:02x})", row=row, field=field) from None
     return text.removeprefix("\ufeff")  # a BOM would otherwise become part of the first column name
+
+
+def _csv_fields(line: str) -> list[str]:
+    """The fields of one CSV line, as far as they can be told (a stray carriage return ends the line)."""
+    try:
+        return next(csv.reader([line.split("\r", 1)[0]]), [])
+    except csv.Error:
+        return []
 
 
 def _record_starts(text: str) -> list[int]:
