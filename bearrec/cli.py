@@ -251,17 +251,16 @@ def recommend(
                 indices.append(dataset.item_index(entry.strip()))
             except KeyError:
                 raise ValueError(f"history item {pos} ({entry!r}): neither an item id nor a title of the catalog") from None
+    seen = set(indices) if exclude_history else set()
     window = max((len(h) for h in dataset.splits["train"]["history"]), default=len(indices))
     if len(indices) > window:
         warnings.warn(f"the history has {len(indices)} items; the model was trained on at most {window}: "
                       f"using the {window} most recent")
         indices = indices[-window:]
-    width = beam_width + (len(set(indices)) if exclude_history else 0)
-    width = min(width, len(dataset.titles))
+    width = min(beam_width + len(seen), len(dataset.titles))
     encoder = prompt_encoder(tokenizer, dataset, config)
     ids, mask = left_pad(encoder.prompts([indices]), tokenizer.pad_token_id)
     result = constrained_beam_search(model, ids, mask, build_trie(tokenizer, dataset.titles), beam_width=width)
-    seen = set(indices) if exclude_history else set()
     ranked = [(i, sc) for i, sc in zip(result.item_ids[0].tolist(), result.scores[0].tolist()) if i >= 0 and i not in seen]
     for rank, (item, score) in enumerate(ranked[:top_k], 1):
         out.print(f"{rank:>2}. {rich_escape(dataset.titles[item])}  [dim](item {rich_escape(str(dataset.items['item_id'][item]))}, log p = {score:.3f})[/dim]")

@@ -153,6 +153,8 @@ def read_yaml(path: str | os.PathLike) -> dict:
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML experiment file (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
     raw: dict = read_yaml(path) if path is not None else {}
+    if path is not None:
+        from_dict(raw, str(path))  # the file's own shape and types first, so that their errors name the file
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:

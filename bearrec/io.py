@@ -39,7 +39,7 @@ KINDS: dict[str, tuple[str, ...] | None] = {
     "quickstart": ("data", "sft", "bear", "results.json", "results.md", "results.png"),
     "model": None,
 }
-LEGACY_SIGN = {"dataset": ("dataset.json",), "run": ("run.json", "config.yaml"), "experiment": ("experiment.json",),
+LEGACY_SIGN = {"dataset": ("dataset.json",), "run": ("run.json",), "experiment": ("experiment.json",),
                "quickstart": ("results.json",), "model": ("config.json", "adapter_config.json")}
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import warnings
@@ -83,12 +84,17 @@ def verify_checkpoint(checkpoint: str | os.PathLike) -> None:
     checkpoint = Path(checkpoint)
     for path in sorted(checkpoint.iterdir()):
         try:
-            if path.suffix == ".safetensors":
-                load_file(path)
-            elif path.suffix in (".pt", ".pth", ".bin"):
-                torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch warns about pickle protocols before it refuses
+                if path.suffix == ".safetensors":
+                    load_file(path)
+                elif path.suffix in (".pt", ".pth", ".bin"):
+                    torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # safetensors, pickle and zip errors share no base class
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            if isinstance(err, pickle.UnpicklingError):
+                reason = "it holds more than tensors, which weights-only loading refuses"
+            else:
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
             raise ValueError(f"{path}: unreadable ({reason}); the checkpoint is damaged, delete {checkpoint} "
                              "to resume from the checkpoint before it") from None
 

@@ -72,7 +72,6 @@ def run(syn, tmp_path_factory) -> Path:
     (["--set", "data.x=1"], "not a section"),
     (["--set", "nosuch.field=1"], "unknown field"),
     (["--set", "train"], "section.field=value"),
-    (["--epochs", "abc"], "--epochs"),
 ])
 def test_bad_train_options(syn, tmp_path, args, needle):
     out = tmp_path / "run"
@@ -229,3 +228,18 @@ def test_resume_needs_a_run_folder(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "config.yaml").write_text("train: {}\n")
     _one_line_error(_run("train", "--resume", "--out", tmp_path / "notes"), "no run to resume")
+
+
+def test_usage_errors_of_the_command_are_one_line(tmp_path):
+    """The installed command (``bearrec.cli:main``) turns click's usage errors into one line too."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    for args, needle in ((["train", "--epochs", "abc"], "--epochs"), (["trian"], "No such command"),
+                         (["prepare", "bogus"], "bogus")):
+        done = subprocess.run([sys.executable, "-m", "bearrec.cli", *args], cwd=tmp_path, capture_output=True,
+                              text=True, env={**__import__("os").environ, "PYTHONPATH": str(root)}, timeout=120)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], done.stderr
+    assert list(tmp_path.iterdir()) == []
