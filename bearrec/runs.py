@@ -80,11 +80,12 @@ def verify_checkpoint(checkpoint: str | os.PathLike) -> None:
     """Read every weight and state file of a checkpoint the safe way (safetensors, ``torch.load(weights_only=True)``)
     before training resumes from it; a truncated or tampered file is one clear error, not a traceback mid-run."""
     from safetensors.torch import load_file
+    from transformers.trainer_pt_utils import safe_globals  # the numpy types of the RNG state the Trainer allows
 
     checkpoint = Path(checkpoint)
     for path in sorted(checkpoint.iterdir()):
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), safe_globals():
                 warnings.simplefilter("ignore")  # torch warns about pickle protocols before it refuses
                 if path.suffix == ".safetensors":
                     load_file(path)
