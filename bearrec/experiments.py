@@ -30,7 +30,8 @@ from bearrec.report import METRIC_COLUMNS
 
 SASREC = "sasrec"
 BASELINE = "sft"
-SHORT_KEYS = {"weight", "temperature", "beam_width", "surrogate", "allowed", "reduction"}  # fields of an objective
+SHORT_KEYS = {"weight", "temperature", "beam_width", "surrogate", "formulation", "candidates", "tau", "ats", "ats_eta",
+              "ats_alpha", "ats_warmup", "ats_min", "ats_max", "reference", "negatives", "beta"}  # fields of an objective
 
 
 @dataclass
@@ -82,7 +83,7 @@ def parse_grid(entries: list[str], objective: str) -> dict[str, list]:
     """
     from bearrec.config import parse_value
 
-    section = {"bear": "bear", "beam-sim": "beam_sim"}.get(objective)
+    section = {"bear": "bear", "beam-sim": "beam_sim", "msl": "msl", "sdpo": "sdpo", "sdpo-bear": "sdpo"}.get(objective)
     grid: dict[str, list] = {}
     for entry in entries:
         key, sep, values = entry.partition("=")
