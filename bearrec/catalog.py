@@ -138,6 +138,51 @@ class ItemTrie:
         nodes, first = np.unique(walk.cpu().numpy(), return_index=True)
         return torch.cat([torch.zeros(1, dtype=torch.long), torch.from_numpy(nodes[np.argsort(first)])])
 
+    # ------------------------------------------------------------------ training: trie-valid sets without [N, T, V]
+    def label_nodes(self, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+        """``[N, T]`` trie node *before* each scored token of ``labels`` (-1 at unscored positions).
+
+        Each row's scored positions, read in order, must spell an item's token sequence from its first
+        token (the trainer's right-aligned answers do); the walk is one vectorised child lookup per
+        column. Raises ``ValueError`` naming the row whose tokens leave the trie.
+        """
+        n, width = labels.shape
+        dev = self.child_start.device
+        labels = labels.to(dev)
+        scored = labels != ignore_index  # [N, T]
+        node = torch.zeros(n, dtype=torch.long, device=dev)  # [N] every answer starts at the root
+        nodes = torch.full((n, width), -1, dtype=torch.long, device=dev)  # [N, T]
+        for t in range(width):
+            active = scored[:, t]
+            if not bool(active.any()):
+                continue
+            nodes[:, t] = torch.where(active, node, nodes[:, t])
+            start, count = self.child_start[node], self.child_count[node]  # [N]
+            slot = torch.arange(int(count[active].max()), device=dev)  # [C]
+            child = (start[:, None] + slot).clamp(max=self.num_nodes - 1)  # [N, C]
+            hit = (self.node_token[child] == labels[:, t, None]) & (slot < count[:, None])  # [N, C]
+            lost = active & ~hit.any(dim=1)
+            if bool(lost.any()):
+                raise ValueError(f"labels row {int(lost.nonzero()[0])}: token {int(labels[lost][0, t])} at position {t} "
+                                 "does not continue a catalog title")
+            node = torch.where(active, start + hit.long().argmax(dim=1), node)
+        return nodes
+
+    def label_candidates(self, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+        """``[N, T, C]`` trie-valid next tokens A_t of every scored position, padded with -1.
+
+        ``A_t`` = the children of the node the gold prefix reached (EOS where a title may end); C is the
+        largest ``|A_t|`` of the batch, in practice the root's fan-out. This is what the masked-softmax
+        objectives need instead of a dense ``[N, T, V]`` mask: gather these logits, logsumexp over them.
+        Unscored positions hold -1 only.
+        """
+        nodes = self.label_nodes(labels, ignore_index)  # [N, T]
+        at = nodes.clamp(min=0)
+        count = torch.where(nodes >= 0, self.child_count[at], torch.zeros_like(at))  # [N, T]
+        slot = torch.arange(int(count.max()) if count.numel() else 0, device=nodes.device)  # [C]
+        child = (self.child_start[at][..., None] + slot).clamp(max=self.num_nodes - 1)  # [N, T, C]
+        return torch.where(slot < count[..., None], self.node_token[child], torch.full_like(child, -1))
+
     # ------------------------------------------------------------------ per-prefix lookups (tools, tests)
     def children(self, node: int) -> tuple[list[int], list[int]]:
         """(tokens, child node ids) of one node."""

@@ -33,6 +33,19 @@ class Objective(str, Enum):
     sft = "sft"
     bear = "bear"
     beam_sim = "beam-sim"
+    msl = "msl"
+    sdpo = "sdpo"
+    sdpo_bear = "sdpo-bear"
+
+
+class Formulation(str, Enum):
+    official = "official"
+    paper = "paper"
+
+
+class Candidates(str, Enum):
+    vocab = "vocab"
+    trie = "trie"
 
 
 class Surrogate(str, Enum):
@@ -134,22 +147,29 @@ def train(
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override any config field: section.field=value, e.g. train.grad_accum_steps=4")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="run folder")] = Path("runs/run"),
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last complete checkpoint (its saved config is used)")] = False,
-    objective: Annotated[Optional[Objective], typer.Option(help="sft: cross-entropy (eq. 2.1); bear: SFT + beam-search-aware regulariser (eq. 3.5); beam-sim: beam search simulated in training (eq. 3.1) [default: sft]")] = None,
+    objective: Annotated[Optional[Objective], typer.Option(help="sft: cross-entropy (eq. 2.1); bear: beam-search-aware (the authors' released loss, or eq. 3.5 with --formulation paper); beam-sim: beam search simulated in training (eq. 3.1); msl: masked softmax over trie-valid tokens; sdpo: softmax DPO against --reference; sdpo-bear: S-DPO + BEAR (Figure 7) [default: sft]")] = None,
     model: Annotated[Optional[str], typer.Option(help="'tiny' (built from a config, tokenizer trained on the data) or a Hugging Face model folder / hub name [default: tiny]")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="training epochs (the paper: 10) [default: 3]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="learning rate [default: 1e-3 for tiny, 1e-4 with LoRA as in the paper]")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="examples per device and step [default: 32]")] = None,
     beam_width: Annotated[Optional[int], typer.Option(help="B of the objective; match the decoding beam width (paper: 10)")] = None,
-    weight: Annotated[Optional[float], typer.Option(help="lambda, regulariser strength (paper range 0.1-5) [default: 1]")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="xi, sigmoid temperature (paper range 0.25-3) [default: 1]")] = None,
-    surrogate: Annotated[Optional[Surrogate], typer.Option(help="paper: log sigmoid (eq. 3.4); softplus: only violated tokens pay")] = None,
+    weight: Annotated[Optional[float], typer.Option(help="lambda, regulariser strength (paper range 0.1-5) [default: 0.25 for bear/sdpo-bear, 1 for beam-sim]")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="xi, sigmoid temperature (paper range 0.25-3) [default: 2.75 for bear/sdpo-bear, 1 for beam-sim]")] = None,
+    surrogate: Annotated[Optional[Surrogate], typer.Option(help="bear --formulation paper and beam-sim: paper = log sigmoid (eq. 3.4); softplus = only violated tokens pay")] = None,
+    formulation: Annotated[Optional[Formulation], typer.Option(help="bear/sdpo-bear: official = the authors' released loss (masked softmax, detached beta and weights); paper = eq. 3.4 as printed [default: official]")] = None,
+    candidates: Annotated[Optional[Candidates], typer.Option(help="bear --formulation paper: top-B among the whole vocabulary or the trie-valid tokens [default: vocab]")] = None,
+    tau: Annotated[Optional[float], typer.Option(help="softmax temperature of the masked softmax (bear official, msl, sdpo-bear) [default: 1]")] = None,
+    ats: Annotated[Optional[bool], typer.Option("--ats/--no-ats", help="msl: adaptive temperature (ATS of the MSL repo; --tau is its start) [default: off]")] = None,
+    reference: Annotated[Optional[Path], typer.Option(help="sdpo/sdpo-bear: run folder of the reference SFT model (the policy starts from it)")] = None,
+    negatives: Annotated[Optional[int], typer.Option(help="sdpo/sdpo-bear: sampled negative items per example (S-DPO: 3)")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="sdpo/sdpo-bear: DPO beta (S-DPO: 1)")] = None,
     lora: Annotated[Optional[bool], typer.Option("--lora/--full", help="LoRA adapters or full fine-tuning [default: full for tiny, LoRA otherwise]")] = None,
     lora_rank: Annotated[Optional[int], typer.Option(help="LoRA rank (paper: 8)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="[default: 0]")] = None,
     max_train_examples: Annotated[Optional[int], typer.Option(help="train on a seeded random subsample")] = None,
     max_prompt_tokens: Annotated[Optional[int], typer.Option(help="longer prompts drop their oldest history items [default: 1024]")] = None,
 ):
-    """Fine-tune a model with SFT, BEAR or beam-sim through the Hugging Face Trainer; keeps the best validation NDCG@10.
+    """Fine-tune a model with SFT, BEAR, beam-sim, MSL or S-DPO through the Hugging Face Trainer; keeps the best validation NDCG@10.
 
     Several GPUs: `accelerate launch -m bearrec.cli train ...` or `torchrun --nproc-per-node N -m bearrec.cli train ...`.
     """
@@ -159,7 +179,8 @@ def train(
     if resume:
         cfg = None
     else:
-        section = "beam_sim" if objective is Objective.beam_sim else "bear"
+        section = {Objective.beam_sim: "beam_sim", Objective.msl: "msl", Objective.sdpo: "sdpo",
+                   Objective.sdpo_bear: "sdpo"}.get(objective, "bear")
         flags = {
             "data": str(data) if data else None, "model": model, "lora": lora, "lora_settings.rank": lora_rank,
             "train.objective": objective.value if objective else None, "train.epochs": epochs, "train.lr": lr,
@@ -167,6 +188,10 @@ def train(
             "train.max_prompt_tokens": max_prompt_tokens, f"{section}.beam_width": beam_width,
             f"{section}.weight": weight, f"{section}.temperature": temperature,
             f"{section}.surrogate": surrogate.value if surrogate else None,
+            f"{section}.formulation": formulation.value if formulation else None,
+            f"{section}.candidates": candidates.value if candidates else None, f"{section}.tau": tau,
+            "msl.ats": ats, "sdpo.reference": str(reference) if reference else None, "sdpo.negatives": negatives,
+            "sdpo.beta": beta,
         }
         cfg = load_config(config, _flag_sets(flags) + list(overrides or []))
     log = train_run(cfg, out_dir, resume=resume, console=console)

@@ -31,7 +31,8 @@ from bearrec.report import METRIC_COLUMNS
 
 SASREC = "sasrec"
 BASELINE = "sft"
-SHORT_KEYS = {"weight", "temperature", "beam_width", "surrogate", "allowed", "reduction"}  # fields of an objective
+SHORT_KEYS = {"weight", "temperature", "beam_width", "surrogate", "formulation", "candidates", "tau", "ats", "ats_eta",
+              "ats_alpha", "ats_warmup", "ats_min", "ats_max", "reference", "negatives", "beta"}  # fields of an objective
 
 
 @dataclass
@@ -94,7 +95,7 @@ def parse_grid(entries: list[str], objective: str) -> dict[str, list]:
     """
     from bearrec.config import parse_value
 
-    section = {"bear": "bear", "beam-sim": "beam_sim"}.get(objective)
+    section = {"bear": "bear", "beam-sim": "beam_sim", "msl": "msl", "sdpo": "sdpo", "sdpo-bear": "sdpo"}.get(objective)
     grid: dict[str, list] = {}
     for entry in entries:
         key, sep, values = entry.partition("=")

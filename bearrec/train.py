@@ -27,7 +27,7 @@ from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, left_pad
 from bearrec.decoding.beam_search import position_ids_from_mask
 from bearrec.io import write_json
-from bearrec.objectives import IGNORE_INDEX, pruning_margin
+from bearrec.objectives import IGNORE_INDEX, pruning_margin, sequence_log_probs
 
 SELECTION_METRIC = "NDCG@10"
 
@@ -41,25 +41,49 @@ def encode_split(
 
 
 class Collator:
-    """Left-padded ``input_ids``/``attention_mask``, answer-aligned ``labels [n, A]``, and, for objectives
-    that simulate beam search, the prompts alone (``prompt_ids``/``prompt_mask``).
+    """Left-padded ``input_ids``/``attention_mask`` and answer-aligned ``labels [R, A]``, plus what the
+    objective asks for:
+
+    * ``with_prompts``: the prompts alone (``prompt_ids``/``prompt_mask``), for beam-sim's search;
+    * ``negatives = K > 0``: K catalog items other than the target, drawn uniformly, answer the same
+      prompt in the K rows after each example's own row (rows grouped ``1 + K`` per example, S-DPO);
+    * ``trie``: ``candidates [R, A, C]``, the trie-valid next tokens of every answer position (-1
+      padded), gathered from the trie on the CPU while the accelerator trains: no ``[R, A, V]`` mask.
 
     ``labels[:, j]`` is the token at position ``L - A + j``: the logits of the last ``A + 1`` positions,
     minus the final one, predict exactly these tokens.
     """
 
-    def __init__(self, pad_id: int, with_prompts: bool = False):
-        self.pad_id, self.with_prompts = pad_id, with_prompts
+    def __init__(self, pad_id: int, with_prompts: bool = False, trie: ItemTrie | None = None, negatives: int = 0,
+                 answers: list[list[int]] | None = None, seed: int = 0):
+        self.pad_id, self.with_prompts, self.trie, self.negatives, self.answers = pad_id, with_prompts, trie, negatives, answers
+        if negatives and not answers:
+            raise ValueError("sampling negatives needs the catalog's answers")
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _rows(self, examples: list[dict]) -> list[dict]:
+        if not self.negatives:
+            return examples
+        rows = []
+        num_items = len(self.answers)
+        for e in examples:
+            draw = torch.randint(0, num_items - 1, (self.negatives,), generator=self.generator)  # [K] uniform, target skipped
+            draw = draw + (draw >= e["item"]).long()
+            rows += [e] + [{"prompt": e["prompt"], "answer": self.answers[int(i)], "item": int(i)} for i in draw]
+        return rows
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        input_ids, attention_mask = left_pad([e["prompt"] + e["answer"] for e in examples], self.pad_id)
-        longest = max(len(e["answer"]) for e in examples)
-        labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
-        for row, e in enumerate(examples):
+        rows = self._rows(examples)
+        input_ids, attention_mask = left_pad([e["prompt"] + e["answer"] for e in rows], self.pad_id)
+        longest = max(len(e["answer"]) for e in rows)
+        labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
+        for row, e in enumerate(rows):
             labels[row, longest - len(e["answer"]) :] = torch.tensor(e["answer"])
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         if self.with_prompts:
             batch["prompt_ids"], batch["prompt_mask"] = left_pad([e["prompt"] for e in examples], self.pad_id)
+        if self.trie is not None:
+            batch["candidates"] = self.trie.label_candidates(labels)  # [R, A, C]
         return batch
 
 
@@ -79,36 +103,56 @@ class RecTrainer(Trainer):
 
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean: let the Trainer divide by the accumulation steps
 
-    def __init__(self, *args, objective, trie: ItemTrie, valid: tuple[list, list] | None, beam_width: int, **kwargs):
+    def __init__(self, *args, objective, trie: ItemTrie, valid: tuple[list, list] | None, beam_width: int,
+                 reference=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.objective, self.valid, self.beam_width = objective, valid, beam_width
         self.trie = trie.to(self.args.device)  # once, not on every decoding call
+        self.reference = reference.to(self.args.device).eval() if reference is not None else None
         self._reset_parts()
 
     def _reset_parts(self) -> None:
         self._parts = {"sft": 0.0, "reg": 0.0, "violated": 0.0, "seen": 0, "batches": 0}
         self._since = time.perf_counter()
 
+    def _logging_step(self) -> bool:
+        """Whether the optimizer step in progress ends with a log line (the Trainer logs after step k when
+        k % logging_steps == 0): the pruning diagnostics are computed on those steps only."""
+        every = self.args.logging_steps
+        return every > 0 and (self.state.global_step + 1) % max(int(every), 1) == 0
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
-        thresholds = None
+        extra = {"step": self.state.global_step}
         if self.objective.needs_search:
             from bearrec.objectives.beam_sim import align_thresholds, simulate_thresholds
 
             raw = simulate_thresholds(model, inputs["prompt_ids"], inputs["prompt_mask"], self.trie,
                                       beam_width=self.objective.beam_width)
-            thresholds = align_thresholds(raw, labels)
+            extra["thresholds"] = align_thresholds(raw, labels)
+        if "candidates" in inputs:
+            extra["candidates"] = inputs["candidates"]
         logits = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], labels.shape[1])
-        loss, reg = self.objective.loss(logits, labels, thresholds)
+        group = 1 + self.objective.negatives if self.reference is not None else 1
+        if self.reference is not None:
+            with torch.no_grad():  # the frozen reference's sequence log-probabilities, [N, 1 + K]
+                ref_logits = answer_logits(self.reference, inputs["input_ids"], inputs["attention_mask"], labels.shape[1])
+                extra["reference"] = sequence_log_probs(ref_logits, labels).view(-1, group)
+                del ref_logits
+        loss, reg = self.objective.loss(logits, labels, extra)
         if model.training:
-            with torch.no_grad():  # what the logs show: SFT and regulariser parts, share of tokens beam search would prune
-                ce, delta, can_prune, _ = pruning_margin(logits.detach(), labels, getattr(self.objective, "beam_width", 10))
-                p = self._parts
-                p["sft"] += float(ce.mean())
-                p["reg"] += float(reg)
-                p["violated"] += float(((delta > 0) & can_prune).float().mean())
-                p["seen"] += int(inputs["attention_mask"].sum())
-                p["batches"] += 1
+            p = self._parts
+            p["seen"] += inputs["attention_mask"].sum()  # a device tensor: no host sync on ordinary steps
+            if self._logging_step():
+                with torch.no_grad():  # what the logs show: SFT and regulariser parts, share of tokens beam search would prune
+                    positive = labels[::group]  # S-DPO: the positives' rows
+                    candidates = self.trie.label_candidates(positive)  # trie-valid top B, as constrained search ranks them
+                    ce, delta, can_prune, _ = pruning_margin(logits.detach()[::group], positive,
+                                                             getattr(self.objective, "beam_width", 10), candidates)
+                    p["sft"] += float(ce.mean())
+                    p["reg"] += float(reg)
+                    p["violated"] += float(((delta > 0) & can_prune).float().mean())
+                    p["batches"] += 1
         return (loss, logits) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs) -> None:
@@ -116,7 +160,7 @@ class RecTrainer(Trainer):
         if "loss" in logs and p["batches"]:
             elapsed = time.perf_counter() - self._since
             logs.update({"loss_sft": p["sft"] / p["batches"], "loss_regulariser": p["reg"] / p["batches"],
-                         "violated_token_share": p["violated"] / p["batches"], "tokens_per_second": p["seen"] / elapsed})
+                         "violated_token_share": p["violated"] / p["batches"], "tokens_per_second": float(p["seen"]) / elapsed})
             self._reset_parts()
         super().log(logs, *args, **kwargs)
 
@@ -186,6 +230,28 @@ class EpochLog(TrainerCallback):
             self._keep()
 
 
+def load_reference(objective, model, tokenizer):
+    """The frozen reference of S-DPO (the SFT run in ``objective.reference``); ``model`` starts from its weights.
+
+    The run's tokenizer must be the one this run trains with (for the tiny model: the same dataset).
+    """
+    from bearrec.models import load_model
+
+    folder = objective.reference
+    if not folder or not (Path(folder) / "model").is_dir():
+        raise ValueError(f"sdpo.reference must be a finished run folder (with model/): got {folder!r}")
+    reference, ref_tokenizer = load_model(Path(folder) / "model")
+    if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"sdpo.reference {folder}: its tokenizer differs from this run's (same model and data needed)")
+    try:
+        model.load_state_dict(reference.state_dict())
+    except RuntimeError as err:
+        raise ValueError(f"sdpo.reference {folder}: its weights do not fit this run's model ({str(err).splitlines()[0]})") from None
+    for parameter in reference.parameters():
+        parameter.requires_grad_(False)
+    return reference
+
+
 def train_model(
     model,
     tokenizer,
@@ -202,10 +268,11 @@ def train_model(
     prompts, targets = encode_split(dataset, "train", encoder, tc.max_train_examples, tc.seed)
     if not prompts:
         raise ValueError("the train split is empty")
-    examples = [{"prompt": p, "answer": encoder.answers[t]} for p, t in zip(prompts, targets)]
+    examples = [{"prompt": p, "answer": encoder.answers[t], "item": t} for p, t in zip(prompts, targets)]
     has_valid = len(dataset.splits["valid"]) > 0 and tc.valid_users != 0  # valid_users: 0 turns validation off
     valid = encode_split(dataset, "valid", encoder, tc.valid_users, tc.seed) if has_valid else None
     objective = config.objective_config()
+    reference = load_reference(objective, model, tokenizer) if objective.negatives else None
     use_bf16 = tc.bf16 == "true" or (tc.bf16 == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     select = tc.select_best and valid is not None
     args = TrainingArguments(
@@ -246,9 +313,11 @@ def train_model(
         if select and tc.patience > 0:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.patience))
         trainer = RecTrainer(
-            model=model, args=args, train_dataset=examples, eval_dataset=valid[0] if valid else None, data_collator=Collator(tokenizer.pad_token_id, objective.needs_search),
+            model=model, args=args, train_dataset=examples, eval_dataset=valid[0] if valid else None, data_collator=Collator(
+                tokenizer.pad_token_id, objective.needs_search, trie if objective.needs_candidates else None,
+                objective.negatives, encoder.answers if objective.negatives else None, tc.seed),
             processing_class=tokenizer, callbacks=callbacks, objective=objective, trie=trie, valid=valid,
-            beam_width=tc.valid_beam_width,
+            beam_width=tc.valid_beam_width, reference=reference,
         )
         trainer.remove_callback(PrinterCallback)  # our progress bar and per-epoch lines replace its raw dicts
         trainer.train(resume_from_checkpoint=resume_from)

@@ -56,11 +56,11 @@ def test_sft_loss_matches_cross_entropy():
 def test_bear_loss_matches_direct_formula(surrogate, B, T, w):
     logits, labels = _case(seed=B)
     expected = _direct(logits, labels, B, T, w, surrogate)
-    got = bear_loss(logits, labels, beam_width=B, temperature=T, weight=w, surrogate=surrogate, reduction="none")
+    got = bear_loss(logits, labels, beam_width=B, temperature=T, weight=w, formulation="paper", surrogate=surrogate, reduction="none")
     assert torch.allclose(got.double(), expected, atol=1e-5)
     scored = (labels != -100).sum()
-    assert torch.allclose(bear_loss(logits, labels, B, T, w, surrogate, reduction="sum").double(), expected.sum(), atol=1e-4)
-    assert torch.allclose(bear_loss(logits, labels, B, T, w, surrogate).double(), expected.sum() / scored, atol=1e-5)
+    assert torch.allclose(bear_loss(logits, labels, B, T, w, "paper", surrogate=surrogate, reduction="sum").double(), expected.sum(), atol=1e-4)
+    assert torch.allclose(bear_loss(logits, labels, B, T, w, "paper", surrogate=surrogate).double(), expected.sum() / scored, atol=1e-5)
 
 
 @pytest.mark.parametrize("surrogate", ["paper", "softplus"])
@@ -71,7 +71,7 @@ def test_bear_loss_with_allowed_candidates(surrogate):
     allowed[0, 0] = False  # a step with a single candidate: cannot prune
     allowed.scatter_(2, labels.clamp(min=0).unsqueeze(-1), True)
     expected = _direct(logits, labels, 4, 1.0, 1.0, surrogate, allowed)
-    got = bear_loss(logits, labels, beam_width=4, surrogate=surrogate, allowed=allowed, reduction="none")
+    got = bear_loss(logits, labels, beam_width=4, temperature=1.0, weight=1.0, formulation="paper", surrogate=surrogate, allowed=allowed, reduction="none")
     assert torch.allclose(got.double(), expected, atol=1e-5)
     assert ((allowed.sum(-1) < 4) & (labels != -100)).any(), "the case must include steps that cannot prune"
 
@@ -79,8 +79,8 @@ def test_bear_loss_with_allowed_candidates(surrogate):
 def test_bear_with_zero_weight_is_sft_and_gradients_flow():
     logits, labels = _case(seed=7)
     logits.requires_grad_(True)
-    assert torch.allclose(bear_loss(logits, labels, weight=0.0), sft_loss(logits, labels))
-    bear_loss(logits, labels, beam_width=3).backward()
+    assert torch.allclose(bear_loss(logits, labels, weight=0.0, formulation="paper"), sft_loss(logits, labels))
+    bear_loss(logits, labels, beam_width=3, temperature=1.0, weight=1.0, formulation="paper").backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
 
 
@@ -99,7 +99,7 @@ def test_surrogates_spend_gradient_where_documented():
     grads = {}
     for surrogate in ("paper", "softplus"):
         logits.grad = None
-        reg = bear_loss(logits, labels, beam_width=2, surrogate=surrogate, reduction="none") - sft_loss(logits, labels, reduction="none")
+        reg = bear_loss(logits, labels, beam_width=2, temperature=1.0, weight=1.0, formulation="paper", surrogate=surrogate, reduction="none") - sft_loss(logits, labels, reduction="none")
         reg.sum().backward()
         grads[surrogate] = logits.grad[0, :, :].gather(1, labels[0].unsqueeze(1)).abs().squeeze(1)
     violated, safe = 0, 1
@@ -110,9 +110,9 @@ def test_surrogates_spend_gradient_where_documented():
 def test_bad_arguments():
     logits, labels = _case()
     with pytest.raises(ValueError, match="surrogate"):
-        bear_loss(logits, labels, surrogate="hinge")
+        bear_loss(logits, labels, formulation="paper", surrogate="hinge")
     with pytest.raises(ValueError, match="temperature"):
-        bear_loss(logits, labels, temperature=0)
+        bear_loss(logits, labels, formulation="paper", temperature=0)
     with pytest.raises(ValueError, match="aligned"):
         sft_loss(logits[:, :-1], labels)
     with pytest.raises(ValueError, match="reduction"):
