@@ -40,6 +40,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     bf16: str = "auto"  # auto: bf16 on GPUs that support it, fp32 on CPU; or "true"/"false"
+    full_determinism: bool = False  # deterministic GPU kernels (slower; see docs/design.md, Reproducibility)
     max_prompt_tokens: int = 1024  # longer prompts drop their oldest history items
     max_train_examples: int | None = None  # seeded subsample of the train split
     valid_users: int | None = 200  # seeded valid subsample for model selection (None: all; 0: no validation)

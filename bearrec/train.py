@@ -288,6 +288,7 @@ def train_model(
         max_grad_norm=tc.grad_clip,
         seed=tc.seed,
         data_seed=tc.seed,
+        full_determinism=tc.full_determinism,
         bf16=use_bf16,
         eval_strategy="epoch" if valid is not None else "no",
         save_strategy="epoch",
