@@ -84,6 +84,8 @@ def verify_checkpoint(checkpoint: str | os.PathLike) -> None:
 
     checkpoint = Path(checkpoint)
     for path in sorted(checkpoint.iterdir()):
+        if path.name == "training_args.bin":  # a pickle the Trainer writes for people and never loads
+            continue
         try:
             with warnings.catch_warnings(), safe_globals():
                 warnings.simplefilter("ignore")  # torch warns about pickle protocols before it refuses
