@@ -303,7 +303,35 @@ def _versus(runs: list[dict], baseline: list[dict], mean: dict, base_mean: dict)
     boot = np.concatenate([gain[rng.integers(0, gain.size, (200, gain.size))].mean(axis=1) for _ in range(10)])
     low, high = np.percentile(boot, [2.5, 97.5])
     out["user_bootstrap"] = {"ci95": [float(low), float(high)], "excludes_zero": bool(low > 0 or high < 0)}
+    out["paired_test"] = sign_flip_test(gain)
     return out
+
+
+EXACT_SIGN_FLIPS = 18  # users that differ: up to 2^18 sign patterns are enumerated, more are sampled
+
+
+def sign_flip_test(gain: np.ndarray, resamples: int = 100_000) -> dict:
+    """Paired permutation test over users: is the mean per-user difference ``gain`` (``[users]``, one run's
+    NDCG@10 minus the other's, each averaged over its seeds) further from 0 than random sign flips make it?
+
+    Users with no difference carry no information and every sign pattern of theirs is the same, so only the
+    users that differ are flipped: exactly (all ``2^n`` patterns) when ``n <= EXACT_SIGN_FLIPS``, otherwise
+    with ``resamples`` random patterns. Two-sided; with no differing user, p = 1.
+    """
+    from scipy import stats
+
+    differ = gain[gain != 0]
+    n = int(differ.size)
+    out = {"test": "sign-flip permutation over users", "users": int(gain.size), "users_differ": n,
+           "users_better": int((differ > 0).sum()), "users_worse": int((differ < 0).sum())}
+    if n == 0:
+        return {**out, "p_value": 1.0, "exact": True, "significant": False}
+    exact = n <= EXACT_SIGN_FLIPS
+    result = stats.permutation_test(
+        (differ,), lambda d, axis: np.mean(d, axis=axis), permutation_type="samples", vectorized=True,
+        n_resamples=np.inf if exact else resamples, alternative="two-sided", rng=np.random.default_rng(0))
+    p = float(min(1.0, result.pvalue))
+    return {**out, "p_value": p, "exact": exact, "significant": p < 0.05}
 
 
 def _per_user_ndcg(runs: list[dict]) -> np.ndarray:
@@ -330,6 +358,11 @@ def verdict(label: str, row: dict) -> str:
     low, high = vs["user_bootstrap"]["ci95"]
     parts.append(f"95% user-bootstrap interval of the difference [{low:+.4f}, {high:+.4f}]"
                  + (" excludes 0" if vs["user_bootstrap"]["excludes_zero"] else " includes 0"))
+    paired = vs.get("paired_test")
+    if paired:
+        parts.append(f"{paired['users_differ']} of {paired['users']} users differ ({paired['users_better']} better, "
+                     f"{paired['users_worse']} worse); {'exact' if paired['exact'] else 'sampled'} sign-flip test "
+                     f"p = {paired['p_value']:.3f}")
     return "; ".join(parts) + "."
 
 
