@@ -175,8 +175,8 @@ CWD_FILES = {"notes.txt": "my notes\n", "paper/draft.tex": "\\section{Intro}\n"}
 
 
 def alt(name: str) -> str:
-    """A config field named as the field or as its flag: batch_size|batch-size."""
-    return f"{name}|{name.replace('_', '-')}" if "_" in name else name
+    """A config field named as the field, its flag or in words: batch_size|batch-size|batch size."""
+    return f"{name}|{name.replace('_', '-')}|{name.replace('_', ' ')}" if "_" in name else name
 
 
 # ------------------------------------------------------------------------------------------- setups
@@ -294,10 +294,11 @@ def out_safety_cases() -> list[Case]:
         Case("out/compare-into-user-folder", c,
              ["compare", "--data", "syn", "--model", "tiny", "--objectives", "sft", "--no-sasrec", "--max-eval-users",
               "4", "--no-pruning-rate", "--epochs", "1", *SMALL_SETS, "--out", "mydocs"],
-             names=("mydocs",), files=docs, needs=("syn",), note="an experiment folder only inside a folder it owns"),
+             expect="either", files=docs, needs=("syn",), note="adds to a user folder: fine as long as nothing is lost"),
         Case("out/quickstart-into-user-folder", c,
              ["quickstart", "--users", "40", "--epochs", "1", "--eval-users", "4", "--out", "mydocs"],
-             names=("mydocs",), files=docs),
+             names=("mydocs",), files={**docs, "mydocs/data/survey.csv": "id,answer\n1,yes\n"},
+             note="quickstart writes mydocs/data/, which already holds the user's files"),
         # controls: what must keep working
         Case("out/prepare-synthetic-new-subfolder-of-user-folder", c,
              ["prepare", "synthetic", "--users", "40", "--out", "mydocs/data"], expect="ok", files=docs),
