@@ -102,6 +102,8 @@ def read_source(
     where = ", ".join(map(str, inputs)) or "<no input>"
     if isinstance(min_interactions, bool) or not isinstance(min_interactions, int) or min_interactions < 1:
         raise ValueError(f"min_interactions (--min-interactions) must be an integer of at least 1, got {min_interactions!r}")
+    if not re.fullmatch(r"[^\W\d_][\w -]*", domain or ""):
+        raise ValueError(f"domain (--domain) must be a plural noun for the prompt, such as products or books: got {domain!r}")
     if fmt not in _FORMATS:
         raise DataError(where, f"unknown format {fmt!r}; expected one of {', '.join(_FORMATS)}", field="format")
     expected = _FORMATS[fmt]

@@ -57,6 +57,7 @@ class SyntheticConfig:
     zipf_exponent: float = 0.8
 
     def validate(self, section: str = "synthetic") -> None:
+        check(self.seed >= 0, section, "seed", "at least 0 (--seed)", self.seed)
         check(self.num_users >= 1, section, "num_users", "at least 1 (--users)", self.num_users)
         check(1 <= self.num_categories <= len(_NOUNS), section, "num_categories", f"in [1, {len(_NOUNS)}]",
               self.num_categories)

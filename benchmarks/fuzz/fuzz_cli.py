@@ -66,6 +66,8 @@ SMALL_SETS = ["--set", "train.valid_users=0", "--set", "tiny.hidden_size=32", "-
               "--set", "train.batch_size=16"]
 
 
+DEAD_PID = 2**22 + 12345  # above Linux's default pid_max: never a running process
+
 @dataclass
 class Case:
     id: str
@@ -306,9 +308,13 @@ def out_safety_cases() -> list[Case]:
              ["prepare", "synthetic", "--users", "40", "--seed", "1", "--out", "syn"], expect="ok", needs=("syn",),
              mutable=("syn/",)),
         Case("out/prepare-cleans-stale-temp-folder", c, ["prepare", "synthetic", "--users", "40", "--out", "syn"],
-             expect="ok", needs=("syn",), mutable=("syn/", ".syn.k1ll3d/"),
-             files={".syn.k1ll3d/items.parquet": b"half-written"}, stale=(".syn.k1ll3d",),
-             note="temp folder of a killed prepare"),
+             expect="ok", needs=("syn",), mutable=("syn/", f".syn.bearrec-tmp-{DEAD_PID}-k1ll3d/"),
+             files={f".syn.bearrec-tmp-{DEAD_PID}-k1ll3d/items.parquet": b"half-written"},
+             stale=(f".syn.bearrec-tmp-{DEAD_PID}-k1ll3d",),
+             note="temp folder of a killed prepare (bearrec names them .NAME.bearrec-tmp-<pid>-...)"),
+        Case("out/prepare-keeps-user-hidden-folder", c, ["prepare", "synthetic", "--users", "40", "--out", "syn"],
+             expect="ok", needs=("syn",), mutable=("syn/",), files={".syn.backup/items.parquet": b"my backup"},
+             note="a hidden sibling bearrec did not name is never touched"),
         Case("out/train-nested-new-folder", c, [*train, "--out", "runs/a/b"], expect="ok", needs=("syn",)),
     ]
 
