@@ -355,7 +355,7 @@ def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: 
     import shlex
     import shutil
 
-    from bearrec.experiments import run_experiment, verdict, write_report
+    from bearrec.experiments import run_experiment, test_chosen_point, verdict, write_report
     from bearrec.io import check_replaceable
     from bearrec.report import rich_table, summary_runs
 
@@ -369,11 +369,19 @@ def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: 
         console.print(f"[yellow]interrupted:[/yellow] finished runs are kept in {out_dir}; "
                       "run the same command again to resume", soft_wrap=True)
         raise typer.Exit(130) from None
-    rows = write_report(out_dir, results, base, settings, kind, shlex.join(["bearrec", *sys.argv[1:]]), grid)
-    out.print(rich_table(summary_runs(rows), f"{kind}: {len(results)} runs (mean over seeds)"))
+    from bearrec.experiments import summarize
+
+    selection = test_chosen_point(out_dir, results, summarize(results), base, settings, console) if kind == "sweep" else None
+    rows = write_report(out_dir, results, base, settings, kind, shlex.join(["bearrec", *sys.argv[1:]]), grid, selection)
+    out.print(rich_table(summary_runs(rows), f"{kind}: {len(results)} runs (mean over seeds, {settings.split} split)"))
     for label, row in rows.items():
         if "vs_sft" in row:
             out.print(verdict(label, row))
+    if selection:
+        chosen = selection["chosen"]
+        out.print(rich_table(summary_runs(selection["test"]), f"chosen on validation: {chosen}; test split"))
+        if "vs_sft" in selection["test"].get(chosen, {}):
+            out.print("test: " + verdict(chosen, selection["test"][chosen]))
     out.print(f"results in {out_dir}/ (results.json, results.md, figures)")
 
 
@@ -446,6 +454,8 @@ def sweep(
 ):
     """Grid over an objective's hyperparameters (paper Figure 8), e.g. --grid weight=0.1,0.5,1,2,5 temperature=0.25,0.5,1,2,3.
 
+    Every grid point is evaluated on the valid split only; the point with the best mean validation NDCG@10
+    is then evaluated on the test split next to SFT (paper practice on test is not possible by accident).
     Restarted with the same arguments, it skips the runs that finished.
     """
     from bearrec.experiments import EvalSettings, parse_grid, sweep_plan
@@ -460,7 +470,8 @@ def sweep(
     parsed = parse_grid(list(grid or []) + extra, objective.value)
     sets = _flag_sets({"train.epochs": epochs, "train.max_train_examples": max_train_examples}) + list(overrides or [])
     base = _experiment_config(config, data, model, sets, TINY)
-    settings = EvalSettings(max_users=max_eval_users, pruning_rate=pruning_rate)
+    # Every grid point is judged on the valid split; only the chosen one (and SFT) ever sees test.
+    settings = EvalSettings(split="valid", max_users=max_eval_users, pruning_rate=pruning_rate)
     _run_experiment("sweep", base, sweep_plan(objective.value, parsed, seeds, base.train.seed), out_dir, settings,
                     overwrite, parsed)
 

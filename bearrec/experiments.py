@@ -229,6 +229,45 @@ def _sasrec_run(dataset: RecDataset, config, settings: EvalSettings, folder: Pat
             "parameters": {"total": sum(p.numel() for p in model.parameters())}, "config": log["config"]}
 
 
+def test_chosen_point(out_dir: str | Path, results: list[dict], rows: dict, base: ExperimentConfig,
+                      settings: EvalSettings, console=None) -> dict:
+    """A sweep's model selection: the grid point with the best mean *validation* NDCG@10 over seeds is chosen,
+    then it and the SFT baseline (every seed) are evaluated on the test split, once: their ``eval_test.json``
+    is reused on a restart. The grid itself is never evaluated on test, so the choice cannot see test data.
+    """
+    if settings.split != "valid":
+        raise ValueError("a sweep selects on the valid split; its grid is never evaluated on test")
+    candidates = [label for label in rows if label != BASELINE]
+    if not candidates:
+        return {}
+    chosen = max(candidates, key=lambda label: rows[label]["mean"].get("NDCG@10", -math.inf))
+    test = replace(settings, split="test")
+    dataset = RecDataset.load(base.data)
+    tested = []
+    for r in results:
+        if r["label"] not in (BASELINE, chosen):
+            continue
+        folder = Path(out_dir) / "runs" / r["folder"]
+        saved = folder / "eval_test.json"
+        if saved.is_file():
+            result = json.loads(saved.read_text())
+        else:
+            from bearrec.runs import evaluate_run
+
+            if console:
+                console.print(f"test split: {r['label']} seed {r['seed']}")
+            result = evaluate_run(folder, split="test", beam_width=test.beam_width, max_users=test.max_users,
+                                  pruning_rate=test.pruning_rate, seed=test.seed, console=console, dataset=dataset,
+                                  pruning_users=test.pruning_users, pruning_node_budget=test.pruning_node_budget)
+        tested.append({"label": r["label"], "seed": r["seed"], "kind": "lm", "metrics": result["metrics"],
+                       "pruning": result.get("pruning"), "users": result["users"], "of_users": result["of_users"],
+                       "retrieved_rank": result["retrieved_rank"], "seconds_per_epoch": r["seconds_per_epoch"]})
+    return {"criterion": "best mean validation NDCG@10 over seeds", "chosen": chosen,
+            "point": next(r["overrides"] for r in results if r["label"] == chosen),
+            "valid_ndcg10": rows[chosen]["mean"].get("NDCG@10"), "test": summarize(tested),
+            "test_users": tested[0]["users"] if tested else 0}
+
+
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -369,8 +408,10 @@ def verdict(label: str, row: dict) -> str:
 # --- reports ------------------------------------------------------------------------------------------------
 
 def write_report(out_dir: str | Path, results: list[dict], base: ExperimentConfig, settings: EvalSettings,
-                 kind: str, command: str, grid: dict[str, list] | None = None) -> dict:
-    """``results.json``, ``results.md`` and the figures of an experiment folder; returns the summary rows."""
+                 kind: str, command: str, grid: dict[str, list] | None = None, selection: dict | None = None) -> dict:
+    """``results.json``, ``results.md`` and the figures of an experiment folder; returns the summary rows.
+
+    ``selection`` (a sweep's :func:`test_chosen_point`) adds the chosen point and its test results."""
     from bearrec.io import write_text
     from bearrec.report import (efficiency_figure, pr_figure, pruning_comparison_figure, pruning_markdown,
                                 summary_markdown, summary_runs, sweep_figure)
@@ -383,7 +424,8 @@ def write_report(out_dir: str | Path, results: list[dict], base: ExperimentConfi
     title = f"{kind}: {Path(base.data).name}, model {base.model}, {users} {settings.split} users, B={settings.beam_width}"
     write_json(out / "results.json", {
         "title": title, "command": command, "kind": kind, "dataset": dataset.summary(), "eval": asdict(settings),
-        "grid": grid, "base_config": base.to_dict(), "summary": rows, "environment": environment(),
+        "grid": grid, "base_config": base.to_dict(), "summary": rows, "selection": selection,
+        "environment": environment(),
         "runs": [{k: v for k, v in r.items() if k != "retrieved_rank"} for r in results],
     })
     figures = []
@@ -412,6 +454,15 @@ def write_report(out_dir: str | Path, results: list[dict], base: ExperimentConfi
     verdicts = [verdict(label, row) for label, row in rows.items() if "vs_sft" in row]
     if verdicts:
         lines += ["## Is the difference real?", ""] + [f"- {v}" for v in verdicts] + [""]
+    if selection:
+        chosen = selection["chosen"]
+        lines += ["## Chosen on validation, reported on test", "",
+                  f"Selection: {selection['criterion']}: **{chosen}** (validation NDCG@10 "
+                  f"{selection['valid_ndcg10']:.4f}). Only it and SFT were evaluated on the test split "
+                  f"({selection['test_users']} users); no other grid point ever was.", "",
+                  summary_markdown(selection["test"]), ""]
+        if "vs_sft" in selection["test"].get(chosen, {}):
+            lines += [f"- test: {verdict(chosen, selection['test'][chosen])}", ""]
     if any(row["pruning"] for row in rows.values()):
         ranked = {label: row["pruning"]["ranked_users"] for label, row in rows.items() if row["pruning"]}
         lines += ["## Pruning attribution (paper Figure 4, users pooled over seeds)", "",
