@@ -363,7 +363,7 @@ def sign_flip_test(gain: np.ndarray, resamples: int = 100_000) -> dict:
     n = int(differ.size)
     out = {"test": "sign-flip permutation over users", "users": int(gain.size), "users_differ": n,
            "users_better": int((differ > 0).sum()), "users_worse": int((differ < 0).sum())}
-    if n == 0:
+    if n < 2:  # no user, or one whose two sign patterns tie: nothing can be told apart
         return {**out, "p_value": 1.0, "exact": True, "significant": False}
     exact = n <= EXACT_SIGN_FLIPS
     result = stats.permutation_test(
