@@ -162,20 +162,27 @@ def evaluate(
     max_users: Annotated[Optional[int], typer.Option(help="evaluate a seeded random subsample of the split")] = None,
     pruning_rate: Annotated[bool, typer.Option("--pruning-rate/--no-pruning-rate", help="also compute the positives' exact ranks for PR@K and the pruning attribution")] = True,
     pruning_users: Annotated[Optional[int], typer.Option(help="PR@K on the first N evaluated users only")] = None,
+    pruning_node_budget: Annotated[Optional[int], typer.Option(help="trie nodes expanded per user for its exact rank; users still undecided are left out of PR@K and counted")] = None,
+    scoring: Annotated[Optional[str], typer.Option(help="step scores of beam search and exact ranks, full or masked: full (vocabulary log-softmax, as SFT) or masked (renormalised over the trie children, as MSL and official BEAR) [default: the run's objective's]")] = None,
+    length_penalty: Annotated[float, typer.Option(help="Hugging Face length_penalty of beam search (0: none; 1.0: generate's default, BIGRec's)")] = 0.0,
     report: Annotated[bool, typer.Option("--report", help="write eval_<split>_pruning.png: Figure 4-style attribution and the pruning-step histogram")] = False,
     seed: Annotated[int, typer.Option()] = 0,
 ):
     """NDCG@K and HR@K (K = 5, 10) from constrained beam search; PR@K and why positives were pruned, from exact scores."""
+    from bearrec.evaluate import pruning_scope
     from bearrec.report import pruning_figure, pruning_table, rich_table
     from bearrec.runs import evaluate_run
 
     if report and not pruning_rate:
         raise ValueError("--report needs the exact scores: drop --no-pruning-rate")
     result = evaluate_run(run, data, split, beam_width, max_users, pruning_rate, seed, console=console,
-                          pruning_users=pruning_users)
-    title = f"{run.name}, {split}: {result['users']} users, B={beam_width}"
+                          pruning_users=pruning_users, pruning_node_budget=pruning_node_budget,
+                          scoring=scoring, length_penalty=length_penalty)
+    title = (f"{run.name}, {split}: {result['users']} users, B={beam_width}, {result['scoring']} scoring, "
+             f"length_penalty {length_penalty:g}")
     out.print(rich_table({run.name: result}, title))
     if pruning_rate:
+        out.print(pruning_scope(result["pruning"], result["users"]))
         out.print(pruning_table(result["pruning"]))
         hist = result["pruning"]["pruning_step_histogram"]
         out.print("pruning step histogram (all users): " + ", ".join(f"step {k}: {v}" for k, v in hist.items()))

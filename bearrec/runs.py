@@ -31,6 +31,7 @@ from bearrec.catalog import build_trie
 from bearrec.config import ExperimentConfig, load_config
 from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, PromptTemplate
+from bearrec.decoding.scoring import default_scoring
 from bearrec.evaluate import evaluate
 from bearrec.io import atomic_folder, write_json
 from bearrec.models import TINY, build_tiny_model, count_parameters, load_model, save_model, tiny_model_for
@@ -132,14 +133,20 @@ def load_run(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike | None =
 
 def evaluate_run(run_dir, dataset_dir=None, split: str = "test", beam_width: int = 10, max_users: int | None = None,
                  pruning_rate: bool = True, seed: int = 0, console=None, dataset: RecDataset | None = None,
-                 pruning_users: int | None = None, pruning_node_budget: int | None = None) -> dict:
-    """Evaluate a run folder on a split; written to ``eval_<split>.json`` (and per user to ``eval_<split>_users.csv``)."""
+                 pruning_users: int | None = None, pruning_node_budget: int | None = None, scoring: str | None = None,
+                 length_penalty: float = 0.0) -> dict:
+    """Evaluate a run folder on a split; written to ``eval_<split>.json`` (and per user to ``eval_<split>_users.csv``).
+
+    ``scoring`` None decodes the way the run's objective was trained for (:func:`default_scoring`:
+    masked for ``msl`` and the official ``bear``, full otherwise); the result records the one used.
+    """
     model, tokenizer, dataset, config = load_run(run_dir, dataset_dir, dataset)
     encoder = prompt_encoder(tokenizer, dataset, config)
     trie = build_trie(tokenizer, dataset.titles)
     result = evaluate(model, tokenizer, dataset, encoder, trie, split=split, beam_width=beam_width,
                       max_users=max_users, seed=seed, pruning_rate=pruning_rate, pruning_users=pruning_users,
-                      pruning_node_budget=pruning_node_budget, console=console)
+                      pruning_node_budget=pruning_node_budget, console=console,
+                      scoring=scoring or default_scoring(config), length_penalty=length_penalty)
     per_user = result.pop("per_user", None)
     if per_user is not None:  # item ids instead of catalog indices, for people reading the file
         per_user.insert(0, "target_item_id", dataset.items["item_id"].to_numpy()[per_user.pop("target").to_numpy()])
