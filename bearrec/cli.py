@@ -182,7 +182,7 @@ def evaluate(
              f"length_penalty {length_penalty:g}")
     out.print(rich_table({run.name: result}, title))
     if pruning_rate:
-        out.print(pruning_scope(result["pruning"], result["users"]))
+        out.print(pruning_scope(result["pruning"], result["users"]), soft_wrap=True)
         out.print(pruning_table(result["pruning"]))
         hist = result["pruning"]["pruning_step_histogram"]
         out.print("pruning step histogram (all users): " + ", ".join(f"step {k}: {v}" for k, v in hist.items()))
