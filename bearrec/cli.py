@@ -211,10 +211,14 @@ def evaluate(
     max_users: Annotated[Optional[int], typer.Option(help="evaluate a seeded random subsample of the split")] = None,
     pruning_rate: Annotated[bool, typer.Option("--pruning-rate/--no-pruning-rate", help="also compute the positives' exact ranks for PR@K and the pruning attribution")] = True,
     pruning_users: Annotated[Optional[int], typer.Option(help="PR@K on the first N evaluated users only")] = None,
+    pruning_node_budget: Annotated[Optional[int], typer.Option(help="trie nodes expanded per user for its exact rank; users still undecided are left out of PR@K and counted")] = None,
+    scoring: Annotated[Optional[str], typer.Option(help="step scores of beam search and exact ranks, full or masked: full (vocabulary log-softmax, as SFT) or masked (renormalised over the trie children, as MSL and official BEAR) [default: the run's objective's]")] = None,
+    length_penalty: Annotated[Optional[float], typer.Option(help="Hugging Face length_penalty of beam search (0: rank by log P(title); 1.0: generate's default, the BEAR authors') [default: the run's decoding.length_penalty]")] = None,
     report: Annotated[bool, typer.Option("--report", help="write eval_<split>_pruning.png: Figure 4-style attribution and the pruning-step histogram")] = False,
     seed: Annotated[int, typer.Option()] = 0,
 ):
     """NDCG@K and HR@K (K = 5, 10) from constrained beam search; PR@K and why positives were pruned, from exact scores."""
+    from bearrec.evaluate import pruning_scope
     from bearrec.experiments import EvalSettings
     from bearrec.report import pruning_figure, pruning_table, rich_table
     from bearrec.runs import evaluate_run
@@ -224,10 +228,13 @@ def evaluate(
     if report and not pruning_rate:
         raise ValueError("--report needs the exact scores: drop --no-pruning-rate")
     result = evaluate_run(run, data, split, beam_width, max_users, pruning_rate, seed, console=console,
-                          pruning_users=pruning_users)
-    title = f"{run.name}, {split}: {result['users']} users, B={beam_width}"
+                          pruning_users=pruning_users, pruning_node_budget=pruning_node_budget,
+                          scoring=scoring, length_penalty=length_penalty)
+    title = (f"{run.name}, {split}: {result['users']} users, B={beam_width}, {result['scoring']} scoring, "
+             f"length_penalty {result['length_penalty']:g}")
     out.print(rich_table({run.name: result}, title))
     if pruning_rate:
+        out.print(pruning_scope(result["pruning"], result["users"]), soft_wrap=True)
         out.print(pruning_table(result["pruning"]))
         hist = result["pruning"]["pruning_step_histogram"]
         out.print("pruning step histogram (all users): " + ", ".join(f"step {k}: {v}" for k, v in hist.items()))
@@ -285,7 +292,8 @@ def recommend(
     width = min(beam_width + len(seen), len(dataset.titles))
     encoder = prompt_encoder(tokenizer, dataset, config)
     ids, mask = left_pad(encoder.prompts([indices]), tokenizer.pad_token_id)
-    result = constrained_beam_search(model, ids, mask, build_trie(tokenizer, dataset.titles), beam_width=width)
+    result = constrained_beam_search(model, ids, mask, build_trie(tokenizer, dataset.titles), beam_width=width,
+                                     scoring=config.scoring, length_penalty=config.decoding.length_penalty)
     ranked = [(i, sc) for i, sc in zip(result.item_ids[0].tolist(), result.scores[0].tolist()) if i >= 0 and i not in seen]
     for rank, (item, score) in enumerate(ranked[:top_k], 1):
         out.print(f"{rank:>2}. {rich_escape(dataset.titles[item])}  [dim](item {rich_escape(str(dataset.items['item_id'][item]))}, log p = {score:.3f})[/dim]")
@@ -401,6 +409,8 @@ def compare(
     pruning_rate: Annotated[bool, typer.Option("--pruning-rate/--no-pruning-rate", help="PR@K and the pruning attribution")] = True,
     pruning_users: Annotated[Optional[int], typer.Option(help="PR@K on the first N evaluated users only (exact ranks cost up to a minute per user for a 135M model on a CPU)")] = None,
     pruning_node_budget: Annotated[Optional[int], typer.Option(help="trie nodes expanded per user for its exact rank; users still undecided are left out of PR@K")] = None,
+    scoring: Annotated[Optional[str], typer.Option(help="decoding step scores for every run, full or masked [default: each objective's own: masked for msl and official bear, full otherwise]")] = None,
+    length_penalty: Annotated[Optional[float], typer.Option(help="Hugging Face length_penalty of beam search, in validation and evaluation [default: 1.0, as the BEAR authors' inference]")] = None,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override any config field: section.field=value")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="experiment folder")] = Path("runs/compare"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="delete the experiment folder first")] = False,
@@ -416,7 +426,8 @@ def compare(
 
     sets = _flag_sets({"train.epochs": epochs, "train.max_train_examples": max_train_examples,
                        "bear.beam_width": beam_width, "beam_sim.beam_width": beam_width,
-                       "train.valid_beam_width": beam_width}) + list(overrides or [])
+                       "train.valid_beam_width": beam_width, "decoding.scoring": scoring,
+                       "decoding.length_penalty": length_penalty}) + list(overrides or [])
     base = _experiment_config(config, data, model, sets, SMOLLM2)
     defaults = TrainConfig()
     untouched = all(getattr(base.train, f) == getattr(defaults, f)

@@ -69,6 +69,24 @@ class TrainConfig:
 
 
 @dataclass
+class DecodingConfig:
+    """How a run is decoded: in training validation, ``evaluate``, ``compare``, ``sweep`` and ``recommend``.
+
+    The defaults match the BEAR authors' inference (``inference.py``): ``scoring`` follows the objective
+    (masked step scores, renormalised over the trie children, for ``msl`` and the official ``bear``; the
+    full-vocabulary log-softmax for ``sft`` and the rest), and ``length_penalty`` is Hugging Face
+    ``generate``'s default, 1.0 (sequence score divided by its length); 0 ranks by log P(title | prompt).
+    """
+
+    scoring: str | None = None  # full | masked; null: the objective's
+    length_penalty: float = 1.0
+
+    def validate(self, section: str = "decoding") -> None:
+        check(self.scoring in (None, "full", "masked"), section, "scoring", "full, masked or null (the objective's)",
+              self.scoring)
+
+
+@dataclass
 class ExperimentConfig:
     data: str | None = None  # dataset folder from `bearrec prepare`
     model: str = TINY  # "tiny", "smollm2-135m" or a Hugging Face model folder / hub name
@@ -81,6 +99,7 @@ class ExperimentConfig:
     sdpo: SDPOConfig = field(default_factory=SDPOConfig)  # sdpo and sdpo-bear
     lora_settings: LoraSettings = field(default_factory=LoraSettings)
     tiny: TinyConfig = field(default_factory=TinyConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)  # the conventional baseline of `bearrec compare`
 
     @property
@@ -92,6 +111,13 @@ class ExperimentConfig:
         from bearrec.models import CHAT_TEMPLATE_DEFAULT
 
         return CHAT_TEMPLATE_DEFAULT.get(self.model, False) if self.chat_template is None else self.chat_template
+
+    @property
+    def scoring(self) -> str:
+        """The step scoring this run decodes with: ``decoding.scoring``, else its objective's default."""
+        from bearrec.decoding.scoring import default_scoring
+
+        return self.decoding.scoring or default_scoring(self)
 
     @property
     def learning_rate(self) -> float:

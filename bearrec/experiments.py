@@ -210,6 +210,7 @@ def _lm_run(config: ExperimentConfig, dataset: RecDataset, settings: EvalSetting
                           pruning_rate=settings.pruning_rate, seed=settings.seed, console=console, dataset=dataset,
                           pruning_users=settings.pruning_users, pruning_node_budget=settings.pruning_node_budget)
     return {"kind": "lm", "metrics": result["metrics"], "pruning": result.get("pruning"), "users": result["users"],
+            "scoring": result.get("scoring"), "length_penalty": result.get("length_penalty"),
             "of_users": result["of_users"], "retrieved_rank": result["retrieved_rank"],
             "seconds_per_epoch": log["seconds_per_epoch"], "best_valid_ndcg10": log.get("best_valid_ndcg10"),
             "epochs_trained": len(log["epochs"]), "parameters": log.get("parameters"),
@@ -450,6 +451,9 @@ def write_report(out_dir: str | Path, results: list[dict], base: ExperimentConfi
              f"- training: {train_examples if train_examples is not None else '?'} examples, up to {base.train.epochs} epochs, "
              f"best validation NDCG@10 kept ({base.train.valid_users} validation users)",
              "- N = NDCG, H = HR (beam search, B = {}), PR = pruning rate (lower is better); mean ± std over seeds".format(settings.beam_width),
+             "- decoding: " + ", ".join(f"{label} {scoring} scoring" for label, scoring in
+                                        {r["label"]: r.get("scoring") for r in results if r.get("scoring")}.items())
+             + f"; length_penalty {base.decoding.length_penalty:g}",
              "", summary_markdown(rows)]
     verdicts = [verdict(label, row) for label, row in rows.items() if "vs_sft" in row]
     if verdicts:

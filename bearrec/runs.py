@@ -192,8 +192,14 @@ def load_run(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike | None =
 
 def evaluate_run(run_dir, dataset_dir=None, split: str = "test", beam_width: int = 10, max_users: int | None = None,
                  pruning_rate: bool = True, seed: int = 0, console=None, dataset: RecDataset | None = None,
-                 pruning_users: int | None = None, pruning_node_budget: int | None = None) -> dict:
-    """Evaluate a run folder on a split; written to ``eval_<split>.json`` (and per user to ``eval_<split>_users.csv``)."""
+                 pruning_users: int | None = None, pruning_node_budget: int | None = None, scoring: str | None = None,
+                 length_penalty: float | None = None) -> dict:
+    """Evaluate a run folder on a split; written to ``eval_<split>.json`` (and per user to ``eval_<split>_users.csv``).
+
+    ``scoring`` and ``length_penalty`` None decode as the run's config says (its ``decoding`` section; the
+    scoring defaults to the objective's: masked for ``msl`` and the official ``bear``, full otherwise); the
+    result records the ones used.
+    """
     model, tokenizer, dataset, config = load_run(run_dir, dataset_dir, dataset)
     if len(dataset.splits.get(split, ())) == 0:
         raise ValueError(f"{run_dir}: the dataset's {split} split has no examples to evaluate")
@@ -201,7 +207,9 @@ def evaluate_run(run_dir, dataset_dir=None, split: str = "test", beam_width: int
     trie = build_trie(tokenizer, dataset.titles)
     result = evaluate(model, tokenizer, dataset, encoder, trie, split=split, beam_width=beam_width,
                       max_users=max_users, seed=seed, pruning_rate=pruning_rate, pruning_users=pruning_users,
-                      pruning_node_budget=pruning_node_budget, console=console)
+                      pruning_node_budget=pruning_node_budget, console=console,
+                      scoring=scoring or config.scoring,
+                      length_penalty=config.decoding.length_penalty if length_penalty is None else length_penalty)
     per_user = result.pop("per_user", None)
     if per_user is not None:  # item ids instead of catalog indices, for people reading the file
         per_user.insert(0, "target_item_id", dataset.items["item_id"].to_numpy()[per_user.pop("target").to_numpy()])

@@ -104,9 +104,10 @@ class RecTrainer(Trainer):
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean: let the Trainer divide by the accumulation steps
 
     def __init__(self, *args, objective, trie: ItemTrie, valid: tuple[list, list] | None, beam_width: int,
-                 reference=None, **kwargs):
+                 scoring: str = "full", length_penalty: float = 0.0, reference=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.objective, self.valid, self.beam_width = objective, valid, beam_width
+        self.scoring, self.length_penalty = scoring, length_penalty  # decoded as evaluation will decode
         self.trie = trie.to(self.args.device)  # once, not on every decoding call
         self.reference = reference.to(self.args.device).eval() if reference is not None else None
         self._reset_parts()
@@ -175,7 +176,8 @@ class RecTrainer(Trainer):
         model.eval()
         ids, mask = left_pad(prompts, self.processing_class.pad_token_id)
         beams = constrained_beam_search(model, ids, mask, self.trie, beam_width=self.beam_width,
-                                        batch_size=self.args.per_device_eval_batch_size)
+                                        batch_size=self.args.per_device_eval_batch_size, scoring=self.scoring,
+                                        length_penalty=self.length_penalty)
         model.train(was_training)
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in ranking_metrics(beams.item_ids, torch.tensor(targets)).items()}
         self.log(metrics)
@@ -318,7 +320,8 @@ def train_model(
                 tokenizer.pad_token_id, objective.needs_search, trie if objective.needs_candidates else None,
                 objective.negatives, encoder.answers if objective.negatives else None, tc.seed),
             processing_class=tokenizer, callbacks=callbacks, objective=objective, trie=trie, valid=valid,
-            beam_width=tc.valid_beam_width, reference=reference,
+            beam_width=tc.valid_beam_width, scoring=config.scoring, length_penalty=config.decoding.length_penalty,
+            reference=reference,
         )
         trainer.remove_callback(PrinterCallback)  # our progress bar and per-epoch lines replace its raw dicts
         trainer.train(resume_from_checkpoint=resume_from)

@@ -6,7 +6,9 @@ Measures, for one model, one set of prompts and B:
 * the decoding overhead: our time divided by the time of the bare forwards beam search cannot avoid
   (one prefill, then one forward of B rows per user per decoding step, KV cache growing);
 * exact scoring of the whole catalog (``score_catalog``) and exact ranks of the positives
-  (``exact_target_ranks``, what PR@K uses) against beam search.
+  (``exact_target_ranks``, what PR@K uses) against beam search;
+* all of the above again with ``scoring="masked"`` (step scores renormalised over the trie children;
+  HF: ``renormalize_logits=True``), and its time relative to full scoring in the same run.
 
 Usage (CPU, the quickstart's synthetic catalog and tiny model trained for one epoch):
     python benchmarks/bench_decoding.py --users 256
@@ -65,7 +67,7 @@ def bare_forwards(model, ids, mask, steps: int, B: int, batch_size: int) -> None
 
 
 @torch.no_grad()
-def hf_generate(model, ids, mask, trie, B: int, batch_size: int, pad_id: int):
+def hf_generate(model, ids, mask, trie, B: int, batch_size: int, pad_id: int, renormalize: bool = False):
     """Items and scores from Hugging Face beam search with the trie as prefix_allowed_tokens_fn."""
     width = ids.shape[1]
     eos = trie.eos_token_id
@@ -77,7 +79,8 @@ def hf_generate(model, ids, mask, trie, B: int, batch_size: int, pad_id: int):
     for start in range(0, ids.shape[0], batch_size):
         out = model.generate(input_ids=ids[start : start + batch_size], attention_mask=mask[start : start + batch_size],
                              num_beams=B, num_return_sequences=B, prefix_allowed_tokens_fn=allowed,
-                             length_penalty=0.0, do_sample=False, max_new_tokens=trie.max_length, eos_token_id=eos,
+                             length_penalty=0.0, do_sample=False, renormalize_logits=renormalize,
+                             max_new_tokens=trie.max_length, eos_token_id=eos,
                              pad_token_id=pad_id, output_scores=True, return_dict_in_generate=True)
         for seq in out.sequences[:, width:].tolist():
             seq = seq[: seq.index(eos) + 1] if eos in seq else seq
@@ -122,13 +125,9 @@ def main() -> None:
             return out
         return timed(wrapped, repeat=2)
 
-    ours_s, ours = run(lambda: constrained_beam_search(model, ids, mask, trie, beam_width=B, batch_size=bs))
     steps = trie.max_length
     bare_s, _ = run(lambda: bare_forwards(model, ids, mask, steps, B, bs))
-    exact_s, exact = run(lambda: score_catalog(model, ids, mask, trie))
     targets = torch.tensor(positives)
-    ranks_s, ranks = run(lambda: exact_target_ranks(model, ids, mask, trie, targets, max_rank=B,
-                                                    known_items=ours.item_ids, known_scores=ours.scores))
     n = ids.shape[0]
     result = {
         "date": time.strftime("%Y-%m-%d"),
@@ -137,26 +136,40 @@ def main() -> None:
         "model_parameters": sum(p.numel() for p in model.parameters()),
         "dtype": args.dtype, "users": n, "beam_width": B, "batch_size": bs, "catalog_items": trie.num_items,
         "trie_nodes": trie.num_nodes, "max_title_tokens": steps, "mean_prompt_tokens": float(mask.sum(1).float().mean()),
-        "ours_users_per_s": n / ours_s,
         "bare_forwards_users_per_s": n / bare_s,
-        "decoding_overhead": ours_s / bare_s,
-        "exact_scoring_users_per_s": n / exact_s,
-        "exact_scoring_vs_beam_time": exact_s / ours_s,
-        "exact_ranks_users_per_s": n / ranks_s,
-        "exact_ranks_vs_beam_time": ranks_s / ours_s,
-        "exact_ranks_equal_full_scoring": bool((ranks == full_rank(exact, targets).clamp(max=B + 1)).all()),
-        "beam_scores_equal_exact_scores": float((exact.gather(1, ours.item_ids.clamp(min=0)) - ours.scores)
-                                                .masked_fill(ours.item_ids < 0, 0).abs().max()),
     }
-    if not args.skip_hf:
-        hf_s, (hf_items, hf_scores) = timed(lambda: hf_generate(model, ids, mask, trie, B, bs, tokenizer.pad_token_id))
-        same = (hf_items == ours.item_ids).all(dim=1)
+    seconds = {}
+    for scoring in ("full", "masked"):
+        key = "" if scoring == "full" else "masked_"  # full keeps the keys of earlier runs
+        ours_s, ours = run(lambda: constrained_beam_search(model, ids, mask, trie, beam_width=B, batch_size=bs,
+                                                           scoring=scoring))
+        exact_s, exact = run(lambda: score_catalog(model, ids, mask, trie, scoring=scoring))
+        ranks_s, ranks = run(lambda: exact_target_ranks(model, ids, mask, trie, targets, max_rank=B, scoring=scoring,
+                                                        known_items=ours.item_ids, known_scores=ours.scores))
+        seconds[scoring] = {"beam": ours_s, "catalog": exact_s, "ranks": ranks_s}
         result.update({
-            "hf_users_per_s": n / hf_s,
-            "speedup_vs_hf": hf_s / ours_s,
-            "identical_item_lists": f"{int(same.sum())}/{n}",
-            "max_score_difference_on_identical_lists": float((hf_scores[same] - ours.scores[same]).abs().max()) if same.any() else None,
+            f"{key}ours_users_per_s": n / ours_s,
+            f"{key}decoding_overhead": ours_s / bare_s,
+            f"{key}exact_scoring_users_per_s": n / exact_s,
+            f"{key}exact_scoring_vs_beam_time": exact_s / ours_s,
+            f"{key}exact_ranks_users_per_s": n / ranks_s,
+            f"{key}exact_ranks_vs_beam_time": ranks_s / ours_s,
+            f"{key}exact_ranks_equal_full_scoring": bool((ranks == full_rank(exact, targets).clamp(max=B + 1)).all()),
+            f"{key}beam_scores_equal_exact_scores": float((exact.gather(1, ours.item_ids.clamp(min=0)) - ours.scores)
+                                                          .masked_fill(ours.item_ids < 0, 0).abs().max()),
         })
+        if not args.skip_hf:
+            hf_s, (hf_items, hf_scores) = timed(lambda: hf_generate(model, ids, mask, trie, B, bs, tokenizer.pad_token_id,
+                                                                    renormalize=scoring == "masked"))
+            same = (hf_items == ours.item_ids).all(dim=1)
+            result.update({
+                f"{key}hf_users_per_s": n / hf_s,
+                f"{key}speedup_vs_hf": hf_s / ours_s,
+                f"{key}identical_item_lists": f"{int(same.sum())}/{n}",
+                f"{key}max_score_difference_on_identical_lists":
+                    float((hf_scores[same] - ours.scores[same]).abs().max()) if same.any() else None,
+            })
+    result["masked_vs_full_time"] = {part: seconds["masked"][part] / seconds["full"][part] for part in seconds["full"]}
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -36,9 +36,14 @@ def random_prompts(n: int, vocab: int, seed: int) -> list[list[int]]:
 
 
 def tie_free(scores: dict, tol: float = 2e-5) -> bool:
-    """True if no two prefix scores are closer than ``tol`` (beam ranking then has no near-ties)."""
-    values = sorted(scores.values())
-    return all(b - a > tol for a, b in zip(values, values[1:]))
+    """True if no two scores that beam search compares are closer than ``tol``: prefixes of the same length
+    (the candidates of one step) and whole items (the results). Prefixes of different lengths may tie:
+    with masked scoring a node's only child scores exactly its parent's score."""
+    groups: dict = {}
+    for prefix, score in scores.items():
+        groups.setdefault(len(prefix), []).append(score)
+    groups["items"] = [score for prefix, score in scores.items() if prefix and prefix[-1] == EOS]
+    return all(b - a > tol for values in groups.values() for a, b in zip(sorted(values), sorted(values)[1:]))
 
 
 def random_catalog(num_items: int, vocab: int, seed: int = 0, max_len: int = 5) -> list[list[int]]:
@@ -57,30 +62,46 @@ def random_catalog(num_items: int, vocab: int, seed: int = 0, max_len: int = 5) 
     return [list(s) for s in sorted(seqs)]
 
 
-def scored_case(arch: str, vocab: int, num_items: int, num_prompts: int, seed: int):
+def scored_case(arch: str, vocab: int, num_items: int, num_prompts: int, seed: int, scoring: str = "full"):
     """(model, items, prompts, brute-force prefix scores per prompt): the shared setup of decoding tests."""
     model = random_model(arch, vocab, seed=seed)
     items = random_catalog(num_items, vocab, seed=seed + 1)
     prompts = random_prompts(num_prompts, vocab, seed=seed + 2)
-    return model, items, prompts, [prefix_scores(model, p, items) for p in prompts]
+    return model, items, prompts, [prefix_scores(model, p, items, scoring) for p in prompts]
 
 
-def item_token_log_probs(model, prompt: list[int], item: list[int]) -> list[float]:
-    """log p(token_t | prompt, item[:t]) for each token of one item: one full forward, no cache."""
+def next_tokens(items: list[list[int]], prefix: list[int]) -> list[int]:
+    """The tokens that follow ``prefix`` in some item (its trie children), by scanning the item list."""
+    return sorted({s[len(prefix)] for s in items if len(s) > len(prefix) and s[: len(prefix)] == prefix})
+
+
+def item_token_log_probs(model, prompt: list[int], item: list[int], items: list[list[int]] | None = None) -> list[float]:
+    """log p(token_t | prompt, item[:t]) for each token of one item: one full forward, no cache.
+
+    With the catalog ``items``, the softmax runs over the tokens that continue ``item[:t]`` to some item
+    only (masked scoring); without, over the whole vocabulary (full scoring)."""
     ids = torch.tensor([prompt + item])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0].float()
-    log_probs = torch.log_softmax(logits, dim=-1)
     start = len(prompt) - 1
-    return [float(log_probs[start + t, tok]) for t, tok in enumerate(item)]
+    out = []
+    for t, tok in enumerate(item):
+        row = logits[start + t]
+        if items is None:
+            out.append(float(torch.log_softmax(row, -1)[tok]))
+        else:
+            allowed = next_tokens(items, item[:t])
+            out.append(float(torch.log_softmax(row[allowed], -1)[allowed.index(tok)]))
+    return out
 
 
-def prefix_scores(model, prompt: list[int], items: list[list[int]]) -> dict[tuple[int, ...], float]:
-    """Summed log-probability of every prefix of every item (the trie's node scores), by teacher forcing."""
+def prefix_scores(model, prompt: list[int], items: list[list[int]], scoring: str = "full") -> dict[tuple[int, ...], float]:
+    """Summed log-probability of every prefix of every item (the trie's node scores), by teacher forcing;
+    ``scoring="masked"`` normalises each step over the prefix's trie children only."""
     scores: dict[tuple[int, ...], float] = {(): 0.0}
     for item in items:
         total = 0.0
-        for t, lp in enumerate(item_token_log_probs(model, prompt, item)):
+        for t, lp in enumerate(item_token_log_probs(model, prompt, item, items if scoring == "masked" else None)):
             total += lp
             key = tuple(item[: t + 1])
             if key in scores:

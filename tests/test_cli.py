@@ -69,6 +69,14 @@ def test_train_evaluate_recommend_on_synthetic(tmp_path):
     metrics = json.loads((run / "eval_valid.json").read_text())["metrics"]
     assert set(metrics) == {"NDCG@5", "NDCG@10", "HR@5", "HR@10", "PR@5", "PR@10"}
     assert "NDCG@10" in result.stdout
+    result = _run("evaluate", run, "--split", "valid", "--max-users", 8, "--scoring", "masked", "--length-penalty", 1,
+                  "--pruning-node-budget", 3)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "eval_valid.json").read_text())
+    assert (saved["scoring"], saved["length_penalty"], saved["pruning"]["node_budget"]) == ("masked", 1.0, 3)
+    assert f"{saved['pruning']['unranked_users']} left undecided by the node budget" in result.stdout
+    bad = _run("evaluate", run, "--scoring", "vocab")
+    assert bad.exit_code == 2 and "scoring" in bad.stderr
     result = _run("recommend", run, "i00000", "i00001", "--top-k", 3)
     assert result.exit_code == 0, result.output
     assert [line.split(".")[0].strip() for line in result.stdout.splitlines()] == ["1", "2", "3"]

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from reference import EOS, PAD, scored_case, prefix_scores, random_catalog, random_model, random_prompts, simulate_beam_search, tie_free
+from reference import (EOS, PAD, item_token_log_probs, prefix_scores, random_catalog, random_model, random_prompts,
+                       scored_case, simulate_beam_search, tie_free)
 
 from bearrec.catalog import ItemTrie
 from bearrec.data.prompts import left_pad
@@ -11,20 +12,23 @@ from bearrec.decoding import constrained_beam_search, exact_target_ranks, score_
 VOCAB = 48
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
+@pytest.fixture(scope="module", params=[("llama", "full"), ("gpt2", "full"), ("llama", "masked"), ("gpt2", "masked")],
+                ids=lambda p: "-".join(p))
 def case(request):
-    """A random model, catalog and prompts, with brute-force prefix scores for every prompt (computed once)."""
-    return scored_case(request.param, VOCAB, num_items=40, num_prompts=8, seed=1)
+    """A random model, catalog and prompts, brute-force prefix scores for every prompt (computed once), and
+    the step scoring they were computed with."""
+    arch, scoring = request.param
+    return (*scored_case(arch, VOCAB, num_items=40, num_prompts=8, seed=1, scoring=scoring), scoring)
 
 
 @pytest.mark.parametrize("beam_width", [1, 3, 6])
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0])
 def test_beam_search_matches_exhaustive_simulation(case, beam_width, length_penalty):
-    model, items, prompts, all_scores = case
+    model, items, prompts, all_scores, scoring = case
     trie = ItemTrie.from_sequences(items, EOS)
     ids, mask = left_pad(prompts, PAD)
     result = constrained_beam_search(model, ids, mask, trie, beam_width=beam_width, batch_size=4,
-                                     length_penalty=length_penalty)
+                                     length_penalty=length_penalty, scoring=scoring)
     checked = 0
     for n, scores in enumerate(all_scores):
         if not tie_free(scores):
@@ -39,30 +43,34 @@ def test_beam_search_matches_exhaustive_simulation(case, beam_width, length_pena
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("shared_prompt", [True, False], ids=["shared-prompt-cache", "standard-cache"])
-def test_beam_search_matches_hf_generate(arch, shared_prompt, monkeypatch):
+@pytest.mark.parametrize("scoring", ["full", "masked"])
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_beam_search_matches_hf_generate(arch, shared_prompt, scoring, length_penalty, monkeypatch):
+    """Items and scores equal ``generate``'s; masked scoring is ``generate(renormalize_logits=True)``."""
     import bearrec.decoding.beam_search as beam_search
 
     monkeypatch.setattr(beam_search, "supports", lambda model: shared_prompt)
     model = random_model(arch, VOCAB, seed=4)
     items = random_catalog(40, VOCAB, seed=5)
+    assert len({len(s) for s in items}) >= 4 and any(a != b and b[: len(a) - 1] == a[:-1] for a in items for b in items)
     trie = ItemTrie.from_sequences(items, EOS)
     prompts = random_prompts(5, VOCAB, seed=6)
     ids, mask = left_pad(prompts, PAD)
     B = 5
-    ours = constrained_beam_search(model, ids, mask, trie, beam_width=B)
+    ours = constrained_beam_search(model, ids, mask, trie, beam_width=B, length_penalty=length_penalty, scoring=scoring)
 
     def allowed(batch_id, sent):
         tokens = trie.allowed_tokens(sent[ids.shape[1]:].tolist())
         return tokens or [EOS]  # beams HF keeps with -inf score: any token, they never win
 
     out = model.generate(input_ids=ids, attention_mask=mask, num_beams=B, num_return_sequences=B,
-                         prefix_allowed_tokens_fn=allowed, length_penalty=0.0, do_sample=False,
-                         max_new_tokens=trie.max_length, eos_token_id=EOS, pad_token_id=PAD,
-                         output_scores=True, return_dict_in_generate=True)
+                         prefix_allowed_tokens_fn=allowed, length_penalty=length_penalty, do_sample=False,
+                         renormalize_logits=scoring == "masked", max_new_tokens=trie.max_length, eos_token_id=EOS,
+                         pad_token_id=PAD, output_scores=True, return_dict_in_generate=True)
     generated = out.sequences[:, ids.shape[1]:].view(len(prompts), B, -1)
     hf_scores = out.sequences_scores.view(len(prompts), B)
     for n, prompt in enumerate(prompts):
-        assert tie_free(prefix_scores(model, prompt, items))
+        assert tie_free(prefix_scores(model, prompt, items, scoring))
         hf_items = []
         for seq in generated[n].tolist():
             node = trie.node_of(seq[: seq.index(EOS) + 1] if EOS in seq else seq)
@@ -86,17 +94,43 @@ def test_beam_search_with_fewer_items_than_beams_pads():
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("chunk_nodes", [None, 1, 5])
-def test_score_catalog_equals_teacher_forcing(arch, chunk_nodes):
+@pytest.mark.parametrize("scoring", ["full", "masked"])
+def test_score_catalog_equals_teacher_forcing(arch, chunk_nodes, scoring):
     model = random_model(arch, VOCAB, seed=9)
     items = random_catalog(30, VOCAB, seed=10)
     trie = ItemTrie.from_sequences(items, EOS)
     prompts = random_prompts(4, VOCAB, seed=11)
     ids, mask = left_pad(prompts, PAD)
-    got = score_catalog(model, ids, mask, trie, batch_size=3, chunk_nodes=chunk_nodes)
+    got = score_catalog(model, ids, mask, trie, batch_size=3, chunk_nodes=chunk_nodes, scoring=scoring)
     for n, prompt in enumerate(prompts):
-        scores = prefix_scores(model, prompt, items)
-        expected = torch.tensor([scores[tuple(s)] for s in items])
+        expected = torch.tensor([sum(item_token_log_probs(model, prompt, s, items if scoring == "masked" else None))
+                                 for s in items])
         assert torch.allclose(got[n], expected, atol=1e-4)
+
+
+def test_masked_scores_are_a_distribution_over_the_catalog():
+    """Renormalised over each node's children, the items' probabilities sum to 1 (the full-vocabulary ones
+    to less): masked scoring is not full scoring under another name."""
+    model = random_model("llama", VOCAB, seed=9)
+    items = random_catalog(30, VOCAB, seed=10)
+    trie = ItemTrie.from_sequences(items, EOS)
+    ids, mask = left_pad(random_prompts(4, VOCAB, seed=11), PAD)
+    masked = score_catalog(model, ids, mask, trie, scoring="masked")
+    full = score_catalog(model, ids, mask, trie, scoring="full")
+    assert torch.allclose(masked.exp().sum(1), torch.ones(4), atol=1e-5)
+    assert (full.exp().sum(1) < 0.9).all() and (masked >= full - 1e-6).all()
+
+
+@pytest.mark.parametrize("call", ["beam", "catalog", "ranks"])
+def test_unknown_scoring_is_refused(call):
+    model = random_model("llama", VOCAB, seed=9)
+    trie = ItemTrie.from_sequences([[5, EOS], [6, EOS]], EOS)
+    ids, mask = left_pad(random_prompts(1, VOCAB, seed=11), PAD)
+    run = {"beam": lambda: constrained_beam_search(model, ids, mask, trie, beam_width=2, scoring="renormalised"),
+           "catalog": lambda: score_catalog(model, ids, mask, trie, scoring="renormalised"),
+           "ranks": lambda: exact_target_ranks(model, ids, mask, trie, torch.tensor([0]), scoring="renormalised")}[call]
+    with pytest.raises(ValueError, match="scoring"):
+        run()
 
 
 @pytest.mark.parametrize("nodes_per_forward,max_rank,beam_width", [(1, 4, 0), (3, 50, 0), (64, 1, 0), (64, 10, 0),
@@ -104,17 +138,17 @@ def test_score_catalog_equals_teacher_forcing(arch, chunk_nodes):
 def test_exact_target_ranks_equal_brute_force_ranks(case, nodes_per_forward, max_rank, beam_width):
     """Every item as the target of every prompt: the pruned search gives the capped rank by enumeration,
     with and without a beam search's items as known scores."""
-    model, items, prompts, all_scores = case
+    model, items, prompts, all_scores, scoring = case
     trie = ItemTrie.from_sequences(items, EOS)
     rows = [(n, t) for n in range(4) for t in range(len(items))]
     ids, mask = left_pad([prompts[n] for n, _ in rows], PAD)
     targets = torch.tensor([t for _, t in rows])
     known = {}
     if beam_width:
-        beams = constrained_beam_search(model, ids, mask, trie, beam_width=beam_width)
+        beams = constrained_beam_search(model, ids, mask, trie, beam_width=beam_width, scoring=scoring)
         known = {"known_items": beams.item_ids, "known_scores": beams.scores}
     got = exact_target_ranks(model, ids, mask, trie, targets, max_rank=max_rank, nodes_per_forward=nodes_per_forward,
-                             **known)
+                             scoring=scoring, **known)
     expected = []
     for n, t in rows:
         scores = torch.tensor([all_scores[n][tuple(s)] for s in items])
@@ -126,12 +160,12 @@ def test_exact_target_ranks_equal_brute_force_ranks(case, nodes_per_forward, max
 @pytest.mark.parametrize("beam_width", [2, 5])
 def test_pruning_attribution_matches_simulation(case, beam_width):
     """Every item as the target of every prompt: drop step and violation flag as a by-hand simulation."""
-    model, items, prompts, all_scores = case
+    model, items, prompts, all_scores, scoring = case
     trie = ItemTrie.from_sequences(items, EOS)
     rows = [(n, t) for n in range(len(prompts)) if tie_free(all_scores[n]) for t in range(len(items))]
     ids, mask = left_pad([prompts[n] for n, _ in rows], PAD)
     result = constrained_beam_search(model, ids, mask, trie, beam_width=beam_width,
-                                     targets=torch.tensor([t for _, t in rows]))
+                                     targets=torch.tensor([t for _, t in rows]), scoring=scoring)
     kinds = set()
     for row, (n, t) in enumerate(rows):
         results, drop_step, violated = simulate_beam_search(all_scores[n], items, beam_width, target=t)
@@ -179,12 +213,13 @@ def test_bfloat16_model_decodes_valid_items():
 
 def test_exact_target_ranks_node_budget_leaves_undecided_users_unranked(case):
     """With a tiny budget a user is either ranked exactly or marked -1, never given a wrong rank."""
-    model, items, prompts, all_scores = case
+    model, items, prompts, all_scores, scoring = case
     trie = ItemTrie.from_sequences(items, EOS)
     rows = [(n, t) for n in range(2) for t in range(len(items))]
     ids, mask = left_pad([prompts[n] for n, _ in rows], PAD)
     targets = torch.tensor([t for _, t in rows])
-    got = exact_target_ranks(model, ids, mask, trie, targets, max_rank=3, nodes_per_forward=2, max_nodes=12)
+    got = exact_target_ranks(model, ids, mask, trie, targets, max_rank=3, nodes_per_forward=2, max_nodes=12,
+                             scoring=scoring)
     for (n, t), rank in zip(rows, got.tolist()):
         scores = torch.tensor([all_scores[n][tuple(s)] for s in items])
         assert rank in (-1, min(int((scores > scores[t] + 1e-5).sum()) + 1, 4))

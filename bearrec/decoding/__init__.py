@@ -3,12 +3,15 @@
 from bearrec.decoding.beam_search import BeamResult, constrained_beam_search, position_ids_from_mask
 from bearrec.decoding.exhaustive import exact_target_ranks, score_catalog
 from bearrec.decoding.pruning import PruningReport, attribute_pruning, pruning_report
+from bearrec.decoding.scoring import SCORINGS, default_scoring
 
 __all__ = [
     "BeamResult",
     "PruningReport",
+    "SCORINGS",
     "attribute_pruning",
     "constrained_beam_search",
+    "default_scoring",
     "exact_target_ranks",
     "position_ids_from_mask",
     "pruning_report",

@@ -3,8 +3,10 @@
 Semantics (those of ``generate(num_beams=B, prefix_allowed_tokens_fn=..., do_sample=False)``, which
 BIGRec, D3, MSL and the BEAR paper decode with):
 
-* a candidate's score is the sum of full-vocabulary log-softmax values of its tokens; the trie only
-  decides which children exist (it never renormalises);
+* a candidate's score is the sum of its tokens' step scores: by default (``scoring="full"``) the
+  full-vocabulary log-softmax, the trie only deciding which children exist; with ``scoring="masked"``
+  the log-softmax over the trie children of each node (``generate(..., renormalize_logits=True)``, the
+  decoding MSL and the authors' BEAR use; see ``scoring.py``);
 * at each step all children of all live beams of a user are ranked together; an EOS child (a
   finished item) ranked within the top B is kept as a result, and the B best non-EOS children become
   the live beams of the next step (finished items leave the beam);
@@ -26,6 +28,7 @@ import torch
 from transformers import DynamicCache
 
 from bearrec.catalog import ItemTrie
+from bearrec.decoding.scoring import check_scoring, edge_log_probs
 from bearrec.decoding.shared_prompt import PromptCache, shared_prompt, supports
 
 NEG_INF = float("-inf")
@@ -72,6 +75,7 @@ def constrained_beam_search(
     targets: torch.Tensor | None = None,
     progress=None,
     return_thresholds: bool = False,
+    scoring: str = "full",
 ) -> BeamResult:
     """Top ``beam_width`` catalog items per prompt.
 
@@ -80,9 +84,12 @@ def constrained_beam_search(
     each was pruned (see :class:`BeamResult`). ``progress`` is an optional callable receiving the
     number of prompts finished after each batch. ``return_thresholds`` also returns the B-th candidate
     score of every step (``BeamResult.thresholds``, used by the beam-sim objective of eq. 3.1).
+    ``scoring`` is ``"full"`` (full-vocabulary log-softmax) or ``"masked"`` (log-softmax over each
+    node's trie children); every returned score, threshold and violation flag uses it.
     """
     if beam_width < 1:
         raise ValueError("beam_width must be at least 1")
+    check_scoring(scoring)
     device = next(model.parameters()).device
     trie = trie.to(device)
     fields = ["item_ids", "scores"] + (["drop_step", "violated"] if targets is not None else [])
@@ -92,7 +99,7 @@ def constrained_beam_search(
         batch = slice(start, start + batch_size)
         parts.append([t.cpu() for t in _search_batch(
             model, input_ids[batch].to(device), attention_mask[batch].to(device), trie, beam_width, length_penalty,
-            None if targets is None else targets[batch].to(device), return_thresholds,
+            None if targets is None else targets[batch].to(device), return_thresholds, scoring,
         )])
         if progress is not None:
             progress(min(batch_size, input_ids.shape[0] - start))
@@ -100,7 +107,7 @@ def constrained_beam_search(
 
 
 def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, length_penalty: float, targets=None,
-                  return_thresholds: bool = False):
+                  return_thresholds: bool = False, scoring: str = "full"):
     n = input_ids.shape[0]
     dev = input_ids.device
     users = torch.arange(n, device=dev)
@@ -112,7 +119,7 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
         use_cache=True,
         logits_to_keep=1,
     )
-    log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).unsqueeze(1)  # [n, rows=1, V]
+    logits = out.logits[:, -1]  # [n * rows, V], rows = 1 live beam per user (the root) at step 0
     prompt_len = attention_mask.long().sum(-1)
     # Where the architecture allows, the prompt's keys/values stay one copy per user and the cache that
     # beams reorder holds generated tokens only (see shared_prompt.py); otherwise the standard cache.
@@ -145,7 +152,7 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
         )
         token = trie.node_token[child]
         cand_user = flat_beam // rows
-        cand_score = beam_score.flatten()[flat_beam] + log_probs.reshape(n * rows, -1)[flat_beam, token]
+        cand_score = beam_score.flatten()[flat_beam] + edge_log_probs(logits, flat_beam, token, scoring)  # [C]
 
         # Rank each user's candidates: pad the ragged lists into [n, C] and sort descending.
         per_user = torch.bincount(cand_user, minlength=n)
@@ -217,7 +224,7 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
                 input_ids=tokens, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True
             )
         cache = out.past_key_values
-        log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).view(n, B, -1)
+        logits = out.logits[:, -1]  # [n * B, V]
 
     outputs = [fin_item, fin_score]
     if tracker is not None:

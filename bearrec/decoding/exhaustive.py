@@ -3,8 +3,9 @@
 Items share title prefixes, so the catalog is scored as its trie: every internal trie node is fed to
 the model once per prompt, attending to the prompt's KV cache and to its own ancestors only (a
 custom 4D "tree attention" mask). A node's logits give the log-probabilities of all its children at
-once, and an item's score is the sum of the edge log-probabilities along its path. The prompt is
-encoded once and never copied: the cache is cropped back to the prompt after each chunk of nodes.
+once, and an item's score is the sum of the edge log-probabilities along its path (full-vocabulary
+or renormalised over each node's children, see ``scoring.py``). The prompt is encoded once and never
+copied: the cache is cropped back to the prompt after each chunk of nodes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from bearrec.catalog import ItemTrie
 from bearrec.decoding.beam_search import position_ids_from_mask
+from bearrec.decoding.scoring import check_scoring, edge_log_probs
 
 _LOGIT_BUDGET = 32 * 2**20  # floats of logits per forward (128 MB in fp32): bounds memory on big catalogs
 
@@ -71,11 +73,15 @@ def score_catalog(
     batch_size: int = 16,
     chunk_nodes: int | None = None,
     progress=None,
+    scoring: str = "full",
 ) -> torch.Tensor:
-    """``[N, num_items]`` summed full-vocabulary log-probabilities of each item's tokens, EOS included.
+    """``[N, num_items]`` summed log-probabilities of each item's tokens, EOS included.
 
+    ``scoring`` ``"full"``: full-vocabulary log-softmax per token; ``"masked"``: log-softmax over the
+    trie children of each prefix (the scores of ``constrained_beam_search`` with the same ``scoring``).
     ``chunk_nodes`` trie nodes are fed per forward (default: as many as fit a fixed logits budget).
     """
+    check_scoring(scoring)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -87,7 +93,7 @@ def score_catalog(
     for start in range(0, input_ids.shape[0], batch_size):
         ids = input_ids[start : start + batch_size].to(device)
         mask = attention_mask[start : start + batch_size].to(device)
-        edge = _edge_log_probs(model, ids, mask, trie, chunks, dtype)  # [n, num_nodes]
+        edge = _edge_log_probs(model, ids, mask, trie, chunks, dtype, scoring)  # [n, num_nodes]
         scores = edge.gather(1, paths.clamp(min=0).flatten().expand(ids.shape[0], -1)).view(ids.shape[0], *paths.shape)
         out_rows.append(scores.masked_fill(paths < 0, 0.0).sum(-1).cpu())
         if progress is not None:
@@ -95,24 +101,25 @@ def score_catalog(
     return torch.cat(out_rows)
 
 
-def _edge_log_probs(model, input_ids, attention_mask, trie: ItemTrie, chunks: list[_Chunk], dtype) -> torch.Tensor:
-    """log p(token into node | parent's prefix, prompt) for every trie node (0 for the root)."""
+def _edge_log_probs(model, input_ids, attention_mask, trie: ItemTrie, chunks: list[_Chunk], dtype,
+                    scoring: str) -> torch.Tensor:
+    """log p(token into node | parent's prefix, prompt) for every trie node ``[n, num_nodes]`` (0 for the root)."""
     n, prompt_width = input_ids.shape
     dev = input_ids.device
     edge = torch.zeros(n, trie.num_nodes, device=dev)
     out = model(input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask), use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
-    _scatter_children(edge, torch.log_softmax(out.logits[:, -1:].float(), -1), torch.zeros(1, dtype=torch.long), trie)
+    _scatter_children(edge, out.logits[:, -1:], torch.zeros(1, dtype=torch.long), trie, scoring)
     for chunk in chunks:
-        log_probs = _chunk_log_probs(model, cache, attention_mask, chunk, trie, dtype)
-        _scatter_children(edge, log_probs, chunk.nodes[chunk.window], trie)
+        logits = _chunk_logits(model, cache, attention_mask, chunk, trie, dtype)
+        _scatter_children(edge, logits, chunk.nodes[chunk.window], trie, scoring)
     return edge
 
 
-def _chunk_log_probs(model, cache, attention_mask: torch.Tensor, chunk: _Chunk, trie: ItemTrie, dtype) -> torch.Tensor:
-    """Log-softmax over the vocabulary after each window node of ``chunk`` ``[n, W, vocab]``, attending to
-    the prompt ``cache`` and the node's ancestors; the cache is cropped back to the prompt afterwards."""
+def _chunk_logits(model, cache, attention_mask: torch.Tensor, chunk: _Chunk, trie: ItemTrie, dtype) -> torch.Tensor:
+    """Next-token logits after each window node of ``chunk`` ``[n, W, vocab]``, attending to the prompt
+    ``cache`` and the node's ancestors; the cache is cropped back to the prompt afterwards."""
     n, prompt_width = attention_mask.shape
     dev = attention_mask.device
     c = chunk.nodes.numel()
@@ -128,7 +135,7 @@ def _chunk_log_probs(model, cache, attention_mask: torch.Tensor, chunk: _Chunk, 
         use_cache=True,
     ).logits
     cache.crop(-c)  # back to the prompt: the next chunk reuses it
-    return torch.log_softmax(logits[:, chunk.window.to(dev)].float(), -1)
+    return logits[:, chunk.window.to(dev)]
 
 
 def _children(trie: ItemTrie, parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,11 +146,12 @@ def _children(trie: ItemTrie, parents: torch.Tensor) -> tuple[torch.Tensor, torc
     return row, trie.child_start[parents][row] + torch.arange(row.numel()) - first[row]
 
 
-def _scatter_children(edge: torch.Tensor, log_probs: torch.Tensor, parents: torch.Tensor, trie: ItemTrie) -> None:
-    """Write into ``edge [n, nodes]`` the log-probability of each child of ``parents`` (rows of ``log_probs``)."""
+def _scatter_children(edge: torch.Tensor, logits: torch.Tensor, parents: torch.Tensor, trie: ItemTrie,
+                      scoring: str) -> None:
+    """Write into ``edge [n, nodes]`` the log-probability of each child of ``parents`` (rows of ``logits [n, W, V]``)."""
     dev = edge.device
     row, child = _children(trie, parents)
-    edge[:, child.to(dev)] = log_probs[:, row.to(dev), trie.node_token[child].to(dev)]
+    edge[:, child.to(dev)] = edge_log_probs(logits, row.to(dev), trie.node_token[child].to(dev), scoring)
 
 
 @torch.no_grad()
@@ -159,12 +167,15 @@ def exact_target_ranks(
     known_scores: torch.Tensor | None = None,
     max_nodes: int | None = None,
     progress=None,
+    scoring: str = "full",
 ) -> torch.Tensor:
     """Rank of each target among all items by exact probability (as :func:`score_catalog` +
     :func:`~bearrec.metrics.full_rank` would give), capped: ``max_rank + 1`` means "below ``max_rank``".
 
-    PR@K needs only whether the positive is in the top K, so this never scores the whole catalog. An
-    item's score is at most the log-probability of any of its prefixes (log-probabilities are <= 0),
+    ``scoring`` (``"full"`` or ``"masked"``, as in :func:`score_catalog`) defines the probability; give
+    the one of the beam search being judged. PR@K needs only whether the positive is in the top K, so
+    this never scores the whole catalog. An item's score is at most the log-probability of any of its
+    prefixes (step log-probabilities are <= 0 in both scorings),
     so only trie nodes whose prefix is more probable than the target item can lead to an item ranked
     above it. Starting from the target's own path (which gives its score), the most probable such
     nodes are expanded ``nodes_per_forward`` at a time by tree attention, until every one of them is
@@ -176,8 +187,11 @@ def exact_target_ranks(
     as they do for most users of a weak model, the search stops after the target's own path.
 
     ``max_nodes`` bounds the nodes expanded per user (a large model on a CPU can need thousands when
-    its positive ranks near the top); a user whose rank is still undecided then gets -1 ("not ranked").
+    its positive ranks near the top). A user is undecided when the budget is spent while trie prefixes
+    more probable than the positive are still unexpanded and fewer than ``max_rank`` items were found
+    above it: its rank is unknown (in the top ``max_rank`` or not) and it gets -1 ("not ranked").
     """
+    check_scoring(scoring)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     is_leaf = trie.node_item >= 0
@@ -195,23 +209,23 @@ def exact_target_ranks(
         prefix[0] = 0.0
         expanded = torch.zeros(trie.num_nodes, dtype=torch.bool)
 
-        def expand(nodes: torch.Tensor, log_probs: torch.Tensor) -> None:
-            """Score the children of ``nodes`` from their log-probabilities ``[1, W, vocab]``."""
+        def expand(nodes: torch.Tensor, logits: torch.Tensor) -> None:
+            """Score the children of ``nodes`` from their next-token logits ``[1, W, vocab]``."""
             row, child = _children(trie, nodes)
-            edge = log_probs[0, row.to(device), trie.node_token[child].to(device)].cpu()  # only the children's
+            edge = edge_log_probs(logits[0], row.to(device), trie.node_token[child].to(device), scoring).cpu()  # [C]
             parent_depth = trie.node_depth[nodes[row]]
             for depth in parent_depth.unique().tolist():  # a parent's score before its children's
                 at = parent_depth == depth
                 prefix[child[at]] = prefix[nodes[row[at]]] + edge[at]
             expanded[nodes] = True
 
-        expand(torch.zeros(1, dtype=torch.long), torch.log_softmax(out.logits[:, -1:].float(), -1))
+        expand(torch.zeros(1, dtype=torch.long), out.logits[:, -1:])
         path = trie.paths[int(targets[user])]
         path = path[path >= 0]
         # The target's internal nodes in order of depth: each one's prefix score comes from its parent.
         for lo in range(0, path.numel() - 1, nodes_per_forward):
             window = path[:-1][lo : lo + nodes_per_forward]
-            expand(window, _chunk_log_probs(model, cache, mask, _tree_chunk(trie, window), trie, dtype))
+            expand(window, _chunk_logits(model, cache, mask, _tree_chunk(trie, window), trie, dtype))
         target_score = float(prefix[path[-1]])
         if known_items is not None:
             items, scores = known_items[user].cpu(), known_scores[user].cpu().float()
@@ -229,7 +243,7 @@ def exact_target_ranks(
                 break
             window = frontier[prefix[frontier].topk(min(nodes_per_forward, frontier.numel())).indices]
             window = window[torch.argsort(trie.node_depth[window])]
-            expand(window, _chunk_log_probs(model, cache, mask, _tree_chunk(trie, window), trie, dtype))
+            expand(window, _chunk_logits(model, cache, mask, _tree_chunk(trie, window), trie, dtype))
         ranks.append(min(beaten, max_rank) + 1)
         if progress is not None:
             progress(1)

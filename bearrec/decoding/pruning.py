@@ -45,9 +45,12 @@ def pruning_report(
     beam_width: int = 10,
     ks=(5, 10),
     batch_size: int = 32,
+    scoring: str = "full",
 ) -> PruningReport:
-    """Beam search with the positives followed, the positives' exact ranks, and the attribution."""
-    beams = constrained_beam_search(model, input_ids, attention_mask, trie, beam_width, batch_size, targets=targets)
+    """Beam search with the positives followed, the positives' exact ranks, and the attribution, all with
+    the same step ``scoring`` (``"full"`` or ``"masked"``, see ``scoring.py``)."""
+    beams = constrained_beam_search(model, input_ids, attention_mask, trie, beam_width, batch_size, targets=targets,
+                                    scoring=scoring)
     exact_rank = exact_target_ranks(model, input_ids, attention_mask, trie, targets, max_rank=max(ks),
-                                    known_items=beams.item_ids, known_scores=beams.scores)
+                                    known_items=beams.item_ids, known_scores=beams.scores, scoring=scoring)
     return attribute_pruning(beams, exact_rank, targets, ks)
