@@ -308,8 +308,8 @@ def quickstart(
     users: Annotated[int, typer.Option(help="synthetic users")] = 800,
     epochs: Annotated[int, typer.Option()] = 3,
     eval_users: Annotated[Optional[int], typer.Option(help="evaluate a subsample of test users [default: all]")] = None,
-    weight: Annotated[float, typer.Option(help="BEAR lambda")] = 1.0,
-    temperature: Annotated[float, typer.Option(help="BEAR xi")] = 1.0,
+    weight: Annotated[float, typer.Option(help="BEAR lambda (the authors' default)")] = 0.25,
+    temperature: Annotated[float, typer.Option(help="BEAR xi (the authors' default)")] = 2.75,
 ):
     """Synthetic catalog -> tiny LM trained with SFT and with BEAR -> constrained beam search -> results table."""
     from bearrec.quickstart import QuickstartConfig, run_quickstart

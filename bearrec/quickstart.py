@@ -27,8 +27,8 @@ class QuickstartConfig:
     batch_size: int = 32
     lr: float | None = None  # None: 1e-3 for the tiny model, 1e-4 with LoRA
     beam_width: int = 10
-    weight: float = 1.0  # BEAR lambda
-    temperature: float = 1.0  # BEAR xi
+    weight: float = BEARConfig.weight  # BEAR lambda (the authors' 0.25)
+    temperature: float = BEARConfig.temperature  # BEAR xi (the authors' 2.75)
     surrogate: str = "paper"
     eval_users: int | None = None  # subsample of test users (None: all)
 
