@@ -398,7 +398,7 @@ def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: 
 def compare(
     config: Annotated[Optional[Path], typer.Argument(help="experiment YAML (see configs/); flags and --set override it")] = None,
     data: Annotated[Optional[Path], typer.Option(help="dataset folder from `bearrec prepare` [default: 'data' of the config]")] = None,
-    objectives: Annotated[str, typer.Option(help="comma-separated objectives; SFT is always included as the baseline")] = "sft,bear,beam-sim",
+    objectives: Annotated[str, typer.Option(help="comma-separated objectives, each optionally with fields of its section: sft,msl,bear,bear:formulation=paper; SFT is always included as the baseline")] = "sft,msl,bear",
     model: Annotated[Optional[str], typer.Option(help="'smollm2-135m', 'tiny' or a Hugging Face model folder / hub name [default: the config's, else smollm2-135m]")] = None,
     seeds: Annotated[int, typer.Option(help="training seeds per objective (mean, std and a seed-noise test)")] = 1,
     sasrec: Annotated[bool, typer.Option("--sasrec/--no-sasrec", help="also train the SASRec baseline (2 layers, 64 dims)")] = True,
@@ -437,7 +437,7 @@ def compare(
         pruning_users = pruning_users or 30
         pruning_node_budget = pruning_node_budget or 512
     names = [o.strip() for o in objectives.split(",") if o.strip()]
-    unknown = [n for n in names if n not in OBJECTIVE_CONFIGS]
+    unknown = [n for n in names if n.split(":")[0] not in OBJECTIVE_CONFIGS]
     if unknown:
         raise ValueError(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVE_CONFIGS)}")
     settings = EvalSettings(beam_width=beam_width, max_users=max_eval_users, pruning_rate=pruning_rate,

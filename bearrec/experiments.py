@@ -30,6 +30,7 @@ from bearrec.io import check_replaceable, mark, write_json
 from bearrec.report import METRIC_COLUMNS
 
 SASREC = "sasrec"
+OBJECTIVE_SECTIONS = {"bear": "bear", "beam-sim": "beam_sim", "msl": "msl", "sdpo": "sdpo", "sdpo-bear": "sdpo"}
 BASELINE = "sft"
 SHORT_KEYS = {"weight", "temperature", "beam_width", "surrogate", "formulation", "candidates", "tau", "ats", "ats_eta",
               "ats_alpha", "ats_warmup", "ats_min", "ats_max", "reference", "negatives", "beta"}  # fields of an objective
@@ -75,6 +76,21 @@ class RunSpec:
         return with_overrides(base, {**self.overrides, "train.seed": self.seed})
 
 
+def objective_variant(entry: str) -> dict[str, Any]:
+    """The overrides of one ``--objectives`` entry: ``bear`` or ``bear:formulation=paper:weight=1`` (fields of
+    the objective's section, or ``section.field``); the entry itself is the run's label."""
+    from bearrec.config import parse_value
+
+    name, *fields = entry.split(":")
+    overrides: dict[str, Any] = {"train.objective": name.strip()}
+    for item in filter(None, (part.strip() for part in fields)):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"objective {entry!r}: expected name:field=value:... (e.g. bear:formulation=paper)")
+        overrides[key if "." in key else f"{OBJECTIVE_SECTIONS.get(name.strip(), name.strip())}.{key}"] = parse_value(value)
+    return overrides
+
+
 def compare_plan(objectives: list[str], seeds: int, base_seed: int = 0, sasrec: bool = True) -> list[RunSpec]:
     """Seed-major order, so that every objective has a result early and later seeds refine them."""
     labels = list(dict.fromkeys(objectives))
@@ -82,7 +98,7 @@ def compare_plan(objectives: list[str], seeds: int, base_seed: int = 0, sasrec: 
         labels.insert(0, BASELINE)
     specs = []
     for seed in range(base_seed, base_seed + seeds):
-        specs += [RunSpec(name, seed, {"train.objective": name}) for name in labels]
+        specs += [RunSpec(name, seed, objective_variant(name)) for name in labels]
         if sasrec:
             specs.append(RunSpec(SASREC, seed))
     return specs
@@ -95,7 +111,7 @@ def parse_grid(entries: list[str], objective: str) -> dict[str, list]:
     """
     from bearrec.config import parse_value
 
-    section = {"bear": "bear", "beam-sim": "beam_sim", "msl": "msl", "sdpo": "sdpo", "sdpo-bear": "sdpo"}.get(objective)
+    section = OBJECTIVE_SECTIONS.get(objective)
     grid: dict[str, list] = {}
     for entry in entries:
         key, sep, values = entry.partition("=")
