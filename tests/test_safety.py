@@ -11,19 +11,14 @@ import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from cli_helpers import SMALL, one_line_error, run_cli, small_synthetic
 
 from bearrec import io
-from bearrec.cli import app
 from bearrec.data.dataset import RecDataset
-from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
-
-runner = CliRunner()
-TINY = ["--set", "tiny.hidden_size=32", "--set", "tiny.num_hidden_layers=1", "--set", "train.valid_users=8"]
 
 
-def _run(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -32,20 +27,12 @@ def _snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _one_line_error(result, *needles):
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
 def syn(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("syn") / "syn"
-    generate_synthetic(SyntheticConfig(num_users=30, num_categories=2, items_per_category=10)).save(folder)
-    return folder
+    return small_synthetic(folder)
 
 
 @pytest.fixture
@@ -61,7 +48,7 @@ def mydocs(tmp_path) -> Path:
 # ---------------------------------------------------------------------------------- the CLI never deletes user files
 @pytest.mark.parametrize("command", [
     lambda out, syn: ["prepare", "synthetic", "--out", out, "--users", 20],
-    lambda out, syn: ["train", syn, "--out", out, "--epochs", 1, *TINY],
+    lambda out, syn: ["train", syn, "--out", out, "--epochs", 1, *SMALL],
     lambda out, syn: ["compare", "--data", syn, "--model", "tiny", "--objectives", "sft", "--no-sasrec",
                       "--overwrite", "--out", out],
     lambda out, syn: ["sweep", "--data", syn, "--grid", "weight=0.5", "--overwrite", "--out", out],
@@ -69,7 +56,7 @@ def mydocs(tmp_path) -> Path:
 ], ids=["prepare", "train", "compare", "sweep", "quickstart"])
 def test_out_on_a_user_folder_is_refused_and_nothing_changes(command, mydocs, syn, tmp_path):
     before, syn_before = _snapshot(mydocs), _snapshot(syn)
-    _one_line_error(_run(*command(mydocs, syn)), str(mydocs), "not a folder bearrec wrote")
+    one_line_error(run_cli(*command(mydocs, syn)), str(mydocs), "not a folder bearrec wrote")
     assert _snapshot(mydocs) == before and _snapshot(syn) == syn_before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mydocs"]  # no temporary folder either
 
@@ -81,10 +68,10 @@ def test_input_folder_and_dataset_are_never_outputs(tmp_path, syn):
     for split in ("train", "valid", "test"):
         (src / f"{split}.csv").write_text('user_id,item_ids,timestamp\nu,"[""a"", ""b""]",\n')
     before, syn_before = _snapshot(src), _snapshot(syn)
-    _one_line_error(_run("prepare", "processed", src, "--out", src), str(src))
-    _one_line_error(_run("prepare", "processed", src / "items.csv", "--out", src), str(src))
-    _one_line_error(_run("train", syn, "--out", syn, *TINY), str(syn), "dataset")
-    _one_line_error(_run("train", syn, "--out", syn / "run", *TINY), "inside the dataset folder")
+    one_line_error(run_cli("prepare", "processed", src, "--out", src), str(src))
+    one_line_error(run_cli("prepare", "processed", src / "items.csv", "--out", src), str(src))
+    one_line_error(run_cli("train", syn, "--out", syn, *SMALL), str(syn), "dataset")
+    one_line_error(run_cli("train", syn, "--out", syn / "run", *SMALL), "inside the dataset folder")
     assert _snapshot(src) == before and _snapshot(syn) == syn_before
 
 
@@ -94,31 +81,31 @@ def test_working_directory_is_never_an_output(tmp_path, monkeypatch, syn, out):
     work.mkdir()
     (work / "notes.md").write_text("keep me")
     monkeypatch.chdir(work)
-    for command in (["prepare", "synthetic", "--out", out, "--users", 20], ["train", syn, "--out", out, *TINY]):
-        _one_line_error(_run(*command), "working directory")
+    for command in (["prepare", "synthetic", "--out", out, "--users", 20], ["train", syn, "--out", out, *SMALL]):
+        one_line_error(run_cli(*command), "working directory")
     assert (work / "notes.md").read_text() == "keep me" and sorted(p.name for p in work.iterdir()) == ["notes.md"]
 
 
 def test_out_that_is_a_file(tmp_path, syn):
     target = tmp_path / "results.txt"
     target.write_text("x")
-    _one_line_error(_run("prepare", "synthetic", "--out", target, "--users", 20), "not a folder")
-    _one_line_error(_run("train", syn, "--out", target, *TINY), "not a folder")
+    one_line_error(run_cli("prepare", "synthetic", "--out", target, "--users", 20), "not a folder")
+    one_line_error(run_cli("train", syn, "--out", target, *SMALL), "not a folder")
     assert target.read_text() == "x"
 
 
 def test_a_bearrec_folder_with_a_foreign_file_is_not_replaced(tmp_path):
     data = tmp_path / "data"
-    assert _run("prepare", "synthetic", "--out", data, "--users", 20).exit_code == 0
+    assert run_cli("prepare", "synthetic", "--out", data, "--users", 20).exit_code == 0
     (data / "my_notes.txt").write_text("mine")
-    _one_line_error(_run("prepare", "synthetic", "--out", data, "--users", 25), "my_notes.txt")
+    one_line_error(run_cli("prepare", "synthetic", "--out", data, "--users", 25), "my_notes.txt")
     assert (data / "my_notes.txt").read_text() == "mine"
     assert RecDataset.load(data).summary()["test_examples"] == 20  # the old dataset, untouched
 
 
 def test_an_earlier_dataset_is_replaced_and_stale_temporaries_are_cleaned(tmp_path):
     data = tmp_path / "data"
-    assert _run("prepare", "synthetic", "--out", data, "--users", 20).exit_code == 0
+    assert run_cli("prepare", "synthetic", "--out", data, "--users", 20).exit_code == 0
     dead = 2**22 + 12345  # above the default pid_max: never a live process
     stale = [tmp_path / f".data.bearrec-tmp-{dead}-x1", tmp_path / f".data.bearrec-old-{dead}-x2"]
     for folder in stale:
@@ -126,7 +113,7 @@ def test_an_earlier_dataset_is_replaced_and_stale_temporaries_are_cleaned(tmp_pa
         (folder / "items.parquet").write_text("half")
     unrelated = tmp_path / ".data.backup"
     unrelated.mkdir()
-    assert _run("prepare", "synthetic", "--out", data, "--users", 25).exit_code == 0
+    assert run_cli("prepare", "synthetic", "--out", data, "--users", 25).exit_code == 0
     assert RecDataset.load(data).summary()["test_examples"] == 25
     assert not any(p.exists() for p in stale) and unrelated.is_dir()
     assert json.loads((data / io.MARKER).read_text()) == {"kind": "dataset"}

@@ -6,36 +6,22 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from cli_helpers import SMALL, one_line_error, run_cli, small_synthetic
 
-from bearrec.cli import app
 from bearrec.config import ExperimentConfig, TrainConfig
-from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 from bearrec.models import TinyConfig
 from bearrec.runs import train_run
 
-runner = CliRunner()
-SMALL = ["--set", "tiny.hidden_size=32", "--set", "tiny.num_hidden_layers=1", "--set", "train.valid_users=8"]
 
 
-def _run(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
-def _one_line_error(result, *needles) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
 def syn(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("syn") / "syn"
-    generate_synthetic(SyntheticConfig(num_users=30, num_categories=2, items_per_category=10)).save(folder)
-    return folder
+    return small_synthetic(folder)
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +61,14 @@ def run(syn, tmp_path_factory) -> Path:
 ])
 def test_bad_train_options(syn, tmp_path, args, needle):
     out = tmp_path / "run"
-    _one_line_error(_run("train", syn, "--out", out, *SMALL, *args), needle)
+    one_line_error(run_cli("train", syn, "--out", out, *SMALL, *args), needle)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_no_data_with_set(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _one_line_error(_run("train", "--set", "data.x=1", "--out", "r"), "data")
-    _one_line_error(_run("train", "--out", "r"), "no dataset")
+    one_line_error(run_cli("train", "--set", "data.x=1", "--out", "r"), "data")
+    one_line_error(run_cli("train", "--out", "r"), "no dataset")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -101,7 +87,7 @@ def test_bad_config_files(syn, tmp_path, text, needle, command):
         args = ["train", syn, "--config", path, "--out", tmp_path / "out"]
     else:
         args = [command, path, "--data", syn, "--out", tmp_path / "out"] + (["--grid", "weight=1"] if command == "sweep" else [])
-    _one_line_error(_run(*args), "bad.yaml", needle)
+    one_line_error(run_cli(*args), "bad.yaml", needle)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 
@@ -112,8 +98,8 @@ def test_long_title_is_refused_before_training(tmp_path):
     (src / "items.csv").write_text(f"item_id,title\na,Alpha\nb,{long_title}\nc,Gamma\n")
     for split in ("train", "valid", "test"):
         (src / f"{split}.csv").write_text('user_id,item_ids,timestamp\nu,"[""a"", ""b"", ""c""]",\n')
-    assert _run("prepare", "processed", src, "--out", tmp_path / "data").exit_code == 0
-    _one_line_error(_run("train", tmp_path / "data", "--out", tmp_path / "run", *SMALL), "item 'b'", "positions")
+    assert run_cli("prepare", "processed", src, "--out", tmp_path / "data").exit_code == 0
+    one_line_error(run_cli("train", tmp_path / "data", "--out", tmp_path / "run", *SMALL), "item 'b'", "positions")
     assert not (tmp_path / "run").exists()
 
 
@@ -127,7 +113,7 @@ def test_bad_prepare_options(tmp_path, args, needle):
     (tmp_path / "i.csv").write_text("user,item,timestamp\nu,a,1\n")
     (tmp_path / "t.csv").write_text("item,title\na,Alpha\n")
     before = sorted(p.name for p in tmp_path.iterdir())
-    _one_line_error(_run("prepare", *[tmp_path / a if str(a).endswith(".csv") else a for a in args],
+    one_line_error(run_cli("prepare", *[tmp_path / a if str(a).endswith(".csv") else a for a in args],
                          "--out", tmp_path / "out"), needle)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
@@ -142,7 +128,7 @@ def test_bad_prepare_options(tmp_path, args, needle):
 ])
 def test_bad_evaluate_options(run, args, needle):
     before = sorted(p.name for p in run.iterdir())
-    _one_line_error(_run("evaluate", run, *args), needle)
+    one_line_error(run_cli("evaluate", run, *args), needle)
     assert sorted(p.name for p in run.iterdir()) == before
 
 
@@ -155,7 +141,7 @@ def test_bad_recommend_options(run, syn, args, needle):
     from bearrec.data.dataset import RecDataset
 
     first = RecDataset.load(syn).items["item_id"].iat[0]
-    _one_line_error(_run("recommend", run, first, *args), needle)
+    one_line_error(run_cli("recommend", run, first, *args), needle)
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -165,7 +151,7 @@ def test_bad_recommend_options(run, syn, args, needle):
     (["--objectives", "sft,nope"], "nope"),
 ])
 def test_bad_compare_options(syn, tmp_path, args, needle):
-    _one_line_error(_run("compare", "--data", syn, "--model", "tiny", "--out", tmp_path / "cmp", *args), needle)
+    one_line_error(run_cli("compare", "--data", syn, "--model", "tiny", "--out", tmp_path / "cmp", *args), needle)
     assert not (tmp_path / "cmp").exists()
 
 
@@ -176,14 +162,14 @@ def test_recommend_normalises_titles_windows_history_and_excludes_it(run, syn):
     dataset = RecDataset.load(syn)
     titles = dataset.titles
     spaced = titles[0].replace(" ", "\t  ", 1)  # tabs and runs of spaces: the same title after normalisation
-    result = _run("recommend", run, spaced, titles[1], "--top-k", 5)
+    result = run_cli("recommend", run, spaced, titles[1], "--top-k", 5)
     assert result.exit_code == 0, result.output
     assert len([line for line in result.stdout.splitlines() if line.strip()]) == 5
     long = [titles[i % len(titles)] for i in range(50)]
-    result = _run("recommend", run, *long, "--top-k", 3)
+    result = run_cli("recommend", run, *long, "--top-k", 3)
     assert result.exit_code == 0 and "trained on at most" in result.stderr
     history = titles[:8]
-    result = _run("recommend", run, *history, "--top-k", 10, "--exclude-history")
+    result = run_cli("recommend", run, *history, "--top-k", 10, "--exclude-history")
     shown = [line.split(". ", 1)[1].rsplit("  (item", 1)[0] for line in result.stdout.splitlines() if ". " in line]
     assert result.exit_code == 0 and len(shown) == 10 and not set(shown) & set(history)
 
@@ -196,12 +182,12 @@ def test_recommend_matches_decomposed_unicode(tmp_path):
     (src / "items.csv").write_text("item_id,title\na,Caf\u00e9 Mug\nb,Beta Pen\nc,Gamma Ink\n")
     for split in ("train", "valid", "test"):
         (src / f"{split}.csv").write_text('user_id,item_ids,timestamp\nu,"[""a"", ""b"", ""c""]",\n')
-    assert _run("prepare", "processed", src, "--out", tmp_path / "data").exit_code == 0
+    assert run_cli("prepare", "processed", src, "--out", tmp_path / "data").exit_code == 0
     run_dir = tmp_path / "run"
-    assert _run("train", tmp_path / "data", "--out", run_dir, "--epochs", 1, *SMALL).exit_code == 0
+    assert run_cli("train", tmp_path / "data", "--out", run_dir, "--epochs", 1, *SMALL).exit_code == 0
     decomposed = unicodedata.normalize("NFD", "Caf\u00e9 Mug")
     assert decomposed != "Caf\u00e9 Mug"
-    assert _run("recommend", run_dir, decomposed, "--top-k", 2).exit_code == 0
+    assert run_cli("recommend", run_dir, decomposed, "--top-k", 2).exit_code == 0
 
 
 # ---------------------------------------------------------------------------------- damaged artefacts
@@ -210,8 +196,8 @@ def test_truncated_weights_are_one_clear_error(run, tmp_path):
     shutil.copytree(run, copy)
     weights = copy / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    _one_line_error(_run("evaluate", copy), "damaged")
-    _one_line_error(_run("recommend", copy, "x"), "damaged")
+    one_line_error(run_cli("evaluate", copy), "damaged")
+    one_line_error(run_cli("recommend", copy, "x"), "damaged")
 
 
 def test_tampered_checkpoint_is_refused_on_resume(run, tmp_path):
@@ -221,13 +207,13 @@ def test_tampered_checkpoint_is_refused_on_resume(run, tmp_path):
     assert checkpoints
     for checkpoint in checkpoints:
         (checkpoint / "optimizer.pt").write_bytes(b"\x80\x04cos\nsystem\n(S'echo pwned'\ntR.")  # a pickle that runs code
-    _one_line_error(_run("train", "--resume", "--out", copy), "optimizer.pt", "damaged")
+    one_line_error(run_cli("train", "--resume", "--out", copy), "optimizer.pt", "damaged")
 
 
 def test_resume_needs_a_run_folder(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "config.yaml").write_text("train: {}\n")
-    _one_line_error(_run("train", "--resume", "--out", tmp_path / "notes"), "no run to resume")
+    one_line_error(run_cli("train", "--resume", "--out", tmp_path / "notes"), "no run to resume")
 
 
 def test_usage_errors_of_the_command_are_one_line(tmp_path):
