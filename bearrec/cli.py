@@ -224,7 +224,7 @@ def evaluate(
     from bearrec.runs import evaluate_run
 
     EvalSettings(split=split, beam_width=beam_width, max_users=max_users, pruning_users=pruning_users,
-                 seed=seed).validate("evaluate")
+                 seed=seed).validate("evaluate", {"max_users": "--max-users"})
     if report and not pruning_rate:
         raise ValueError("--report needs the exact scores: drop --no-pruning-rate")
     result = evaluate_run(run, data, split, beam_width, max_users, pruning_rate, seed, console=console,
@@ -265,6 +265,8 @@ def recommend(
     from bearrec.decoding import constrained_beam_search
     from bearrec.runs import load_run, prompt_encoder
 
+    if beam_width < 1:
+        raise ValueError(f"--beam-width must be at least 1, got {beam_width}")
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
     if top_k > beam_width:

@@ -171,6 +171,8 @@ def read_yaml(path: str | os.PathLike) -> dict:
         mark = getattr(err, "problem_mark", None)
         where = f", row {mark.line + 1}" if mark else ""
         raise ValueError(f"{path}{where}: not valid YAML ({_yaml_problem(err)})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a config") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -191,6 +193,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             parsed = parse_value(value)
         except yaml.YAMLError as err:
             raise ValueError(f"--set {item!r}: not a valid value ({_yaml_problem(err)})") from None
+        except RecursionError:
+            raise ValueError(f"--set {key}: the value is nested too deeply") from None
         _set(raw, key, parsed)
     config = from_dict(raw, str(path) if path else "config")
     config.validate()

@@ -48,16 +48,24 @@ class EvalSettings:
     pruning_node_budget: int | None = None  # trie nodes expanded per user for its exact rank (None: no limit)
     seed: int = 0  # seed of the user subsample, fixed across training seeds
 
-    def validate(self, section: str = "eval") -> None:
-        check(self.split in ("valid", "test"), section, "split", "valid or test", self.split)
-        check(self.beam_width >= 1, section, "beam_width", "at least 1", self.beam_width)
-        check(self.max_users is None or self.max_users >= 1, section, "max_users", "at least 1 (or unset for all)",
-              self.max_users)
+    def validate(self, section: str = "eval", flags: dict[str, str] | None = None) -> None:
+        """Check every field; ``flags`` names the command-line flag of a field in the message (``max_users``
+        is ``--max-eval-users`` in compare, ``--max-users`` in evaluate)."""
+        flags = {"max_users": "--max-eval-users", "beam_width": "--beam-width", "pruning_users": "--pruning-users",
+                 "pruning_node_budget": "--pruning-node-budget", "split": "--split", "seed": "--seed", **(flags or {})}
+
+        def rule(name: str, text: str) -> str:
+            return f"{text} ({flags[name]})"
+
+        check(self.split in ("valid", "test"), section, "split", rule("split", "valid or test"), self.split)
+        check(self.beam_width >= 1, section, "beam_width", rule("beam_width", "at least 1"), self.beam_width)
+        check(self.max_users is None or self.max_users >= 1, section, "max_users",
+              rule("max_users", "at least 1, or unset for all"), self.max_users)
         check(self.pruning_users is None or self.pruning_users >= 1, section, "pruning_users",
-              "at least 1 (or unset for all)", self.pruning_users)
+              rule("pruning_users", "at least 1, or unset for all"), self.pruning_users)
         check(self.pruning_node_budget is None or self.pruning_node_budget >= 1, section, "pruning_node_budget",
-              "at least 1 (or unset for no limit)", self.pruning_node_budget)
-        check(self.seed >= 0, section, "seed", "at least 0", self.seed)
+              rule("pruning_node_budget", "at least 1, or unset for no limit"), self.pruning_node_budget)
+        check(self.seed >= 0, section, "seed", rule("seed", "at least 0"), self.seed)
 
 
 @dataclass

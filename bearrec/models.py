@@ -189,7 +189,9 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None
     except Exception as err:  # OSError, safetensors' and pickle's errors share no base class
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         if Path(path).is_dir():
-            raise ValueError(f"cannot load model {path!r}: its files are damaged or incomplete ({first_line})") from None
+            damaged = _damaged_weights(Path(path))
+            what = f"{damaged} is damaged or incomplete" if damaged else "its files are damaged or incomplete"
+            raise ValueError(f"cannot load model {path!r}: {what} ({first_line})") from None
         if isinstance(err, OSError):
             raise ValueError(f"cannot load model {path!r}: not a model folder, and not reachable on the hub ({first_line})") from None
         raise
@@ -201,6 +203,20 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None
     if lora is not None:
         model = add_lora(model, lora)
     return model, tokenizer
+
+
+def _damaged_weights(folder: Path) -> str | None:
+    """The first safetensors file of ``folder`` whose header or size does not read back, if any."""
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, framework="pt") as handle:
+                for key in handle.keys():
+                    handle.get_slice(key)
+        except Exception:  # safetensors raises its own error type
+            return path.name
+    return None
 
 
 def add_lora(model, settings: LoraSettings | None = None):

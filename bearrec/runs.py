@@ -147,6 +147,8 @@ def train_run(config: ExperimentConfig, out_dir: str | os.PathLike, resume: bool
     if out_dir.resolve() == data_dir or data_dir in out_dir.resolve().parents:
         raise ValueError(f"{out_dir}: is inside the dataset folder {config.data}; choose a run folder outside it")
     dataset = dataset or RecDataset.load(config.data)
+    if len(dataset.splits["train"]) == 0:
+        raise ValueError(f"{config.data}: the train split is empty; nothing to train on")
     saved_tokenizer = AutoTokenizer.from_pretrained(out_dir / "tokenizer") if resume and (out_dir / "tokenizer").is_dir() else None
     model, tokenizer = new_model(config, dataset, saved_tokenizer)
     trie = build_trie(tokenizer, dataset.titles)  # fails before anything is written if titles collide

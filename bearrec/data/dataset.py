@@ -131,15 +131,26 @@ class RecDataset:
         folder = Path(folder)
         if not (folder / "dataset.json").is_file():
             raise DataError(folder, "not a bearrec dataset folder (no dataset.json); create one with `bearrec prepare`")
-        meta = json.loads((folder / "dataset.json").read_text())
-        items = pd.read_parquet(folder / "items.parquet")
+        try:
+            meta = json.loads((folder / "dataset.json").read_text())
+        except (OSError, ValueError) as err:
+            raise DataError(folder / "dataset.json", f"unreadable ({err})") from None
+        items = _read_parquet(folder / "items.parquet")
         splits = {}
         for name in SPLITS:
-            frame = pd.read_parquet(folder / f"{name}.parquet")
+            frame = _read_parquet(folder / f"{name}.parquet")
             splits[name] = frame.assign(history=frame["history"].map(list))
         domain = meta.pop("domain", "products")
         meta.pop("summary", None)
         return cls(items=items, splits=splits, domain=domain, meta=meta)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # pyarrow's errors: missing, truncated or not parquet at all
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:120]
+        raise DataError(path, f"damaged or missing dataset file ({reason}); prepare the dataset again") from None
 
 
 def _empty_split() -> pd.DataFrame:

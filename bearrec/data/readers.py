@@ -130,6 +130,8 @@ def read_processed(folder: PathLike, domain: str = "products", strict: bool = Fa
     _refuse_duplicate_ids(items, "item_id", items_path)
     known = pd.Index(items["item_id"])
     splits = {name: _read_split(folder / f"{name}.csv", known, items_path.name) for name in SPLITS}
+    if splits["train"].empty:
+        raise DataError(folder / "train.csv", "no training examples: the file has a header but no rows", row=1)
 
     items, cleaning = _clean_catalog(items, items_path, strict, log)
     dropped = set(known.difference(items["item_id"]))
@@ -533,7 +535,7 @@ def _read_split(path: Path, known: pd.Index, items_name: str) -> pd.DataFrame:
     for raw, line in zip(frame["item_ids"].tolist(), lines):
         try:
             ids = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a list nested thousands deep
             ids = None
         if not isinstance(ids, list):
             raise DataError(path, f"not a JSON list of item ids: {_short(raw)}", row=int(line), field="item_ids")
