@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape as rich_escape
 
 app = typer.Typer(
     add_completion=False,
@@ -79,12 +80,6 @@ def _cli_errors(func):
             raise typer.Exit(130) from None
 
     return wrapper
-
-
-def rich_escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
 
 
 def _show_warnings(message, category, filename, lineno, file=None, line=None):
@@ -365,7 +360,7 @@ def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: 
     import shlex
     import shutil
 
-    from bearrec.experiments import run_experiment, test_chosen_point, verdict, write_report
+    from bearrec.experiments import run_experiment, summarize, test_chosen_point, verdict, write_report
     from bearrec.io import check_replaceable
     from bearrec.report import rich_table, summary_runs
 
@@ -379,8 +374,6 @@ def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: 
         console.print(f"[yellow]interrupted:[/yellow] finished runs are kept in {out_dir}; "
                       "run the same command again to resume", soft_wrap=True)
         raise typer.Exit(130) from None
-    from bearrec.experiments import summarize
-
     selection = test_chosen_point(out_dir, results, summarize(results), base, settings, console) if kind == "sweep" else None
     rows = write_report(out_dir, results, base, settings, kind, shlex.join(["bearrec", *sys.argv[1:]]), grid, selection)
     out.print(rich_table(summary_runs(rows), f"{kind}: {len(results)} runs (mean over seeds, {settings.split} split)"))
