@@ -254,7 +254,7 @@ def _sasrec_run(dataset: RecDataset, config, settings: EvalSettings, folder: Pat
             "parameters": {"total": sum(p.numel() for p in model.parameters())}, "config": log["config"]}
 
 
-def test_chosen_point(out_dir: str | Path, results: list[dict], rows: dict, base: ExperimentConfig,
+def evaluate_chosen_on_test(out_dir: str | Path, results: list[dict], rows: dict, base: ExperimentConfig,
                       settings: EvalSettings, console=None) -> dict:
     """A sweep's model selection: the grid point with the best mean *validation* NDCG@10 over seeds is chosen,
     then it and the SFT baseline (every seed) are evaluated on the test split, once: their ``eval_test.json``
@@ -436,7 +436,7 @@ def write_report(out_dir: str | Path, results: list[dict], base: ExperimentConfi
                  kind: str, command: str, grid: dict[str, list] | None = None, selection: dict | None = None) -> dict:
     """``results.json``, ``results.md`` and the figures of an experiment folder; returns the summary rows.
 
-    ``selection`` (a sweep's :func:`test_chosen_point`) adds the chosen point and its test results."""
+    ``selection`` (a sweep's :func:`evaluate_chosen_on_test`) adds the chosen point and its test results."""
     from bearrec.io import write_text
     from bearrec.report import (efficiency_figure, pr_figure, pruning_comparison_figure, pruning_markdown,
                                 summary_markdown, summary_runs, sweep_figure)
