@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bearrec.cli import app
-from bearrec.experiments import compare_plan, parse_grid, summarize, sweep_plan
+from bearrec.experiments import (EvalSettings, compare_plan, evaluate_chosen_on_test, objective_variant, parse_grid,
+                                 sign_flip_test, summarize, sweep_plan)
 
 runner = CliRunner()
 
@@ -123,6 +124,15 @@ def test_sweep_end_to_end(tmp_path):
     assert set(report["summary"]) == {"sft", "bear weight=0.1 temperature=1", "bear weight=1 temperature=1"}
     assert report["grid"] == {"bear.weight": [0.1, 1], "bear.temperature": [1]}
     assert (out / "sweep.png").is_file()
+    # Selection on validation: the grid is judged on the valid split, and only the chosen point and SFT see test.
+    assert report["eval"]["split"] == "valid"
+    chosen = report["selection"]["chosen"]
+    valid = {label: row["mean"]["NDCG@10"] for label, row in report["summary"].items() if label != "sft"}
+    assert valid[chosen] == max(valid.values())
+    tested = sorted(p.parent.parent.name for p in (out / "runs").rglob("eval_test.json"))
+    assert tested == sorted({"sft", next(r["folder"].split("/")[0] for r in report["runs"] if r["label"] == chosen)})
+    assert set(report["selection"]["test"]) == {"sft", chosen}
+    assert "Chosen on validation, reported on test" in (out / "results.md").read_text()
     assert _run(*args).stderr.count("finished earlier, kept") == 3
     bad = _run("sweep", "--data", data, "--grid", "lr=1", "--out", tmp_path / "bad")
     assert bad.exit_code == 2 and "section.field" in bad.stderr
@@ -158,3 +168,38 @@ def test_bad_grid_values_fail_before_training(tmp_path):
     result = _run("sweep", "--data", data, "--grid", "weight=0.1,1e-1", "--out", tmp_path / "s2")
     assert result.exit_code == 2 and "share a folder" in result.stderr
     assert not (tmp_path / "s").exists() and not (tmp_path / "s2").exists()  # nothing written
+
+
+def test_sign_flip_test_equals_enumeration_and_counts_users():
+    import itertools
+
+    rng = np.random.default_rng(3)
+    gain = np.zeros(40)
+    gain[rng.choice(40, 9, replace=False)] = rng.normal(0.05, 0.2, 9)
+    result = sign_flip_test(gain)
+    differ = gain[gain != 0]
+    observed = abs(differ.mean())
+    flips = [abs((differ * np.array(s)).mean()) >= observed - 1e-12 for s in itertools.product((1, -1), repeat=9)]
+    assert result["exact"] and result["p_value"] == pytest.approx(np.mean(flips))
+    assert (result["users"], result["users_differ"]) == (40, 9)
+    assert result["users_better"] + result["users_worse"] == 9
+    sampled = sign_flip_test(np.concatenate([gain, rng.normal(0, 0.2, 30)]))  # 39 differ: sampled, not enumerated
+    assert not sampled["exact"] and 0 < sampled["p_value"] <= 1
+    assert sign_flip_test(np.zeros(5))["p_value"] == 1.0 and sign_flip_test(np.array([0.0, 0.3]))["p_value"] == 1.0
+    assert sign_flip_test(np.full(12, 0.1))["p_value"] == pytest.approx(2 / 2**12)  # all better: only +/- all match
+
+
+def test_objective_variants():
+    assert objective_variant("bear") == {"train.objective": "bear"}
+    assert objective_variant("bear:formulation=paper:weight=1") == {
+        "train.objective": "bear", "bear.formulation": "paper", "bear.weight": 1}
+    assert objective_variant("msl:tau=4.5:train.lr=0.002") == {"train.objective": "msl", "msl.tau": 4.5, "train.lr": 0.002}
+    with pytest.raises(ValueError, match="name:field=value"):
+        objective_variant("bear:formulation")
+    specs = compare_plan(["sft", "bear:formulation=paper"], seeds=1, sasrec=False)
+    assert [s.label for s in specs] == ["sft", "bear:formulation=paper"]
+
+
+def test_chosen_point_is_never_picked_on_test(tmp_path):
+    with pytest.raises(ValueError, match="valid split"):
+        evaluate_chosen_on_test(tmp_path, [], {}, None, EvalSettings(split="test"))
