@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import torch
 
 from bearrec.data.prompts import left_pad
 from bearrec.decoding.beam_search import position_ids_from_mask
+from bearrec.io import atomic_file
 
 VARIANTS = ("global", "local")
 SIMILARITIES = ("l2", "cosine")
@@ -67,16 +67,9 @@ class ItemMemory:
         """Write atomically as safetensors, with ``fingerprint`` in the metadata."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file({"states": self.states.contiguous(), "targets": self.targets.contiguous()}, tmp,
+        with atomic_file(path) as tmp:
+            save_file({"states": self.states.contiguous(), "targets": self.targets.contiguous()}, str(tmp),
                       metadata={"format": _FORMAT, "fingerprint": fingerprint, "num_items": str(self.num_items)})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike, fingerprint: str) -> "ItemMemory | None":
