@@ -126,9 +126,10 @@ def _search(model, input_ids, attention_mask, trie: ItemTrie, k: int, scoring: s
                 break
             cache.batch_select_indices(keep.to(dev))
         room = width if node_budget is None else (node_budget - expanded[active].sum(1)).clamp(max=width)  # [a]
-        candidates = torch.where(open_, prefix[active], float("-inf"))  # [a, nodes]
+        # Open nodes rank above every other node, even at a -inf (underflowed) score: a window is never empty.
+        candidates = torch.where(open_, prefix[active].clamp(min=torch.finfo(torch.float32).min), float("-inf"))
         best = candidates.topk(min(width, trie.num_nodes), dim=1)  # [a, W]
-        take = torch.isfinite(best.values) | (open_.gather(1, best.indices))  # open nodes (even at -inf score)
+        take = open_.gather(1, best.indices)
         take &= torch.arange(best.indices.shape[1])[None, :] < torch.as_tensor(room)[..., None]
         windows = [best.indices[i][take[i]] for i in range(active.numel())]
         windows = [window[torch.argsort(trie.node_depth[window], stable=True)] for window in windows]  # parents first
