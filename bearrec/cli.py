@@ -209,10 +209,19 @@ def evaluate(
     pruning_node_budget: Annotated[Optional[int], typer.Option(help="trie nodes expanded per user for its exact rank; users still undecided are left out of PR@K and counted")] = None,
     scoring: Annotated[Optional[str], typer.Option(help="step scores of beam search and exact ranks, full or masked: full (vocabulary log-softmax, as SFT) or masked (renormalised over the trie children, as MSL and official BEAR) [default: the run's objective's]")] = None,
     length_penalty: Annotated[Optional[float], typer.Option(help="Hugging Face length_penalty of beam search (0: rank by log P(title); 1.0: generate's default, the BEAR authors') [default: the run's decoding.length_penalty]")] = None,
+    decoder: Annotated[str, typer.Option(help="beam (constrained beam search, width --beam-width), exact (the --beam-width most probable items, best-first over the trie: nothing pruned) or latent (L2D: match the prompt's last hidden state with training prompts' states; no generation)")] = "beam",
+    node_budget: Annotated[Optional[int], typer.Option(help="--decoder exact: trie nodes expanded per user; users not finished are reported uncertified")] = None,
+    latent_variant: Annotated[str, typer.Option(help="--decoder latent: global (each item = mean of its training states) or local (mean of the --latent-neighbors states nearest the user)")] = "global",
+    latent_similarity: Annotated[str, typer.Option(help="--decoder latent: l2 (the paper's inverse L2 distance) or cosine")] = "l2",
+    latent_neighbors: Annotated[int, typer.Option(help="--decoder latent --latent-variant local: M, training states per item nearest the user")] = 5,
     report: Annotated[bool, typer.Option("--report", help="write eval_<split>_pruning.png: Figure 4-style attribution and the pruning-step histogram")] = False,
     seed: Annotated[int, typer.Option()] = 0,
 ):
-    """NDCG@K and HR@K (K = 5, 10) from constrained beam search; PR@K and why positives were pruned, from exact scores."""
+    """NDCG@K and HR@K (K = 5, 10) of a decoder (default: constrained beam search); with beam search, also PR@K,
+    the exact ranking's NDCG/HR@K (what pruning costs) and why positives were pruned, from exact scores.
+
+    Other decoders write eval_<split>_<decoder>.json; the latent decoder keeps its item memory in the run folder.
+    """
     from bearrec.evaluate import pruning_scope
     from bearrec.experiments import EvalSettings
     from bearrec.report import pruning_figure, pruning_table, rich_table
@@ -222,13 +231,29 @@ def evaluate(
                  seed=seed).validate("evaluate", {"max_users": "--max-users"})
     if report and not pruning_rate:
         raise ValueError("--report needs the exact scores: drop --no-pruning-rate")
+    if report and decoder != "beam":
+        raise ValueError("--report draws beam search's pruning: it needs --decoder beam")
     result = evaluate_run(run, data, split, beam_width, max_users, pruning_rate, seed, console=console,
                           pruning_users=pruning_users, pruning_node_budget=pruning_node_budget,
-                          scoring=scoring, length_penalty=length_penalty)
-    title = (f"{run.name}, {split}: {result['users']} users, B={beam_width}, {result['scoring']} scoring, "
-             f"length_penalty {result['length_penalty']:g}")
+                          scoring=scoring, length_penalty=length_penalty, decoder=decoder, node_budget=node_budget,
+                          latent_variant=latent_variant, latent_similarity=latent_similarity,
+                          latent_neighbors=latent_neighbors)
+    if decoder == "beam":
+        how = f"B={beam_width}, {result['scoring']} scoring, length_penalty {result['length_penalty']:g}"
+    elif decoder == "exact":
+        how = (f"exact top-{beam_width}, {result['scoring']} scoring, {result['certified_users']} of {result['users']} "
+               f"users certified, {result['nodes_expanded_per_user']:.0f} trie nodes expanded per user")
+    else:
+        how = (f"L2D {latent_variant}, {latent_similarity}, item memory {'built' if result['memory_built'] else 'loaded'} "
+               f"in {result['memory_seconds']:.1f} s, {result['items_without_memory']} items never a training target (ranked last)")
+    title = f"{run.name}, {split}: {result['users']} users, {how}; decoding {result['decode_seconds']:.1f} s"
     out.print(rich_table({run.name: result}, title))
-    if pruning_rate:
+    if "exact_ranking" in result:
+        ceiling = result["exact_ranking"]
+        out.print(f"what pruning costs, on the {ceiling['users']} users with an exact rank: " + ", ".join(
+            f"NDCG@{k} {ceiling[f'decoded_NDCG@{k}']:.4f} (beam) vs {ceiling[f'exact_NDCG@{k}']:.4f} (exact), "
+            f"HR@{k} {ceiling[f'decoded_HR@{k}']:.4f} vs {ceiling[f'exact_HR@{k}']:.4f}" for k in (5, 10)), soft_wrap=True)
+    if "pruning" in result:
         out.print(pruning_scope(result["pruning"], result["users"]), soft_wrap=True)
         out.print(pruning_table(result["pruning"]))
         hist = result["pruning"]["pruning_step_histogram"]

@@ -63,6 +63,25 @@ def ranking_metrics(
     return metrics
 
 
+def exact_ranking_metrics(exact_rank: torch.Tensor, retrieved_rank_: torch.Tensor, ks=(5, 10)) -> dict:
+    """What pruning costs: NDCG@K and HR@K of the *exact* ranking (every item ranked by its full-sequence
+    probability, nothing pruned) next to those of the retrieved lists, over the same users: those whose exact
+    rank is known (``exact_rank`` >= 1; -1 = not computed, or undecided within a node budget).
+
+    ``exact_rank`` may be capped at max(K) + 1 (as :func:`~bearrec.decoding.exact_target_ranks` returns it);
+    ties favour the positive, as in PR@K. ``retrieved_rank_`` is the 1-based position in the retrieved list
+    (0: absent). The gap between the two is what the decoder loses to pruning, and the ceiling for BEAR.
+    """
+    ranked = exact_rank >= 1
+    out: dict = {"users": int(ranked.sum())}
+    for k in ks:
+        out[f"exact_NDCG@{k}"] = ndcg_at_k(exact_rank[ranked], k)
+        out[f"exact_HR@{k}"] = hr_at_k(exact_rank[ranked], k)
+        out[f"decoded_NDCG@{k}"] = ndcg_at_k(retrieved_rank_[ranked], k)
+        out[f"decoded_HR@{k}"] = hr_at_k(retrieved_rank_[ranked], k)
+    return out
+
+
 def pruning_summary(
     exact_rank: torch.Tensor, retrieved_rank_: torch.Tensor, drop_step: torch.Tensor, violated: torch.Tensor, ks=(5, 10)
 ) -> dict:

@@ -32,6 +32,7 @@ from bearrec.catalog import build_trie
 from bearrec.config import ExperimentConfig, load_config
 from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, PromptTemplate
+from bearrec.decoding.latent import MEMORY_FILE
 from bearrec.evaluate import evaluate
 from bearrec.io import atomic_folder, check_replaceable, folder_kind, write_json
 from bearrec.models import TINY, build_tiny_model, count_parameters, load_model, save_model, tiny_model_for
@@ -195,8 +196,12 @@ def load_run(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike | None =
 def evaluate_run(run_dir, dataset_dir=None, split: str = "test", beam_width: int = 10, max_users: int | None = None,
                  pruning_rate: bool = True, seed: int = 0, console=None, dataset: RecDataset | None = None,
                  pruning_users: int | None = None, pruning_node_budget: int | None = None, scoring: str | None = None,
-                 length_penalty: float | None = None) -> dict:
-    """Evaluate a run folder on a split; written to ``eval_<split>.json`` (and per user to ``eval_<split>_users.csv``).
+                 length_penalty: float | None = None, decoder: str = "beam", node_budget: int | None = None,
+                 latent_variant: str = "global", latent_similarity: str = "l2", latent_neighbors: int = 5) -> dict:
+    """Evaluate a run folder on a split; written to ``eval_<split>.json`` (and per user to ``eval_<split>_users.csv``),
+    or for ``decoder`` ``exact`` / ``latent`` (see :func:`~bearrec.evaluate.evaluate`) to ``eval_<split>_<decoder>.json``,
+    so that the beam-search evaluation is never overwritten. The latent decoder's item memory is kept in the
+    run folder (``latent_memory.safetensors``) and reused while it matches the model and the train split.
 
     ``scoring`` and ``length_penalty`` None decode as the run's config says (its ``decoding`` section; the
     scoring defaults to the objective's: masked for ``msl`` and the official ``bear``, full otherwise); the
@@ -211,10 +216,13 @@ def evaluate_run(run_dir, dataset_dir=None, split: str = "test", beam_width: int
                       max_users=max_users, seed=seed, pruning_rate=pruning_rate, pruning_users=pruning_users,
                       pruning_node_budget=pruning_node_budget, console=console,
                       scoring=scoring or config.scoring,
-                      length_penalty=config.decoding.length_penalty if length_penalty is None else length_penalty)
+                      length_penalty=config.decoding.length_penalty if length_penalty is None else length_penalty,
+                      decoder=decoder, node_budget=node_budget, latent_variant=latent_variant,
+                      latent_similarity=latent_similarity, latent_neighbors=latent_neighbors,
+                      latent_memory=Path(run_dir) / MEMORY_FILE)
     per_user = result.pop("per_user", None)
     if per_user is not None:  # item ids instead of catalog indices, for people reading the file
         per_user.insert(0, "target_item_id", dataset.items["item_id"].to_numpy()[per_user.pop("target").to_numpy()])
         per_user.to_csv(Path(run_dir) / f"eval_{split}_users.csv", index=False)
-    write_json(Path(run_dir) / f"eval_{split}.json", result)
+    write_json(Path(run_dir) / (f"eval_{split}.json" if decoder == "beam" else f"eval_{split}_{decoder}.json"), result)
     return result

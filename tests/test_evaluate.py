@@ -79,3 +79,51 @@ def test_default_scoring_follows_the_objective(objective, formulation, expected)
     bear = SimpleNamespace() if formulation is None else SimpleNamespace(formulation=formulation)
     config = SimpleNamespace(train=SimpleNamespace(objective=objective), bear=bear)
     assert default_scoring(config) == expected
+
+
+def test_exact_decoder_lists_the_most_probable_items(setup):
+    model, tokenizer, dataset, encoder, trie, targets, exact = setup
+    result = evaluate(model, tokenizer, dataset, encoder, trie, max_users=USERS, scoring="masked", decoder="exact")
+    assert (result["decoder"], result["scoring"], result["certified_users"]) == ("exact", "masked", USERS)
+    ranks = full_rank(exact["masked"], targets)
+    assert result["metrics"]["HR@10"] == pytest.approx(float((ranks <= 10).float().mean()))
+    assert "pruning" not in result and "PR@10" not in result["metrics"]
+
+
+def test_beam_results_hold_the_exact_rankings_metrics_on_the_ranked_users(setup):
+    """What pruning costs: NDCG/HR@K of the exact ranking, from the ranks PR@K uses, on the same users."""
+    model, tokenizer, dataset, encoder, trie, targets, exact = setup
+    result = evaluate(model, tokenizer, dataset, encoder, trie, max_users=USERS, scoring="full", pruning_users=8)
+    ranks = full_rank(exact["full"], targets)[:8].float()
+    ceiling = result["exact_ranking"]
+    assert ceiling["users"] == 8 and result["decoder"] == "beam"
+    for k in (5, 10):
+        expected = float(torch.where(ranks <= k, 1 / torch.log2(ranks + 1), 0.0).mean())
+        assert result["metrics"][f"exact_NDCG@{k}"] == pytest.approx(expected) == ceiling[f"exact_NDCG@{k}"]
+        assert result["metrics"][f"exact_HR@{k}"] == pytest.approx(float((ranks <= k).float().mean()))
+        beam = torch.tensor(result["retrieved_rank"][:8]).float()  # beam search on the same 8 users
+        assert ceiling[f"decoded_HR@{k}"] == pytest.approx(float(((beam >= 1) & (beam <= k)).float().mean()))
+    # A beam list is a subset of the catalog in score order, so a returned positive sits no lower than its exact
+    # rank: pruning loses positives, but it can also lift them (the "ceiling" is not one per user).
+    found = beam >= 1
+    assert (beam[found] <= ranks[found]).all()
+
+
+def test_latent_decoder_builds_its_memory_once(setup, tmp_path):
+    model, tokenizer, dataset, encoder, trie, targets, exact = setup
+    path = tmp_path / "latent_memory.safetensors"
+    first = evaluate(model, tokenizer, dataset, encoder, trie, max_users=USERS, decoder="latent",
+                     latent_variant="local", latent_memory=path)
+    second = evaluate(model, tokenizer, dataset, encoder, trie, max_users=USERS, decoder="latent",
+                      latent_variant="local", latent_memory=path)
+    assert first["memory_built"] and not second["memory_built"] and path.is_file()
+    assert first["metrics"] == second["metrics"] and first["retrieved_rank"] == second["retrieved_rank"]
+    assert first["memory_examples"] == len(dataset.splits["train"])
+
+
+@pytest.mark.parametrize("kwargs,name", [({"decoder": "greedy"}, "decoder"), ({"node_budget": 0}, "node_budget"),
+                                         ({"latent_variant": "nearest"}, "variant")])
+def test_evaluate_refuses_bad_decoder_options(setup, kwargs, name):
+    model, tokenizer, dataset, encoder, trie, _, _ = setup
+    with pytest.raises(ValueError, match=name):
+        evaluate(model, tokenizer, dataset, encoder, trie, max_users=2, **kwargs)

@@ -118,24 +118,37 @@ def _edge_log_probs(model, input_ids, attention_mask, trie: ItemTrie, chunks: li
 
 
 def _chunk_logits(model, cache, attention_mask: torch.Tensor, chunk: _Chunk, trie: ItemTrie, dtype) -> torch.Tensor:
-    """Next-token logits after each window node of ``chunk`` ``[n, W, vocab]``, attending to the prompt
-    ``cache`` and the node's ancestors; the cache is cropped back to the prompt afterwards."""
+    """Next-token logits after each window node of ``chunk`` ``[n, W, vocab]``, the same chunk for all n prompts."""
+    n, c = attention_mask.shape[0], chunk.nodes.numel()
+    return tree_logits(model, cache, attention_mask, chunk.nodes.expand(n, c), chunk.depth.expand(n, c),
+                       chunk.ancestors.expand(n, c, c), chunk.window.numel(), trie, dtype)
+
+
+def tree_logits(model, cache, attention_mask: torch.Tensor, nodes: torch.Tensor, depth: torch.Tensor,
+                ancestors: torch.Tensor, keep: int, trie: ItemTrie, dtype) -> torch.Tensor:
+    """Next-token logits after the last ``keep`` of each prompt's own trie nodes ``[n, keep, vocab]``.
+
+    Row i feeds ``nodes[i] [c]`` (at ``depth[i]``; -1 = padding, attended by nothing) after its prompt,
+    attending to the prompt ``cache`` and to the nodes that ``ancestors[i] [c, c]`` allows (itself and its
+    ancestors: tree attention). The cache is cropped back to the prompt afterwards.
+    """
     n, prompt_width = attention_mask.shape
     dev = attention_mask.device
-    c = chunk.nodes.numel()
-    allowed = torch.cat([attention_mask.bool()[:, None, :].expand(n, c, prompt_width),
-                         chunk.ancestors.to(dev)[None].expand(n, c, c)], dim=2)
+    c = nodes.shape[1]
+    allowed = torch.cat([attention_mask.bool()[:, None, :].expand(n, c, prompt_width), ancestors.to(dev)], dim=2)
     mask4d = torch.zeros(n, 1, c, prompt_width + c, dtype=dtype, device=dev).masked_fill(~allowed[:, None],
                                                                                         torch.finfo(dtype).min)
+    tokens = trie.node_token[nodes.clamp(min=0)].clamp(min=0)  # [n, c]; padding feeds the root's -1 as token 0
     logits = model(
-        input_ids=trie.node_token[chunk.nodes].to(dev).expand(n, c),
+        input_ids=tokens.to(dev),
         attention_mask=mask4d,
-        position_ids=attention_mask.long().sum(-1)[:, None] + chunk.depth.to(dev)[None] - 1,
+        position_ids=attention_mask.long().sum(-1)[:, None] + depth.to(dev) - 1,  # [n, c]
         past_key_values=cache,
         use_cache=True,
+        logits_to_keep=keep,
     ).logits
     cache.crop(-c)  # back to the prompt: the next chunk reuses it
-    return logits[:, chunk.window.to(dev)]
+    return logits
 
 
 def _children(trie: ItemTrie, parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
