@@ -63,12 +63,12 @@ def test_negatives_are_never_the_positive_and_cover_every_other_item():
 
 
 def test_learns_the_synthetic_catalog_far_above_popularity():
-    dataset = generate_synthetic(SyntheticConfig(num_users=400, seed=3, p_successor=0.6))
-    popularity = evaluate_popularity(dataset)["metrics"]["NDCG@10"]
+    dataset = generate_synthetic(SyntheticConfig(num_users=200, seed=3, p_successor=0.8))
+    popularity = evaluate_popularity(dataset)["metrics"]["NDCG@10"]  # the same metric code, on the same users
+    small = dict(hidden_size=32, inner_size=64, dropout=0.1, attn_dropout=0.1, lr=5e-3, batch_size=32, eval_every=5)
     for loss in ("ce", "bce"):
-        config = SASRecConfig(loss=loss, epochs=15, dropout=0.1, attn_dropout=0.1, lr=3e-3, batch_size=64)
-        model, log = train_sasrec(dataset, config)
+        model, log = train_sasrec(dataset, SASRecConfig(loss=loss, epochs=10, **small))
         result = evaluate(model, dataset)
-        assert log["epochs_run"] == 15 and log["best_valid_ndcg10"] > 0
-        assert result["metrics"]["NDCG@10"] > 3 * popularity, loss
+        assert log["epochs_run"] == 10 and log["best_valid_ndcg10"] > 0
+        assert result["metrics"]["NDCG@10"] > 5 * popularity, (loss, result["metrics"], popularity)
         assert len(result["retrieved_rank"]) == len(dataset.splits["test"])
