@@ -421,7 +421,7 @@ def compare(
     objectives: Annotated[str, typer.Option(help="comma-separated objectives, each optionally with fields of its section: sft,msl,bear,bear:formulation=paper; SFT is always included as the baseline")] = "sft,msl,bear",
     model: Annotated[Optional[str], typer.Option(help="'smollm2-135m', 'tiny' or a Hugging Face model folder / hub name [default: the config's, else smollm2-135m]")] = None,
     seeds: Annotated[int, typer.Option(help="training seeds per objective (mean, std and a seed-noise test)")] = 1,
-    sasrec: Annotated[bool, typer.Option("--sasrec/--no-sasrec", help="also train the SASRec baseline (2 layers, 64 dims)")] = True,
+    baselines: Annotated[str, typer.Option(help="conventional baselines trained on the whole train split and ranked on the same users: comma-separated from sasrec, bert4rec; 'none' for the LMs only")] = "sasrec,bert4rec",
     max_train_examples: Annotated[Optional[int], typer.Option(help="train every run on the same seeded subsample")] = None,
     max_eval_users: Annotated[Optional[int], typer.Option(help="evaluate every run on the same seeded subsample of users")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="training epochs [default: the config's]")] = None,
@@ -435,12 +435,12 @@ def compare(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="experiment folder")] = Path("runs/compare"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="delete the experiment folder first")] = False,
 ):
-    """Train and evaluate several objectives (and SASRec) on the same data, model, seed and budget; one report.
+    """Train and evaluate several objectives (and SASRec, BERT4Rec) on the same data, model, seed and budget; one report.
 
     Interrupted (Ctrl-C)? Run the same command again: finished runs are kept, the current one resumes.
     """
     from bearrec.config import TrainConfig
-    from bearrec.experiments import EvalSettings, compare_plan
+    from bearrec.experiments import EvalSettings, compare_plan, parse_baselines
     from bearrec.models import SMOLLM2
     from bearrec.objectives.configs import OBJECTIVE_CONFIGS
 
@@ -462,7 +462,8 @@ def compare(
         raise ValueError(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVE_CONFIGS)}")
     settings = EvalSettings(beam_width=beam_width, max_users=max_eval_users, pruning_rate=pruning_rate,
                             pruning_users=pruning_users, pruning_node_budget=pruning_node_budget)
-    _run_experiment("compare", base, compare_plan(names, seeds, base.train.seed, sasrec), out_dir, settings, overwrite)
+    plan = compare_plan(names, seeds, base.train.seed, parse_baselines(baselines))
+    _run_experiment("compare", base, plan, out_dir, settings, overwrite)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

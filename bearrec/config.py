@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from bearrec.checks import check
+from bearrec.bert4rec import BERT4RecConfig
 from bearrec.io import write_text
 from bearrec.models import TINY, LoraSettings, TinyConfig
 from bearrec.objectives.configs import BeamSimConfig, BEARConfig, MSLConfig, SDPOConfig
@@ -100,7 +101,8 @@ class ExperimentConfig:
     lora_settings: LoraSettings = field(default_factory=LoraSettings)
     tiny: TinyConfig = field(default_factory=TinyConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
-    sasrec: SASRecConfig = field(default_factory=SASRecConfig)  # the conventional baseline of `bearrec compare`
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)  # the conventional baselines of `bearrec compare`
+    bert4rec: BERT4RecConfig = field(default_factory=BERT4RecConfig)
 
     @property
     def use_lora(self) -> bool:

@@ -1,6 +1,7 @@
 """Experiments: several runs on the same data, model, seed and budget, compared in one folder.
 
-``bearrec compare`` plans one run per objective (and SASRec) per seed; ``bearrec sweep`` plans one
+``bearrec compare`` plans one run per objective (and per conventional baseline, SASRec and BERT4Rec) per
+seed; ``bearrec sweep`` plans one
 run per point of a hyperparameter grid plus the SFT baseline. Each run lives in
 ``OUT/runs/<label>/seed<k>/`` (a normal run folder) and is finished once its ``result.json`` exists:
 a restarted experiment skips finished runs and resumes an interrupted one from its last checkpoint.
@@ -29,7 +30,7 @@ from bearrec.checks import check
 from bearrec.io import check_replaceable, mark, write_json
 from bearrec.report import METRIC_COLUMNS
 
-SASREC = "sasrec"
+BASELINES = ("sasrec", "bert4rec")  # conventional recommenders: config section = run label
 OBJECTIVE_SECTIONS = {"bear": "bear", "beam-sim": "beam_sim", "msl": "msl", "sdpo": "sdpo", "sdpo-bear": "sdpo"}
 BASELINE = "sft"
 SHORT_KEYS = {"weight", "temperature", "beam_width", "surrogate", "formulation", "candidates", "tau", "ats", "ats_eta",
@@ -99,7 +100,19 @@ def objective_variant(entry: str) -> dict[str, Any]:
     return overrides
 
 
-def compare_plan(objectives: list[str], seeds: int, base_seed: int = 0, sasrec: bool = True) -> list[RunSpec]:
+def parse_baselines(text: str) -> tuple[str, ...]:
+    """``"sasrec,bert4rec"`` -> ``("sasrec", "bert4rec")``; ``"none"`` or ``""`` -> ``()``."""
+    names = tuple(dict.fromkeys(n.strip().lower() for n in text.split(",") if n.strip()))
+    if names == ("none",):
+        return ()
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise ValueError(f"--baselines: unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)} or none")
+    return names
+
+
+def compare_plan(objectives: list[str], seeds: int, base_seed: int = 0,
+                 baselines: tuple[str, ...] = BASELINES) -> list[RunSpec]:
     """Seed-major order, so that every objective has a result early and later seeds refine them."""
     labels = list(dict.fromkeys(objectives))
     if BASELINE not in labels:
@@ -107,8 +120,7 @@ def compare_plan(objectives: list[str], seeds: int, base_seed: int = 0, sasrec: 
     specs = []
     for seed in range(base_seed, base_seed + seeds):
         specs += [RunSpec(name, seed, objective_variant(name)) for name in labels]
-        if sasrec:
-            specs.append(RunSpec(SASREC, seed))
+        specs += [RunSpec(name, seed) for name in baselines]
     return specs
 
 
@@ -181,7 +193,9 @@ def run_experiment(base: ExperimentConfig, specs: list[RunSpec], out_dir: str | 
                          "repeated grid values?")
     dataset = RecDataset.load(base.data)
     for spec in specs:  # fail on a bad override before hours of training, not after
-        if spec.label != SASREC:
+        if spec.label in BASELINES:
+            getattr(base, spec.label).validate(spec.label)
+        else:
             spec.config(base)
     plan = {"kind": kind, "base_config": base.to_dict(), "eval": asdict(settings)}
     previous = out / "experiment.json"
@@ -211,8 +225,9 @@ def run_experiment(base: ExperimentConfig, specs: list[RunSpec], out_dir: str | 
             console.print(f"[bold][{n}/{len(specs)}] {spec.label} seed {spec.seed}[/bold] "
                           f"(elapsed {_clock(time.perf_counter() - started)}{eta})")
         run_start = time.perf_counter()
-        if spec.label == SASREC:
-            result = _sasrec_run(dataset, replace(base.sasrec, seed=spec.seed), settings, folder, console)
+        if spec.label in BASELINES:
+            config = replace(getattr(base, spec.label), seed=spec.seed)
+            result = _baseline_run(spec.label, dataset, config, settings, folder, console)
         else:
             result = _lm_run(spec.config(base), dataset, settings, folder, console)
         result.update(label=spec.label, seed=spec.seed, overrides=spec.overrides, folder=spec.folder,
@@ -241,16 +256,19 @@ def _lm_run(config: ExperimentConfig, dataset: RecDataset, settings: EvalSetting
             "train_examples": log.get("examples"), "config": config.to_dict()}
 
 
-def _sasrec_run(dataset: RecDataset, config, settings: EvalSettings, folder: Path, console) -> dict:
-    from bearrec.sasrec import evaluate_sasrec, save_sasrec, train_sasrec
+def _baseline_run(name: str, dataset: RecDataset, config, settings: EvalSettings, folder: Path, console) -> dict:
+    """Train and evaluate a conventional baseline (``name`` in :data:`BASELINES`) by full catalog ranking."""
+    from bearrec.bert4rec import train_bert4rec
+    from bearrec.sasrec import train_sasrec
+    from bearrec.seqrec import evaluate, save_weights
 
     folder.mkdir(parents=True, exist_ok=True)
-    model, log = train_sasrec(dataset, config, console)
-    save_sasrec(model, folder / "model.safetensors")
-    result = evaluate_sasrec(model, dataset, settings.split, settings.max_users, settings.seed,
-                             top_k=settings.beam_width)
-    return {"kind": "sasrec", **result, "pruning": None, "seconds_per_epoch": log["seconds_per_epoch"],
+    model, log = {"sasrec": train_sasrec, "bert4rec": train_bert4rec}[name](dataset, config, console)
+    save_weights(model, folder / "model.safetensors")
+    result = evaluate(model, dataset, settings.split, settings.max_users, settings.seed, top_k=settings.beam_width)
+    return {"kind": name, **result, "pruning": None, "seconds_per_epoch": log["seconds_per_epoch"],
             "best_valid_ndcg10": log["best_valid_ndcg10"], "epochs_trained": log["epochs_run"],
+            "best_epoch": log["best_epoch"], "train_windows": log["train_windows"],
             "parameters": {"total": sum(p.numel() for p in model.parameters())}, "config": log["config"]}
 
 

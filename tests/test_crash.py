@@ -122,7 +122,7 @@ def test_train_killed_at_random_moments_resumes_to_identical_weights(syn, tmp_pa
 
 
 @pytest.mark.parametrize("command", [
-    ["compare", "--model", "tiny", "--objectives", "sft,bear", "--no-sasrec"],
+    ["compare", "--model", "tiny", "--objectives", "sft,bear", "--baselines", "none"],
     ["sweep", "--grid", "weight=0.5,2"],
 ], ids=["compare", "sweep"])
 def test_experiment_killed_at_a_random_moment_reaches_the_same_results(syn, tmp_path, command):

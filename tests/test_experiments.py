@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bearrec.cli import app
-from bearrec.experiments import (EvalSettings, compare_plan, evaluate_chosen_on_test, objective_variant, parse_grid,
-                                 sign_flip_test, summarize, sweep_plan)
+from bearrec.experiments import (EvalSettings, compare_plan, evaluate_chosen_on_test, objective_variant, parse_baselines,
+                                 parse_grid, sign_flip_test, summarize, sweep_plan)
 
 runner = CliRunner()
 
@@ -19,10 +19,19 @@ def _run(*args):
 
 
 def test_compare_plan_is_seed_major_with_sft_first():
-    specs = compare_plan(["bear", "beam-sim"], seeds=2, base_seed=5, sasrec=True)
+    specs = compare_plan(["bear", "beam-sim"], seeds=2, base_seed=5)
     assert [(s.label, s.seed) for s in specs] == [
-        ("sft", 5), ("bear", 5), ("beam-sim", 5), ("sasrec", 5), ("sft", 6), ("bear", 6), ("beam-sim", 6), ("sasrec", 6)]
+        ("sft", 5), ("bear", 5), ("beam-sim", 5), ("sasrec", 5), ("bert4rec", 5),
+        ("sft", 6), ("bear", 6), ("beam-sim", 6), ("sasrec", 6), ("bert4rec", 6)]
     assert specs[1].overrides == {"train.objective": "bear"} and specs[1].folder == "bear/seed5"
+    assert [s.label for s in compare_plan(["bear"], 1, baselines=parse_baselines("none"))] == ["sft", "bear"]
+
+
+def test_parse_baselines():
+    assert parse_baselines("sasrec,bert4rec") == ("sasrec", "bert4rec")
+    assert parse_baselines(" BERT4Rec ") == ("bert4rec",) and parse_baselines("none") == parse_baselines("") == ()
+    with pytest.raises(ValueError, match="unknown baseline.*gru4rec"):
+        parse_baselines("sasrec,gru4rec")
 
 
 def test_parse_grid_and_sweep_plan():
@@ -84,16 +93,17 @@ def test_compare_end_to_end_then_restart_skips_finished_runs(tmp_path):
     assert _run("prepare", "synthetic", "--out", data, "--users", 60).exit_code == 0
     args = ["compare", "--data", data, "--model", "tiny", "--objectives", "sft,bear", "--seeds", 2, "--epochs", 1,
             "--max-eval-users", 12, "--set", "train.batch_size=32", "--set", "train.valid_users=8",
-            "--set", "sasrec.epochs=2", "--set", "sasrec.eval_every=1", "--pruning-users", 8, "--out", out]
+            "--set", "sasrec.epochs=2", "--set", "bert4rec.epochs=2", "--pruning-users", 8, "--out", out]
     result = _run(*args)
     assert result.exit_code == 0, result.output
     for name in ("results.json", "results.md", "pr_at_k.png", "pruning.png", "efficiency.png", "experiment.json"):
         assert (out / name).is_file(), name
     report = json.loads((out / "results.json").read_text())
-    assert set(report["summary"]) == {"sft", "bear", "sasrec"} and len(report["runs"]) == 6
+    assert set(report["summary"]) == {"sft", "bear", "sasrec", "bert4rec"} and len(report["runs"]) == 8
     assert report["environment"]["versions"]["torch"] and report["base_config"]["model"] == "tiny"
     assert all(r["users"] == 12 for r in report["runs"])
-    assert report["summary"]["sasrec"]["mean"].get("PR@10") is None  # no beam search, no pruning rate
+    for name in ("sasrec", "bert4rec"):  # no beam search, no pruning rate; every run on the same users
+        assert report["summary"][name]["mean"].get("PR@10") is None and report["summary"][name]["users"] == 12
     assert report["summary"]["bear"]["pruning"]["ranked_users"] == 2 * 8  # two seeds, 8 of 12 users ranked
     md = (out / "results.md").read_text()
     assert "| bear vs sft |" in md and "Welch t-test over 2 seeds" in md and "seeds" in md
@@ -104,7 +114,7 @@ def test_compare_end_to_end_then_restart_skips_finished_runs(tmp_path):
     kept = (out / "runs" / "sft" / "seed0" / "result.json").stat().st_mtime_ns
     again = _run(*args)
     assert again.exit_code == 0
-    assert again.stderr.count("finished earlier, kept") == 5
+    assert again.stderr.count("finished earlier, kept") == 7
     assert (last / "result.json").is_file()
     assert (out / "runs" / "sft" / "seed0" / "result.json").stat().st_mtime_ns == kept
 
@@ -155,9 +165,20 @@ def test_compare_defaults_to_smollm2_with_a_cpu_budget(tmp_path, monkeypatch):
     assert result.exit_code == 130 and "run the same command again" in result.stderr
     assert seen["base"].model == "smollm2-135m" and seen["base"].train.max_train_examples == 512
     assert seen["base"].train.epochs == 1 and seen["base"].train.valid_users == 0 and seen["base"].train.lr == 3e-4
-    assert seen["settings"].max_users == 100 and seen["settings"].pruning_users == 30 and [s.label for s in seen["specs"]] == ["sft", "bear", "sasrec"]
+    assert seen["settings"].max_users == 100 and seen["settings"].pruning_users == 30 and [s.label for s in seen["specs"]] == ["sft", "bear", "sasrec", "bert4rec"]
     result = _run("compare", "--data", data, "--model", "tiny", "--objectives", "bear,nope", "--out", tmp_path / "c2")
     assert result.exit_code == 2 and "nope" in result.stderr
+    result = _run("compare", "--data", data, "--baselines", "sasrec,gru4rec", "--out", tmp_path / "c3")
+    assert result.exit_code == 2 and "gru4rec" in result.stderr
+
+
+
+def test_compare_refuses_a_bad_baseline_setting_before_training(tmp_path):
+    data = tmp_path / "data"
+    assert _run("prepare", "synthetic", "--out", data, "--users", 20).exit_code == 0
+    result = _run("compare", "--data", data, "--model", "tiny", "--set", "bert4rec.dropout=1", "--out", tmp_path / "c")
+    assert result.exit_code == 2 and "bert4rec.dropout must be in [0, 1): got 1" in result.stderr
+    assert not (tmp_path / "c" / "runs").exists()
 
 
 def test_bad_grid_values_fail_before_training(tmp_path):
@@ -196,7 +217,7 @@ def test_objective_variants():
     assert objective_variant("msl:tau=4.5:train.lr=0.002") == {"train.objective": "msl", "msl.tau": 4.5, "train.lr": 0.002}
     with pytest.raises(ValueError, match="name:field=value"):
         objective_variant("bear:formulation")
-    specs = compare_plan(["sft", "bear:formulation=paper"], seeds=1, sasrec=False)
+    specs = compare_plan(["sft", "bear:formulation=paper"], seeds=1, baselines=())
     assert [s.label for s in specs] == ["sft", "bear:formulation=paper"]
 
 

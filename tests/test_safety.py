@@ -49,7 +49,7 @@ def mydocs(tmp_path) -> Path:
 @pytest.mark.parametrize("command", [
     lambda out, syn: ["prepare", "synthetic", "--out", out, "--users", 20],
     lambda out, syn: ["train", syn, "--out", out, "--epochs", 1, *SMALL],
-    lambda out, syn: ["compare", "--data", syn, "--model", "tiny", "--objectives", "sft", "--no-sasrec",
+    lambda out, syn: ["compare", "--data", syn, "--model", "tiny", "--objectives", "sft", "--baselines", "none",
                       "--overwrite", "--out", out],
     lambda out, syn: ["sweep", "--data", syn, "--grid", "weight=0.5", "--overwrite", "--out", out],
     lambda out, syn: ["quickstart", "--out", out, "--users", 20, "--epochs", 1],

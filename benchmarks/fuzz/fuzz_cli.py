@@ -288,14 +288,14 @@ def out_safety_cases() -> list[Case]:
         Case("out/train-over-existing-run-without-resume", c, [*train, "--out", "run"], names=("run",),
              needs=("run",), mutable=()),
         Case("out/compare-overwrite-user-folder", c,
-             ["compare", "--data", "syn", "--model", "tiny", "--objectives", "sft", "--no-sasrec", "--max-eval-users",
+             ["compare", "--data", "syn", "--model", "tiny", "--objectives", "sft", "--baselines", "none", "--max-eval-users",
               "4", "--no-pruning-rate", "--epochs", "1", *SMALL_SETS, "--out", "mydocs", "--overwrite"],
              names=("mydocs",), files=docs, needs=("syn",)),
         Case("out/sweep-overwrite-user-folder", c,
              ["sweep", "--data", "syn", "--grid", "weight=1", "--max-eval-users", "4", "--epochs", "1", *SMALL_SETS,
               "--out", "mydocs", "--overwrite"], names=("mydocs",), files=docs, needs=("syn",)),
         Case("out/compare-into-user-folder", c,
-             ["compare", "--data", "syn", "--model", "tiny", "--objectives", "sft", "--no-sasrec", "--max-eval-users",
+             ["compare", "--data", "syn", "--model", "tiny", "--objectives", "sft", "--baselines", "none", "--max-eval-users",
               "4", "--no-pruning-rate", "--epochs", "1", *SMALL_SETS, "--out", "mydocs"],
              expect="either", files=docs, needs=("syn",), note="adds to a user folder: fine as long as nothing is lost"),
         Case("out/quickstart-into-user-folder", c,
@@ -355,7 +355,7 @@ def settings_cases() -> list[Case]:
         slug = f"{key}={value}".replace("/", "_") if value else f"{key}-empty"
         train(f"set-{slug}", [*objective, "--set", f"{key}={value}"], (field_name,), expect)
     # other commands' options (the ones that would run long if accepted are kept small)
-    cmp = ["compare", "--data", "syn", "--model", "tiny", "--objectives", "sft", "--no-sasrec", "--max-eval-users",
+    cmp = ["compare", "--data", "syn", "--model", "tiny", "--objectives", "sft", "--baselines", "none", "--max-eval-users",
            "4", "--no-pruning-rate", "--epochs", "1", *SMALL_SETS, "--out", "cmp"]
     swp = ["sweep", "--data", "syn", "--grid", "weight=1", "--max-eval-users", "4", "--epochs", "1", *SMALL_SETS,
            "--out", "swp"]

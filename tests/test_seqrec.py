@@ -1,0 +1,53 @@
+"""What SASRec and BERT4Rec share: training windows predict every train transition exactly once, bad settings
+give a one-line error naming the field, popularity is the floor."""
+
+import pytest
+import torch
+
+from bearrec.bert4rec import BERT4RecConfig
+from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
+from bearrec.sasrec import SASRecConfig
+from bearrec.seqrec import evaluate_popularity, training_windows, user_sequences
+
+
+def test_windows_predict_each_train_transition_once():
+    dataset = generate_synthetic(SyntheticConfig(num_users=50, seed=1, min_sequence=4, max_sequence=30))
+    sequences = user_sequences(dataset)
+    assert len(sequences) == dataset.splits["train"]["user_id"].nunique()  # one chain per user
+    windows = training_windows(sequences, 6)  # [W, 6]
+    pairs = windows[:, :-1].reshape(-1), windows[:, 1:].reshape(-1)
+    predicted = sorted((a - 1, b - 1) for a, b in zip(*(p.tolist() for p in pairs)) if a > 0)
+    histories, targets = dataset.examples("train")  # leave-one-out: each row adds one transition
+    assert predicted == sorted((h[-1], t) for h, t in zip(histories, targets))
+    assert len(windows) > len(sequences)  # some users are longer than a window
+
+
+def test_popularity_recommends_the_most_frequent_train_targets():
+    dataset = generate_synthetic(SyntheticConfig(num_users=50, seed=1))
+    result = evaluate_popularity(dataset, top_k=10)
+    counts = torch.bincount(torch.tensor(dataset.examples("train")[1]))
+    hits = [t for t in dataset.examples("test")[1] if counts[t] >= counts.topk(10).values[-1]]
+    assert result["users"] == len(dataset.splits["test"])
+    assert result["metrics"]["HR@10"] <= len(hits) / result["users"] + 1e-6
+
+
+@pytest.mark.parametrize("config, section, message", [
+    (SASRecConfig(hidden_size=0), "sasrec", "sasrec.hidden_size must be a positive integer: got 0"),
+    (SASRecConfig(dropout=1.0), "sasrec", "sasrec.dropout must be in [0, 1): got 1.0"),
+    (SASRecConfig(loss="bpr"), "sasrec", "sasrec.loss must be one of ce, bce: got 'bpr'"),
+    (SASRecConfig(num_heads=3), "sasrec", "sasrec.num_heads must divide sasrec.hidden_size (64): got 3"),
+    (SASRecConfig(lr=-1), "sasrec", "sasrec.lr must be a positive number: got -1"),
+    (SASRecConfig(epochs=2.5), "sasrec", "sasrec.epochs must be a positive integer: got 2.5"),
+    (BERT4RecConfig(mask_ratio=0), "bert4rec", "bert4rec.mask_ratio must be in (0, 1): got 0"),
+    (BERT4RecConfig(last_ratio=2), "bert4rec", "bert4rec.last_ratio must be in [0, 1]: got 2"),
+    (BERT4RecConfig(patience=-1), "bert4rec", "bert4rec.patience must be an integer >= 0: got -1"),
+])
+def test_bad_settings_name_the_field(config, section, message):
+    with pytest.raises(ValueError) as err:
+        config.validate(section)
+    assert str(err.value) == message
+
+
+def test_default_settings_are_valid():
+    SASRecConfig().validate("sasrec")
+    BERT4RecConfig().validate("bert4rec")
