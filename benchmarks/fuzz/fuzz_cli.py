@@ -368,7 +368,7 @@ def settings_cases() -> list[Case]:
         ("compare-beam-width-0", [*cmp, "--beam-width", "0"], (alt("beam_width"),), ("syn",)),
         ("compare-epochs-0", [*cmp, "--epochs", "0"], ("epochs",), ("syn",)),
         ("compare-objectives-unknown", [*cmp, "--objectives", "sft,dpo"], ("dpo",), ("syn",)),
-        ("compare-sasrec-heads-3", [*cmp, "--sasrec", "--set", "sasrec.num_heads=3"], ("num_heads",), ("syn",)),
+        ("compare-sasrec-heads-3", [*cmp, "--baselines", "sasrec", "--set", "sasrec.num_heads=3"], ("num_heads",), ("syn",)),
         ("sweep-seeds-0", [*swp, "--seeds", "0"], ("seeds",), ("syn",)),
         ("sweep-grid-weight-neg", [*swp, "--grid", "weight=-1,1"], ("weight",), ("syn",)),
         ("sweep-grid-unknown-section", [*swp, "--grid", "foo.bar=1,2"], ("foo",), ("syn",)),
