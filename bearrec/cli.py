@@ -385,7 +385,7 @@ def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: 
     import shlex
     import shutil
 
-    from bearrec.experiments import run_experiment, summarize, evaluate_chosen_on_test, verdict, write_report
+    from bearrec.experiments import evaluate_chosen_on_test, run_experiment, verdict, write_report
     from bearrec.io import check_replaceable
     from bearrec.report import rich_table, summary_runs
 
@@ -399,7 +399,7 @@ def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: 
         console.print(f"[yellow]interrupted:[/yellow] finished runs are kept in {out_dir}; "
                       "run the same command again to resume", soft_wrap=True)
         raise typer.Exit(130) from None
-    selection = evaluate_chosen_on_test(out_dir, results, summarize(results), base, settings, console) if kind == "sweep" else None
+    selection = evaluate_chosen_on_test(out_dir, results, base, settings, console) if kind == "sweep" else None
     rows = write_report(out_dir, results, base, settings, kind, shlex.join(["bearrec", *sys.argv[1:]]), grid, selection)
     out.print(rich_table(summary_runs(rows), f"{kind}: {len(results)} runs (mean over seeds, {settings.split} split)"))
     for label, row in rows.items():

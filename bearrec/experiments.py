@@ -192,10 +192,8 @@ def run_experiment(base: ExperimentConfig, specs: list[RunSpec], out_dir: str | 
         raise ValueError(f"two planned runs share a folder ({next(f for f in folders if folders.count(f) > 1)}): "
                          "repeated grid values?")
     dataset = RecDataset.load(base.data)
-    for spec in specs:  # fail on a bad override before hours of training, not after
-        if spec.label in BASELINES:
-            getattr(base, spec.label).validate(spec.label)
-        else:
+    for spec in specs:  # fail on a bad override before hours of training, not after (baselines: base.validate)
+        if spec.label not in BASELINES:
             spec.config(base)
     plan = {"kind": kind, "base_config": base.to_dict(), "eval": asdict(settings)}
     previous = out / "experiment.json"
@@ -272,20 +270,23 @@ def _baseline_run(name: str, dataset: RecDataset, config, settings: EvalSettings
             "parameters": {"total": sum(p.numel() for p in model.parameters())}, "config": log["config"]}
 
 
-def evaluate_chosen_on_test(out_dir: str | Path, results: list[dict], rows: dict, base: ExperimentConfig,
-                      settings: EvalSettings, console=None) -> dict:
+def evaluate_chosen_on_test(out_dir: str | Path, results: list[dict], base: ExperimentConfig,
+                            settings: EvalSettings, console=None) -> dict:
     """A sweep's model selection: the grid point with the best mean *validation* NDCG@10 over seeds is chosen,
     then it and the SFT baseline (every seed) are evaluated on the test split, once: their ``eval_test.json``
     is reused on a restart. The grid itself is never evaluated on test, so the choice cannot see test data.
     """
     if settings.split != "valid":
         raise ValueError("a sweep selects on the valid split; its grid is never evaluated on test")
-    candidates = [label for label in rows if label != BASELINE]
-    if not candidates:
+    valid: dict[str, list[float]] = {}  # label -> validation NDCG@10 of each seed
+    for r in results:
+        if r["label"] != BASELINE:
+            valid.setdefault(r["label"], []).append(r["metrics"]["NDCG@10"])
+    if not valid:
         return {}
-    chosen = max(candidates, key=lambda label: rows[label]["mean"].get("NDCG@10", -math.inf))
+    chosen = max(valid, key=lambda label: float(np.mean(valid[label])))
     test = replace(settings, split="test")
-    dataset = RecDataset.load(base.data)
+    dataset = None  # loaded once, and only if some test result is not saved yet
     tested = []
     for r in results:
         if r["label"] not in (BASELINE, chosen):
@@ -297,6 +298,7 @@ def evaluate_chosen_on_test(out_dir: str | Path, results: list[dict], rows: dict
         else:
             from bearrec.runs import evaluate_run
 
+            dataset = dataset or RecDataset.load(base.data)
             if console:
                 console.print(f"test split: {r['label']} seed {r['seed']}")
             result = evaluate_run(folder, split="test", beam_width=test.beam_width, max_users=test.max_users,
@@ -307,7 +309,7 @@ def evaluate_chosen_on_test(out_dir: str | Path, results: list[dict], rows: dict
                        "retrieved_rank": result["retrieved_rank"], "seconds_per_epoch": r["seconds_per_epoch"]})
     return {"criterion": "best mean validation NDCG@10 over seeds", "chosen": chosen,
             "point": next(r["overrides"] for r in results if r["label"] == chosen),
-            "valid_ndcg10": rows[chosen]["mean"].get("NDCG@10"), "test": summarize(tested),
+            "valid_ndcg10": float(np.mean(valid[chosen])), "test": summarize(tested),
             "test_users": tested[0]["users"] if tested else 0}
 
 

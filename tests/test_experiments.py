@@ -223,4 +223,4 @@ def test_objective_variants():
 
 def test_chosen_point_is_never_picked_on_test(tmp_path):
     with pytest.raises(ValueError, match="valid split"):
-        evaluate_chosen_on_test(tmp_path, [], {}, None, EvalSettings(split="test"))
+        evaluate_chosen_on_test(tmp_path, [], None, EvalSettings(split="test"))
