@@ -115,9 +115,7 @@ def atomic_folder(folder: str | os.PathLike, kind: str) -> Iterator[Path]:
     check_replaceable(folder, kind)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{_TMP}-{os.getpid()}-", dir=folder.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700 folders; give the result normal permissions
+    _normal_permissions(tmp, 0o777)  # mkdtemp makes 0700 folders
     try:
         yield tmp
         mark(tmp, kind)
@@ -125,6 +123,13 @@ def atomic_folder(folder: str | os.PathLike, kind: str) -> Iterator[Path]:
         _swap_into_place(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # the new folder on failure, the old one after an exchange
+
+
+def _normal_permissions(path: str | os.PathLike, mode: int) -> None:
+    """Give a private temporary file or folder the permissions a plain ``open``/``mkdir`` would (``mode`` & ~umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
 
 
 def _swap_into_place(new: Path, folder: Path) -> None:
@@ -196,9 +201,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the result normal permissions
+        _normal_permissions(tmp, 0o666)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
