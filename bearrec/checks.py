@@ -1,4 +1,5 @@
-"""The one shape of an option error, shared by every config dataclass's ``validate(section)``.
+"""The one shape of an option error, shared by every config dataclass's ``validate(section)``, and the one
+line an exception becomes in an error message (:func:`first_line`).
 
 Each config dataclass (``TrainConfig``, ``TinyConfig``, ``BEARConfig``, ...) checks its own fields in a
 ``validate(section)`` method with :func:`check`; ``ExperimentConfig.validate`` calls them all, so an option
@@ -6,6 +7,12 @@ is validated in one place whether it came from a flag, ``--set`` or a YAML file.
 """
 
 from __future__ import annotations
+
+
+def first_line(err: BaseException, limit: int | None = None) -> str:
+    """An exception as one line for an error message: its first line (cut to ``limit``), or its class name."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return line[:limit] if limit else line
 
 
 def check(ok: bool, section: str, name: str, rule: str, value) -> None:

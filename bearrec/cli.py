@@ -69,10 +69,12 @@ def _cli_errors(func):
         try:
             return func(*args, **kwargs)
         except (DataError, ValueError, KeyError, OSError) as err:
-            text = str(err).strip()
+            from bearrec.checks import first_line
+
+            text = first_line(err)
             if isinstance(err, OSError) and err.filename and err.strerror:  # e.g. permission denied on --out
                 text = f"{err.filename}: {err.strerror.lower()}"
-            _error(rich_escape(text.splitlines()[0] if text else type(err).__name__))
+            _error(rich_escape(text))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/yellow]: finished work is kept (train: --resume; compare, sweep: "

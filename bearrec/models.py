@@ -22,7 +22,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from bearrec.checks import check
+from bearrec.checks import check, first_line
 from bearrec.io import atomic_folder
 
 TINY = "tiny"
@@ -187,13 +187,13 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except Exception as err:  # OSError, safetensors' and pickle's errors share no base class
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        reason = first_line(err, 200)
         if Path(path).is_dir():
             damaged = _damaged_weights(Path(path))
             what = f"{damaged} is damaged or incomplete" if damaged else "its files are damaged or incomplete"
-            raise ValueError(f"cannot load model {path!r}: {what} ({first_line})") from None
+            raise ValueError(f"cannot load model {path!r}: {what} ({reason})") from None
         if isinstance(err, OSError):
-            raise ValueError(f"cannot load model {path!r}: not a model folder, and not reachable on the hub ({first_line})") from None
+            raise ValueError(f"cannot load model {path!r}: not a model folder, and not reachable on the hub ({reason})") from None
         raise
     if tokenizer.eos_token_id is None:
         raise ValueError(f"model {path!r}: its tokenizer has no EOS token, which ends every item title")

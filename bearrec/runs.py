@@ -34,6 +34,7 @@ from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, PromptTemplate
 from bearrec.decoding.latent import MEMORY_FILE
 from bearrec.evaluate import evaluate
+from bearrec.checks import first_line
 from bearrec.io import atomic_folder, check_replaceable, folder_kind, write_json
 from bearrec.models import TINY, build_tiny_model, count_parameters, load_model, save_model, tiny_model_for
 
@@ -98,7 +99,7 @@ def verify_checkpoint(checkpoint: str | os.PathLike) -> None:
             if isinstance(err, pickle.UnpicklingError):
                 reason = "it holds more than tensors, which weights-only loading refuses"
             else:
-                reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+                reason = first_line(err, 160)
             raise ValueError(f"{path}: unreadable ({reason}); the checkpoint is damaged, delete {checkpoint} "
                              "to resume from the checkpoint before it") from None
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bearrec.checks import first_line
 from bearrec.io import atomic_folder
 
 SPLITS = ("train", "valid", "test")
@@ -149,7 +150,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     try:
         return pd.read_parquet(path)
     except Exception as err:  # pyarrow's errors: missing, truncated or not parquet at all
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:120]
+        reason = first_line(err).split(". ")[0][:120]
         raise DataError(path, f"damaged or missing dataset file ({reason}); prepare the dataset again") from None
 
 
