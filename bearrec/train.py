@@ -26,6 +26,7 @@ from bearrec.config import ExperimentConfig
 from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, left_pad
 from bearrec.decoding.beam_search import position_ids_from_mask
+from bearrec.checks import first_line
 from bearrec.io import write_json
 from bearrec.objectives import IGNORE_INDEX, pruning_margin, sequence_log_probs
 
@@ -147,7 +148,9 @@ class RecTrainer(Trainer):
             if self._logging_step():
                 with torch.no_grad():  # what the logs show: SFT and regulariser parts, share of tokens beam search would prune
                     positive = labels[::group]  # S-DPO: the positives' rows
-                    candidates = self.trie.label_candidates(positive)  # trie-valid top B, as constrained search ranks them
+                    # trie-valid top B, as constrained search ranks them (the collator's, when the batch has them)
+                    candidates = (inputs["candidates"][::group] if "candidates" in inputs
+                                  else self.trie.label_candidates(positive))
                     ce, delta, can_prune, _ = pruning_margin(logits.detach()[::group], positive,
                                                              getattr(self.objective, "beam_width", 10), candidates)
                     p["sft"] += float(ce.mean())
@@ -248,7 +251,7 @@ def load_reference(objective, model, tokenizer):
     try:
         model.load_state_dict(reference.state_dict())
     except RuntimeError as err:
-        raise ValueError(f"sdpo.reference {folder}: its weights do not fit this run's model ({str(err).splitlines()[0]})") from None
+        raise ValueError(f"sdpo.reference {folder}: its weights do not fit this run's model ({first_line(err)})") from None
     for parameter in reference.parameters():
         parameter.requires_grad_(False)
     return reference
