@@ -37,6 +37,8 @@ class Objective(str, Enum):
     msl = "msl"
     sdpo = "sdpo"
     sdpo_bear = "sdpo-bear"
+    apao_pointwise = "apao-pointwise"
+    apao_pairwise = "apao-pairwise"
 
 
 class Formulation(str, Enum):
@@ -158,7 +160,7 @@ def train(
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override any config field: section.field=value, e.g. train.grad_accum_steps=4")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="run folder")] = Path("runs/run"),
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last complete checkpoint (its saved config is used)")] = False,
-    objective: Annotated[Optional[Objective], typer.Option(help="sft: cross-entropy (eq. 2.1); bear: beam-search-aware (the authors' released loss, or eq. 3.5 with --formulation paper); beam-sim: beam search simulated in training (eq. 3.1); msl: masked softmax over trie-valid tokens; sdpo: softmax DPO against --reference; sdpo-bear: S-DPO + BEAR (Figure 7) [default: sft]")] = None,
+    objective: Annotated[Optional[Objective], typer.Option(help="sft: cross-entropy (eq. 2.1); bear: beam-search-aware (the authors' released loss, or eq. 3.5 with --formulation paper); beam-sim: beam search simulated in training (eq. 3.1); msl: masked softmax over trie-valid tokens; sdpo: softmax DPO against --reference; sdpo-bear: S-DPO + BEAR (Figure 7); apao-pointwise / apao-pairwise: APAO's prefix losses (--set apao.beta=0.1 ...) [default: sft]")] = None,
     model: Annotated[Optional[str], typer.Option(help="'tiny' (built from a config, tokenizer trained on the data) or a Hugging Face model folder / hub name [default: tiny]")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="training epochs (the paper: 10) [default: 3]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="learning rate [default: 1e-3 for tiny, 1e-4 with LoRA as in the paper]")] = None,
@@ -191,7 +193,8 @@ def train(
         cfg = None
     else:
         section = {Objective.beam_sim: "beam_sim", Objective.msl: "msl", Objective.sdpo: "sdpo",
-                   Objective.sdpo_bear: "sdpo"}.get(objective, "bear")
+                   Objective.sdpo_bear: "sdpo", Objective.apao_pointwise: "apao",
+                   Objective.apao_pairwise: "apao"}.get(objective, "bear")
         flags = {
             "data": str(data) if data else None, "model": model, "lora": lora, "lora_settings.rank": lora_rank,
             "train.objective": objective.value if objective else None, "train.epochs": epochs, "train.lr": lr,

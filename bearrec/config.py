@@ -22,7 +22,7 @@ from bearrec.checks import check
 from bearrec.bert4rec import BERT4RecConfig
 from bearrec.io import write_text
 from bearrec.models import TINY, LoraSettings, TinyConfig
-from bearrec.objectives.configs import BeamSimConfig, BEARConfig, MSLConfig, SDPOConfig
+from bearrec.objectives.configs import APAOConfig, BeamSimConfig, BEARConfig, MSLConfig, SDPOConfig
 from bearrec.sasrec import SASRecConfig
 
 
@@ -31,7 +31,7 @@ class TrainConfig:
     """Optimisation and model selection. The paper: 10 epochs, LoRA rank 8, lr 1e-4, AdamW, batch 128,
     best validation NDCG@10 kept."""
 
-    objective: str = "sft"  # sft | bear | beam-sim | msl | sdpo | sdpo-bear
+    objective: str = "sft"  # sft | bear | beam-sim | msl | sdpo | sdpo-bear | apao-pointwise | apao-pairwise
     epochs: int = 3
     lr: float | None = None  # None: 1e-3 for the tiny model trained from scratch, 1e-4 with LoRA
     batch_size: int = 32  # per device
@@ -99,6 +99,7 @@ class ExperimentConfig:
     beam_sim: BeamSimConfig = field(default_factory=BeamSimConfig)
     msl: MSLConfig = field(default_factory=MSLConfig)
     sdpo: SDPOConfig = field(default_factory=SDPOConfig)  # sdpo and sdpo-bear
+    apao: APAOConfig = field(default_factory=APAOConfig)  # apao-pointwise and apao-pairwise
     lora_settings: LoraSettings = field(default_factory=LoraSettings)
     tiny: TinyConfig = field(default_factory=TinyConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
@@ -134,7 +135,9 @@ class ExperimentConfig:
         if name not in OBJECTIVE_CONFIGS:
             raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVE_CONFIGS)}")
         sections = {"bear": self.bear, "beam-sim": self.beam_sim, "msl": self.msl,
-                    "sdpo": self.sdpo.for_objective("sdpo"), "sdpo-bear": self.sdpo.for_objective("sdpo-bear")}
+                    "sdpo": self.sdpo.for_objective("sdpo"), "sdpo-bear": self.sdpo.for_objective("sdpo-bear"),
+                    "apao-pointwise": self.apao.for_objective("apao-pointwise"),
+                    "apao-pairwise": self.apao.for_objective("apao-pairwise")}
         return sections.get(name) or OBJECTIVE_CONFIGS[name]()
 
     def validate(self) -> None:
