@@ -38,6 +38,8 @@ class TrainConfig:
     grad_accum_steps: int = 1  # effective batch = batch_size * grad_accum_steps * devices
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
+    lr_scheduler: str = "linear"  # linear | cosine (APAO) | constant: the Trainer's lr_scheduler_type after warm-up
+    group_by_length: bool = False  # batches of similar lengths (less padding; batch order no longer uniform)
     grad_clip: float = 1.0
     seed: int = 0
     bf16: str = "auto"  # auto: bf16 on GPUs that support it, fp32 on CPU; or "true"/"false"
@@ -58,6 +60,8 @@ class TrainConfig:
             check(getattr(self, name) >= 1, section, name, "at least 1", getattr(self, name))
         check(self.weight_decay >= 0, section, "weight_decay", "at least 0", self.weight_decay)
         check(0 <= self.warmup_ratio < 1, section, "warmup_ratio", "in [0, 1)", self.warmup_ratio)
+        check(self.lr_scheduler in ("linear", "cosine", "constant"), section, "lr_scheduler", "linear, cosine or constant",
+              self.lr_scheduler)
         check(self.grad_clip > 0, section, "grad_clip", "positive", self.grad_clip)
         check(self.seed >= 0, section, "seed", "at least 0", self.seed)
         check(self.bf16 in ("auto", "true", "false"), section, "bf16", "auto, true or false", self.bf16)

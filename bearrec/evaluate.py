@@ -30,7 +30,7 @@ def evaluate(
     trie: ItemTrie,
     split: str = "test",
     beam_width: int = 10,
-    ks: tuple[int, ...] = (5, 10),
+    ks: tuple[int, ...] | None = None,
     max_users: int | None = None,
     seed: int = 0,
     batch_size: int = 32,
@@ -99,6 +99,7 @@ def evaluate(
         raise ValueError(f"pruning_users must be at least 0, not {pruning_users}")
     if split not in dataset.splits:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(dataset.splits)}")
+    ks = ks or ((5, 10, 20) if beam_width >= 20 else (5, 10))  # @20 where the beam holds 20 items (APAO: B = 20)
     if max(ks) > beam_width:
         raise ValueError(f"K={max(ks)} exceeds the beam width {beam_width}: beam search returns only B items")
     prompts, target_list = encode_split(dataset, split, encoder, max_users, seed)

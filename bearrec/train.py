@@ -124,14 +124,26 @@ class RecTrainer(Trainer):
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean: let the Trainer divide by the accumulation steps
 
     def __init__(self, *args, objective, trie: ItemTrie, valid: tuple[list, list] | None, beam_width: int,
-                 scoring: str = "full", length_penalty: float = 0.0, reference=None, **kwargs):
+                 scoring: str = "full", length_penalty: float = 0.0, reference=None, group_by_length: bool = False,
+                 **kwargs):
         super().__init__(*args, **kwargs)
+        self.group_by_length = group_by_length
         self.objective, self.valid, self.beam_width = objective, valid, beam_width
         self.scoring, self.length_penalty = scoring, length_penalty  # decoded as evaluation will decode
         self.trie = trie.to(self.args.device)  # once, not on every decoding call
         self.prefix_counts = distinct_prefixes(self.trie)  # P_t of APAO's pairwise rescaling
         self.reference = reference.to(self.args.device).eval() if reference is not None else None
         self._reset_parts()
+
+    def _get_train_sampler(self, train_dataset=None):
+        """``train.group_by_length``: the Trainer's length-grouped sampler, with our examples' token counts."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.group_by_length:
+            return super()._get_train_sampler(train_dataset)
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    lengths=[len(e["prompt"]) + len(e["answer"]) for e in dataset])
 
     def _reset_parts(self) -> None:
         self._parts = {"sft": 0.0, "reg": 0.0, "violated": 0.0, "seen": 0, "batches": 0}
@@ -317,7 +329,7 @@ def train_model(
         learning_rate=config.learning_rate,
         weight_decay=tc.weight_decay,
         warmup_steps=tc.warmup_ratio,
-        lr_scheduler_type="linear",
+        lr_scheduler_type="constant_with_warmup" if tc.lr_scheduler == "constant" else tc.lr_scheduler,
         max_grad_norm=tc.grad_clip,
         seed=tc.seed,
         data_seed=tc.seed,
@@ -353,7 +365,7 @@ def train_model(
                 objective_negatives),
             processing_class=tokenizer, callbacks=callbacks, objective=objective, trie=trie, valid=valid,
             beam_width=tc.valid_beam_width, scoring=config.scoring, length_penalty=config.decoding.length_penalty,
-            reference=reference,
+            reference=reference, group_by_length=tc.group_by_length,
         )
         trainer.remove_callback(PrinterCallback)  # our progress bar and per-epoch lines replace its raw dicts
         trainer.train(resume_from_checkpoint=resume_from)
