@@ -140,7 +140,8 @@ def _config(data, objective, **overrides):
 
 @pytest.mark.parametrize("objective,overrides", [
     ("sft", {}), ("msl", {}), ("bear", {}), ("bear", {"bear.formulation": "paper"}), ("beam-sim", {}),
-    ("apao-pointwise", {}), ("apao-pointwise", {"apao.adaptive": False}), ("apao-pairwise", {"apao.eta": 0.5}),
+    ("apao-pointwise", {}), ("apao-pointwise", {"apao.adaptive": False}),
+    ("apao-pairwise", {"apao.eta": 0.5, "train.group_by_length": True, "train.lr_scheduler": "cosine"}),
 ])
 def test_every_objective_trains_over_codes(sid_data, tmp_path, objective, overrides):
     from bearrec.runs import train_run
@@ -185,6 +186,15 @@ def test_semantic_ids_config_checks(tmp_path):
         load_config(None, ["representation=codes"])
     with pytest.raises(ValueError, match="model: tiny"):
         load_config(None, ["representation=semantic-ids", "model=gpt2"])
+    with pytest.raises(ValueError, match="train.lr_scheduler"):
+        load_config(None, ["train.lr_scheduler=step"])
+    with pytest.raises(ValueError, match="apao.num_negatives"):
+        load_config(None, ["train.objective=apao-pairwise", "apao.num_negatives=0"])
+    apao_llama = load_config(Path(__file__).parent.parent / "configs" / "office-semantic-ids-apao-llama.yaml")
+    from bearrec.models import build_tiny_model
+
+    model = build_tiny_model(code_tokenizer([[c, c, c, c] for c in range(256)]), apao_llama.tiny)  # 1,028 tokens
+    assert 3.7e6 < sum(p.numel() for p in model.parameters()) < 3.9e6  # APAO's Llama: 3.67M without embeddings
     ds = generate_synthetic(SyntheticConfig(num_users=10, num_categories=2, items_per_category=4))
     with pytest.raises(ValueError, match="--semantic-ids"):
         dataset_codes(ds)
