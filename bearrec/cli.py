@@ -175,8 +175,8 @@ def train(
     tau: Annotated[Optional[float], typer.Option(help="softmax temperature of the masked softmax (bear official, msl, sdpo-bear) [default: 1]")] = None,
     ats: Annotated[Optional[bool], typer.Option("--ats/--no-ats", help="msl: adaptive temperature (ATS of the MSL repo; --tau is its start) [default: off]")] = None,
     reference: Annotated[Optional[Path], typer.Option(help="sdpo/sdpo-bear: run folder of the reference SFT model (the policy starts from it)")] = None,
-    negatives: Annotated[Optional[int], typer.Option(help="sdpo/sdpo-bear: sampled negative items per example (S-DPO: 3)")] = None,
-    beta: Annotated[Optional[float], typer.Option(help="sdpo/sdpo-bear: DPO beta (S-DPO: 1)")] = None,
+    negatives: Annotated[Optional[int], typer.Option(help="sdpo/sdpo-bear: sampled negative items per example (S-DPO: 3); apao-pairwise: uniform negatives (APAO: 100)")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="sdpo/sdpo-bear: DPO beta (S-DPO: 1); apao-*: weight of the prefix term (APAO: 0.1)")] = None,
     lora: Annotated[Optional[bool], typer.Option("--lora/--full", help="LoRA adapters or full fine-tuning [default: full for tiny, LoRA otherwise]")] = None,
     lora_rank: Annotated[Optional[int], typer.Option(help="LoRA rank (paper: 8)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="[default: 0]")] = None,
@@ -205,8 +205,9 @@ def train(
             f"{section}.surrogate": surrogate.value if surrogate else None,
             f"{section}.formulation": formulation.value if formulation else None,
             f"{section}.candidates": candidates.value if candidates else None, f"{section}.tau": tau,
-            "msl.ats": ats, "sdpo.reference": str(reference) if reference else None, "sdpo.negatives": negatives,
-            "sdpo.beta": beta,
+            "msl.ats": ats, "sdpo.reference": str(reference) if reference else None,
+            "apao.num_negatives" if section == "apao" else "sdpo.negatives": negatives,
+            "apao.beta" if section == "apao" else "sdpo.beta": beta,
         }
         cfg = load_config(config, _flag_sets(flags) + list(overrides or []))
     log = train_run(cfg, out_dir, resume=resume, console=console)
