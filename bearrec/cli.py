@@ -269,6 +269,22 @@ def evaluate(
         out.print(f"wrote {path}")
 
 
+# Decoder options shared by `recommend` and `serve` (named as in `evaluate`).
+DecoderNodeBudget = Annotated[Optional[int], typer.Option("--node-budget", help="--decoder exact: trie nodes expanded per history; a list not proven exact within it is the best found so far [default: no limit]")]
+LatentVariant = Annotated[str, typer.Option("--latent-variant", help="--decoder latent: global (each item = mean of its training states) or local (mean of the --latent-neighbors states nearest the user)")]
+LatentSimilarity = Annotated[str, typer.Option("--latent-similarity", help="--decoder latent: l2 (the paper's inverse L2 distance) or cosine")]
+LatentNeighbors = Annotated[int, typer.Option("--latent-neighbors", help="--decoder latent --latent-variant local: M, training states per item nearest the user")]
+DECODER_FLAGS = {"beam_width": "--beam-width", "node_budget": "--node-budget", "latent_variant": "--latent-variant",
+                 "latent_similarity": "--latent-similarity", "latent_neighbors": "--latent-neighbors"}
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
 @app.command()
 @_cli_errors
 def recommend(
@@ -277,18 +293,19 @@ def recommend(
     data: Annotated[Optional[Path], typer.Option(help="dataset folder [default: the one the run was trained on]")] = None,
     top_k: Annotated[int, typer.Option(help="how many items to print")] = 10,
     beam_width: Annotated[int, typer.Option(help="beam width B (at least top-k)")] = 10,
-    exclude_history: Annotated[bool, typer.Option("--exclude-history/--include-history", help="leave out items already in the history (the search then keeps B + len(history) beams, so that k items remain)")] = False,
+    exclude_history: Annotated[bool, typer.Option("--exclude-history/--include-history", help="leave out items already in the history (the search then keeps B + len(history) beams, or finds top-k + len(history) items, so that k items remain)")] = False,
+    decoder: Annotated[str, typer.Option(help="beam (constrained beam search, width --beam-width), exact (the top-k most probable items, best-first over the trie: nothing pruned) or latent (L2D: match the prompt's last hidden state with training prompts' states; its item memory is kept in the run folder)")] = "beam",
+    node_budget: DecoderNodeBudget = None,
+    latent_variant: LatentVariant = "global",
+    latent_similarity: LatentSimilarity = "l2",
+    latent_neighbors: LatentNeighbors = 5,
 ):
     """Print the top-K recommended titles for one history.
 
     Titles are matched after the same normalisation as `prepare` (HTML entities, Unicode NFC, whitespace).
     A history longer than the longest one in the training data keeps its most recent items (with a warning).
     """
-    from bearrec.catalog import build_trie
-    from bearrec.data.dataset import normalize_title
-    from bearrec.data.prompts import left_pad
-    from bearrec.decoding import constrained_beam_search
-    from bearrec.runs import load_run, prompt_encoder
+    from bearrec.recommender import Query, Recommender, RecommenderSettings
 
     if beam_width < 1:
         raise ValueError(f"--beam-width must be at least 1, got {beam_width}")
@@ -296,34 +313,21 @@ def recommend(
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
     if top_k > beam_width:
         raise ValueError(f"--top-k {top_k} exceeds --beam-width {beam_width}")
-    model, tokenizer, dataset, config = load_run(run, data)
-    by_title = {t: i for i, t in enumerate(dataset.titles)}
-    indices = []
-    for pos, entry in enumerate(history, 1):
-        title = normalize_title(entry)
-        if not title:
-            raise ValueError(f"history item {pos}: empty")
-        if title in by_title:
-            indices.append(by_title[title])
-        else:
-            try:
-                indices.append(dataset.item_index(entry.strip()))
-            except KeyError:
-                raise ValueError(f"history item {pos} ({entry!r}): neither an item id nor a title of the catalog") from None
-    seen = set(indices) if exclude_history else set()
-    window = max((len(h) for h in dataset.splits["train"]["history"]), default=len(indices))
-    if len(indices) > window:
-        warnings.warn(f"the history has {len(indices)} items; the model was trained on at most {window}: "
-                      f"using the {window} most recent")
-        indices = indices[-window:]
-    width = min(beam_width + len(seen), len(dataset.titles))
-    encoder = prompt_encoder(tokenizer, dataset, config)
-    ids, mask = left_pad(encoder.prompts([indices]), tokenizer.pad_token_id)
-    result = constrained_beam_search(model, ids, mask, build_trie(tokenizer, dataset.titles), beam_width=width,
-                                     scoring=config.scoring, length_penalty=config.decoding.length_penalty)
-    ranked = [(i, sc) for i, sc in zip(result.item_ids[0].tolist(), result.scores[0].tolist()) if i >= 0 and i not in seen]
-    for rank, (item, score) in enumerate(ranked[:top_k], 1):
-        out.print(f"{rank:>2}. {rich_escape(dataset.titles[item])}  [dim](item {rich_escape(str(dataset.items['item_id'][item]))}, log p = {score:.3f})[/dim]")
+    settings = RecommenderSettings(beam_width=beam_width, decoders=(decoder,), node_budget=node_budget,
+                                   latent_variant=latent_variant, latent_similarity=latent_similarity,
+                                   latent_neighbors=latent_neighbors)
+    settings.validate("recommend", {"decoders": "--decoder", **DECODER_FLAGS})
+    with _progress() as progress:
+        recommender = Recommender.from_run(run, data, settings, progress)
+    answer = recommender.recommend([Query(recommender.resolve(history), top_k, decoder, exclude_history)])[0]
+    for note in answer.warnings:
+        warnings.warn(note)
+    label = recommender.describe_scores(decoder)
+    for rank, (item, score) in enumerate(zip(answer.items, answer.scores), 1):
+        out.print(f"{rank:>2}. {rich_escape(recommender.titles[item])}  [dim](item {rich_escape(recommender.item_ids[item])}, {label} = {score:.3f})[/dim]")
+    if answer.certified is False:
+        console.print(f"[yellow]warning:[/yellow] --node-budget {node_budget} ran out before the list was proven "
+                      "exact: these are the most probable items found so far", soft_wrap=True)
 
 
 @app.command()
