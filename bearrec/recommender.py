@@ -21,7 +21,7 @@ would decode alone (the latent decoder scores users independently, so its querie
 from __future__ import annotations
 
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +124,7 @@ class Recommender:
         self._folded = [t.casefold() for t in self.titles]
         histories = dataset.splits["train"]["history"]
         self.window = max((len(h) for h in histories), default=0) or None  # longest history trained on
+        self.call_sizes: Counter = Counter()  # queries per decoder call -> calls (for the server's counters)
         self.memory = None
         if "latent" in self.settings.decoders:
             self.memory = _latent_memory(model, self.encoder, dataset, latent_memory, progress)
@@ -205,6 +206,7 @@ class Recommender:
             width = width or max(self.width(queries[n]) for n in members)
             ids, mask = left_pad(self.encoder.prompts(prompts), self.tokenizer.pad_token_id)
             items, scores, certified = self._decode(decoder, ids, mask, width)
+            self.call_sizes[len(members)] += 1
             for row, n in enumerate(members):
                 query = queries[n]
                 seen = set(query.history) if query.exclude_history else set()
