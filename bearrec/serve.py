@@ -96,7 +96,7 @@ class Batcher:
     async def submit(self, query: Query) -> Recommendation:
         future = asyncio.get_running_loop().create_future()
         self.queue.put_nowait((query, future))
-        if self.queue.qsize() >= self.max_batch:
+        if self.queue.qsize() >= self.max_batch - 1:  # with the query the batch task holds, a full batch
             self.full.set()
         return await future
 
@@ -334,7 +334,7 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None, 
 def listen(host: str, port: int) -> socket.socket:
     """A bound socket for ``host:port`` (port 0: any free port), or a one-line ``ValueError``."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # proto set: asyncio then sets TCP_NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
