@@ -344,7 +344,7 @@ def serve(
     batch_wait_ms: Annotated[float, typer.Option(help="how long a request waits for others to share its batch, in milliseconds")] = 5.0,
     max_batch: Annotated[int, typer.Option(help="requests per batch at most")] = 32,
     max_history: Annotated[int, typer.Option(help="history entries per request at most")] = 200,
-    max_body_bytes: Annotated[int, typer.Option(help="larger request bodies are refused (413)")] = 64 * 1024,
+    max_body_bytes: Annotated[int, typer.Option(help="larger request bodies are refused (413)")] = 256 * 1024,
     threads: Annotated[Optional[int], typer.Option(help="torch threads of the decoding worker [default: torch's, which follows OMP_NUM_THREADS]")] = None,
     node_budget: DecoderNodeBudget = None,
     latent_variant: LatentVariant = "global",
@@ -384,7 +384,10 @@ def serve(
               + (f"up to {max_batch} requests, {batch_wait_ms:g} ms" if batching else "off")
               + f") at {url_of(sock)}  (page: /, API docs: /docs; Ctrl-C stops)", soft_wrap=True)
     sys.stdout.flush()
-    server(app, log_level).run(sockets=[sock])
+    try:
+        server(app, log_level).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: the normal way to stop
+        console.print("stopped")
 
 
 @app.command()

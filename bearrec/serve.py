@@ -32,7 +32,8 @@ from fastapi import FastAPI, HTTPException
 from fastapi import Query as QueryParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bearrec.checks import check
 from bearrec.recommender import Query, Recommendation, Recommender
@@ -48,7 +49,7 @@ class ServeSettings:
     max_batch: int = 32  # requests per batch at most
     exclude_history: bool = True  # the default of a request's exclude_history
     max_history: int = 200  # history entries per request at most
-    max_body_bytes: int = 64 * 1024  # request bodies larger than this are refused (413)
+    max_body_bytes: int = 256 * 1024  # request bodies larger than this are refused (413)
 
     def validate(self, section: str = "serve", flags: dict[str, str] | None = None) -> None:
         flags = flags or {}
@@ -232,6 +233,11 @@ class Health(BaseModel):
     batching: BatchingStats
 
 
+def _integral(value):
+    """JSON Schema counts 8.0 as an integer: accept it as 8 (other types stay strict: "8" or true are refused)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _explain(error: dict, beam_width: int, max_history: int) -> str:
     """One pydantic/FastAPI validation error as ``field: what is wrong``."""
     loc = [part for part in error.get("loc", ()) if part not in ("body", "query")]
@@ -260,12 +266,13 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None, 
     examples = recommender.item_ids[:2]
 
     class RecommendRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"history": examples, "k": min(10, width)}]})
+        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"history": examples, "k": min(10, width)}]})
 
         history: list[Annotated[str, Field(min_length=1, max_length=2000)]] = Field(
             min_length=1, max_length=settings.max_history,
             description="item ids or exact titles the user interacted with, oldest first")
-        k: int = Field(min(10, width), ge=1, le=width, description="how many items (at most the beam width)")
+        k: Annotated[int, BeforeValidator(_integral)] = Field(min(10, width), ge=1, le=width,
+                                                               description="how many items (at most the beam width)")
         decoder: Literal[decoders] = Field("beam" if "beam" in decoders else decoders[0],
                                            description="beam: constrained beam search; exact: the k most probable "
                                                        "items; latent: L2D latent-space matching")
@@ -287,10 +294,18 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None, 
         text = "; ".join(_explain(e, width, settings.max_history) for e in err.errors())
         return JSONResponse({"detail": text}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, err: StarletteHTTPException):
+        detail = err.detail
+        if err.status_code == 400 and detail == "There was an error parsing the body":  # FastAPI's words for bytes
+            detail = "body: cannot be parsed; send a JSON object in UTF-8"  # that are not text, e.g. bad UTF-8
+        return JSONResponse({"detail": detail}, status_code=err.status_code, headers=err.headers)
+
     refused = {422: {"model": Error, "description": "the request is invalid; `detail` says why"}}
 
     @app.post("/recommend", response_model=Recommendations,
-              responses={**refused, 413: {"model": Error, "description": "the request body is too large"}})
+              responses={**refused, 400: {"model": Error, "description": "the body cannot be parsed (not UTF-8 text)"},
+                         413: {"model": Error, "description": "the request body is too large"}})
     async def recommend(request: RecommendRequest) -> Recommendations:
         """The top-k items for a history (ids or exact titles, oldest first)."""
         try:
