@@ -15,7 +15,7 @@ PAGE = """<!doctype html>
   .cols { display: grid; grid-template-columns: 1fr 1fr; gap: 2rem; }
   input[type=search] { width: 100%; box-sizing: border-box; padding: 0.45rem; font-size: 1rem; }
   ul#results { list-style: none; padding: 0; margin: 0.4rem 0; max-height: 18rem; overflow-y: auto; }
-  ul#results button { width: 100%; text-align: left; background: none; border: 0; padding: 0.3rem 0.4rem; cursor: pointer; }
+  ul#results button { width: 100%; text-align: left; background: none; border: 0; padding: 0.3rem 0.4rem; cursor: pointer; font: inherit; }
   ul#results button:hover { background: #eef3ff; }
   ol#history li { margin: 0.15rem 0; }
   ol#history button { margin-left: 0.4rem; font-size: 0.8rem; }
