@@ -360,7 +360,11 @@ def serve(
     import torch
 
     from bearrec.recommender import Recommender, RecommenderSettings
-    from bearrec.serve import ServeSettings, create_app, listen, server, url_of
+
+    try:
+        from bearrec.serve import ServeSettings, create_app, listen, server, url_of
+    except ImportError as err:
+        raise ValueError(f"bearrec serve needs FastAPI and uvicorn ({err}): pip install 'bearrec[serve]'") from None
 
     settings = RecommenderSettings(beam_width=beam_width, decoders=tuple(d.strip() for d in decoders.split(",") if d.strip()),
                                    node_budget=node_budget, latent_variant=latent_variant,
@@ -374,20 +378,20 @@ def serve(
         raise ValueError(f"--threads must be at least 1, got {threads}")
     if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise ValueError(f"--log-level must be one of critical, error, warning, info, debug, trace, got {log_level!r}")
-    sock = listen(host, port)  # a taken port is refused before the run is loaded
     if threads is not None:
         torch.set_num_threads(threads)
-    with _progress() as progress:
-        recommender = Recommender.from_run(run, data, settings, progress)
-    app = create_app(recommender, serving, run.resolve().name)
-    out.print(f"serving {run} ({len(recommender.titles)} items; decoders {', '.join(settings.decoders)}; batching "
-              + (f"up to {max_batch} requests, {batch_wait_ms:g} ms" if batching else "off")
-              + f") at {url_of(sock)}  (page: /, API docs: /docs; Ctrl-C stops)", soft_wrap=True)
-    sys.stdout.flush()
-    try:
-        server(app, log_level).run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: the normal way to stop
-        console.print("stopped")
+    with listen(host, port) as sock:  # a taken port is refused before the run is loaded
+        with _progress() as progress:
+            recommender = Recommender.from_run(run, data, settings, progress)
+        app = create_app(recommender, serving, run.resolve().name)
+        out.print(f"serving {run} ({len(recommender.titles)} items; decoders {', '.join(settings.decoders)}; batching "
+                  + (f"up to {max_batch} requests, {batch_wait_ms:g} ms" if batching else "off")
+                  + f") at {url_of(sock)}  (page: /, API docs: /docs; Ctrl-C stops)", soft_wrap=True)
+        sys.stdout.flush()
+        try:
+            server(app, log_level).run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: the normal way to stop
+            console.print("stopped")
 
 
 @app.command()

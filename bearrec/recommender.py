@@ -21,7 +21,7 @@ would decode alone (the latent decoder scores users independently, so its querie
 from __future__ import annotations
 
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,7 +124,6 @@ class Recommender:
         self._folded = [t.casefold() for t in self.titles]
         histories = dataset.splits["train"]["history"]
         self.window = max((len(h) for h in histories), default=0) or None  # longest history trained on
-        self.call_sizes: Counter = Counter()  # queries per decoder call -> calls (for the server's counters)
         self.memory = None
         if "latent" in self.settings.decoders:
             self.memory = _latent_memory(model, self.encoder, dataset, latent_memory, progress)
@@ -187,16 +186,21 @@ class Recommender:
         base = self.settings.beam_width if query.decoder == "beam" else query.k
         return min(base + seen, len(self.titles))
 
+    def groups(self, queries: list[Query]) -> dict[tuple[str, int | None], list[int]]:
+        """The decoder calls :meth:`recommend` makes for ``queries``: (decoder, search width or None for
+        ``latent``, which decodes at the group's widest) -> positions of the queries it decodes."""
+        groups = defaultdict(list)
+        for n, query in enumerate(queries):
+            groups[(query.decoder, None if query.decoder == "latent" else self.width(query))].append(n)
+        return dict(groups)
+
     @torch.inference_mode()
     def recommend(self, queries: list[Query]) -> list[Recommendation]:
         """Answers to ``queries``, in order; queries with the same decoder and search width share one call."""
         for query in queries:
             self.check_query(query)
         answers: list[Recommendation | None] = [None] * len(queries)
-        groups = defaultdict(list)
-        for n, query in enumerate(queries):
-            groups[(query.decoder, None if query.decoder == "latent" else self.width(query))].append(n)
-        for (decoder, width), members in groups.items():
+        for (decoder, width), members in self.groups(queries).items():
             prompts, used, notes = [], [], []
             for n in members:
                 history, note = self._window(queries[n].history)
@@ -206,7 +210,6 @@ class Recommender:
             width = width or max(self.width(queries[n]) for n in members)
             ids, mask = left_pad(self.encoder.prompts(prompts), self.tokenizer.pad_token_id)
             items, scores, certified = self._decode(decoder, ids, mask, width)
-            self.call_sizes[len(members)] += 1
             for row, n in enumerate(members):
                 query = queries[n]
                 seen = set(query.history) if query.exclude_history else set()

@@ -74,6 +74,7 @@ class Batcher:
         self.wait = settings.batch_wait_ms / 1000 if settings.batching else 0.0
         self.max_batch = settings.max_batch if settings.batching else 1
         self.batch_sizes: Counter = Counter()  # requests per batch -> batches
+        self.call_sizes: Counter = Counter()  # requests per decoder call -> calls
         self.queue: asyncio.Queue | None = None
 
     async def start(self) -> None:
@@ -102,7 +103,6 @@ class Batcher:
         return await future
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = [await self.queue.get()]
             if self.wait > 0 and self.queue.qsize() < self.max_batch - 1:
@@ -114,22 +114,29 @@ class Batcher:
             while len(batch) < self.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             batch = [(query, future) for query, future in batch if not future.done()]  # cancelled: client gone
-            if not batch:
-                continue
+            if batch:
+                await self._decode(batch)
+
+    async def _decode(self, batch: list) -> None:
+        """Decode one batch in the worker and answer its futures; an error goes to every request of the batch
+        (500, or 422 for a ValueError) and the loop goes on, so that no request is left waiting."""
+        queries = [query for query, _ in batch]
+        try:
             self.batch_sizes[len(batch)] += 1
-            try:
-                answers = await loop.run_in_executor(self.executor, self.recommender.recommend, [q for q, _ in batch])
-            except Exception as err:  # every request of the batch gets the error (500, or 422 for a ValueError)
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(err)
-                continue
-            for (_, future), answer in zip(batch, answers):
+            self.call_sizes.update(len(members) for members in self.recommender.groups(queries).values())
+            answers = await asyncio.get_running_loop().run_in_executor(self.executor, self.recommender.recommend,
+                                                                       queries)
+        except Exception as err:
+            for _, future in batch:
                 if not future.done():
-                    future.set_result(answer)
+                    future.set_exception(err)
+            return
+        for (_, future), answer in zip(batch, answers):
+            if not future.done():
+                future.set_result(answer)
 
     def stats(self) -> dict:
-        calls = self.recommender.call_sizes
+        calls = self.call_sizes
         return {"enabled": self.max_batch > 1, "wait_ms": self.wait * 1000, "max_batch": self.max_batch,
                 "requests": sum(n * c for n, c in self.batch_sizes.items()), "batches": sum(self.batch_sizes.values()),
                 "largest_batch": max(self.batch_sizes, default=0),
