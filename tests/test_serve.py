@@ -71,7 +71,7 @@ def _cli_ids(result) -> list[str]:
 
 # ---------------------------------------------------------------------------------------- answers
 def test_answers_equal_beam_search_and_the_cli(run, recommender, url, histories):
-    history = histories[0]
+    history = histories[2]  # three items
     indices = recommender.resolve(history)
     ids, mask = left_pad(recommender.encoder.prompts([indices]), recommender.tokenizer.pad_token_id)
     config = recommender.config
