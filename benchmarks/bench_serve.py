@@ -131,6 +131,23 @@ def stop_server(process: subprocess.Popen, timeout: float = 30.0) -> int:
     return process.returncode
 
 
+def decode_only(run: Path, bodies: list[dict], sizes: tuple[int, ...] = (1, 8, 32), requests: int = 64) -> dict:
+    """Milliseconds per request of :meth:`Recommender.recommend` in this process, no HTTP: the same requests
+    decoded alone and in batches of each size (what batching can gain at most)."""
+    from bearrec.recommender import Query, Recommender
+
+    recommender = Recommender.from_run(run)
+    queries = [Query(recommender.resolve(b["history"]), b["k"], b["decoder"]) for b in bodies[:requests]]
+    recommender.recommend(queries[:2])  # warm-up
+    result = {}
+    for size in sizes:
+        began = time.perf_counter()
+        for start in range(0, len(queries), size):
+            recommender.recommend(queries[start : start + size])
+        result[size] = 1000 * (time.perf_counter() - began) / len(queries)
+    return result
+
+
 def _default_run(tmp: Path) -> Path:
     from bearrec.config import ExperimentConfig, TrainConfig
     from bearrec.data.synthetic import generate_synthetic
@@ -153,6 +170,8 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
+    parser.add_argument("--decode-only", action="store_true",
+                        help="time the decoder alone and in batches in this process (no server, no HTTP) and exit")
     args = parser.parse_args()
 
     from bearrec.runs import load_run
@@ -161,6 +180,11 @@ def main() -> None:
     dataset = load_run(run)[2]
     bodies = request_bodies(dataset, args.k, args.decoder)
     levels = [int(c) for c in args.clients.split(",")]
+    if args.decode_only:
+        times = decode_only(run, bodies, tuple(levels))
+        print(f"{run}: {len(dataset.titles)} items, decoder {args.decoder}, k {args.k}; ms per request, no HTTP: "
+              + ", ".join(f"batches of {size}: {ms:.1f}" for size, ms in times.items()))
+        return
     results = []
     for batching in (True, False):
         flags = ["--batch-wait-ms", str(args.batch_wait_ms), "--max-batch", str(args.max_batch)] if batching \
