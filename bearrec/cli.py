@@ -269,11 +269,11 @@ def evaluate(
         out.print(f"wrote {path}")
 
 
-# Decoder options shared by `recommend` and `serve` (named as in `evaluate`).
-DecoderNodeBudget = Annotated[Optional[int], typer.Option("--node-budget", help="--decoder exact: trie nodes expanded per history; a list not proven exact within it is the best found so far [default: no limit]")]
-LatentVariant = Annotated[str, typer.Option("--latent-variant", help="--decoder latent: global (each item = mean of its training states) or local (mean of the --latent-neighbors states nearest the user)")]
-LatentSimilarity = Annotated[str, typer.Option("--latent-similarity", help="--decoder latent: l2 (the paper's inverse L2 distance) or cosine")]
-LatentNeighbors = Annotated[int, typer.Option("--latent-neighbors", help="--decoder latent --latent-variant local: M, training states per item nearest the user")]
+# Decoder options shared by `recommend` and `serve` (named as in `evaluate`; unset: the run's decoding section).
+DecoderNodeBudget = Annotated[Optional[int], typer.Option("--node-budget", help="--decoder exact: trie nodes expanded per history; a list not proven exact within it is the best found so far [default: the run's, no limit]")]
+LatentVariant = Annotated[Optional[str], typer.Option("--latent-variant", help="--decoder latent: global (each item = mean of its training states) or local (mean of the --latent-neighbors states nearest the user) [default: the run's, global]")]
+LatentSimilarity = Annotated[Optional[str], typer.Option("--latent-similarity", help="--decoder latent: l2 (the paper's inverse L2 distance) or cosine [default: the run's, l2]")]
+LatentNeighbors = Annotated[Optional[int], typer.Option("--latent-neighbors", help="--decoder latent --latent-variant local: M, training states per item nearest the user [default: the run's, 5]")]
 DECODER_FLAGS = {"beam_width": "--beam-width", "node_budget": "--node-budget", "latent_variant": "--latent-variant",
                  "latent_similarity": "--latent-similarity", "latent_neighbors": "--latent-neighbors"}
 
@@ -294,11 +294,11 @@ def recommend(
     top_k: Annotated[int, typer.Option(help="how many items to print")] = 10,
     beam_width: Annotated[int, typer.Option(help="beam width B (at least top-k)")] = 10,
     exclude_history: Annotated[bool, typer.Option("--exclude-history/--include-history", help="leave out items already in the history (the search then keeps B + len(history) beams, or finds top-k + len(history) items, so that k items remain)")] = False,
-    decoder: Annotated[str, typer.Option(help="beam (constrained beam search, width --beam-width), exact (the top-k most probable items, best-first over the trie: nothing pruned) or latent (L2D: match the prompt's last hidden state with training prompts' states; its item memory is kept in the run folder)")] = "beam",
+    decoder: Annotated[Optional[str], typer.Option(help="beam (constrained beam search, width --beam-width), exact (the top-k most probable items, best-first over the trie: nothing pruned) or latent (L2D: match the prompt's last hidden state with training prompts' states; its item memory is kept in the run folder) [default: the run's decoding.decoder, beam]")] = None,
     node_budget: DecoderNodeBudget = None,
-    latent_variant: LatentVariant = "global",
-    latent_similarity: LatentSimilarity = "l2",
-    latent_neighbors: LatentNeighbors = 5,
+    latent_variant: LatentVariant = None,
+    latent_similarity: LatentSimilarity = None,
+    latent_neighbors: LatentNeighbors = None,
 ):
     """Print the top-K recommended titles for one history.
 
@@ -313,12 +313,13 @@ def recommend(
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
     if top_k > beam_width:
         raise ValueError(f"--top-k {top_k} exceeds --beam-width {beam_width}")
-    settings = RecommenderSettings(beam_width=beam_width, decoders=(decoder,), node_budget=node_budget,
-                                   latent_variant=latent_variant, latent_similarity=latent_similarity,
-                                   latent_neighbors=latent_neighbors)
+    settings = RecommenderSettings(beam_width=beam_width, decoders=(decoder,) if decoder else None,
+                                   node_budget=node_budget, latent_variant=latent_variant,
+                                   latent_similarity=latent_similarity, latent_neighbors=latent_neighbors)
     settings.validate("recommend", {"decoders": "--decoder", **DECODER_FLAGS})
     with _progress() as progress:
         recommender = Recommender.from_run(run, data, settings, progress)
+    decoder = recommender.default_decoder
     answer = recommender.recommend([Query(recommender.resolve(history), top_k, decoder, exclude_history)])[0]
     for note in answer.warnings:
         warnings.warn(note)
@@ -326,7 +327,7 @@ def recommend(
     for rank, (item, score) in enumerate(zip(answer.items, answer.scores), 1):
         out.print(f"{rank:>2}. {rich_escape(recommender.titles[item])}  [dim](item {rich_escape(recommender.item_ids[item])}, {label} = {score:.3f})[/dim]")
     if answer.certified is False:
-        console.print(f"[yellow]warning:[/yellow] --node-budget {node_budget} ran out before the list was proven "
+        console.print(f"[yellow]warning:[/yellow] the node budget ({recommender.decoding.node_budget}) ran out before the list was proven "
                       "exact: these are the most probable items found so far", soft_wrap=True)
 
 
@@ -347,9 +348,9 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option(help="larger request bodies are refused (413)")] = 256 * 1024,
     threads: Annotated[Optional[int], typer.Option(help="torch threads of the decoding worker [default: torch's, which follows OMP_NUM_THREADS]")] = None,
     node_budget: DecoderNodeBudget = None,
-    latent_variant: LatentVariant = "global",
-    latent_similarity: LatentSimilarity = "l2",
-    latent_neighbors: LatentNeighbors = 5,
+    latent_variant: LatentVariant = None,
+    latent_similarity: LatentSimilarity = None,
+    latent_neighbors: LatentNeighbors = None,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level: critical, error, warning, info, debug, trace")] = "info",
 ):
     """Serve a run over HTTP: POST /recommend, GET /items?query=, GET /health, a page at / and the OpenAPI spec at /docs.
@@ -384,7 +385,7 @@ def serve(
         with _progress() as progress:
             recommender = Recommender.from_run(run, data, settings, progress)
         app = create_app(recommender, serving, run.resolve().name)
-        out.print(f"serving {run} ({len(recommender.titles)} items; decoders {', '.join(settings.decoders)}; batching "
+        out.print(f"serving {run} ({len(recommender.titles)} items; decoders {', '.join(recommender.decoders)}; batching "
                   + (f"up to {max_batch} requests, {batch_wait_ms:g} ms" if batching else "off")
                   + f") at {url_of(sock)}  (page: /, API docs: /docs; Ctrl-C stops)", soft_wrap=True)
         sys.stdout.flush()

@@ -4,7 +4,8 @@ answers, for one history or a batch of them.
 A :class:`Recommender` holds a loaded run (model, tokenizer, dataset, config, catalog trie, prompt encoder and,
 for the latent decoder, the item memory). It resolves history entries (item ids or titles, after the same
 normalisation as ``prepare``) to catalog indices, searches the catalog, and decodes a batch of
-:class:`Query` objects with one of three decoders:
+:class:`Query` objects with one of the three decoders of :func:`bearrec.decoding.decode`, set up as the run's
+``decoding`` section says unless :class:`RecommenderSettings` overrides it:
 
 * ``beam``: trie-constrained beam search of width B (``settings.beam_width``), the paper's decoding;
 * ``exact``: the k most probable items (:func:`~bearrec.decoding.exact_top_k`; nothing pruned);
@@ -16,63 +17,72 @@ number of distinct history items (beam width ``B + h``, exact/latent ``k + h``) 
 its list, so that k items remain. A query's answer depends only on the query: queries of one batch share a
 decoder call when they have the same decoder and search width, and a call decodes exactly what the query
 would decode alone (the latent decoder scores users independently, so its queries always share a call).
+(``evaluate --exclude-history`` instead widens every user's search by the longest history it evaluates.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from rich.progress import Progress
 
 from bearrec.catalog import build_trie
 from bearrec.checks import check
+from bearrec.config import DecodingConfig
 from bearrec.data.dataset import normalize_title
 from bearrec.data.prompts import left_pad
-from bearrec.decoding import constrained_beam_search, exact_top_k, item_memory, latent_decode
+from bearrec.decoding import DECODERS, decode
 from bearrec.decoding.latent import MEMORY_FILE, SIMILARITIES, VARIANTS
 from bearrec.decoding.scoring import SCORINGS
-from bearrec.evaluate import DECODERS
+from bearrec.evaluate import _latent_memory
 from bearrec.runs import load_run, prompt_encoder
 
 
 @dataclass
 class RecommenderSettings:
-    """How a :class:`Recommender` decodes. The defaults are the paper's (B = 10) and ``evaluate``'s."""
+    """How a :class:`Recommender` decodes. ``None`` takes the run's ``decoding`` section (as ``evaluate`` does);
+    B = 10 is the paper's."""
 
     beam_width: int = 10  # B of beam search, and the largest k a query may ask
-    decoders: tuple[str, ...] = ("beam", "exact")  # decoders to prepare (latent builds an item memory)
-    scoring: str | None = None  # full | masked; None: the run's (decoding.scoring, else its objective's)
-    length_penalty: float | None = None  # beam search only; None: the run's decoding.length_penalty
-    node_budget: int | None = None  # exact: trie nodes expanded per query (None: no limit, always certified)
-    latent_variant: str = "global"
-    latent_similarity: str = "l2"
-    latent_neighbors: int = 5
+    decoders: tuple[str, ...] | None = None  # decoders to offer (latent builds an item memory); None: the run's
+    scoring: str | None = None  # full | masked (beam, exact)
+    length_penalty: float | None = None  # beam
+    node_budget: int | None = None  # exact: trie nodes expanded per query (None in the run too: no limit)
+    latent_variant: str | None = None
+    latent_similarity: str | None = None
+    latent_neighbors: int | None = None
 
     def validate(self, section: str = "recommend", flags: dict[str, str] | None = None) -> None:
-        """Check every field; ``flags`` names a field's command-line flag in the message."""
+        """Check every field that is set; ``flags`` names a field's command-line flag in the message."""
         flags = flags or {}
 
         def rule(name: str, text: str) -> str:
             return f"{text} ({flags[name]})" if name in flags else text
 
         check(self.beam_width >= 1, section, "beam_width", rule("beam_width", "at least 1"), self.beam_width)
-        check(len(self.decoders) > 0 and set(self.decoders) <= set(DECODERS), section, "decoders",
-              rule("decoders", f"one or more of {', '.join(DECODERS)}"), ",".join(self.decoders))
-        check(self.scoring is None or self.scoring in SCORINGS, section, "scoring",
-              rule("scoring", f"one of {', '.join(SCORINGS)}, or unset for the run's"), self.scoring)
-        check(self.length_penalty is None or abs(self.length_penalty) < float("inf"), section, "length_penalty",
-              rule("length_penalty", "a finite number"), self.length_penalty)
-        check(self.node_budget is None or self.node_budget >= 1, section, "node_budget",
-              rule("node_budget", "at least 1, or unset for no limit"), self.node_budget)
-        check(self.latent_variant in VARIANTS, section, "latent_variant",
-              rule("latent_variant", " or ".join(VARIANTS)), self.latent_variant)
-        check(self.latent_similarity in SIMILARITIES, section, "latent_similarity",
-              rule("latent_similarity", " or ".join(SIMILARITIES)), self.latent_similarity)
-        check(self.latent_neighbors >= 1, section, "latent_neighbors", rule("latent_neighbors", "at least 1"),
-              self.latent_neighbors)
+        check(self.decoders is None or (len(self.decoders) > 0 and set(self.decoders) <= set(DECODERS)), section,
+              "decoders", rule("decoders", f"one or more of {', '.join(DECODERS)}"), self.decoders)
+        for name, ok, text in [
+            ("scoring", self.scoring in SCORINGS, " or ".join(SCORINGS)),
+            ("length_penalty", self.length_penalty is not None and abs(self.length_penalty) < float("inf"),
+             "a finite number"),
+            ("node_budget", self.node_budget is not None and self.node_budget >= 1, "at least 1"),
+            ("latent_variant", self.latent_variant in VARIANTS, " or ".join(VARIANTS)),
+            ("latent_similarity", self.latent_similarity in SIMILARITIES, " or ".join(SIMILARITIES)),
+            ("latent_neighbors", self.latent_neighbors is not None and self.latent_neighbors >= 1, "at least 1"),
+        ]:
+            value = getattr(self, name)
+            check(value is None or ok, section, name, rule(name, text + ", or unset for the run's"), value)
+
+    def decoding(self, run: DecodingConfig) -> DecodingConfig:
+        """The run's decoding section with the fields these settings set."""
+        fields = ("scoring", "length_penalty", "node_budget", "latent_variant", "latent_similarity", "latent_neighbors")
+        return dataclasses.replace(run, **{f: getattr(self, f) for f in fields if getattr(self, f) is not None})
 
 
 @dataclass
@@ -105,16 +115,18 @@ class Recommender:
     ``evaluate``) or from objects already in memory."""
 
     def __init__(self, model, tokenizer, dataset, config, settings: RecommenderSettings | None = None,
-                 latent_memory: str | os.PathLike | None = None, progress=None):
+                 latent_memory: str | os.PathLike | None = None, progress: Progress | None = None):
         """``latent_memory``: where the latent decoder's item memory is kept (loaded when it matches this
         model and train split, else built and saved there; None: built in memory only). ``progress``: a
         ``rich.progress.Progress`` for the memory's build."""
         self.settings = settings or RecommenderSettings()
         self.settings.validate()
         self.model, self.tokenizer, self.dataset, self.config = model, tokenizer, dataset, config
-        self.scoring = self.settings.scoring or config.scoring
-        self.length_penalty = (config.decoding.length_penalty if self.settings.length_penalty is None
-                               else self.settings.length_penalty)
+        self.decoding = self.settings.decoding(config.decoding)  # the run's decoding, with the settings' overrides
+        self.decoding.validate("decoding")
+        self.scoring = self.decoding.scoring or config.scoring
+        self.decoders = self.settings.decoders or (self.decoding.decoder,)
+        self.default_decoder = self.decoding.decoder if self.decoding.decoder in self.decoders else self.decoders[0]
         self.trie = build_trie(tokenizer, dataset.titles)
         self.encoder = prompt_encoder(tokenizer, dataset, config)
         self.titles = dataset.titles
@@ -124,17 +136,17 @@ class Recommender:
         self._folded = [t.casefold() for t in self.titles]
         histories = dataset.splits["train"]["history"]
         self.window = max((len(h) for h in histories), default=0) or None  # longest history trained on
-        self.memory = None
-        if "latent" in self.settings.decoders:
-            self.memory = _latent_memory(model, self.encoder, dataset, latent_memory, progress)
+        self.memory, self.memory_info = None, {}  # memory_built, memory_seconds, items_without_memory, ...
+        if "latent" in self.decoders:
+            self.memory = _latent_memory(model, self.encoder, dataset, latent_memory, 32,
+                                         progress or Progress(disable=True), self.memory_info)
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
-                 settings: RecommenderSettings | None = None, progress=None) -> "Recommender":
+                 settings: RecommenderSettings | None = None, progress: Progress | None = None) -> "Recommender":
         """Load a finished run folder (``data`` overrides its dataset) through :func:`~bearrec.runs.load_run`,
         the path ``evaluate`` takes (safetensors weights, one clear error for a bad folder)."""
-        settings = settings or RecommenderSettings()
-        settings.validate()
+        (settings or RecommenderSettings()).validate()  # before the model is loaded
         model, tokenizer, dataset, config = load_run(run_dir, data)
         return cls(model, tokenizer, dataset, config, settings, Path(run_dir) / MEMORY_FILE, progress)
 
@@ -172,9 +184,8 @@ class Recommender:
     # ------------------------------------------------------------------ decoding
     def check_query(self, query: Query) -> None:
         """A one-line ``ValueError`` for a query this recommender cannot answer."""
-        if query.decoder not in self.settings.decoders:
-            raise ValueError(f"decoder {query.decoder!r} is not available here; choose one of "
-                             f"{', '.join(self.settings.decoders)}")
+        if query.decoder not in self.decoders:
+            raise ValueError(f"decoder {query.decoder!r} is not available here; choose one of {', '.join(self.decoders)}")
         if not 1 <= query.k <= self.settings.beam_width:
             raise ValueError(f"k must be between 1 and the beam width {self.settings.beam_width}, got {query.k}")
         if not query.history:
@@ -229,39 +240,17 @@ class Recommender:
 
     def _decode(self, decoder: str, ids: torch.Tensor, mask: torch.Tensor, width: int):
         """``(item_ids [N, width], scores [N, width], certified [N] or None)`` of one decoder call."""
-        if decoder == "beam":
-            found = constrained_beam_search(self.model, ids, mask, self.trie, beam_width=width,
-                                            scoring=self.scoring, length_penalty=self.length_penalty)
-            return found.item_ids, found.scores, None
-        if decoder == "exact":
-            found = exact_top_k(self.model, ids, mask, self.trie, k=width, scoring=self.scoring,
-                                node_budget=self.settings.node_budget)
-            return found.item_ids, found.scores, found.certified
-        s = self.settings
-        found = latent_decode(self.model, ids, mask, self.memory, k=width, variant=s.latent_variant,
-                              similarity=s.latent_similarity, neighbors=s.latent_neighbors)
-        return found.item_ids, found.scores, None
+        d = self.decoding
+        found = decode(self.model, ids, mask, self.trie, k=width, decoder=decoder, scoring=self.scoring,
+                       length_penalty=d.length_penalty, node_budget=d.node_budget, memory=self.memory,
+                       latent_variant=d.latent_variant, latent_similarity=d.latent_similarity,
+                       latent_neighbors=d.latent_neighbors, batch_size=64)
+        return found.item_ids, found.scores, getattr(found, "certified", None)
 
     def describe_scores(self, decoder: str) -> str:
         """What a score means for ``decoder``, in a few words (``log p``: of the title + EOS, ``scoring``'s)."""
         if decoder == "latent":
-            return f"{self.settings.latent_similarity} similarity"
-        if decoder == "exact" or self.length_penalty == 0:
+            return f"{self.decoding.latent_similarity} similarity"
+        if decoder == "exact" or self.decoding.length_penalty == 0:
             return "log p"
-        return f"log p / length^{self.length_penalty:g}"
-
-
-def _latent_memory(model, encoder, dataset, path, progress):
-    """The latent decoder's item memory, loaded from ``path`` or built (with a progress task) and saved there."""
-    task = None
-
-    def opened(total: int) -> None:
-        nonlocal task
-        if progress is not None:
-            task = progress.add_task(f"L2D item memory from {total} training prompts", total=total)
-
-    def advance(n: int) -> None:
-        if task is not None:
-            progress.advance(task, n)
-
-    return item_memory(model, encoder, dataset, path, on_build=opened, progress=advance)[0]
+        return f"log p / length^{self.decoding.length_penalty:g}"

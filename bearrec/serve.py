@@ -237,6 +237,8 @@ class Health(BaseModel):
     length_penalty: float
     exclude_history: bool
     max_history: int
+    latent_memory: dict[str, float] = Field(description="latent decoder: memory_built, memory_seconds, "
+                                                        "memory_examples, items_without_memory (ranked last)")
     batching: BatchingStats
 
 
@@ -268,7 +270,7 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None, 
     settings = settings or ServeSettings()
     settings.validate()
     batcher = Batcher(recommender, settings)
-    decoders = recommender.settings.decoders
+    decoders = recommender.decoders
     width = recommender.settings.beam_width
     examples = recommender.item_ids[:2]
 
@@ -280,7 +282,7 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None, 
             description="item ids or exact titles the user interacted with, oldest first")
         k: Annotated[int, BeforeValidator(_integral)] = Field(min(10, width), ge=1, le=width,
                                                                description="how many items (at most the beam width)")
-        decoder: Literal[decoders] = Field("beam" if "beam" in decoders else decoders[0],
+        decoder: Literal[decoders] = Field(recommender.default_decoder,
                                            description="beam: constrained beam search; exact: the k most probable "
                                                        "items; latent: L2D latent-space matching")
         exclude_history: bool = Field(settings.exclude_history, description="never recommend an item of the history")
@@ -341,9 +343,9 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None, 
     async def health() -> Health:
         """Liveness, the served run's settings and the batching counters."""
         return Health(status="ok", run=name, items=len(recommender.titles), decoders=list(decoders), beam_width=width,
-                      scoring=recommender.scoring, length_penalty=recommender.length_penalty,
+                      scoring=recommender.scoring, length_penalty=recommender.decoding.length_penalty,
                       exclude_history=settings.exclude_history, max_history=settings.max_history,
-                      batching=BatchingStats(**batcher.stats()))
+                      latent_memory=recommender.memory_info, batching=BatchingStats(**batcher.stats()))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
