@@ -186,7 +186,9 @@ def test_a_bad_run_or_option_is_one_error_at_start_up(run, tmp_path):
     one_line_error(run_cli("serve", run, "--max-batch", 0), "--max-batch")
     one_line_error(run_cli("serve", run, "--beam-width", 0), "--beam-width")
     one_line_error(run_cli("recommend", run, "i00000", "--decoder", "greedy"), "--decoder")
-    with running(create_app(Recommender.from_run(run), ServeSettings())) as base:  # the port is taken
+    plain = Recommender.from_run(run)  # no decoders named: the run's decoding.decoder only
+    assert plain.decoders == ("beam",) and plain.default_decoder == "beam" and plain.memory is None
+    with running(create_app(plain, ServeSettings())) as base:  # the port is taken
         one_line_error(run_cli("serve", run, "--port", base.rsplit(":", 1)[1]), "cannot listen")
 
 
