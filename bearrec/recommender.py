@@ -17,7 +17,7 @@ number of distinct history items (beam width ``B + h``, exact/latent ``k + h``) 
 its list, so that k items remain. A query's answer depends only on the query: queries of one batch share a
 decoder call when they have the same decoder and search width, and a call decodes exactly what the query
 would decode alone (the latent decoder scores users independently, so its queries always share a call).
-(``evaluate --exclude-history`` instead widens every user's search by the longest history it evaluates.)
+(``evaluate --exclude-history`` decodes each user the same way.)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from bearrec.data.prompts import left_pad
 from bearrec.decoding import DECODERS, decode
 from bearrec.decoding.latent import MEMORY_FILE, SIMILARITIES, VARIANTS
 from bearrec.decoding.scoring import SCORINGS
-from bearrec.evaluate import _latent_memory
+from bearrec.evaluate import timed_item_memory
 from bearrec.runs import load_run, prompt_encoder
 
 
@@ -138,7 +138,7 @@ class Recommender:
         self.window = max((len(h) for h in histories), default=0) or None  # longest history trained on
         self.memory, self.memory_info = None, {}  # memory_built, memory_seconds, items_without_memory, ...
         if "latent" in self.decoders:
-            self.memory = _latent_memory(model, self.encoder, dataset, latent_memory, 32,
+            self.memory = timed_item_memory(model, self.encoder, dataset, latent_memory, 32,
                                          progress or Progress(disable=True), self.memory_info)
 
     @classmethod
