@@ -46,9 +46,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     mark(args.out, "experiment")
     points = []
-    for pressure in pressures:
-        oracle = oracle_pruning(SyntheticConfig(pruning_pressure=pressure, num_users=args.users))
-        for seed in range(args.seeds):
+    oracles = {p: oracle_pruning(SyntheticConfig(pruning_pressure=p, num_users=args.users))["PR@10"] for p in pressures}
+    for seed in range(args.seeds):  # seed-major: every pressure has a first result early
+        for pressure in pressures:
             folder = args.out / f"p{pressure:g}" / f"seed{seed}"
             done = folder / "results.json"
             if done.is_file():
@@ -58,7 +58,7 @@ def main() -> None:
                 cfg = QuickstartConfig(seed=seed, users=args.users, epochs=args.epochs, pruning_pressure=pressure,
                                        objectives=objectives)
                 runs = run_quickstart(folder, cfg)["runs"]
-            points.append({"pressure": pressure, "seed": seed, "oracle_PR@10": oracle["PR@10"],
+            points.append({"pressure": pressure, "seed": seed, "oracle_PR@10": oracles[pressure],
                            **{f"{o}_{m}": runs[o]["metrics"].get(m, math.nan) for o in objectives
                               for m in ("NDCG@10", "exact_NDCG@10", "gap_NDCG@10", "PR@10")}})
     write_json(args.out / "pruning_pressure.json", {"args": {k: str(v) for k, v in vars(args).items()}, "points": points})
