@@ -34,14 +34,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from bearrec.data.synthetic import SyntheticConfig, oracle_pruning
-    from bearrec.io import check_replaceable, mark, write_json, write_text
+    from bearrec.io import check_replaceable, folder_kind, mark, write_json, write_text
     from bearrec.quickstart import QuickstartConfig, run_quickstart
 
     pressures = [float(p) for p in args.pressures.split(",")]
     objectives = tuple(o.strip() for o in args.objectives.split(","))
     if "sft" not in objectives or "bear" not in objectives:
         raise SystemExit("--objectives must include sft and bear (the curves compare them)")
-    if not args.out.is_dir() or not (args.out / "pruning_pressure.json").exists():
+    if folder_kind(args.out) != "experiment":  # a new folder; one of ours is resumed
         check_replaceable(args.out, "experiment")
     args.out.mkdir(parents=True, exist_ok=True)
     mark(args.out, "experiment")
