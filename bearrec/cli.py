@@ -115,7 +115,7 @@ def prepare(
     min_interactions: Annotated[int, typer.Option(help="k of the k-core filter (raw formats)")] = 5,
     seed: Annotated[int, typer.Option(help="seed of the synthetic generator")] = 0,
     users: Annotated[int, typer.Option(help="synthetic users")] = 800,
-    pruning_pressure: Annotated[float, typer.Option(help="synthetic: 0..1, how strongly titles share first tokens and preferences spread over similar items")] = 0.75,
+    pruning_pressure: Annotated[float, typer.Option(help="synthetic: 0..1, how strongly titles share first tokens and preferences spread over similar items")] = 0.9,
 ):
     """Turn raw or processed data into a bearrec dataset folder (catalog + train/valid/test)."""
     from bearrec.data.readers import read_source
@@ -406,7 +406,7 @@ def quickstart(
     eval_users: Annotated[Optional[int], typer.Option(help="evaluate a subsample of test users [default: all]")] = None,
     weight: Annotated[float, typer.Option(help="BEAR lambda (the authors' default)")] = 0.25,
     temperature: Annotated[float, typer.Option(help="BEAR xi (the authors' default)")] = 2.75,
-    pruning_pressure: Annotated[float, typer.Option(help="0..1: how strongly titles share first tokens and preferences spread over similar items (0: beam search hardly prunes)")] = 0.75,
+    pruning_pressure: Annotated[float, typer.Option(help="0..1: how strongly titles share first tokens and preferences spread over similar items (0: beam search hardly prunes)")] = 0.9,
     objectives: Annotated[str, typer.Option(help="comma-separated objectives, each trained from the same seed")] = "sft,msl,bear",
 ):
     """Synthetic catalog where beam search prunes -> tiny LM trained with SFT, MSL and BEAR -> constrained beam

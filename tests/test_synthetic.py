@@ -55,3 +55,13 @@ def test_oracle_pruning_rises_with_pressure():
 def test_bad_settings_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         SyntheticConfig(**{field: value}).validate()
+
+
+def test_command_line_defaults_match_the_generator():
+    import inspect
+
+    from bearrec import cli
+
+    for command in (cli.prepare, cli.quickstart):
+        default = inspect.signature(command).parameters["pruning_pressure"].default
+        assert default == SyntheticConfig.pruning_pressure

@@ -73,7 +73,7 @@ class SyntheticConfig:
     min_sequence: int = 6  # interactions per user, inclusive range
     max_sequence: int = 10
     history_len: int = 5
-    pruning_pressure: float = 0.75  # π: shared first tokens and spread preferences (module docstring)
+    pruning_pressure: float = 0.9  # π: shared first tokens and spread preferences (module docstring)
     p_successor: float | None = None  # total probability of the personal items (None: from the pressure)
     p_other_category: float = 0.1  # chance of an item of a random category
 
