@@ -16,6 +16,7 @@ from bearrec.decoding import (attribute_pruning, constrained_beam_search, exact_
                               latent_decode)
 from bearrec.decoding.latent import check_latent
 from bearrec.decoding.scoring import check_scoring
+from bearrec.distributed import map_users
 from bearrec.metrics import exact_ranking_metrics, ranking_metrics, retrieved_rank
 
 DECODERS = ("beam", "exact", "latent")
@@ -116,10 +117,10 @@ def evaluate(
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(f"beam search B={beam_width}, {scoring} scoring ({split})", total=len(prompts))
         start = time.perf_counter()
-        beams = constrained_beam_search(
-            model, input_ids, attention_mask, trie, beam_width=beam_width, batch_size=batch_size,
-            length_penalty=length_penalty, targets=targets, progress=lambda k: progress.advance(task, k),
-            scoring=scoring,
+        beams = map_users(  # with several processes, each decodes its share of the users (distributed.py)
+            constrained_beam_search, model, input_ids, attention_mask, trie, beam_width=beam_width,
+            batch_size=batch_size, length_penalty=length_penalty, targets=targets,
+            progress=lambda k: progress.advance(task, k), scoring=scoring,
         )
         beam_seconds = time.perf_counter() - start
         exact_rank = None
@@ -129,10 +130,10 @@ def evaluate(
             start = time.perf_counter()
             known = (beams.item_ids[:ranked], beams.scores[:ranked]) if length_penalty == 0 else (None, None)
             exact_rank = torch.full((len(prompts),), -1, dtype=torch.long)  # -1: not ranked
-            exact_rank[:ranked] = exact_target_ranks(
-                model, input_ids[:ranked], attention_mask[:ranked], trie, targets[:ranked], max_rank=max(ks),
-                known_items=known[0], known_scores=known[1], max_nodes=pruning_node_budget, scoring=scoring,
-                progress=lambda k: progress.advance(task, k))
+            exact_rank[:ranked] = map_users(
+                exact_target_ranks, model, input_ids[:ranked], attention_mask[:ranked], trie, targets[:ranked],
+                max_rank=max(ks), known_items=known[0], known_scores=known[1], max_nodes=pruning_node_budget,
+                scoring=scoring, progress=lambda k: progress.advance(task, k))
             score_seconds = time.perf_counter() - start
     result = {"metrics": ranking_metrics(beams.item_ids, targets, exact_rank, ks), "split": split,
               "users": len(prompts), "of_users": len(dataset.splits[split]), "beam_width": beam_width,
@@ -161,9 +162,9 @@ def _evaluate_other(model, dataset, encoder, trie, input_ids, attention_mask, ta
     if decoder == "exact":
         task = progress.add_task(f"exact top-{beam_width}, {scoring} scoring ({split})", total=users)
         start = time.perf_counter()
-        found = exact_top_k(model, input_ids, attention_mask, trie, k=beam_width, scoring=scoring,
-                            node_budget=node_budget, batch_size=min(batch_size, 16),
-                            progress=lambda k: progress.advance(task, k))
+        found = map_users(exact_top_k, model, input_ids, attention_mask, trie, k=beam_width, scoring=scoring,
+                          node_budget=node_budget, batch_size=min(batch_size, 16),
+                          progress=lambda k: progress.advance(task, k))
         result.update(scoring=scoring, node_budget=node_budget, certified_users=int(found.certified.sum()),
                       nodes_expanded_per_user=float(found.nodes_expanded.float().mean()))
     else:

@@ -171,6 +171,7 @@ class RecTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """NDCG@K and HR@K of constrained beam search on the validation subsample."""
         from bearrec.decoding import constrained_beam_search
+        from bearrec.distributed import map_users
         from bearrec.metrics import ranking_metrics
 
         prompts, targets = self.valid
@@ -178,9 +179,10 @@ class RecTrainer(Trainer):
         was_training = model.training
         model.eval()
         ids, mask = left_pad(prompts, self.processing_class.pad_token_id)
-        beams = constrained_beam_search(model, ids, mask, self.trie, beam_width=self.beam_width,
-                                        batch_size=self.args.per_device_eval_batch_size, scoring=self.scoring,
-                                        length_penalty=self.length_penalty)
+        # each process decodes its share of the users; all get every user's list (distributed.py)
+        beams = map_users(constrained_beam_search, model, ids, mask, self.trie, beam_width=self.beam_width,
+                          batch_size=self.args.per_device_eval_batch_size, scoring=self.scoring,
+                          length_penalty=self.length_penalty)
         model.train(was_training)
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in ranking_metrics(beams.item_ids, torch.tensor(targets)).items()}
         self.log(metrics)
