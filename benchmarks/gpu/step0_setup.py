@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.copytree(base, step.state / "base", dirs_exist_ok=True)
     base = step.state / "base"
     if not (base / "manifest.json").is_file():
-        raise SystemExit(f"no pack: carry .gpu/base (built by benchmarks/gpu/pack.py) at least once")
+        raise SystemExit("no pack: carry .gpu/base (built by benchmarks/gpu/pack.py) at least once")
     manifest = json.loads((base / "manifest.json").read_text())
     report: dict = {"commit_packed": manifest["commit"], "parts_taken": take_parts(step, args.carried, manifest)}
 
