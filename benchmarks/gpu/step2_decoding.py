@@ -184,6 +184,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--budget-s", type=float, default=420.0, help="start no new measurement after this many seconds")
     p.add_argument("--data", type=Path, help="dataset folder [default: STATE/data/office-bear]")
     args = p.parse_args(argv)
+    if args.dry_run:  # CPU-sized defaults; explicit flags still win
+        p.set_defaults(models="tiny", users="2,4", exact_users=4, repeat=1, node_budget=2000)
+        args = p.parse_args(argv)
     args.users = [int(u) for u in args.users.split(",")]
     step = Step("step2", args)
     import torch

@@ -164,6 +164,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--stop-after-checkpoint", action="store_true", help="stop at the first safe point (tests)")
     p.add_argument("--data", type=Path, help="dataset folder [default: STATE/data/office-bear]")
     args = p.parse_args(argv)
+    if args.dry_run:  # CPU-sized defaults; explicit flags still win
+        p.set_defaults(model="tiny", epochs=2, batch_size=16, baselines="sasrec", pruning_users=8,
+                       pruning_node_budget=2000, set=["train.max_train_examples=48", "train.valid_users=8",
+                                                      "sasrec.epochs=2", "train.logging_steps=1"])
+        args = p.parse_args(argv)
     step = Step("step3", args)
     exp = step.state / "runs" / f"office-bear-{args.fine_tuning}"
     before = {r["folder"]: r["state"] for r in run_states(exp)}
