@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> Path:
         if not (out / "base" / "manifest.json").is_file():
             raise SystemExit(f"{out}: exists and is not a pack written by this script; choose another --out")
         shutil.rmtree(out)
-    base, cache = out / "base", out.parent / f".{out.name}-downloads"
+    base, cache = out / "base", out.parent / f"{out.name}-downloads"
     (base / "wheels").mkdir(parents=True)
     cache.mkdir(exist_ok=True)
     started = time.perf_counter()
