@@ -46,9 +46,9 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
 def build(name: str, dataset, dtype):
     """(model, tokenizer) for a model name of this benchmark, on the device, in ``dtype``, in eval mode."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from bearrec.models import SMOLLM2, load_model, train_tokenizer
+    from bearrec.models import SMOLLM2, load_model, smollm2_folder, train_tokenizer
     from bearrec.runs import tokenizer_corpus
     from bearrec.data.prompts import PromptTemplate
 
@@ -56,7 +56,7 @@ def build(name: str, dataset, dtype):
         model, tokenizer = load_model(SMOLLM2, dtype=dtype)
         return model.to(device()).eval(), tokenizer
     if name == "llama-1b":
-        _, tokenizer = load_model(SMOLLM2)  # the tokenizer only: no model download
+        tokenizer = AutoTokenizer.from_pretrained(smollm2_folder())  # SmolLM2's tokenizer; its ids fit 128,256
         shape = dict(LLAMA_1B)
     elif name == "tiny":  # the dry run: the same code with a small random Llama and a tokenizer trained on the data
         tokenizer = train_tokenizer(tokenizer_corpus(dataset, PromptTemplate(dataset.domain)), 1024)
