@@ -20,7 +20,7 @@ app = typer.Typer(
     "(BEAR, arXiv 2601.22925). Start with `bearrec quickstart`.",
 )
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)  # piped or logged: wide enough for the result tables
 
 
 class Format(str, Enum):
@@ -115,6 +115,7 @@ def prepare(
     min_interactions: Annotated[int, typer.Option(help="k of the k-core filter (raw formats)")] = 5,
     seed: Annotated[int, typer.Option(help="seed of the synthetic generator")] = 0,
     users: Annotated[int, typer.Option(help="synthetic users")] = 800,
+    pruning_pressure: Annotated[float, typer.Option(help="synthetic: 0..1, how strongly titles share first tokens and preferences spread over similar items")] = 0.75,
 ):
     """Turn raw or processed data into a bearrec dataset folder (catalog + train/valid/test)."""
     from bearrec.data.readers import read_source
@@ -128,7 +129,7 @@ def prepare(
     if fmt is Format.synthetic:
         if inputs:
             raise ValueError("prepare synthetic takes no input files")
-        dataset = generate_synthetic(SyntheticConfig(seed=seed, num_users=users))
+        dataset = generate_synthetic(SyntheticConfig(seed=seed, num_users=users, pruning_pressure=pruning_pressure))
     else:
         dataset = read_source(fmt.value, inputs or [], domain=domain, strict=strict, min_interactions=min_interactions)
     dataset.save(out_dir)
@@ -211,11 +212,12 @@ def evaluate(
     pruning_node_budget: Annotated[Optional[int], typer.Option(help="trie nodes expanded per user for its exact rank; users still undecided are left out of PR@K and counted")] = None,
     scoring: Annotated[Optional[str], typer.Option(help="step scores of beam search and exact ranks, full or masked: full (vocabulary log-softmax, as SFT) or masked (renormalised over the trie children, as MSL and official BEAR) [default: the run's objective's]")] = None,
     length_penalty: Annotated[Optional[float], typer.Option(help="Hugging Face length_penalty of beam search (0: rank by log P(title); 1.0: generate's default, the BEAR authors') [default: the run's decoding.length_penalty]")] = None,
-    decoder: Annotated[str, typer.Option(help="beam (constrained beam search, width --beam-width), exact (the --beam-width most probable items, best-first over the trie: nothing pruned) or latent (L2D: match the prompt's last hidden state with training prompts' states; no generation)")] = "beam",
-    node_budget: Annotated[Optional[int], typer.Option(help="--decoder exact: trie nodes expanded per user; users not finished are reported uncertified")] = None,
-    latent_variant: Annotated[str, typer.Option(help="--decoder latent: global (each item = mean of its training states) or local (mean of the --latent-neighbors states nearest the user)")] = "global",
-    latent_similarity: Annotated[str, typer.Option(help="--decoder latent: l2 (the paper's inverse L2 distance) or cosine")] = "l2",
-    latent_neighbors: Annotated[int, typer.Option(help="--decoder latent --latent-variant local: M, training states per item nearest the user")] = 5,
+    decoder: Annotated[Optional[str], typer.Option(help="beam (constrained beam search, width --beam-width), exact (the --beam-width most probable items, best-first over the trie: nothing pruned) or latent (L2D: match the prompt's last hidden state with training prompts' states; no generation) [default: the run's decoding.decoder, beam]")] = None,
+    node_budget: Annotated[Optional[int], typer.Option(help="--decoder exact: trie nodes expanded per user; users not finished are reported uncertified [default: the run's, no limit]")] = None,
+    latent_variant: Annotated[Optional[str], typer.Option(help="--decoder latent: global (each item = mean of its training states) or local (mean of the --latent-neighbors states nearest the user) [default: the run's, global]")] = None,
+    latent_similarity: Annotated[Optional[str], typer.Option(help="--decoder latent: l2 (the paper's inverse L2 distance) or cosine [default: the run's, l2]")] = None,
+    latent_neighbors: Annotated[Optional[int], typer.Option(help="--decoder latent --latent-variant local: M, training states per item nearest the user [default: the run's, 5]")] = None,
+    exclude_history: Annotated[bool, typer.Option("--exclude-history/--include-history", help="leave each user's history items out of its list (the decoder retrieves B + the longest history, then cuts back to B; PR@K is not computed then)")] = False,
     report: Annotated[bool, typer.Option("--report", help="write eval_<split>_pruning.png: Figure 4-style attribution and the pruning-step histogram")] = False,
     seed: Annotated[int, typer.Option()] = 0,
 ):
@@ -225,29 +227,30 @@ def evaluate(
     Other decoders write eval_<split>_<decoder>.json; the latent decoder keeps its item memory in the run folder.
     """
     from bearrec.evaluate import pruning_scope
-    from bearrec.experiments import EvalSettings
     from bearrec.report import pruning_figure, pruning_table, rich_table
     from bearrec.runs import evaluate_run
 
-    EvalSettings(split=split, beam_width=beam_width, max_users=max_users, pruning_users=pruning_users,
-                 seed=seed).validate("evaluate", {"max_users": "--max-users"})
-    if report and not pruning_rate:
-        raise ValueError("--report needs the exact scores: drop --no-pruning-rate")
-    if report and decoder != "beam":
+    if report and (not pruning_rate or exclude_history):
+        raise ValueError("--report needs the exact scores: drop --no-pruning-rate and --exclude-history")
+    if report and decoder not in (None, "beam"):
         raise ValueError("--report draws beam search's pruning: it needs --decoder beam")
     result = evaluate_run(run, data, split, beam_width, max_users, pruning_rate, seed, console=console,
                           pruning_users=pruning_users, pruning_node_budget=pruning_node_budget,
                           scoring=scoring, length_penalty=length_penalty, decoder=decoder, node_budget=node_budget,
                           latent_variant=latent_variant, latent_similarity=latent_similarity,
-                          latent_neighbors=latent_neighbors)
+                          latent_neighbors=latent_neighbors, exclude_history=exclude_history)
+    decoder = result["decoder"]
+    if report and decoder != "beam":
+        raise ValueError("--report draws beam search's pruning: it needs --decoder beam")
     if decoder == "beam":
         how = f"B={beam_width}, {result['scoring']} scoring, length_penalty {result['length_penalty']:g}"
     elif decoder == "exact":
         how = (f"exact top-{beam_width}, {result['scoring']} scoring, {result['certified_users']} of {result['users']} "
                f"users certified, {result['nodes_expanded_per_user']:.0f} trie nodes expanded per user")
     else:
-        how = (f"L2D {latent_variant}, {latent_similarity}, item memory {'built' if result['memory_built'] else 'loaded'} "
+        how = (f"L2D {result['latent_variant']}, {result['latent_similarity']}, item memory {'built' if result['memory_built'] else 'loaded'} "
                f"in {result['memory_seconds']:.1f} s, {result['items_without_memory']} items never a training target (ranked last)")
+    how += ", history items excluded" if exclude_history else ""
     title = f"{run.name}, {split}: {result['users']} users, {how}; decoding {result['decode_seconds']:.1f} s"
     out.print(rich_table({run.name: result}, title))
     if "exact_ranking" in result:
@@ -266,6 +269,22 @@ def evaluate(
         out.print(f"wrote {path}")
 
 
+# Decoder options shared by `recommend` and `serve` (named as in `evaluate`; unset: the run's decoding section).
+DecoderNodeBudget = Annotated[Optional[int], typer.Option("--node-budget", help="--decoder exact: trie nodes expanded per history; a list not proven exact within it is the best found so far [default: the run's, no limit]")]
+LatentVariant = Annotated[Optional[str], typer.Option("--latent-variant", help="--decoder latent: global (each item = mean of its training states) or local (mean of the --latent-neighbors states nearest the user) [default: the run's, global]")]
+LatentSimilarity = Annotated[Optional[str], typer.Option("--latent-similarity", help="--decoder latent: l2 (the paper's inverse L2 distance) or cosine [default: the run's, l2]")]
+LatentNeighbors = Annotated[Optional[int], typer.Option("--latent-neighbors", help="--decoder latent --latent-variant local: M, training states per item nearest the user [default: the run's, 5]")]
+DECODER_FLAGS = {"beam_width": "--beam-width", "node_budget": "--node-budget", "latent_variant": "--latent-variant",
+                 "latent_similarity": "--latent-similarity", "latent_neighbors": "--latent-neighbors"}
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
 @app.command()
 @_cli_errors
 def recommend(
@@ -274,18 +293,19 @@ def recommend(
     data: Annotated[Optional[Path], typer.Option(help="dataset folder [default: the one the run was trained on]")] = None,
     top_k: Annotated[int, typer.Option(help="how many items to print")] = 10,
     beam_width: Annotated[int, typer.Option(help="beam width B (at least top-k)")] = 10,
-    exclude_history: Annotated[bool, typer.Option("--exclude-history/--include-history", help="leave out items already in the history (the search then keeps B + len(history) beams, so that k items remain)")] = False,
+    exclude_history: Annotated[bool, typer.Option("--exclude-history/--include-history", help="leave out items already in the history (the search then keeps B + len(history) beams, or finds top-k + len(history) items, so that k items remain)")] = False,
+    decoder: Annotated[Optional[str], typer.Option(help="beam (constrained beam search, width --beam-width), exact (the top-k most probable items, best-first over the trie: nothing pruned) or latent (L2D: match the prompt's last hidden state with training prompts' states; its item memory is kept in the run folder) [default: the run's decoding.decoder, beam]")] = None,
+    node_budget: DecoderNodeBudget = None,
+    latent_variant: LatentVariant = None,
+    latent_similarity: LatentSimilarity = None,
+    latent_neighbors: LatentNeighbors = None,
 ):
     """Print the top-K recommended titles for one history.
 
     Titles are matched after the same normalisation as `prepare` (HTML entities, Unicode NFC, whitespace).
     A history longer than the longest one in the training data keeps its most recent items (with a warning).
     """
-    from bearrec.catalog import build_trie
-    from bearrec.data.dataset import normalize_title
-    from bearrec.data.prompts import left_pad
-    from bearrec.decoding import constrained_beam_search
-    from bearrec.runs import load_run, prompt_encoder
+    from bearrec.recommender import Query, Recommender, RecommenderSettings
 
     if beam_width < 1:
         raise ValueError(f"--beam-width must be at least 1, got {beam_width}")
@@ -293,34 +313,86 @@ def recommend(
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
     if top_k > beam_width:
         raise ValueError(f"--top-k {top_k} exceeds --beam-width {beam_width}")
-    model, tokenizer, dataset, config = load_run(run, data)
-    by_title = {t: i for i, t in enumerate(dataset.titles)}
-    indices = []
-    for pos, entry in enumerate(history, 1):
-        title = normalize_title(entry)
-        if not title:
-            raise ValueError(f"history item {pos}: empty")
-        if title in by_title:
-            indices.append(by_title[title])
-        else:
-            try:
-                indices.append(dataset.item_index(entry.strip()))
-            except KeyError:
-                raise ValueError(f"history item {pos} ({entry!r}): neither an item id nor a title of the catalog") from None
-    seen = set(indices) if exclude_history else set()
-    window = max((len(h) for h in dataset.splits["train"]["history"]), default=len(indices))
-    if len(indices) > window:
-        warnings.warn(f"the history has {len(indices)} items; the model was trained on at most {window}: "
-                      f"using the {window} most recent")
-        indices = indices[-window:]
-    width = min(beam_width + len(seen), len(dataset.titles))
-    encoder = prompt_encoder(tokenizer, dataset, config)
-    ids, mask = left_pad(encoder.prompts([indices]), tokenizer.pad_token_id)
-    result = constrained_beam_search(model, ids, mask, build_trie(tokenizer, dataset.titles), beam_width=width,
-                                     scoring=config.scoring, length_penalty=config.decoding.length_penalty)
-    ranked = [(i, sc) for i, sc in zip(result.item_ids[0].tolist(), result.scores[0].tolist()) if i >= 0 and i not in seen]
-    for rank, (item, score) in enumerate(ranked[:top_k], 1):
-        out.print(f"{rank:>2}. {rich_escape(dataset.titles[item])}  [dim](item {rich_escape(str(dataset.items['item_id'][item]))}, log p = {score:.3f})[/dim]")
+    settings = RecommenderSettings(beam_width=beam_width, decoders=(decoder,) if decoder else None,
+                                   node_budget=node_budget, latent_variant=latent_variant,
+                                   latent_similarity=latent_similarity, latent_neighbors=latent_neighbors)
+    settings.validate("recommend", {"decoders": "--decoder", **DECODER_FLAGS})
+    with _progress() as progress:
+        recommender = Recommender.from_run(run, data, settings, progress)
+    decoder = recommender.default_decoder
+    answer = recommender.recommend([Query(recommender.resolve(history), top_k, decoder, exclude_history)])[0]
+    for note in answer.warnings:
+        warnings.warn(note)
+    label = recommender.describe_scores(decoder)
+    for rank, (item, score) in enumerate(zip(answer.items, answer.scores), 1):
+        out.print(f"{rank:>2}. {rich_escape(recommender.titles[item])}  [dim](item {rich_escape(recommender.item_ids[item])}, {label} = {score:.3f})[/dim]")
+    if answer.certified is False:
+        console.print(f"[yellow]warning:[/yellow] the node budget ({recommender.decoding.node_budget}) ran out before the list was proven "
+                      "exact: these are the most probable items found so far", soft_wrap=True)
+
+
+@app.command()
+@_cli_errors
+def serve(
+    run: Annotated[Path, typer.Argument(help="run folder from `bearrec train`")],
+    data: Annotated[Optional[Path], typer.Option(help="dataset folder [default: the one the run was trained on]")] = None,
+    host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on (0: any free port, printed at start-up)")] = 8000,
+    beam_width: Annotated[int, typer.Option(help="beam width B of the beam decoder, and the largest k a request may ask (paper: 10)")] = 10,
+    decoders: Annotated[str, typer.Option(help="decoders requests may choose, comma-separated: beam, exact, latent (latent loads or builds its item memory at start-up)")] = "beam,exact,latent",
+    exclude_history: Annotated[bool, typer.Option("--exclude-history/--include-history", help="default of a request's exclude_history: never recommend an item of its history")] = True,
+    batching: Annotated[bool, typer.Option("--batching/--no-batching", help="decode concurrent requests together (--no-batching: one request per forward pass)")] = True,
+    batch_wait_ms: Annotated[float, typer.Option(help="how long a request waits for others to share its batch, in milliseconds")] = 5.0,
+    max_batch: Annotated[int, typer.Option(help="requests per batch at most")] = 32,
+    max_history: Annotated[int, typer.Option(help="history entries per request at most")] = 200,
+    max_body_bytes: Annotated[int, typer.Option(help="larger request bodies are refused (413)")] = 256 * 1024,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads of the decoding worker [default: torch's, which follows OMP_NUM_THREADS]")] = None,
+    node_budget: DecoderNodeBudget = None,
+    latent_variant: LatentVariant = None,
+    latent_similarity: LatentSimilarity = None,
+    latent_neighbors: LatentNeighbors = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level: critical, error, warning, info, debug, trace")] = "info",
+):
+    """Serve a run over HTTP: POST /recommend, GET /items?query=, GET /health, a page at / and the OpenAPI spec at /docs.
+
+    Concurrent requests are batched: each waits up to --batch-wait-ms for others, and requests with the same
+    decoder and search width share forward passes. The run is loaded (and checked) before the server starts.
+    """
+    import torch
+
+    from bearrec.recommender import Recommender, RecommenderSettings
+
+    try:
+        from bearrec.serve import ServeSettings, create_app, listen, server, url_of
+    except ImportError as err:
+        raise ValueError(f"bearrec serve needs FastAPI and uvicorn ({err}): pip install 'bearrec[serve]'") from None
+
+    settings = RecommenderSettings(beam_width=beam_width, decoders=tuple(d.strip() for d in decoders.split(",") if d.strip()),
+                                   node_budget=node_budget, latent_variant=latent_variant,
+                                   latent_similarity=latent_similarity, latent_neighbors=latent_neighbors)
+    settings.validate("serve", {"decoders": "--decoders", **DECODER_FLAGS})
+    serving = ServeSettings(batching=batching, batch_wait_ms=batch_wait_ms, max_batch=max_batch,
+                            exclude_history=exclude_history, max_history=max_history, max_body_bytes=max_body_bytes)
+    serving.validate("serve", {"batch_wait_ms": "--batch-wait-ms", "max_batch": "--max-batch",
+                               "max_history": "--max-history", "max_body_bytes": "--max-body-bytes"})
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
+        raise ValueError(f"--log-level must be one of critical, error, warning, info, debug, trace, got {log_level!r}")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    with listen(host, port) as sock:  # a taken port is refused before the run is loaded
+        with _progress() as progress:
+            recommender = Recommender.from_run(run, data, settings, progress)
+        app = create_app(recommender, serving, run.resolve().name)
+        out.print(f"serving {run} ({len(recommender.titles)} items; decoders {', '.join(recommender.decoders)}; batching "
+                  + (f"up to {max_batch} requests, {batch_wait_ms:g} ms" if batching else "off")
+                  + f") at {url_of(sock)}  (page: /, API docs: /docs; Ctrl-C stops)", soft_wrap=True)
+        sys.stdout.flush()
+        try:
+            server(app, log_level).run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: the normal way to stop
+            console.print("stopped")
 
 
 @app.command()
@@ -334,12 +406,20 @@ def quickstart(
     eval_users: Annotated[Optional[int], typer.Option(help="evaluate a subsample of test users [default: all]")] = None,
     weight: Annotated[float, typer.Option(help="BEAR lambda (the authors' default)")] = 0.25,
     temperature: Annotated[float, typer.Option(help="BEAR xi (the authors' default)")] = 2.75,
+    pruning_pressure: Annotated[float, typer.Option(help="0..1: how strongly titles share first tokens and preferences spread over similar items (0: beam search hardly prunes)")] = 0.75,
+    objectives: Annotated[str, typer.Option(help="comma-separated objectives, each trained from the same seed")] = "sft,msl,bear",
 ):
-    """Synthetic catalog -> tiny LM trained with SFT and with BEAR -> constrained beam search -> results table."""
+    """Synthetic catalog where beam search prunes -> tiny LM trained with SFT, MSL and BEAR -> constrained beam
+    search, with the exact ranking (nothing pruned) beside it -> results table."""
+    from bearrec.objectives.configs import OBJECTIVE_CONFIGS
     from bearrec.quickstart import QuickstartConfig, run_quickstart
 
+    names = tuple(dict.fromkeys(o.strip() for o in objectives.split(",") if o.strip()))
+    unknown = [n for n in names if n not in OBJECTIVE_CONFIGS]
+    if unknown or not names:
+        raise ValueError(f"--objectives: unknown or none ({', '.join(unknown)}); choose from {', '.join(OBJECTIVE_CONFIGS)}")
     cfg = QuickstartConfig(seed=seed, model=model, users=users, epochs=epochs, eval_users=eval_users, weight=weight,
-                           temperature=temperature)
+                           temperature=temperature, pruning_pressure=pruning_pressure, objectives=names)
     from bearrec.report import rich_table
 
     results = run_quickstart(out_dir, cfg, console=console)
@@ -433,6 +513,8 @@ def compare(
     pruning_node_budget: Annotated[Optional[int], typer.Option(help="trie nodes expanded per user for its exact rank; users still undecided are left out of PR@K")] = None,
     scoring: Annotated[Optional[str], typer.Option(help="decoding step scores for every run, full or masked [default: each objective's own: masked for msl and official bear, full otherwise]")] = None,
     length_penalty: Annotated[Optional[float], typer.Option(help="Hugging Face length_penalty of beam search, in validation and evaluation [default: 1.0, as the BEAR authors' inference]")] = None,
+    decoder: Annotated[Optional[str], typer.Option(help="decoder of validation and evaluation for every LM run: beam, exact (nothing pruned) or latent (L2D); its settings with --set decoding.node_budget=... [default: beam, which also reports the exact ranking and PR@K]")] = None,
+    exclude_history: Annotated[bool, typer.Option("--exclude-history/--include-history", help="leave each user's history items out of every list (PR@K is not computed then)")] = False,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override any config field: section.field=value")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="experiment folder")] = Path("runs/compare"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="delete the experiment folder first")] = False,
@@ -442,14 +524,15 @@ def compare(
     Interrupted (Ctrl-C)? Run the same command again: finished runs are kept, the current one resumes.
     """
     from bearrec.config import TrainConfig
-    from bearrec.experiments import EvalSettings, compare_plan, parse_baselines
+    from bearrec.evaluate import EvalSettings
+    from bearrec.experiments import compare_plan, parse_baselines
     from bearrec.models import SMOLLM2
     from bearrec.objectives.configs import OBJECTIVE_CONFIGS
 
     sets = _flag_sets({"train.epochs": epochs, "train.max_train_examples": max_train_examples,
                        "bear.beam_width": beam_width, "beam_sim.beam_width": beam_width,
                        "train.valid_beam_width": beam_width, "decoding.scoring": scoring,
-                       "decoding.length_penalty": length_penalty}) + list(overrides or [])
+                       "decoding.length_penalty": length_penalty, "decoding.decoder": decoder}) + list(overrides or [])
     base = _experiment_config(config, data, model, sets, SMOLLM2)
     defaults = TrainConfig()
     untouched = all(getattr(base.train, f) == getattr(defaults, f)
@@ -463,7 +546,8 @@ def compare(
     if unknown:
         raise ValueError(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVE_CONFIGS)}")
     settings = EvalSettings(beam_width=beam_width, max_users=max_eval_users, pruning_rate=pruning_rate,
-                            pruning_users=pruning_users, pruning_node_budget=pruning_node_budget)
+                            pruning_users=pruning_users, pruning_node_budget=pruning_node_budget,
+                            exclude_history=exclude_history)
     plan = compare_plan(names, seeds, base.train.seed, parse_baselines(baselines))
     _run_experiment("compare", base, plan, out_dir, settings, overwrite)
 
@@ -492,7 +576,8 @@ def sweep(
     is then evaluated on the test split next to SFT (paper practice on test is not possible by accident).
     Restarted with the same arguments, it skips the runs that finished.
     """
-    from bearrec.experiments import EvalSettings, parse_grid, sweep_plan
+    from bearrec.evaluate import EvalSettings
+    from bearrec.experiments import parse_grid, sweep_plan
     from bearrec.models import TINY
 
     extra = [a for a in ctx.args if "=" in a and not a.startswith("-")]

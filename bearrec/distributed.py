@@ -7,7 +7,8 @@ Training under DDP is the Trainer's (each process trains on its share of every b
   another one has just created;
 * decoding users are split into contiguous shares, one per process, and the results are gathered in
   the original order on every process (:func:`map_users`): validation and evaluation with N processes
-  decode N times fewer users each and return exactly what one process would;
+  decode N times fewer users each and return exactly what one process would (under FSDP or DeepSpeed,
+  whose forwards are collective, every process decodes every user instead);
 * each process decodes on its own device (:func:`device`).
 
 With one process (a plain ``python`` or ``bearrec`` call) every function is a no-op and nothing of
@@ -100,7 +101,7 @@ def map_users(fn, *args, progress=None, **kwargs):
     counting each of its users once per process (an estimate of the total).
     """
     shared = state()
-    if shared is None:
+    if shared is None or sharded_weights():
         return fn(*args, progress=progress, **kwargs)
     n = next(a for a in [*args, *kwargs.values()] if isinstance(a, torch.Tensor)).shape[0]
     part = share(n)
@@ -115,6 +116,18 @@ def map_users(fn, *args, progress=None, **kwargs):
     from accelerate.utils import gather_object
 
     return _concat([p for p in gather_object([_to_cpu(out)]) if p is not None])
+
+
+def sharded_weights() -> bool:
+    """Whether the weights are split across processes (FSDP, DeepSpeed): then every forward is a collective that
+    all processes must join, so each decodes every user (as one process would) instead of its share."""
+    if any(os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true" for name in ("FSDP", "DEEPSPEED")):
+        return True
+    from accelerate.state import AcceleratorState, DistributedType
+
+    if not AcceleratorState._shared_state:  # no Accelerator (nor Trainer) in this process
+        return False
+    return AcceleratorState().distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def _to_cpu(out):

@@ -4,23 +4,56 @@ matching), and for beam search the positives' exact ranks for PR@K and for what 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bearrec.catalog import ItemTrie
+from bearrec.checks import check
+from bearrec.config import DecodingConfig
 from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, left_pad
-from bearrec.decoding import (attribute_pruning, constrained_beam_search, exact_target_ranks, exact_top_k, item_memory,
-                              latent_decode)
-from bearrec.decoding.latent import check_latent
+from bearrec.decoding import attribute_pruning, decode, exact_target_ranks, item_memory
 from bearrec.decoding.scoring import check_scoring
 from bearrec.distributed import map_users
 from bearrec.metrics import exact_ranking_metrics, ranking_metrics, retrieved_rank
-
-DECODERS = ("beam", "exact", "latent")
 from bearrec.train import encode_split
+
+
+@dataclass
+class EvalSettings:
+    """How runs are evaluated: ``evaluate`` checks its options with it, and an experiment evaluates every run
+    with one (the same users for all of them)."""
+
+    split: str = "test"
+    beam_width: int = 10
+    max_users: int | None = None  # seeded subsample of the split (None: all)
+    pruning_rate: bool = True  # PR@K and the pruning attribution (costs a search per user)
+    pruning_users: int | None = None  # PR@K on the first that many evaluated users only (None: all)
+    pruning_node_budget: int | None = None  # trie nodes expanded per user for its exact rank (None: no limit)
+    seed: int = 0  # seed of the user subsample, fixed across training seeds
+    exclude_history: bool = False  # leave the user's history items out of the recommended lists
+
+    def validate(self, section: str = "eval", flags: dict[str, str] | None = None) -> None:
+        """Check every field; ``flags`` names the command-line flag of a field in the message (``max_users``
+        is ``--max-eval-users`` in compare, ``--max-users`` in evaluate)."""
+        flags = {"max_users": "--max-eval-users", "beam_width": "--beam-width", "pruning_users": "--pruning-users",
+                 "pruning_node_budget": "--pruning-node-budget", "split": "--split", "seed": "--seed", **(flags or {})}
+
+        def rule(name: str, text: str) -> str:
+            return f"{text} ({flags[name]})"
+
+        check(self.split in ("valid", "test"), section, "split", rule("split", "valid or test"), self.split)
+        check(self.beam_width >= 1, section, "beam_width", rule("beam_width", "at least 1"), self.beam_width)
+        check(self.max_users is None or self.max_users >= 1, section, "max_users",
+              rule("max_users", "at least 1, or unset for all"), self.max_users)
+        check(self.pruning_users is None or self.pruning_users >= 1, section, "pruning_users",
+              rule("pruning_users", "at least 1, or unset for all"), self.pruning_users)
+        check(self.pruning_node_budget is None or self.pruning_node_budget >= 1, section, "pruning_node_budget",
+              rule("pruning_node_budget", "at least 1, or unset for no limit"), self.pruning_node_budget)
+        check(self.seed >= 0, section, "seed", rule("seed", "at least 0"), self.seed)
 
 
 def evaluate(
@@ -47,11 +80,12 @@ def evaluate(
     latent_similarity: str = "l2",
     latent_neighbors: int = 5,
     latent_memory: str | Path | None = None,
+    exclude_history: bool = False,
 ) -> dict:
     """Metrics of ``model`` on ``split``: NDCG@K and HR@K of the ``decoder``'s top ``beam_width`` items; with
     beam search, also PR@K from exact ranks and the NDCG/HR@K of the exact ranking.
 
-    ``decoder`` (recorded in the result, with its time as ``decode_seconds``):
+    ``decoder`` (``decoding/decode.py``; recorded in the result, with its time as ``decode_seconds``):
 
     * ``"beam"`` (default): trie-constrained beam search of width ``beam_width``;
     * ``"exact"``: :func:`~bearrec.decoding.exact_top_k`, the ``beam_width`` most probable items under
@@ -63,6 +97,11 @@ def evaluate(
       the train split (and saved there); ``memory_seconds`` is that time, apart from ``decode_seconds``.
 
     The exact ranks, PR@K and the pruning attribution judge beam search and are computed for ``"beam"`` only.
+
+    ``exclude_history`` leaves each user's history items out of its list: the decoder retrieves ``beam_width``
+    plus the longest history of the evaluated users, and the lists are cut back to ``beam_width`` (so beam
+    search runs with that wider beam). PR@K and the exact ranking rank the whole catalog, so they are not
+    computed then.
 
     ``scoring`` is the step scoring of the beam search (``"full"``: full-vocabulary log-softmax;
     ``"masked"``: renormalised over the trie children, see ``decoding/scoring.py``) and
@@ -84,112 +123,105 @@ def evaluate(
     What pruning costs: ``metrics`` also holds ``exact_NDCG@K`` and ``exact_HR@K``, the metrics of the exact
     ranking (every item ranked by log P(title + EOS) under ``scoring``, nothing pruned), computed from the
     same exact ranks as PR@K and so over the same users: the first ``pruning_users`` evaluated users that a
-    node budget did not leave undecided. ``exact_ranking`` repeats them with beam search's NDCG/HR@K on
+    node budget did not leave undecided; ``gap_NDCG@K`` is the exact ranking's NDCG@K minus beam search's on
+    those same users (what pruning costs). ``exact_ranking`` repeats them with beam search's NDCG/HR@K on
     exactly those users (``decoded_*``) and their count, so the gap is read on one set of users even when
     PR@K runs on a subset (the top-level NDCG/HR@K cover every evaluated user).
     """
+    EvalSettings(split, beam_width, max_users, pruning_rate, pruning_users, pruning_node_budget, seed,
+                 exclude_history).validate("evaluate", {"max_users": "--max-users"})
     check_scoring(scoring)
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
-    if node_budget is not None and node_budget < 1:
-        raise ValueError(f"node_budget must be at least 1, not {node_budget}")
-    check_latent(latent_variant, latent_similarity, latent_neighbors)
-    if pruning_node_budget is not None and pruning_node_budget < 1:
-        raise ValueError(f"pruning_node_budget must be at least 1, not {pruning_node_budget}")
-    if pruning_users is not None and pruning_users < 0:
-        raise ValueError(f"pruning_users must be at least 0, not {pruning_users}")
+    DecodingConfig(scoring, length_penalty, decoder, node_budget, latent_variant, latent_similarity,
+                   latent_neighbors).validate("evaluate")
     if split not in dataset.splits:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(dataset.splits)}")
     if max(ks) > beam_width:
-        raise ValueError(f"K={max(ks)} exceeds the beam width {beam_width}: beam search returns only B items")
+        raise ValueError(f"K={max(ks)} exceeds the beam width {beam_width}: the decoder returns only B items")
     prompts, target_list = encode_split(dataset, split, encoder, max_users, seed)
     if not prompts:
         raise ValueError(f"the {split} split is empty")
     targets = torch.tensor(target_list)
     input_ids, attention_mask = left_pad(prompts, tokenizer.pad_token_id)
     model.eval()
+    seen = [set(h) for h in dataset.examples(split, max_users, seed)[0]] if exclude_history else None
+    width = beam_width + (max(len(h) for h in seen) if seen else 0)
+    pruning_rate = pruning_rate and decoder == "beam" and not exclude_history
+    result = {"split": split, "users": len(prompts), "of_users": len(dataset.splits[split]), "beam_width": beam_width,
+              "decoder": decoder, "exclude_history": exclude_history}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    if decoder != "beam":
-        with Progress(*columns, console=console) as progress:
-            return _evaluate_other(model, dataset, encoder, trie, input_ids, attention_mask, targets, split, beam_width,
-                                   ks, scoring, decoder, node_budget, latent_variant, latent_similarity,
-                                   latent_neighbors, latent_memory, batch_size, progress)
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task(f"beam search B={beam_width}, {scoring} scoring ({split})", total=len(prompts))
+        memory = None
+        if decoder == "latent":
+            memory = _latent_memory(model, encoder, dataset, latent_memory, batch_size, progress, result)
+            result.update(latent_variant=latent_variant, latent_similarity=latent_similarity,
+                          latent_neighbors=latent_neighbors)
+        if decoder != "latent":
+            result.update(scoring=scoring)
+        name = {"beam": f"beam search B={width}, {scoring} scoring", "exact": f"exact top-{width}, {scoring} scoring",
+                "latent": f"L2D {latent_variant} decoding"}[decoder]
+        task = progress.add_task(f"{name} ({split})", total=len(prompts))
         start = time.perf_counter()
-        beams = map_users(  # with several processes, each decodes its share of the users (distributed.py)
-            constrained_beam_search, model, input_ids, attention_mask, trie, beam_width=beam_width,
-            batch_size=batch_size, length_penalty=length_penalty, targets=targets,
-            progress=lambda k: progress.advance(task, k), scoring=scoring,
-        )
-        beam_seconds = time.perf_counter() - start
+        # with several processes, each decodes its share of the users (distributed.py)
+        found = map_users(decode, model, input_ids, attention_mask, trie, k=width, decoder=decoder, scoring=scoring,
+                          length_penalty=length_penalty, node_budget=node_budget, memory=memory,
+                          latent_variant=latent_variant, latent_similarity=latent_similarity,
+                          latent_neighbors=latent_neighbors, batch_size=batch_size,
+                          targets=targets if pruning_rate else None, progress=lambda k: progress.advance(task, k))
+        result["decode_seconds"] = time.perf_counter() - start
+        item_ids = _without(found.item_ids, seen, beam_width) if seen else found.item_ids
+        if decoder == "beam":
+            result.update(length_penalty=length_penalty, beam_search_seconds=result["decode_seconds"])
+        elif decoder == "exact":
+            result.update(node_budget=node_budget, certified_users=int(found.certified.sum()),
+                          nodes_expanded_per_user=float(found.nodes_expanded.float().mean()))
         exact_rank = None
         if pruning_rate:
             ranked = len(prompts) if pruning_users is None else min(pruning_users, len(prompts))
             task = progress.add_task(f"exact ranks of the positives among {trie.num_items} items", total=ranked)
             start = time.perf_counter()
-            known = (beams.item_ids[:ranked], beams.scores[:ranked]) if length_penalty == 0 else (None, None)
+            known = (found.item_ids[:ranked], found.scores[:ranked]) if length_penalty == 0 else (None, None)
             exact_rank = torch.full((len(prompts),), -1, dtype=torch.long)  # -1: not ranked
             exact_rank[:ranked] = map_users(
                 exact_target_ranks, model, input_ids[:ranked], attention_mask[:ranked], trie, targets[:ranked],
                 max_rank=max(ks), known_items=known[0], known_scores=known[1], max_nodes=pruning_node_budget,
                 scoring=scoring, progress=lambda k: progress.advance(task, k))
-            score_seconds = time.perf_counter() - start
-    result = {"metrics": ranking_metrics(beams.item_ids, targets, exact_rank, ks), "split": split,
-              "users": len(prompts), "of_users": len(dataset.splits[split]), "beam_width": beam_width,
-              "scoring": scoring, "length_penalty": length_penalty, "decoder": "beam", "beam_search_seconds": beam_seconds,
-              "decode_seconds": beam_seconds, "retrieved_rank": retrieved_rank(beams.item_ids, targets).tolist()}
+            result["exact_rank_seconds"] = time.perf_counter() - start
+    result["metrics"] = ranking_metrics(item_ids, targets, exact_rank, ks)
+    result["retrieved_rank"] = retrieved_rank(item_ids, targets).tolist()
     if pruning_rate:
         # What pruning costs: the exact ranking's NDCG/HR@K beside beam search's, on the users with an exact rank.
-        ceiling = exact_ranking_metrics(exact_rank, retrieved_rank(beams.item_ids, targets), ks)
+        ceiling = exact_ranking_metrics(exact_rank, retrieved_rank(found.item_ids, targets), ks)
         result["metrics"].update({key: value for key, value in ceiling.items() if key.startswith("exact_")})
+        result["metrics"].update({f"gap_NDCG@{k}": ceiling[f"exact_NDCG@{k}"] - ceiling[f"decoded_NDCG@{k}"] for k in ks})
         result["exact_ranking"] = ceiling
-        report = attribute_pruning(beams, exact_rank, targets, ks)
+        report = attribute_pruning(found, exact_rank, targets, ks)
         # Users whose ranking was attempted but not finished within the node budget (exact rank -1).
         report.summary.update(pruning_users=ranked, unranked_users=ranked - report.summary["ranked_users"],
                               node_budget=pruning_node_budget)
-        result.update(exact_rank_seconds=score_seconds, pruning=report.summary, per_user=report.per_user)
+        result.update(pruning=report.summary, per_user=report.per_user)
     return result
 
 
-def _evaluate_other(model, dataset, encoder, trie, input_ids, attention_mask, targets, split, beam_width, ks, scoring,
-                    decoder, node_budget, latent_variant, latent_similarity, latent_neighbors, latent_memory,
-                    batch_size, progress) -> dict:
-    """The ``exact`` and ``latent`` decoders of :func:`evaluate`: their lists, metrics and costs."""
-    users = input_ids.shape[0]
-    result = {"split": split, "users": users, "of_users": len(dataset.splits[split]), "beam_width": beam_width,
-              "decoder": decoder}
-    if decoder == "exact":
-        task = progress.add_task(f"exact top-{beam_width}, {scoring} scoring ({split})", total=users)
-        start = time.perf_counter()
-        found = map_users(exact_top_k, model, input_ids, attention_mask, trie, k=beam_width, scoring=scoring,
-                          node_budget=node_budget, batch_size=min(batch_size, 16),
-                          progress=lambda k: progress.advance(task, k))
-        result.update(scoring=scoring, node_budget=node_budget, certified_users=int(found.certified.sum()),
-                      nodes_expanded_per_user=float(found.nodes_expanded.float().mean()))
-    else:
-        task = None
+def _latent_memory(model, encoder, dataset, path, batch_size, progress, result: dict):
+    """The L2D item memory (loaded from ``path`` when it matches, else built and saved); its cost into ``result``."""
+    task = None
 
-        def opened(total: int) -> None:
-            nonlocal task
-            task = progress.add_task(f"L2D item memory from {total} training prompts", total=total)
+    def opened(total: int) -> None:
+        nonlocal task
+        task = progress.add_task(f"L2D item memory from {total} training prompts", total=total)
 
-        start = time.perf_counter()
-        memory, built = item_memory(model, encoder, dataset, latent_memory, batch_size, on_build=opened,
-                                    progress=lambda k: progress.advance(task, k))
-        result.update(latent_variant=latent_variant, latent_similarity=latent_similarity,
-                      latent_neighbors=latent_neighbors, memory_built=built, memory_seconds=time.perf_counter() - start,
-                      memory_examples=int(memory.targets.numel()),
-                      items_without_memory=int((memory.counts == 0).sum()))
-        task = progress.add_task(f"L2D {latent_variant} decoding ({split})", total=users)
-        start = time.perf_counter()
-        found = latent_decode(model, input_ids, attention_mask, memory, k=beam_width, variant=latent_variant,
-                              similarity=latent_similarity, neighbors=latent_neighbors, batch_size=batch_size,
-                              progress=lambda k: progress.advance(task, k))
-    result["decode_seconds"] = time.perf_counter() - start
-    result["metrics"] = ranking_metrics(found.item_ids, targets, None, ks)
-    result["retrieved_rank"] = retrieved_rank(found.item_ids, targets).tolist()
-    return result
+    start = time.perf_counter()
+    memory, built = item_memory(model, encoder, dataset, path, batch_size, on_build=opened,
+                                progress=lambda k: progress.advance(task, k))
+    result.update(memory_built=built, memory_seconds=time.perf_counter() - start,
+                  memory_examples=int(memory.targets.numel()), items_without_memory=int((memory.counts == 0).sum()))
+    return memory
+
+
+def _without(item_ids: torch.Tensor, seen: list[set[int]], k: int) -> torch.Tensor:
+    """``[N, k]``: each row of ``item_ids [N, W]`` without its ``seen`` items (and -1 padding), cut to ``k``."""
+    rows = [[i for i in row if i >= 0 and i not in s][:k] for row, s in zip(item_ids.tolist(), seen)]
+    return torch.tensor([row + [-1] * (k - len(row)) for row in rows], dtype=torch.long)
 
 
 def pruning_scope(summary: dict, users: int, ks: tuple[int, ...] = (5, 10)) -> str:

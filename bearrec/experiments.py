@@ -26,7 +26,7 @@ import torch
 
 from bearrec.config import ExperimentConfig, with_overrides
 from bearrec.data.dataset import RecDataset
-from bearrec.checks import check
+from bearrec.evaluate import EvalSettings
 from bearrec.io import check_replaceable, mark, write_json
 from bearrec.report import METRIC_COLUMNS
 
@@ -35,38 +35,6 @@ OBJECTIVE_SECTIONS = {"bear": "bear", "beam-sim": "beam_sim", "msl": "msl", "sdp
 BASELINE = "sft"
 SHORT_KEYS = {"weight", "temperature", "beam_width", "surrogate", "formulation", "candidates", "tau", "ats", "ats_eta",
               "ats_alpha", "ats_warmup", "ats_min", "ats_max", "reference", "negatives", "beta"}  # fields of an objective
-
-
-@dataclass
-class EvalSettings:
-    """How every run of an experiment is evaluated (the same users for all of them)."""
-
-    split: str = "test"
-    beam_width: int = 10
-    max_users: int | None = None  # seeded subsample of the split (None: all)
-    pruning_rate: bool = True  # PR@K and the pruning attribution (costs a search per user)
-    pruning_users: int | None = None  # PR@K on the first that many evaluated users only (None: all)
-    pruning_node_budget: int | None = None  # trie nodes expanded per user for its exact rank (None: no limit)
-    seed: int = 0  # seed of the user subsample, fixed across training seeds
-
-    def validate(self, section: str = "eval", flags: dict[str, str] | None = None) -> None:
-        """Check every field; ``flags`` names the command-line flag of a field in the message (``max_users``
-        is ``--max-eval-users`` in compare, ``--max-users`` in evaluate)."""
-        flags = {"max_users": "--max-eval-users", "beam_width": "--beam-width", "pruning_users": "--pruning-users",
-                 "pruning_node_budget": "--pruning-node-budget", "split": "--split", "seed": "--seed", **(flags or {})}
-
-        def rule(name: str, text: str) -> str:
-            return f"{text} ({flags[name]})"
-
-        check(self.split in ("valid", "test"), section, "split", rule("split", "valid or test"), self.split)
-        check(self.beam_width >= 1, section, "beam_width", rule("beam_width", "at least 1"), self.beam_width)
-        check(self.max_users is None or self.max_users >= 1, section, "max_users",
-              rule("max_users", "at least 1, or unset for all"), self.max_users)
-        check(self.pruning_users is None or self.pruning_users >= 1, section, "pruning_users",
-              rule("pruning_users", "at least 1, or unset for all"), self.pruning_users)
-        check(self.pruning_node_budget is None or self.pruning_node_budget >= 1, section, "pruning_node_budget",
-              rule("pruning_node_budget", "at least 1, or unset for no limit"), self.pruning_node_budget)
-        check(self.seed >= 0, section, "seed", rule("seed", "at least 0"), self.seed)
 
 
 @dataclass
@@ -245,9 +213,11 @@ def _lm_run(config: ExperimentConfig, dataset: RecDataset, settings: EvalSetting
         log = train_run(config, folder, resume=(folder / "config.yaml").is_file(), dataset=dataset, console=console)
     result = evaluate_run(folder, split=settings.split, beam_width=settings.beam_width, max_users=settings.max_users,
                           pruning_rate=settings.pruning_rate, seed=settings.seed, console=console, dataset=dataset,
-                          pruning_users=settings.pruning_users, pruning_node_budget=settings.pruning_node_budget)
+                          pruning_users=settings.pruning_users, pruning_node_budget=settings.pruning_node_budget,
+                          exclude_history=settings.exclude_history)
     return {"kind": "lm", "metrics": result["metrics"], "pruning": result.get("pruning"), "users": result["users"],
             "scoring": result.get("scoring"), "length_penalty": result.get("length_penalty"),
+            "decoder": result["decoder"],
             "of_users": result["of_users"], "retrieved_rank": result["retrieved_rank"],
             "seconds_per_epoch": log["seconds_per_epoch"], "best_valid_ndcg10": log.get("best_valid_ndcg10"),
             "epochs_trained": len(log["epochs"]), "parameters": log.get("parameters"),
@@ -303,7 +273,8 @@ def evaluate_chosen_on_test(out_dir: str | Path, results: list[dict], base: Expe
                 console.print(f"test split: {r['label']} seed {r['seed']}")
             result = evaluate_run(folder, split="test", beam_width=test.beam_width, max_users=test.max_users,
                                   pruning_rate=test.pruning_rate, seed=test.seed, console=console, dataset=dataset,
-                                  pruning_users=test.pruning_users, pruning_node_budget=test.pruning_node_budget)
+                                  pruning_users=test.pruning_users, pruning_node_budget=test.pruning_node_budget,
+                                  exclude_history=test.exclude_history)
         tested.append({"label": r["label"], "seed": r["seed"], "kind": "lm", "metrics": result["metrics"],
                        "pruning": result.get("pruning"), "users": result["users"], "of_users": result["of_users"],
                        "retrieved_rank": result["retrieved_rank"], "seconds_per_epoch": r["seconds_per_epoch"]})
@@ -458,7 +429,7 @@ def write_report(out_dir: str | Path, results: list[dict], base: ExperimentConfi
 
     ``selection`` (a sweep's :func:`evaluate_chosen_on_test`) adds the chosen point and its test results."""
     from bearrec.io import write_text
-    from bearrec.report import (efficiency_figure, pr_figure, pruning_comparison_figure, pruning_markdown,
+    from bearrec.report import (ceiling_figure, efficiency_figure, pr_figure, pruning_comparison_figure, pruning_markdown,
                                 summary_markdown, summary_runs, sweep_figure)
 
     out = Path(out_dir)
@@ -478,6 +449,9 @@ def write_report(out_dir: str | Path, results: list[dict], base: ExperimentConfi
         pr_figure(rows, out / "pr_at_k.png", f"Pruning rate (paper Fig. 6), {Path(base.data).name}")
         pruning_comparison_figure(rows, out / "pruning.png", f"Pruning attribution (paper Fig. 4), {Path(base.data).name}")
         figures += ["pr_at_k.png", "pruning.png"]
+    if any("exact_NDCG@10" in row["mean"] for row in rows.values()):
+        ceiling_figure(rows, out / "ceiling.png", f"What pruning costs: beam search vs the exact ranking, {Path(base.data).name}")
+        figures.append("ceiling.png")
     efficiency_figure(rows, out / "efficiency.png", f"Training time vs NDCG@10 (paper Fig. 9), {Path(base.data).name}")
     figures.append("efficiency.png")
     if grid:
@@ -494,9 +468,13 @@ def write_report(out_dir: str | Path, results: list[dict], base: ExperimentConfi
                                         f"{first['parameters']['trainable']:,} trained)" if first and first.get("parameters") else ""),
              f"- training: {train_examples if train_examples is not None else '?'} examples, up to {base.train.epochs} epochs, "
              f"best validation NDCG@10 kept ({base.train.valid_users} validation users)",
-             "- N = NDCG, H = HR (beam search, B = {}), PR = pruning rate (lower is better); mean ± std over seeds".format(settings.beam_width),
-             "- decoding: " + ", ".join(f"{label} {scoring} scoring" for label, scoring in
-                                        {r["label"]: r.get("scoring") for r in results if r.get("scoring")}.items())
+             "- N = NDCG, H = HR (beam search, B = {}); exact N/H = the exact ranking's (every item ranked by its "
+             "probability, nothing pruned) and gap N@10 = exact N@10 minus beam search's on the same users (what "
+             "pruning costs, the ceiling for BEAR); PR = pruning rate (lower is better); mean ± std over "
+             "seeds".format(settings.beam_width),
+             "- decoding: " + ", ".join(f"{label} {how}" for label, how in
+                                        {r["label"]: f"{r.get('decoder', 'beam')}" + (f", {r['scoring']} scoring" if r.get("scoring") else "")
+                                         for r in results if r["kind"] == "lm"}.items())
              + f"; length_penalty {base.decoding.length_penalty:g}",
              "", summary_markdown(rows)]
     verdicts = [verdict(label, row) for label, row in rows.items() if "vs_sft" in row]

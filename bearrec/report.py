@@ -7,7 +7,11 @@ from pathlib import Path
 
 from rich.table import Table
 
-METRIC_COLUMNS = ("NDCG@5", "NDCG@10", "HR@5", "HR@10", "PR@5", "PR@10")
+# Beam search's NDCG/HR@K, the exact ranking's (nothing pruned) and the gap between them on the same users
+# (what pruning costs: the ceiling for BEAR), and PR@K. Short names are the table headers.
+METRIC_COLUMNS = ("NDCG@5", "NDCG@10", "HR@5", "HR@10", "exact_NDCG@10", "exact_HR@10", "gap_NDCG@10", "PR@5", "PR@10")
+SHORT = {"NDCG@5": "N@5", "NDCG@10": "N@10", "HR@5": "H@5", "HR@10": "H@10", "exact_NDCG@10": "exact N@10",
+         "exact_HR@10": "exact H@10", "gap_NDCG@10": "gap N@10", "PR@5": "PR@5", "PR@10": "PR@10"}
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -23,7 +27,7 @@ def table_rows(runs: dict[str, dict]) -> list[list[str]]:
 
 
 def header() -> list[str]:
-    return ["objective", *METRIC_COLUMNS, "train s/epoch"]
+    return ["objective", *(SHORT[m] for m in METRIC_COLUMNS), "train s/epoch"]
 
 
 def rich_table(runs: dict[str, dict], title: str) -> Table:
@@ -60,15 +64,15 @@ def bar_chart(runs: dict[str, dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.2))
+    fig, ax = plt.subplots(figsize=(12, 4.2))
     width = 0.8 / max(len(runs), 1)
     for i, (name, r) in enumerate(runs.items()):
         values = [r["metrics"].get(m, math.nan) for m in METRIC_COLUMNS]
         xs = [k + (i - (len(runs) - 1) / 2) * width for k in range(len(METRIC_COLUMNS))]
         bars = ax.bar(xs, values, width=width, label=name)
         ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
-    ax.set_xticks(range(len(METRIC_COLUMNS)), [m + (" (lower is better)" if m.startswith("PR") else "") for m in METRIC_COLUMNS],
-                  fontsize=8)
+    ax.set_xticks(range(len(METRIC_COLUMNS)), [SHORT[m] + ("\n(lower is better)" if m.startswith(("PR", "gap")) else "")
+                                               for m in METRIC_COLUMNS], fontsize=8)
     ax.set_ylabel("value")
     ax.set_title(title)
     ax.legend()
@@ -146,7 +150,8 @@ def _cell(row: dict, metric: str) -> str:
 
 def summary_markdown(rows: dict[str, dict], baseline: str = "sft") -> str:
     """Paper Table 2 layout: mean (± std over seeds) per label, then each label's change over SFT in %."""
-    lines = ["| | N@5 | N@10 | H@5 | H@10 | PR@5 | PR@10 | seeds | train s/epoch |", "|---|" + "---:|" * 8]
+    lines = ["| | " + " | ".join(SHORT[m] for m in METRIC_COLUMNS) + " | seeds | train s/epoch |",
+             "|---|" + "---:|" * (len(METRIC_COLUMNS) + 2)]
     for label, row in rows.items():
         cells = [_cell(row, m) for m in METRIC_COLUMNS] + [str(len(row["seeds"])), _fmt(row["seconds_per_epoch"], 1)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -154,7 +159,7 @@ def summary_markdown(rows: dict[str, dict], baseline: str = "sft") -> str:
         if "vs_sft" in row:
             rel = row["vs_sft"]["relative"]
             cells = [f"{rel[m]:+.1%}" if rel.get(m) is not None else "n/a" for m in METRIC_COLUMNS[:4]]
-            lines.append(f"| {label} vs {baseline} | " + " | ".join(cells) + " | | | | |")
+            lines.append(f"| {label} vs {baseline} | " + " | ".join(cells) + " |" * (len(METRIC_COLUMNS) - 2))
     return "\n".join(lines) + "\n"
 
 
@@ -207,6 +212,25 @@ def pruning_comparison_figure(rows: dict[str, dict], path: Path, title: str, ks=
     axes[0][0].set_ylabel("users (all seeds)")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def ceiling_figure(rows: dict[str, dict], path: Path, title: str) -> None:
+    """What pruning costs, per objective: beam search's NDCG@10 beside the exact ranking's (nothing pruned,
+    the ceiling for BEAR), mean over seeds with std error bars."""
+    plt = _plt()
+    labels = [label for label, row in rows.items() if "exact_NDCG@10" in row["mean"]]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(labels) + 2), 4))
+    for offset, (metric, name) in zip((-0.2, 0.2), (("NDCG@10", "beam search"), ("exact_NDCG@10", "exact ranking"))):
+        values = [rows[label]["mean"][metric] for label in labels]
+        errors = [rows[label]["std"].get(metric) or 0.0 for label in labels]
+        bars = ax.bar([i + offset for i in range(len(labels))], values, width=0.4, yerr=errors, capsize=3, label=name)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylabel("NDCG@10")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
     _save(fig, path)
 
 

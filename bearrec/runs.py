@@ -34,7 +34,7 @@ from bearrec.config import ExperimentConfig, load_config
 from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, PromptTemplate
 from bearrec.decoding.latent import MEMORY_FILE
-from bearrec.evaluate import evaluate
+from bearrec.evaluate import EvalSettings, evaluate
 from bearrec.checks import first_line
 from bearrec.io import atomic_folder, check_replaceable, folder_kind, write_json
 from bearrec.models import TINY, build_tiny_model, count_parameters, load_model, save_model, tiny_model_for
@@ -206,18 +206,23 @@ def load_run(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike | None =
 def evaluate_run(run_dir, dataset_dir=None, split: str = "test", beam_width: int = 10, max_users: int | None = None,
                  pruning_rate: bool = True, seed: int = 0, console=None, dataset: RecDataset | None = None,
                  pruning_users: int | None = None, pruning_node_budget: int | None = None, scoring: str | None = None,
-                 length_penalty: float | None = None, decoder: str = "beam", node_budget: int | None = None,
-                 latent_variant: str = "global", latent_similarity: str = "l2", latent_neighbors: int = 5) -> dict:
+                 length_penalty: float | None = None, decoder: str | None = None, node_budget: int | None = None,
+                 latent_variant: str | None = None, latent_similarity: str | None = None,
+                 latent_neighbors: int | None = None, exclude_history: bool = False) -> dict:
     """Evaluate a run folder on a split; written to ``eval_<split>.json`` (and per user to ``eval_<split>_users.csv``),
     or for ``decoder`` ``exact`` / ``latent`` (see :func:`~bearrec.evaluate.evaluate`) to ``eval_<split>_<decoder>.json``,
     so that the beam-search evaluation is never overwritten. The latent decoder's item memory is kept in the
     run folder (``latent_memory.safetensors``) and reused while it matches the model and the train split.
 
-    ``scoring`` and ``length_penalty`` None decode as the run's config says (its ``decoding`` section; the
-    scoring defaults to the objective's: masked for ``msl`` and the official ``bear``, full otherwise); the
-    result records the ones used.
+    ``scoring``, ``length_penalty``, ``decoder`` and its settings None decode as the run's config says (its
+    ``decoding`` section; the scoring defaults to the objective's: masked for ``msl`` and the official ``bear``,
+    full otherwise); the result records the ones used.
     """
+    EvalSettings(split, beam_width, max_users, pruning_rate, pruning_users, pruning_node_budget, seed,
+                 exclude_history).validate("evaluate", {"max_users": "--max-users"})  # before loading the model
     model, tokenizer, dataset, config = load_run(run_dir, dataset_dir, dataset)
+    d = config.decoding
+    decoder = decoder or d.decoder
     if len(dataset.splits.get(split, ())) == 0:
         raise ValueError(f"{run_dir}: the dataset's {split} split has no examples to evaluate")
     encoder = prompt_encoder(tokenizer, dataset, config)
@@ -227,9 +232,11 @@ def evaluate_run(run_dir, dataset_dir=None, split: str = "test", beam_width: int
                       pruning_node_budget=pruning_node_budget, console=console,
                       scoring=scoring or config.scoring,
                       length_penalty=config.decoding.length_penalty if length_penalty is None else length_penalty,
-                      decoder=decoder, node_budget=node_budget, latent_variant=latent_variant,
-                      latent_similarity=latent_similarity, latent_neighbors=latent_neighbors,
-                      latent_memory=Path(run_dir) / MEMORY_FILE)
+                      decoder=decoder, node_budget=d.node_budget if node_budget is None else node_budget,
+                      latent_variant=latent_variant or d.latent_variant,
+                      latent_similarity=latent_similarity or d.latent_similarity,
+                      latent_neighbors=latent_neighbors or d.latent_neighbors,
+                      latent_memory=Path(run_dir) / MEMORY_FILE, exclude_history=exclude_history)
     per_user = result.pop("per_user", None)
 
     def write():

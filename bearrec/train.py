@@ -22,10 +22,11 @@ import torch
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from bearrec.catalog import ItemTrie
-from bearrec.config import ExperimentConfig
+from bearrec.config import DecodingConfig, ExperimentConfig
 from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, left_pad
 from bearrec.decoding.beam_search import position_ids_from_mask
+from bearrec.decoding.latent import item_memory
 from bearrec.checks import first_line
 from bearrec.io import write_json
 from bearrec.objectives import IGNORE_INDEX, pruning_margin, sequence_log_probs
@@ -105,10 +106,12 @@ class RecTrainer(Trainer):
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean: let the Trainer divide by the accumulation steps
 
     def __init__(self, *args, objective, trie: ItemTrie, valid: tuple[list, list] | None, beam_width: int,
-                 scoring: str = "full", length_penalty: float = 0.0, reference=None, **kwargs):
+                 scoring: str = "full", decoding: DecodingConfig | None = None, memory_builder=None, reference=None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.objective, self.valid, self.beam_width = objective, valid, beam_width
-        self.scoring, self.length_penalty = scoring, length_penalty  # decoded as evaluation will decode
+        # decoded as evaluation will decode; the latent decoder's item memory is rebuilt from the current weights
+        self.scoring, self.decoding, self.memory_builder = scoring, decoding or DecodingConfig(), memory_builder
         self.trie = trie.to(self.args.device)  # once, not on every decoding call
         self.reference = reference.to(self.args.device).eval() if reference is not None else None
         self._reset_parts()
@@ -169,8 +172,9 @@ class RecTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """NDCG@K and HR@K of constrained beam search on the validation subsample."""
-        from bearrec.decoding import constrained_beam_search
+        """NDCG@K and HR@K of the run's decoder (``decoding.decoder``, beam search by default) on the validation
+        subsample."""
+        from bearrec.decoding import decode
         from bearrec.distributed import map_users
         from bearrec.metrics import ranking_metrics
 
@@ -179,12 +183,15 @@ class RecTrainer(Trainer):
         was_training = model.training
         model.eval()
         ids, mask = left_pad(prompts, self.processing_class.pad_token_id)
-        # each process decodes its share of the users; all get every user's list (distributed.py)
-        beams = map_users(constrained_beam_search, model, ids, mask, self.trie, beam_width=self.beam_width,
-                          batch_size=self.args.per_device_eval_batch_size, scoring=self.scoring,
-                          length_penalty=self.length_penalty)
+        d = self.decoding
+        memory = self.memory_builder(model) if d.decoder == "latent" else None
+        # each process decodes its share of the users; every process gets every user's list (distributed.py)
+        found = map_users(decode, model, ids, mask, self.trie, k=self.beam_width, decoder=d.decoder,
+                          scoring=self.scoring, length_penalty=d.length_penalty, node_budget=d.node_budget,
+                          memory=memory, latent_variant=d.latent_variant, latent_similarity=d.latent_similarity,
+                          latent_neighbors=d.latent_neighbors, batch_size=self.args.per_device_eval_batch_size)
         model.train(was_training)
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in ranking_metrics(beams.item_ids, torch.tensor(targets)).items()}
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in ranking_metrics(found.item_ids, torch.tensor(targets)).items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
@@ -325,8 +332,8 @@ def train_model(
                 tokenizer.pad_token_id, objective.needs_search, trie if objective.needs_candidates else None,
                 objective.negatives, encoder.answers if objective.negatives else None, tc.seed),
             processing_class=tokenizer, callbacks=callbacks, objective=objective, trie=trie, valid=valid,
-            beam_width=tc.valid_beam_width, scoring=config.scoring, length_penalty=config.decoding.length_penalty,
-            reference=reference,
+            beam_width=tc.valid_beam_width, scoring=config.scoring, decoding=config.decoding, reference=reference,
+            memory_builder=lambda m: item_memory(m, encoder, dataset, None, 64)[0],
         )
         trainer.remove_callback(PrinterCallback)  # our progress bar and per-epoch lines replace its raw dicts
         trainer.train(resume_from_checkpoint=resume_from)

@@ -68,7 +68,7 @@ def test_train_evaluate_recommend_on_synthetic(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "eval_valid.json").read_text())["metrics"]
     assert set(metrics) == {"NDCG@5", "NDCG@10", "HR@5", "HR@10", "PR@5", "PR@10", "exact_NDCG@5", "exact_NDCG@10",
-                            "exact_HR@5", "exact_HR@10"}
+                            "exact_HR@5", "exact_HR@10", "gap_NDCG@5", "gap_NDCG@10"}
     assert "NDCG@10" in result.stdout and "what pruning costs" in result.stdout
     for decoder, extra in [("exact", ["--node-budget", 50]), ("latent", ["--latent-variant", "local"])]:
         result = _run("evaluate", run, "--split", "valid", "--max-users", 20, "--decoder", decoder, *extra)
@@ -103,11 +103,14 @@ def test_quickstart_small(tmp_path):
     result = _run("quickstart", "--out", out, "--users", 60, "--epochs", 1)
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
-    assert set(results["runs"]) == {"sft", "bear"}
+    assert set(results["runs"]) == {"sft", "msl", "bear"}
+    assert {name: run["scoring"] for name, run in results["runs"].items()} == {"sft": "full", "msl": "masked",
+                                                                                "bear": "masked"}
     for run in results["runs"].values():
         assert run["users"] == 60 and run["seconds_per_epoch"] > 0
-        assert 0 <= run["metrics"]["HR@10"] <= 1
+        assert 0 <= run["metrics"]["HR@10"] <= 1 and 0 <= run["metrics"]["exact_HR@10"] <= 1
     table = (out / "results.md").read_text()
-    assert "| sft |" in table and "| bear |" in table and "PR@10" in table
+    assert "| sft |" in table and "| msl |" in table and "| bear |" in table and "PR@10" in table
+    assert "exact N@10" in table and "gap N@10" in table
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
-    assert "NDCG@10" in result.stdout and "bear" in result.stdout
+    assert "N@10" in result.stdout and "bear" in result.stdout

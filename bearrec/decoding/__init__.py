@@ -2,6 +2,7 @@
 pruning attribution."""
 
 from bearrec.decoding.beam_search import BeamResult, constrained_beam_search, position_ids_from_mask
+from bearrec.decoding.decode import DECODERS, decode
 from bearrec.decoding.exact import ExactTopK, exact_top_k
 from bearrec.decoding.exhaustive import exact_target_ranks, score_catalog
 from bearrec.decoding.latent import ItemMemory, LatentTopK, item_memory, latent_decode, latent_top_k
@@ -10,6 +11,7 @@ from bearrec.decoding.scoring import SCORINGS, default_scoring
 
 __all__ = [
     "BeamResult",
+    "DECODERS",
     "ExactTopK",
     "ItemMemory",
     "LatentTopK",
@@ -17,6 +19,7 @@ __all__ = [
     "SCORINGS",
     "attribute_pruning",
     "constrained_beam_search",
+    "decode",
     "default_scoring",
     "exact_top_k",
     "item_memory",
