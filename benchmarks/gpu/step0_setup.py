@@ -18,7 +18,6 @@ Writes OUT/step0.json and OUT/step0.log. Fails (exit 1) on a damaged part or a f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -28,17 +27,9 @@ from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, Step, parser  # noqa: E402
+from common import ROOT, Step, parser, sha256  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def install(step: Step, wheels: list[Path]) -> None:
