@@ -62,6 +62,16 @@ class Step:
             sys.path.append(str(self.site))  # after the repository: the working tree's bearrec wins
         self._log = open(self.out / f"{name}.log", "a", encoding="utf-8")
 
+    def require(self, data: bool = True, model: bool = True) -> None:
+        """Stop with one line if step 0 has not prepared this machine (a machine that went back starts bare)."""
+        missing = [what for what, needed, path in (
+            ("the dataset", data, self.data / "dataset.json"),
+            ("SmolLM2 (converted once both model parts are in)", model, self.state / "cache" / "smollm2-135m" / "config.json"))
+            if needed and not path.is_file()]
+        if missing:
+            raise SystemExit(f"{self.state}: missing {' and '.join(missing)} on this machine; run step 0 with "
+                             ".gpu/part1, then with .gpu/part2 (a machine that went back starts bare)")
+
     def log(self, *parts) -> None:
         line = " ".join(str(p) for p in parts)
         print(line, flush=True)

@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
         args = p.parse_args(argv)
     args.users = [int(u) for u in args.users.split(",")]
     step = Step("step2", args)
+    step.require(data=args.data is None, model=any(m in args.models for m in ("llama-1b", "smollm2-135m")))
     import torch
     import transformers
 

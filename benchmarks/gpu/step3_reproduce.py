@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                       "sasrec.epochs=2", "train.logging_steps=1"])
         args = p.parse_args(argv)
     step = Step("step3", args)
+    step.require(data=args.data is None, model=args.model == "smollm2-135m")
     exp = step.state / "runs" / f"office-bear-{args.fine_tuning}"
     before = {r["folder"]: r["state"] for r in run_states(exp)}
     stop = SafePoint(step, exp, args.budget_s, args.epochs)
