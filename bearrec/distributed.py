@@ -37,11 +37,6 @@ def state():
     return shared if shared.num_processes > 1 else None
 
 
-def is_main() -> bool:
-    shared = state()
-    return shared is None or shared.is_main_process
-
-
 def barrier() -> None:
     """Wait until every process reaches this point (nothing with one process)."""
     shared = state()
