@@ -17,6 +17,7 @@ from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, left_pad
 from bearrec.decoding import attribute_pruning, decode, exact_target_ranks, item_memory
 from bearrec.decoding.scoring import check_scoring
+from bearrec.distributed import map_users
 from bearrec.metrics import exact_ranking_metrics, ranking_metrics, retrieved_rank
 from bearrec.train import encode_split
 
@@ -162,17 +163,19 @@ def evaluate(
         task = progress.add_task(f"{name} ({split})", total=len(prompts))
         start = time.perf_counter()
         # Users whose search has the same width share decoder calls: B plus their distinct history items when
-        # those are excluded (as `recommend` and `serve` decode a user), else B.
+        # those are excluded (as `recommend` and `serve` decode a user), else B. With several processes, each
+        # decodes its share of the users (distributed.py).
         widths = [min(beam_width + len(s), trie.num_items) for s in seen] if seen else [beam_width] * len(prompts)
         item_ids = torch.full((len(prompts), beam_width), -1, dtype=torch.long)
         certified, nodes = torch.ones(len(prompts), dtype=torch.bool), torch.zeros(len(prompts), dtype=torch.long)
         for width in sorted(set(widths)):
             rows = torch.tensor([i for i, w in enumerate(widths) if w == width])
-            found = decode(model, input_ids[rows], attention_mask[rows], trie, k=width, decoder=decoder,
-                           scoring=scoring, length_penalty=length_penalty, node_budget=node_budget, memory=memory,
-                           latent_variant=latent_variant, latent_similarity=latent_similarity,
-                           latent_neighbors=latent_neighbors, batch_size=batch_size,
-                           targets=targets[rows] if pruning_rate else None, progress=lambda k: progress.advance(task, k))
+            found = map_users(decode, model, input_ids[rows], attention_mask[rows], trie, k=width, decoder=decoder,
+                              scoring=scoring, length_penalty=length_penalty, node_budget=node_budget, memory=memory,
+                              latent_variant=latent_variant, latent_similarity=latent_similarity,
+                              latent_neighbors=latent_neighbors, batch_size=batch_size,
+                              targets=targets[rows] if pruning_rate else None,
+                              progress=lambda k: progress.advance(task, k))
             item_ids[rows] = _without(found.item_ids, [seen[i] for i in rows], beam_width) if seen else found.item_ids
             if decoder == "exact":
                 certified[rows], nodes[rows] = found.certified, found.nodes_expanded
@@ -189,10 +192,10 @@ def evaluate(
             start = time.perf_counter()
             known = (found.item_ids[:ranked], found.scores[:ranked]) if length_penalty == 0 else (None, None)
             exact_rank = torch.full((len(prompts),), -1, dtype=torch.long)  # -1: not ranked
-            exact_rank[:ranked] = exact_target_ranks(
-                model, input_ids[:ranked], attention_mask[:ranked], trie, targets[:ranked], max_rank=max(ks),
-                known_items=known[0], known_scores=known[1], max_nodes=pruning_node_budget, scoring=scoring,
-                progress=lambda k: progress.advance(task, k))
+            exact_rank[:ranked] = map_users(
+                exact_target_ranks, model, input_ids[:ranked], attention_mask[:ranked], trie, targets[:ranked],
+                max_rank=max(ks), known_items=known[0], known_scores=known[1], max_nodes=pruning_node_budget,
+                scoring=scoring, progress=lambda k: progress.advance(task, k))
             result["exact_rank_seconds"] = time.perf_counter() - start
     result["metrics"] = ranking_metrics(item_ids, targets, exact_rank, ks)
     result["retrieved_rank"] = retrieved_rank(item_ids, targets).tolist()
