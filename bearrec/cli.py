@@ -401,7 +401,7 @@ def quickstart(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("bearrec-quickstart"),
     model: Annotated[str, typer.Option(help="'tiny' or a Hugging Face model folder / hub name")] = "tiny",
     seed: Annotated[int, typer.Option()] = 0,
-    users: Annotated[int, typer.Option(help="synthetic users")] = 800,
+    users: Annotated[int, typer.Option(help="synthetic users")] = 600,
     epochs: Annotated[int, typer.Option()] = 3,
     eval_users: Annotated[Optional[int], typer.Option(help="evaluate a subsample of test users [default: all]")] = None,
     weight: Annotated[float, typer.Option(help="BEAR lambda (the authors' default)")] = 0.25,
