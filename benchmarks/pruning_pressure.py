@@ -28,6 +28,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--pressures", default="0,0.25,0.5,0.75,1")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed-offset", type=int, default=0,
+                        help="first seed; several processes may fill one --out with disjoint seeds, then a last call "
+                             "over all of them (finished points are read back) writes the summary")
     parser.add_argument("--objectives", default="sft,bear")
     parser.add_argument("--users", type=int, default=800)
     parser.add_argument("--epochs", type=int, default=3)
@@ -47,7 +50,7 @@ def main() -> None:
     mark(args.out, "experiment")
     points = []
     oracles = {p: oracle_pruning(SyntheticConfig(pruning_pressure=p, num_users=args.users))["PR@10"] for p in pressures}
-    for seed in range(args.seeds):  # seed-major: every pressure has a first result early
+    for seed in range(args.seed_offset, args.seed_offset + args.seeds):  # seed-major: each pressure early
         for pressure in pressures:
             folder = args.out / f"p{pressure:g}" / f"seed{seed}"
             done = folder / "results.json"
