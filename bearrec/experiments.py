@@ -31,7 +31,8 @@ from bearrec.io import check_replaceable, mark, write_json
 from bearrec.report import METRIC_COLUMNS
 
 BASELINES = ("sasrec", "bert4rec")  # conventional recommenders: config section = run label
-OBJECTIVE_SECTIONS = {"bear": "bear", "beam-sim": "beam_sim", "msl": "msl", "sdpo": "sdpo", "sdpo-bear": "sdpo"}
+OBJECTIVE_SECTIONS = {"bear": "bear", "beam-sim": "beam_sim", "msl": "msl", "sdpo": "sdpo", "sdpo-bear": "sdpo",
+                      "apao-pointwise": "apao", "apao-pairwise": "apao"}
 BASELINE = "sft"
 SHORT_KEYS = {"weight", "temperature", "beam_width", "surrogate", "formulation", "candidates", "tau", "ats", "ats_eta",
               "ats_alpha", "ats_warmup", "ats_min", "ats_max", "reference", "negatives", "beta"}  # fields of an objective

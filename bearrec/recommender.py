@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
-from bearrec.catalog import build_trie
 from bearrec.checks import check
 from bearrec.config import DecodingConfig
 from bearrec.data.dataset import normalize_title
@@ -40,7 +39,7 @@ from bearrec.decoding import DECODERS, decode
 from bearrec.decoding.latent import MEMORY_FILE, SIMILARITIES, VARIANTS
 from bearrec.decoding.scoring import SCORINGS
 from bearrec.evaluate import timed_item_memory
-from bearrec.runs import load_run, prompt_encoder
+from bearrec.runs import item_trie, load_run, prompt_encoder
 
 
 @dataclass
@@ -127,7 +126,7 @@ class Recommender:
         self.scoring = self.decoding.scoring or config.scoring
         self.decoders = self.settings.decoders or (self.decoding.decoder,)
         self.default_decoder = self.decoding.decoder if self.decoding.decoder in self.decoders else self.decoders[0]
-        self.trie = build_trie(tokenizer, dataset.titles)
+        self.trie = item_trie(tokenizer, dataset, config)  # titles or semantic IDs
         self.encoder = prompt_encoder(tokenizer, dataset, config)
         self.titles = dataset.titles
         self.item_ids = [str(i) for i in dataset.items["item_id"]]

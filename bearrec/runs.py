@@ -38,6 +38,7 @@ from bearrec.evaluate import EvalSettings, evaluate
 from bearrec.checks import first_line
 from bearrec.io import atomic_folder, check_replaceable, folder_kind, write_json
 from bearrec.models import TINY, build_tiny_model, count_parameters, load_model, save_model, tiny_model_for
+from bearrec.semantic_ids import CodePrompt, code_strings, code_tokenizer, dataset_codes
 
 
 def tokenizer_corpus(dataset: RecDataset, template: PromptTemplate) -> list[str]:
@@ -45,14 +46,31 @@ def tokenizer_corpus(dataset: RecDataset, template: PromptTemplate) -> list[str]
     return dataset.titles + [template.render(dataset.titles[:3])] * 50
 
 
+def item_texts(dataset: RecDataset, config: ExperimentConfig) -> list[str]:
+    """What the model spells for each item: its title, or its semantic ID as code tokens (``representation``)."""
+    if config.representation == "semantic-ids":
+        return code_strings(dataset_codes(dataset))
+    return dataset.titles
+
+
+def item_trie(tokenizer, dataset: RecDataset, config: ExperimentConfig):
+    """The trie a run decodes with (titles or semantic IDs under the run's tokenizer)."""
+    return build_trie(tokenizer, item_texts(dataset, config))
+
+
 def prompt_encoder(tokenizer, dataset: RecDataset, config: ExperimentConfig) -> PromptEncoder:
-    """The prompt encoder a run trains and decodes with (Figure 2 prompt, optionally in the chat template)."""
-    return PromptEncoder(tokenizer, dataset.titles, PromptTemplate(dataset.domain), config.train.max_prompt_tokens,
+    """The prompt encoder a run trains and decodes with (Figure 2 prompt, optionally in the chat template; with
+    semantic IDs the history's codes alone)."""
+    template = CodePrompt() if config.representation == "semantic-ids" else PromptTemplate(dataset.domain)
+    return PromptEncoder(tokenizer, item_texts(dataset, config), template, config.train.max_prompt_tokens,
                          chat_template=config.use_chat_template)
 
 
 def new_model(config: ExperimentConfig, dataset: RecDataset, tokenizer=None):
     """(model, tokenizer) to fine-tune: the tiny default built for ``dataset``, or a pretrained LM (+ LoRA)."""
+    if config.representation == "semantic-ids":  # validate() allows the tiny model only
+        tokenizer = tokenizer or code_tokenizer(dataset_codes(dataset))
+        return build_tiny_model(tokenizer, config.tiny, config.train.seed), tokenizer
     if config.model == TINY:
         if tokenizer is not None:
             return build_tiny_model(tokenizer, config.tiny, config.train.seed), tokenizer
@@ -154,7 +172,7 @@ def train_run(config: ExperimentConfig, out_dir: str | os.PathLike, resume: bool
         raise ValueError(f"{config.data}: the train split is empty; nothing to train on")
     saved_tokenizer = AutoTokenizer.from_pretrained(out_dir / "tokenizer") if resume and (out_dir / "tokenizer").is_dir() else None
     model, tokenizer = new_model(config, dataset, saved_tokenizer)
-    trie = build_trie(tokenizer, dataset.titles)  # fails before anything is written if titles collide
+    trie = item_trie(tokenizer, dataset, config)  # fails before anything is written if titles collide
     encoder = prompt_encoder(tokenizer, dataset, config)
     _check_sequence_length(model, encoder, dataset, config)
 
@@ -226,7 +244,7 @@ def evaluate_run(run_dir, dataset_dir=None, split: str = "test", beam_width: int
     if len(dataset.splits.get(split, ())) == 0:
         raise ValueError(f"{run_dir}: the dataset's {split} split has no examples to evaluate")
     encoder = prompt_encoder(tokenizer, dataset, config)
-    trie = build_trie(tokenizer, dataset.titles)
+    trie = item_trie(tokenizer, dataset, config)
     result = evaluate(model, tokenizer, dataset, encoder, trie, split=split, beam_width=beam_width,
                       max_users=max_users, seed=seed, pruning_rate=pruning_rate, pruning_users=pruning_users,
                       pruning_node_budget=pruning_node_budget, console=console,

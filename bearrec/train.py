@@ -29,7 +29,8 @@ from bearrec.decoding.beam_search import position_ids_from_mask
 from bearrec.decoding.latent import item_memory
 from bearrec.checks import first_line
 from bearrec.io import write_json
-from bearrec.objectives import IGNORE_INDEX, pruning_margin, sequence_log_probs
+from bearrec.objectives import IGNORE_INDEX, distinct_prefixes, pruning_margin, sequence_log_probs
+from bearrec.objectives.apao import grouped_answer_logits
 
 SELECTION_METRIC = "NDCG@10"
 
@@ -50,29 +51,45 @@ class Collator:
     * ``negatives = K > 0``: K catalog items other than the target, drawn uniformly, answer the same
       prompt in the K rows after each example's own row (rows grouped ``1 + K`` per example, S-DPO);
     * ``trie``: ``candidates [R, A, C]``, the trie-valid next tokens of every answer position (-1
-      padded), gathered from the trie on the CPU while the accelerator trains: no ``[R, A, V]`` mask.
+      padded), gathered from the trie on the CPU while the accelerator trains: no ``[R, A, V]`` mask;
+    * ``prefix_negatives = K > 0`` (APAO pairwise): ``group_labels [N, 1 + K, A]``, each example's answer
+      then K uniformly drawn other items' (left-aligned, -100 padded), and the prompts alone, so that one
+      forward scores all of them after one copy of the prompt.
 
     ``labels[:, j]`` is the token at position ``L - A + j``: the logits of the last ``A + 1`` positions,
     minus the final one, predict exactly these tokens.
     """
 
     def __init__(self, pad_id: int, with_prompts: bool = False, trie: ItemTrie | None = None, negatives: int = 0,
-                 answers: list[list[int]] | None = None, seed: int = 0):
+                 answers: list[list[int]] | None = None, seed: int = 0, prefix_negatives: int = 0):
         self.pad_id, self.with_prompts, self.trie, self.negatives, self.answers = pad_id, with_prompts, trie, negatives, answers
-        if negatives and not answers:
+        self.prefix_negatives = prefix_negatives
+        if (negatives or prefix_negatives) and not answers:
             raise ValueError("sampling negatives needs the catalog's answers")
         self.generator = torch.Generator().manual_seed(seed)
+
+    def _draw(self, item: int, k: int) -> list[int]:
+        """K catalog items drawn uniformly with replacement, never ``item``."""
+        draw = torch.randint(0, len(self.answers) - 1, (k,), generator=self.generator)  # [K] uniform, target skipped
+        return (draw + (draw >= item).long()).tolist()
 
     def _rows(self, examples: list[dict]) -> list[dict]:
         if not self.negatives:
             return examples
         rows = []
-        num_items = len(self.answers)
         for e in examples:
-            draw = torch.randint(0, num_items - 1, (self.negatives,), generator=self.generator)  # [K] uniform, target skipped
-            draw = draw + (draw >= e["item"]).long()
-            rows += [e] + [{"prompt": e["prompt"], "answer": self.answers[int(i)], "item": int(i)} for i in draw]
+            rows += [e] + [{"prompt": e["prompt"], "answer": self.answers[i], "item": i} for i in self._draw(e["item"], self.negatives)]
         return rows
+
+    def _group_labels(self, examples: list[dict]) -> torch.Tensor:
+        """``[N, 1 + K, A]``: each example's answer, then K negatives' (left-aligned, -100 padded)."""
+        groups = [[e["answer"]] + [self.answers[i] for i in self._draw(e["item"], self.prefix_negatives)] for e in examples]
+        width = max(len(a) for g in groups for a in g)
+        out = torch.full((len(groups), 1 + self.prefix_negatives, width), IGNORE_INDEX, dtype=torch.long)
+        for n, group in enumerate(groups):
+            for g, answer in enumerate(group):
+                out[n, g, : len(answer)] = torch.tensor(answer)
+        return out
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         rows = self._rows(examples)
@@ -82,8 +99,10 @@ class Collator:
         for row, e in enumerate(rows):
             labels[row, longest - len(e["answer"]) :] = torch.tensor(e["answer"])
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        if self.with_prompts:
+        if self.with_prompts or self.prefix_negatives:
             batch["prompt_ids"], batch["prompt_mask"] = left_pad([e["prompt"] for e in examples], self.pad_id)
+        if self.prefix_negatives:
+            batch["group_labels"] = self._group_labels(examples)
         if self.trie is not None:
             batch["candidates"] = self.trie.label_candidates(labels)  # [R, A, C]
         return batch
@@ -107,14 +126,26 @@ class RecTrainer(Trainer):
 
     def __init__(self, *args, objective, trie: ItemTrie, valid: tuple[list, list] | None, beam_width: int,
                  scoring: str = "full", decoding: DecodingConfig | None = None, memory_builder=None, reference=None,
-                 **kwargs):
+                 group_by_length: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.group_by_length = group_by_length
         self.objective, self.valid, self.beam_width = objective, valid, beam_width
         # decoded as evaluation will decode; the latent decoder's item memory is rebuilt from the current weights
         self.scoring, self.decoding, self.memory_builder = scoring, decoding or DecodingConfig(), memory_builder
         self.trie = trie.to(self.args.device)  # once, not on every decoding call
+        self.prefix_counts = distinct_prefixes(self.trie)  # P_t of APAO's pairwise rescaling
         self.reference = reference.to(self.args.device).eval() if reference is not None else None
         self._reset_parts()
+
+    def _get_train_sampler(self, train_dataset=None):
+        """``train.group_by_length``: the Trainer's length-grouped sampler, with our examples' token counts."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.group_by_length:
+            return super()._get_train_sampler(train_dataset)
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    lengths=[len(e["prompt"]) + len(e["answer"]) for e in dataset])
 
     def _reset_parts(self) -> None:
         self._parts = {"sft": 0.0, "reg": 0.0, "violated": 0.0, "seen": 0, "batches": 0}
@@ -137,8 +168,15 @@ class RecTrainer(Trainer):
             extra["thresholds"] = align_thresholds(raw, labels)
         if "candidates" in inputs:
             extra["candidates"] = inputs["candidates"]
-        logits = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], labels.shape[1])
         group = 1 + self.objective.negatives if self.reference is not None else 1
+        if "group_labels" in inputs:  # APAO pairwise: the positive and its negatives after one copy of the prompt
+            group = inputs["group_labels"].shape[1]
+            labels = inputs["group_labels"].flatten(0, 1)  # [N(1+K), A], rows grouped 1 + K per example
+            logits = grouped_answer_logits(model, inputs["prompt_ids"], inputs["prompt_mask"],
+                                           inputs["group_labels"]).flatten(0, 1)  # [N(1+K), A, V]
+            extra["prefix_counts"] = self.prefix_counts
+        else:
+            logits = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], labels.shape[1])
         if self.reference is not None:
             with torch.no_grad():  # the frozen reference's sequence log-probabilities, [N, 1 + K]
                 ref_logits = answer_logits(self.reference, inputs["input_ids"], inputs["attention_mask"], labels.shape[1])
@@ -286,6 +324,7 @@ def train_model(
     has_valid = len(dataset.splits["valid"]) > 0 and tc.valid_users != 0  # valid_users: 0 turns validation off
     valid = encode_split(dataset, "valid", encoder, tc.valid_users, tc.seed) if has_valid else None
     objective = config.objective_config()
+    objective_negatives = getattr(objective, "prefix_negatives", 0)  # APAO pairwise
     reference = load_reference(objective, model, tokenizer) if objective.negatives else None
     use_bf16 = tc.bf16 == "true" or (tc.bf16 == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     select = tc.select_best and valid is not None
@@ -298,7 +337,7 @@ def train_model(
         learning_rate=config.learning_rate,
         weight_decay=tc.weight_decay,
         warmup_steps=tc.warmup_ratio,
-        lr_scheduler_type="linear",
+        lr_scheduler_type="constant_with_warmup" if tc.lr_scheduler == "constant" else tc.lr_scheduler,
         max_grad_norm=tc.grad_clip,
         seed=tc.seed,
         data_seed=tc.seed,
@@ -330,10 +369,11 @@ def train_model(
         trainer = RecTrainer(
             model=model, args=args, train_dataset=examples, eval_dataset=valid[0] if valid else None, data_collator=Collator(
                 tokenizer.pad_token_id, objective.needs_search, trie if objective.needs_candidates else None,
-                objective.negatives, encoder.answers if objective.negatives else None, tc.seed),
+                objective.negatives, encoder.answers if objective.negatives or objective_negatives else None, tc.seed,
+                objective_negatives),
             processing_class=tokenizer, callbacks=callbacks, objective=objective, trie=trie, valid=valid,
             beam_width=tc.valid_beam_width, scoring=config.scoring, decoding=config.decoding, reference=reference,
-            memory_builder=lambda m: item_memory(m, encoder, dataset, None, 64)[0],
+            memory_builder=lambda m: item_memory(m, encoder, dataset, None, 64)[0], group_by_length=tc.group_by_length,
         )
         trainer.remove_callback(PrinterCallback)  # our progress bar and per-epoch lines replace its raw dicts
         trainer.train(resume_from_checkpoint=resume_from)

@@ -40,19 +40,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    from bearrec.catalog import build_trie
     from bearrec.data.prompts import left_pad
     from bearrec.decoding import decode, item_memory
     from bearrec.decoding.latent import build_item_memory
     from bearrec.metrics import ranking_metrics
-    from bearrec.runs import load_run, prompt_encoder
+    from bearrec.runs import item_trie, load_run, prompt_encoder
     from bearrec.train import encode_split
 
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or _default_run(Path(tmp))
         model, tokenizer, dataset, config = load_run(run)
         encoder = prompt_encoder(tokenizer, dataset, config)
-        trie = build_trie(tokenizer, dataset.titles)
+        trie = item_trie(tokenizer, dataset, config)
         prompts, targets = encode_split(dataset, args.split, encoder, args.users, seed=0)
         ids, mask = left_pad(prompts, tokenizer.pad_token_id)
         targets = torch.tensor(targets)

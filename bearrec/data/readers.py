@@ -22,6 +22,11 @@ chronologically by target time: oldest 80 % train, next 10 % valid, newest 10 % 
 equal times keep the order of users' first appearance). The catalog is the items that survive the
 k-core filter, in the order of the items file.
 
+``split="leave-one-out"`` splits per user instead (TIGER, APAO and most semantic-ID papers): a user's
+last example (target = last item) is test, the one before it valid, every earlier one train, so a
+user's train examples target items[1:-2]. ``history_len`` (``prepare --max-history``, default 10)
+is the longest history kept; APAO keeps 20.
+
 Catalog cleaning (every format, :func:`_clean_catalog`)
 -------------------------------------------------------
 Titles are HTML-unescaped (``&amp;`` -> ``&``) and their whitespace collapsed and stripped. Real data
@@ -78,6 +83,8 @@ PathLike = str | os.PathLike
 # Unix times in seconds fit comfortably inside +-1e11 (year 5138); larger values are milliseconds or garbage.
 MAX_UNIX_SECONDS = 10**11
 
+SPLIT_MODES = ("time", "leave-one-out")  # 8:1:1 by target time | per user: last test, second-to-last valid
+
 _FORMATS = {
     "processed": ("folder",),
     "amazon": ("reviews", "meta"),
@@ -96,12 +103,20 @@ def read_source(
     domain: str = "products",
     strict: bool = False,
     min_interactions: int = 5,
+    history_len: int | None = None,
+    split: str | None = None,
+    keep_untitled: bool = False,
 ) -> RecDataset:
     """Read ``inputs`` in format ``fmt``: "processed" (folder), "amazon" (reviews, meta) or
-    "interactions" (interactions.csv, items.csv)."""
+    "interactions" (interactions.csv, items.csv). ``history_len`` (default 10) and ``split`` (default "time")
+    apply to the raw formats only: a processed folder brings its own split and histories."""
     where = ", ".join(map(str, inputs)) or "<no input>"
     if isinstance(min_interactions, bool) or not isinstance(min_interactions, int) or min_interactions < 1:
         raise ValueError(f"min_interactions (--min-interactions) must be an integer of at least 1, got {min_interactions!r}")
+    if history_len is not None and (isinstance(history_len, bool) or not isinstance(history_len, int) or history_len < 1):
+        raise ValueError(f"history_len (--max-history) must be an integer of at least 1, got {history_len!r}")
+    if split is not None and split not in SPLIT_MODES:
+        raise ValueError(f"split (--split) must be one of {', '.join(SPLIT_MODES)}, got {split!r}")
     if not re.fullmatch(r"[^\W\d_][\w -]*", domain or ""):
         raise ValueError(f"domain (--domain) must be a plural noun for the prompt, such as products or books: got {domain!r}")
     if fmt not in _FORMATS:
@@ -114,12 +129,17 @@ def read_source(
             field="inputs",
         )
     if fmt == "processed":
-        return read_processed(inputs[0], domain=domain, strict=strict)
+        if history_len is not None or split is not None:
+            raise ValueError("--max-history and --split apply to the raw formats (amazon, interactions); a processed "
+                             "folder brings its own split and histories")
+        return read_processed(inputs[0], domain=domain, strict=strict, keep_untitled=keep_untitled)
     reader = read_amazon if fmt == "amazon" else read_interactions
-    return reader(*inputs, domain=domain, strict=strict, min_interactions=min_interactions)
+    return reader(*inputs, domain=domain, strict=strict, min_interactions=min_interactions,
+                  history_len=history_len or 10, split=split or "time", keep_untitled=keep_untitled)
 
 
-def read_processed(folder: PathLike, domain: str = "products", strict: bool = False) -> RecDataset:
+def read_processed(folder: PathLike, domain: str = "products", strict: bool = False,
+                   keep_untitled: bool = False) -> RecDataset:
     """Read a processed folder (items.csv plus train/valid/test.csv with JSON ``item_ids``)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -155,8 +175,11 @@ def read_amazon(
     strict: bool = False,
     min_interactions: int = 5,
     history_len: int = 10,
+    split: str = "time",
+    keep_untitled: bool = False,
 ) -> RecDataset:
-    """Read raw Amazon reviews plus metadata and build the k-core, sliding-window, 8:1:1 dataset."""
+    """Read raw Amazon reviews plus metadata and build the k-core, sliding-window dataset (8:1:1 by time, or
+    leave-one-out per user)."""
     reviews_path, meta_path = Path(reviews_path), Path(meta_path)
     users, item_ids, times = [], [], []
     for line, record in _read_json_lines(reviews_path):
@@ -193,8 +216,8 @@ def read_amazon(
 
     source = {"format": "amazon", "paths": [str(reviews_path), str(meta_path)]}
     return _build_from_interactions(
-        interactions, items, meta_path, domain, strict, min_interactions, history_len, source
-    )
+        interactions, items, meta_path, domain, strict, min_interactions, history_len, source, split,
+        keep_untitled)
 
 
 def read_interactions(
@@ -204,12 +227,15 @@ def read_interactions(
     strict: bool = False,
     min_interactions: int = 5,
     history_len: int = 10,
+    split: str = "time",
+    keep_untitled: bool = False,
 ) -> RecDataset:
-    """Read a generic interactions.csv (user,item,timestamp) plus items.csv (item,title)."""
+    """Read a generic interactions.csv (user,item,timestamp) plus items.csv (item,title); the columns may also
+    be called ``user_id`` and ``item_id`` (as in ``../shared/data/office``)."""
     interactions_csv, items_csv = Path(interactions_csv), Path(items_csv)
-    items = _read_csv(items_csv, ("item", "title")).rename(columns={"item": "item_id"})
+    items = _read_csv(items_csv, ("item", "title"), _ID_ALIASES).rename(columns={"item": "item_id"})
     _refuse_duplicate_ids(items, "item", items_csv)
-    interactions = _read_csv(interactions_csv, ("user", "item", "timestamp"))
+    interactions = _read_csv(interactions_csv, ("user", "item", "timestamp"), _ID_ALIASES)
     if interactions.empty:
         raise DataError(interactions_csv, "no interactions: the file has a header but no rows", row=1)
     for column in ("user", "item"):
@@ -240,8 +266,8 @@ def read_interactions(
 
     source = {"format": "interactions", "paths": [str(interactions_csv), str(items_csv)]}
     return _build_from_interactions(
-        interactions, items, items_csv, domain, strict, min_interactions, history_len, source
-    )
+        interactions, items, items_csv, domain, strict, min_interactions, history_len, source, split,
+        keep_untitled)
 
 
 # ---------------------------------------------------------------------------------- cleaning
@@ -270,8 +296,12 @@ class _FixLog:
                 )
 
 
-def _clean_catalog(items: pd.DataFrame, path: Path, strict: bool, log: _FixLog) -> tuple[pd.DataFrame, dict[str, int]]:
+def _clean_catalog(items: pd.DataFrame, path: Path, strict: bool, log: _FixLog,
+                   keep_untitled: bool = False) -> tuple[pd.DataFrame, dict[str, int]]:
     """Normalise titles, drop items with an empty title and make titles unique.
+
+    ``keep_untitled`` (items named by semantic IDs, which need no title): an empty title becomes
+    ``(untitled item <item_id>)`` instead, and the item stays.
 
     ``items`` has columns item_id, title, _line (source line, for messages). Returns the cleaned
     catalog in the same order and the counts for ``meta["cleaning"]``.
@@ -287,9 +317,13 @@ def _clean_catalog(items: pd.DataFrame, path: Path, strict: bool, log: _FixLog) 
     if strict and empty.any():
         first = items[empty].iloc[0]
         raise DataError(path, "title is empty (strict mode)", row=int(first["_line"]), field="title")
+    fix = "kept as '(untitled item <id>)' (its semantic ID names it)" if keep_untitled else "dropped"
     for item_id, line in zip(items.loc[empty, "item_id"], items.loc[empty, "_line"]):
-        log.warn("empty-title items", path, f"title is empty; item {item_id!r} dropped", row=int(line), field="title")
-    items = items[~empty].copy()
+        log.warn("empty-title items", path, f"title is empty; item {item_id!r} {fix}", row=int(line), field="title")
+    if keep_untitled:
+        items.loc[empty, "title"] = "(untitled item " + items.loc[empty, "item_id"] + ")"
+    else:
+        items = items[~empty].copy()
 
     # A disambiguated title could in theory equal another item's title, hence the loop.
     disambiguated = 0
@@ -307,7 +341,7 @@ def _clean_catalog(items: pd.DataFrame, path: Path, strict: bool, log: _FixLog) 
 
     counts = {
         "html_unescaped": html_unescaped,
-        "empty_title_items_dropped": int(empty.sum()),
+        ("empty_title_items_named" if keep_untitled else "empty_title_items_dropped"): int(empty.sum()),
         "duplicate_titles_disambiguated": disambiguated,
     }
     return items, counts
@@ -361,8 +395,11 @@ def _build_from_interactions(
     min_interactions: int,
     history_len: int,
     source: dict,
+    split: str = "time",
+    keep_untitled: bool = False,
 ) -> RecDataset:
-    """Clean the catalog, k-core filter, build sliding-window examples and split them 8:1:1 by time.
+    """Clean the catalog, k-core filter, build sliding-window examples and split them 8:1:1 by time (or
+    leave-one-out per user).
 
     ``interactions`` has columns user, item, timestamp (file order); ``items`` item_id, title, _line.
     """
@@ -370,7 +407,7 @@ def _build_from_interactions(
     # Only reviewed items can reach a k-core catalog; cleaning the rest of a category-wide metadata
     # dump would only add noise to the counts and warnings.
     items = items[items["item_id"].isin(interactions["item"])]
-    items, cleaning = _clean_catalog(items, items_path, strict, log)
+    items, cleaning = _clean_catalog(items, items_path, strict, log, keep_untitled)
     log.flush()
     read = len(interactions)
     interactions = interactions[interactions["item"].isin(items["item_id"])]
@@ -381,18 +418,21 @@ def _build_from_interactions(
                         f"no interaction is left after cleaning and the {min_interactions}-core filter ({read} read, "
                         f"{read - without_title} of them with a titled item); lower --min-interactions or add data")
     examples = _sliding_window(interactions, history_len)
-
-    # Integer cut points: 8:1:1 exactly when the count divides, never a float rounding surprise.
-    examples = examples.iloc[np.argsort(examples["timestamp"].to_numpy(), kind="stable")].drop(columns="timestamp")
-    n = len(examples)
-    cuts = {"train": (0, n * 8 // 10), "valid": (n * 8 // 10, n * 9 // 10), "test": (n * 9 // 10, n)}
-    splits = {name: examples.iloc[a:b].reset_index(drop=True) for name, (a, b) in cuts.items()}
+    if split == "leave-one-out":
+        splits = _leave_one_out(examples.drop(columns="timestamp"))
+    else:
+        # Integer cut points: 8:1:1 exactly when the count divides, never a float rounding surprise.
+        examples = examples.iloc[np.argsort(examples["timestamp"].to_numpy(), kind="stable")].drop(columns="timestamp")
+        n = len(examples)
+        cuts = {"train": (0, n * 8 // 10), "valid": (n * 8 // 10, n * 9 // 10), "test": (n * 9 // 10, n)}
+        splits = {name: examples.iloc[a:b].reset_index(drop=True) for name, (a, b) in cuts.items()}
 
     catalog = items.loc[items["item_id"].isin(interactions["item"]), ["item_id", "title"]]
     source = {
         **source,
         "min_interactions": min_interactions,
         "history_len": history_len,
+        "split": split,
         "interactions_read": read,
         "interactions_without_titled_item": without_title,
         "interactions_after_k_core": len(interactions),
@@ -419,6 +459,14 @@ def _k_core(interactions: pd.DataFrame, k: int) -> pd.DataFrame:
             break
         interactions = interactions[keep]
     return interactions
+
+
+def _leave_one_out(examples: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per user (rows grouped by user, in time order): the last example test, the one before valid, the rest train.
+    A user with one example gives a test row only, with two a valid and a test row."""
+    from_end = examples.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()  # 0 = the user's last
+    parts = {"train": from_end >= 2, "valid": from_end == 1, "test": from_end == 0}
+    return {name: examples[keep].reset_index(drop=True) for name, keep in parts.items()}
 
 
 def _sliding_window(interactions: pd.DataFrame, history_len: int) -> pd.DataFrame:
@@ -501,8 +549,12 @@ def _record_starts(text: str) -> list[int]:
     return starts
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    """Read a CSV as strings (ids stay ids, empty cells stay "") plus a ``_line`` column."""
+_ID_ALIASES = {"user_id": "user", "item_id": "item"}  # other names the interactions format accepts for its columns
+
+
+def _read_csv(path: Path, columns: tuple[str, ...], aliases: dict[str, str] | None = None) -> pd.DataFrame:
+    """Read a CSV as strings (ids stay ids, empty cells stay "") plus a ``_line`` column; a column named by a key
+    of ``aliases`` is renamed to its value unless the header has that column already."""
     text = _decode(path, _read_bytes(path), is_csv=True)
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
@@ -515,6 +567,7 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         starts = _record_starts(text)
         row = starts[int(match.group(1)) - 1] if match and int(match.group(1)) <= len(starts) else None
         raise DataError(path, f"malformed CSV: {detail}", row=row) from None
+    frame = frame.rename(columns={a: c for a, c in (aliases or {}).items() if a in frame.columns and c not in frame.columns})
     for column in columns:
         if column not in frame.columns:
             raise DataError(path, f"missing column (header: {','.join(frame.columns)})", row=1, field=column)

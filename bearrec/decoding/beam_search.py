@@ -28,7 +28,7 @@ import torch
 from transformers import DynamicCache
 
 from bearrec.catalog import ItemTrie
-from bearrec.decoding.scoring import check_scoring, edge_log_probs
+from bearrec.decoding.scoring import check_scoring, edge_log_probs, require_decoder_only
 from bearrec.decoding.shared_prompt import PromptCache, shared_prompt, supports
 
 NEG_INF = float("-inf")
@@ -90,6 +90,7 @@ def constrained_beam_search(
     if beam_width < 1:
         raise ValueError("beam_width must be at least 1")
     check_scoring(scoring)
+    require_decoder_only(model, "constrained_beam_search")
     device = next(model.parameters()).device
     trie = trie.to(device)
     fields = ["item_ids", "scores"] + (["drop_step", "violated"] if targets is not None else [])

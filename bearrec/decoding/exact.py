@@ -27,7 +27,7 @@ import torch
 from bearrec.catalog import ItemTrie
 from bearrec.decoding.beam_search import position_ids_from_mask
 from bearrec.decoding.exhaustive import _children, _tree_chunk, tree_logits
-from bearrec.decoding.scoring import check_scoring, edge_log_probs
+from bearrec.decoding.scoring import check_scoring, edge_log_probs, require_decoder_only
 
 _LOGIT_BUDGET = 32 * 2**20  # floats of logits per forward (128 MB in fp32)
 
@@ -52,8 +52,7 @@ def _check(k: int, node_budget: int | None, batch_size: int, nodes_per_forward: 
             raise ValueError(f"{name} must be at least 1, not {value}")
     if node_budget is not None and node_budget < 1:
         raise ValueError(f"node_budget must be at least 1, not {node_budget}")
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise ValueError("exact_top_k decodes causal (decoder-only) LMs; encoder-decoder models are not supported")
+    require_decoder_only(model, "exact_top_k")
 
 
 @torch.no_grad()

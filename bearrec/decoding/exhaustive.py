@@ -16,7 +16,7 @@ import torch
 
 from bearrec.catalog import ItemTrie
 from bearrec.decoding.beam_search import position_ids_from_mask
-from bearrec.decoding.scoring import check_scoring, edge_log_probs
+from bearrec.decoding.scoring import check_scoring, edge_log_probs, require_decoder_only
 
 _LOGIT_BUDGET = 32 * 2**20  # floats of logits per forward (128 MB in fp32): bounds memory on big catalogs
 
@@ -82,6 +82,7 @@ def score_catalog(
     ``chunk_nodes`` trie nodes are fed per forward (default: as many as fit a fixed logits budget).
     """
     check_scoring(scoring)
+    require_decoder_only(model, "score_catalog")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -205,6 +206,7 @@ def exact_target_ranks(
     above it: its rank is unknown (in the top ``max_rank`` or not) and it gets -1 ("not ranked").
     """
     check_scoring(scoring)
+    require_decoder_only(model, "exact_target_ranks")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     is_leaf = trie.node_item >= 0

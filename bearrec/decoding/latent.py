@@ -35,6 +35,7 @@ import torch
 
 from bearrec.data.prompts import left_pad
 from bearrec.decoding.beam_search import position_ids_from_mask
+from bearrec.decoding.scoring import require_decoder_only
 from bearrec.io import atomic_file
 
 VARIANTS = ("global", "local")
@@ -111,8 +112,7 @@ def check_latent(variant: str, similarity: str, neighbors: int) -> None:
 def prompt_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 32,
                   progress=None) -> torch.Tensor:
     """``[N, d]`` the last layer's hidden state at the last token of each left-padded prompt (float32, CPU)."""
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise ValueError("latent decoding reads causal (decoder-only) LMs; encoder-decoder models are not supported")
+    require_decoder_only(model, "latent decoding")
     device = next(model.parameters()).device
     out = []
     for start in range(0, input_ids.shape[0], batch_size):

@@ -66,3 +66,10 @@ def default_scoring(config) -> str:
     if objective == "bear" and getattr(config.bear, "formulation", "paper") == "official":
         return "masked"
     return "full"
+
+
+def require_decoder_only(model, what: str) -> None:
+    """Refuse encoder-decoder models (T5, TIGER): our decoders feed prompt and answer as one causal sequence."""
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        raise ValueError(f"{what} decodes causal (decoder-only) LMs; encoder-decoder models such as T5 (TIGER) "
+                         "are not supported")

