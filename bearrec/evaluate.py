@@ -17,6 +17,7 @@ from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, left_pad
 from bearrec.decoding import attribute_pruning, decode, exact_target_ranks, item_memory
 from bearrec.decoding.scoring import check_scoring
+from bearrec.distributed import map_users
 from bearrec.metrics import exact_ranking_metrics, ranking_metrics, retrieved_rank
 from bearrec.train import encode_split
 
@@ -97,10 +98,10 @@ def evaluate(
 
     The exact ranks, PR@K and the pruning attribution judge beam search and are computed for ``"beam"`` only.
 
-    ``exclude_history`` leaves each user's history items out of its list: the decoder retrieves ``beam_width``
-    plus the longest history of the evaluated users, and the lists are cut back to ``beam_width`` (so beam
-    search runs with that wider beam). PR@K and the exact ranking rank the whole catalog, so they are not
-    computed then.
+    ``exclude_history`` leaves each user's history items out of its list, as ``recommend`` and ``serve`` do:
+    the decoder retrieves ``beam_width`` plus the user's distinct history items (beam search runs with that
+    wider beam), they are dropped, and the list is cut back to ``beam_width``. PR@K and the exact ranking rank
+    the whole catalog, so they are not computed then.
 
     ``scoring`` is the step scoring of the beam search (``"full"``: full-vocabulary log-softmax;
     ``"masked"``: renormalised over the trie children, see ``decoding/scoring.py``) and
@@ -144,7 +145,6 @@ def evaluate(
     input_ids, attention_mask = left_pad(prompts, tokenizer.pad_token_id)
     model.eval()
     seen = [set(h) for h in dataset.examples(split, max_users, seed)[0]] if exclude_history else None
-    width = beam_width + (max(len(h) for h in seen) if seen else 0)
     pruning_rate = pruning_rate and decoder == "beam" and not exclude_history
     result = {"split": split, "users": len(prompts), "of_users": len(dataset.splits[split]), "beam_width": beam_width,
               "decoder": decoder, "exclude_history": exclude_history}
@@ -152,27 +152,40 @@ def evaluate(
     with Progress(*columns, console=console) as progress:
         memory = None
         if decoder == "latent":
-            memory = _latent_memory(model, encoder, dataset, latent_memory, batch_size, progress, result)
+            memory = timed_item_memory(model, encoder, dataset, latent_memory, batch_size, progress, result)
             result.update(latent_variant=latent_variant, latent_similarity=latent_similarity,
                           latent_neighbors=latent_neighbors)
         if decoder != "latent":
             result.update(scoring=scoring)
-        name = {"beam": f"beam search B={width}, {scoring} scoring", "exact": f"exact top-{width}, {scoring} scoring",
+        name = {"beam": f"beam search B={beam_width}", "exact": f"exact top-{beam_width}",
                 "latent": f"L2D {latent_variant} decoding"}[decoder]
+        name += f", {scoring} scoring" if decoder != "latent" else ""
+        name += ", history excluded" if seen else ""
         task = progress.add_task(f"{name} ({split})", total=len(prompts))
         start = time.perf_counter()
-        found = decode(model, input_ids, attention_mask, trie, k=width, decoder=decoder, scoring=scoring,
-                       length_penalty=length_penalty, node_budget=node_budget, memory=memory,
-                       latent_variant=latent_variant, latent_similarity=latent_similarity,
-                       latent_neighbors=latent_neighbors, batch_size=batch_size,
-                       targets=targets if pruning_rate else None, progress=lambda k: progress.advance(task, k))
+        # Users whose search has the same width share decoder calls: B plus their distinct history items when
+        # those are excluded (as `recommend` and `serve` decode a user), else B. With several processes, each
+        # decodes its share of the users (distributed.py).
+        widths = [min(beam_width + len(s), trie.num_items) for s in seen] if seen else [beam_width] * len(prompts)
+        item_ids = torch.full((len(prompts), beam_width), -1, dtype=torch.long)
+        certified, nodes = torch.ones(len(prompts), dtype=torch.bool), torch.zeros(len(prompts), dtype=torch.long)
+        for width in sorted(set(widths)):
+            rows = torch.tensor([i for i, w in enumerate(widths) if w == width])
+            found = map_users(decode, model, input_ids[rows], attention_mask[rows], trie, k=width, decoder=decoder,
+                              scoring=scoring, length_penalty=length_penalty, node_budget=node_budget, memory=memory,
+                              latent_variant=latent_variant, latent_similarity=latent_similarity,
+                              latent_neighbors=latent_neighbors, batch_size=batch_size,
+                              targets=targets[rows] if pruning_rate else None,
+                              progress=lambda k: progress.advance(task, k))
+            item_ids[rows] = _without(found.item_ids, [seen[i] for i in rows], beam_width) if seen else found.item_ids
+            if decoder == "exact":
+                certified[rows], nodes[rows] = found.certified, found.nodes_expanded
         result["decode_seconds"] = time.perf_counter() - start
-        item_ids = _without(found.item_ids, seen, beam_width) if seen else found.item_ids
         if decoder == "beam":
             result.update(length_penalty=length_penalty, beam_search_seconds=result["decode_seconds"])
         elif decoder == "exact":
-            result.update(node_budget=node_budget, certified_users=int(found.certified.sum()),
-                          nodes_expanded_per_user=float(found.nodes_expanded.float().mean()))
+            result.update(node_budget=node_budget, certified_users=int(certified.sum()),
+                          nodes_expanded_per_user=float(nodes.float().mean()))
         exact_rank = None
         if pruning_rate:
             ranked = len(prompts) if pruning_users is None else min(pruning_users, len(prompts))
@@ -180,10 +193,10 @@ def evaluate(
             start = time.perf_counter()
             known = (found.item_ids[:ranked], found.scores[:ranked]) if length_penalty == 0 else (None, None)
             exact_rank = torch.full((len(prompts),), -1, dtype=torch.long)  # -1: not ranked
-            exact_rank[:ranked] = exact_target_ranks(
-                model, input_ids[:ranked], attention_mask[:ranked], trie, targets[:ranked], max_rank=max(ks),
-                known_items=known[0], known_scores=known[1], max_nodes=pruning_node_budget, scoring=scoring,
-                progress=lambda k: progress.advance(task, k))
+            exact_rank[:ranked] = map_users(
+                exact_target_ranks, model, input_ids[:ranked], attention_mask[:ranked], trie, targets[:ranked],
+                max_rank=max(ks), known_items=known[0], known_scores=known[1], max_nodes=pruning_node_budget,
+                scoring=scoring, progress=lambda k: progress.advance(task, k))
             result["exact_rank_seconds"] = time.perf_counter() - start
     result["metrics"] = ranking_metrics(item_ids, targets, exact_rank, ks)
     result["retrieved_rank"] = retrieved_rank(item_ids, targets).tolist()
@@ -201,7 +214,7 @@ def evaluate(
     return result
 
 
-def _latent_memory(model, encoder, dataset, path, batch_size, progress, result: dict):
+def timed_item_memory(model, encoder, dataset, path, batch_size, progress, result: dict):
     """The L2D item memory (loaded from ``path`` when it matches, else built and saved); its cost into ``result``."""
     task = None
 

@@ -23,7 +23,7 @@ from bearrec.objectives.configs import BEARConfig
 class QuickstartConfig:
     seed: int = 0
     model: str = TINY
-    users: int = 800  # synthetic users (each gives one test example)
+    users: int = 600  # synthetic users (each gives one test example)
     epochs: int = 3
     batch_size: int = 32
     lr: float | None = None  # None: 1e-3 for the tiny model, 1e-4 with LoRA

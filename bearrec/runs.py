@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from bearrec import distributed
 from bearrec.catalog import build_trie
 from bearrec.config import ExperimentConfig, load_config
 from bearrec.data.dataset import RecDataset
@@ -175,18 +176,26 @@ def train_run(config: ExperimentConfig, out_dir: str | os.PathLike, resume: bool
     encoder = prompt_encoder(tokenizer, dataset, config)
     _check_sequence_length(model, encoder, dataset, config)
 
+    distributed.barrier()  # several processes: all have checked the folder before the main one writes it
     if not resume:
-        with atomic_folder(out_dir, "run") as tmp:
-            config.save(tmp / "config.yaml")
-            tokenizer.save_pretrained(tmp / "tokenizer")
-            write_json(tmp / "run.json", {"model": config.model, "dataset_dir": str(data_dir),
-                                          "domain": dataset.domain, "objective": config.train.objective})
+        def start_folder():
+            with atomic_folder(out_dir, "run") as tmp:
+                config.save(tmp / "config.yaml")
+                tokenizer.save_pretrained(tmp / "tokenizer")
+                write_json(tmp / "run.json", {"model": config.model, "dataset_dir": str(data_dir),
+                                              "domain": dataset.domain, "objective": config.train.objective})
+
+        distributed.on_main(start_folder)
     from bearrec.train import train_model
 
     log = train_model(model, tokenizer, dataset, encoder, trie, config, out_dir / "checkpoints", checkpoint, console)
     log["parameters"] = count_parameters(model)
-    save_model(model, tokenizer, out_dir / "model")
-    write_json(out_dir / "train_log.json", log)
+
+    def finish_folder():
+        save_model(model, tokenizer, out_dir / "model")
+        write_json(out_dir / "train_log.json", log)
+
+    distributed.on_main(finish_folder)
     return log
 
 
@@ -208,7 +217,7 @@ def load_run(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike | None =
         raise ValueError(f"{run_dir / 'run.json'}: names no dataset folder; pass --data")
     dataset = dataset or RecDataset.load(source)
     model, tokenizer = load_model(run_dir / "model")
-    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    model.to(distributed.device()).eval()
     return model, tokenizer, dataset, config
 
 
@@ -247,8 +256,12 @@ def evaluate_run(run_dir, dataset_dir=None, split: str = "test", beam_width: int
                       latent_neighbors=latent_neighbors or d.latent_neighbors,
                       latent_memory=Path(run_dir) / MEMORY_FILE, exclude_history=exclude_history)
     per_user = result.pop("per_user", None)
-    if per_user is not None:  # item ids instead of catalog indices, for people reading the file
-        per_user.insert(0, "target_item_id", dataset.items["item_id"].to_numpy()[per_user.pop("target").to_numpy()])
-        per_user.to_csv(Path(run_dir) / f"eval_{split}_users.csv", index=False)
-    write_json(Path(run_dir) / (f"eval_{split}.json" if decoder == "beam" else f"eval_{split}_{decoder}.json"), result)
+
+    def write():
+        if per_user is not None:  # item ids instead of catalog indices, for people reading the file
+            per_user.insert(0, "target_item_id", dataset.items["item_id"].to_numpy()[per_user.pop("target").to_numpy()])
+            per_user.to_csv(Path(run_dir) / f"eval_{split}_users.csv", index=False)
+        write_json(Path(run_dir) / (f"eval_{split}.json" if decoder == "beam" else f"eval_{split}_{decoder}.json"), result)
+
+    distributed.on_main(write)
     return result

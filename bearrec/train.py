@@ -213,6 +213,7 @@ class RecTrainer(Trainer):
         """NDCG@K and HR@K of the run's decoder (``decoding.decoder``, beam search by default) on the validation
         subsample."""
         from bearrec.decoding import decode
+        from bearrec.distributed import map_users
         from bearrec.metrics import ranking_metrics
 
         prompts, targets = self.valid
@@ -222,10 +223,11 @@ class RecTrainer(Trainer):
         ids, mask = left_pad(prompts, self.processing_class.pad_token_id)
         d = self.decoding
         memory = self.memory_builder(model) if d.decoder == "latent" else None
-        found = decode(model, ids, mask, self.trie, k=self.beam_width, decoder=d.decoder, scoring=self.scoring,
-                       length_penalty=d.length_penalty, node_budget=d.node_budget, memory=memory,
-                       latent_variant=d.latent_variant, latent_similarity=d.latent_similarity,
-                       latent_neighbors=d.latent_neighbors, batch_size=self.args.per_device_eval_batch_size)
+        # each process decodes its share of the users; every process gets every user's list (distributed.py)
+        found = map_users(decode, model, ids, mask, self.trie, k=self.beam_width, decoder=d.decoder,
+                          scoring=self.scoring, length_penalty=d.length_penalty, node_budget=d.node_budget,
+                          memory=memory, latent_variant=d.latent_variant, latent_similarity=d.latent_similarity,
+                          latent_neighbors=d.latent_neighbors, batch_size=self.args.per_device_eval_batch_size)
         model.train(was_training)
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in ranking_metrics(found.item_ids, torch.tensor(targets)).items()}
         self.log(metrics)

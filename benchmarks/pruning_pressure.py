@@ -28,27 +28,30 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--pressures", default="0,0.25,0.5,0.75,1")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed-offset", type=int, default=0,
+                        help="first seed; several processes may fill one --out with disjoint seeds, then a last call "
+                             "over all of them (finished points are read back) writes the summary")
     parser.add_argument("--objectives", default="sft,bear")
     parser.add_argument("--users", type=int, default=800)
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
 
     from bearrec.data.synthetic import SyntheticConfig, oracle_pruning
-    from bearrec.io import check_replaceable, mark, write_json, write_text
+    from bearrec.io import check_replaceable, folder_kind, mark, write_json, write_text
     from bearrec.quickstart import QuickstartConfig, run_quickstart
 
     pressures = [float(p) for p in args.pressures.split(",")]
     objectives = tuple(o.strip() for o in args.objectives.split(","))
     if "sft" not in objectives or "bear" not in objectives:
         raise SystemExit("--objectives must include sft and bear (the curves compare them)")
-    if not args.out.is_dir() or not (args.out / "pruning_pressure.json").exists():
+    if folder_kind(args.out) != "experiment":  # a new folder; one of ours is resumed
         check_replaceable(args.out, "experiment")
     args.out.mkdir(parents=True, exist_ok=True)
     mark(args.out, "experiment")
     points = []
-    for pressure in pressures:
-        oracle = oracle_pruning(SyntheticConfig(pruning_pressure=pressure, num_users=args.users))
-        for seed in range(args.seeds):
+    oracles = {p: oracle_pruning(SyntheticConfig(pruning_pressure=p, num_users=args.users))["PR@10"] for p in pressures}
+    for seed in range(args.seed_offset, args.seed_offset + args.seeds):  # seed-major: each pressure early
+        for pressure in pressures:
             folder = args.out / f"p{pressure:g}" / f"seed{seed}"
             done = folder / "results.json"
             if done.is_file():
@@ -58,7 +61,7 @@ def main() -> None:
                 cfg = QuickstartConfig(seed=seed, users=args.users, epochs=args.epochs, pruning_pressure=pressure,
                                        objectives=objectives)
                 runs = run_quickstart(folder, cfg)["runs"]
-            points.append({"pressure": pressure, "seed": seed, "oracle_PR@10": oracle["PR@10"],
+            points.append({"pressure": pressure, "seed": seed, "oracle_PR@10": oracles[pressure],
                            **{f"{o}_{m}": runs[o]["metrics"].get(m, math.nan) for o in objectives
                               for m in ("NDCG@10", "exact_NDCG@10", "gap_NDCG@10", "PR@10")}})
     write_json(args.out / "pruning_pressure.json", {"args": {k: str(v) for k, v in vars(args).items()}, "points": points})

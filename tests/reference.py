@@ -80,7 +80,7 @@ def item_token_log_probs(model, prompt: list[int], item: list[int], items: list[
 
     With the catalog ``items``, the softmax runs over the tokens that continue ``item[:t]`` to some item
     only (masked scoring); without, over the whole vocabulary (full scoring)."""
-    ids = torch.tensor([prompt + item])
+    ids = torch.tensor([prompt + item], device=model.device)
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0].float()
     start = len(prompt) - 1
@@ -154,3 +154,24 @@ def simulate_beam_search(scores: dict, items: list[list[int]], B: int, length_pe
         drop_step = step + 2  # still live when the search stopped early
     results = [(i, s) for s, i in finished]
     return results if target is None else (results, drop_step, violated)
+
+
+def hf_beam_search(model, ids, mask, trie, beam_width: int, length_penalty: float = 0.0, scoring: str = "full"):
+    """Hugging Face ``generate(num_beams=B, prefix_allowed_tokens_fn=<trie walk>)`` as (items [N, B], scores [N, B]);
+    masked scoring is ``renormalize_logits=True``. Catalog index -1 for a sequence that is no item."""
+
+    def allowed(batch_id, sent):
+        tokens = trie.allowed_tokens(sent[ids.shape[1]:].tolist())
+        return tokens or [trie.eos_token_id]  # beams HF keeps with -inf score: any token, they never win
+
+    out = model.generate(input_ids=ids, attention_mask=mask, num_beams=beam_width, num_return_sequences=beam_width,
+                         prefix_allowed_tokens_fn=allowed, length_penalty=length_penalty, do_sample=False,
+                         renormalize_logits=scoring == "masked", max_new_tokens=trie.max_length,
+                         eos_token_id=trie.eos_token_id, pad_token_id=PAD, output_scores=True,
+                         return_dict_in_generate=True)
+    eos = trie.eos_token_id
+    items = []
+    for seq in out.sequences[:, ids.shape[1]:].tolist():
+        node = trie.node_of(seq[: seq.index(eos) + 1] if eos in seq else seq)
+        items.append(int(trie.node_item[node]) if node >= 0 else -1)
+    return torch.tensor(items).view(-1, beam_width), out.sequences_scores.float().cpu().view(-1, beam_width)

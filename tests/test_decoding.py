@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from reference import (EOS, PAD, item_token_log_probs, prefix_scores, random_catalog, random_model, random_prompts,
-                       scored_case, simulate_beam_search, tie_free)
+from reference import (EOS, PAD, hf_beam_search, item_token_log_probs, prefix_scores, random_catalog, random_model,
+                       random_prompts, scored_case, simulate_beam_search, tie_free)
 
 from bearrec.catalog import ItemTrie
 from bearrec.data.prompts import left_pad
@@ -58,25 +58,11 @@ def test_beam_search_matches_hf_generate(arch, shared_prompt, scoring, length_pe
     ids, mask = left_pad(prompts, PAD)
     B = 5
     ours = constrained_beam_search(model, ids, mask, trie, beam_width=B, length_penalty=length_penalty, scoring=scoring)
-
-    def allowed(batch_id, sent):
-        tokens = trie.allowed_tokens(sent[ids.shape[1]:].tolist())
-        return tokens or [EOS]  # beams HF keeps with -inf score: any token, they never win
-
-    out = model.generate(input_ids=ids, attention_mask=mask, num_beams=B, num_return_sequences=B,
-                         prefix_allowed_tokens_fn=allowed, length_penalty=length_penalty, do_sample=False,
-                         renormalize_logits=scoring == "masked", max_new_tokens=trie.max_length, eos_token_id=EOS,
-                         pad_token_id=PAD, output_scores=True, return_dict_in_generate=True)
-    generated = out.sequences[:, ids.shape[1]:].view(len(prompts), B, -1)
-    hf_scores = out.sequences_scores.view(len(prompts), B)
+    hf_items, hf_scores = hf_beam_search(model, ids, mask, trie, B, length_penalty, scoring)
     for n, prompt in enumerate(prompts):
         assert tie_free(prefix_scores(model, prompt, items, scoring))
-        hf_items = []
-        for seq in generated[n].tolist():
-            node = trie.node_of(seq[: seq.index(EOS) + 1] if EOS in seq else seq)
-            hf_items.append(int(trie.node_item[node]) if node >= 0 else -1)
-        assert ours.item_ids[n].tolist() == hf_items
-        assert torch.allclose(ours.scores[n], hf_scores[n].float(), atol=1e-4)
+        assert ours.item_ids[n].tolist() == hf_items[n].tolist()
+        assert torch.allclose(ours.scores[n], hf_scores[n], atol=1e-4)
 
 
 def test_beam_search_with_fewer_items_than_beams_pads():

@@ -127,3 +127,27 @@ def test_evaluate_refuses_bad_decoder_options(setup, kwargs, name):
     model, tokenizer, dataset, encoder, trie, _, _ = setup
     with pytest.raises(ValueError, match=name):
         evaluate(model, tokenizer, dataset, encoder, trie, max_users=2, **kwargs)
+
+
+@pytest.mark.parametrize("decoder", ["beam", "exact", "latent"])
+def test_exclude_history_leaves_history_items_out(setup, decoder):
+    model, tokenizer, dataset, encoder, trie, targets, exact = setup
+    result = evaluate(model, tokenizer, dataset, encoder, trie, max_users=USERS, decoder=decoder, exclude_history=True)
+    plain = evaluate(model, tokenizer, dataset, encoder, trie, max_users=USERS, decoder=decoder, pruning_rate=False)
+    assert result["exclude_history"] is True and "pruning" not in result  # PR@K ranks the whole catalog
+    histories = dataset.examples("test", USERS, 0)[0]
+    ranks = result["retrieved_rank"]
+    for history, rank, target in zip(histories, ranks, targets.tolist()):
+        assert rank == 0 or target not in history  # a history item is never found
+    if decoder != "beam":  # exact and latent rank the same way at any width: only history items above it go
+        for history, rank, before, target in zip(histories, ranks, plain["retrieved_rank"], targets.tolist()):
+            if before and target not in history:
+                assert 1 <= rank <= before
+
+
+def test_exact_decoder_equals_sorting_the_catalog(setup):
+    model, tokenizer, dataset, encoder, trie, targets, exact = setup
+    result = evaluate(model, tokenizer, dataset, encoder, trie, max_users=USERS, decoder="exact", scoring="full")
+    truth = full_rank(exact["full"], targets)
+    expected = [int(r) if r <= 10 else 0 for r in truth.tolist()]
+    assert result["retrieved_rank"] == expected and result["certified_users"] == USERS

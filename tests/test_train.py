@@ -117,3 +117,19 @@ def test_lora_on_a_pretrained_folder_trains_saves_and_reloads(data_dir, tmp_path
     assert (model_dir / "adapter_model.safetensors").is_file() and not (model_dir / "model.safetensors").exists()
     result = evaluate_run(tmp_path / "run", split="valid", max_users=5, pruning_rate=False)
     assert result["users"] == 5
+
+
+@pytest.mark.parametrize("decoder", ["exact", "latent"])
+def test_validation_decodes_with_the_runs_decoder(data_dir, tmp_path, decoder):
+    """Model selection sees the lists the run will serve: with decoding.decoder exact or latent, validation
+    decodes with it, and evaluate_run defaults to it too."""
+    from bearrec.config import DecodingConfig
+    from bearrec.runs import evaluate_run
+
+    config = _config(data_dir, epochs=1)
+    config.decoding = DecodingConfig(decoder=decoder)
+    log = train_run(config, tmp_path / "run")
+    assert 0 <= log["epochs"][0]["NDCG@10"] <= 1
+    result = evaluate_run(tmp_path / "run", split="valid", max_users=20)
+    assert result["decoder"] == decoder and (tmp_path / "run" / f"eval_valid_{decoder}.json").is_file()
+    assert result["metrics"]["NDCG@10"] == pytest.approx(log["epochs"][0]["NDCG@10"])  # the same users, model, lists

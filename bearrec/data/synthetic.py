@@ -24,8 +24,9 @@ never the last item again (its probability is set to 0 and the rest renormalised
 the preference mass spreads over many similar items. With π = 0 every title starts with its own word and
 the personal item takes half of the mass: a beam of width B ranks first tokens exactly as it ranks items,
 and pruning is rare. As π grows, mainstream items take over the catalog (a share of ``0.75 π``), the
-personal mass shrinks and spreads over more niche items (``p_successor = 0.5 - 0.3 π``,
-``personal_items = 1 + round(4 π)``) and popularity flattens (Zipf exponent ``0.8 (1 - π)``). Then a
+personal mass shrinks and spreads over more niche items (``p_successor = 0.16 + 0.34 (1 - π)^2``,
+``personal_items = 1 + round(5 π)``, halves rounded up) and popularity flattens (Zipf exponent
+``0.8 (1 - π)``). Then a
 user's most probable items are niche items of a few percent each, while each common brand collects more
 than that from many mainstream items of under one percent: the niche items are the top-K positives, and
 beam search prunes them at the first token. That is the paper's pathology (Figure 1, PR@K up to 88 %).
@@ -72,8 +73,8 @@ class SyntheticConfig:
     min_sequence: int = 6  # interactions per user, inclusive range
     max_sequence: int = 10
     history_len: int = 5
-    pruning_pressure: float = 0.75  # π: shared first tokens and spread preferences (module docstring)
-    p_successor: float | None = None  # total probability of the personal items (None: 0.5 - 0.3 π)
+    pruning_pressure: float = 0.9  # π: shared first tokens and spread preferences (module docstring)
+    p_successor: float | None = None  # total probability of the personal items (None: from the pressure)
     p_other_category: float = 0.1  # chance of an item of a random category
 
     def validate(self, section: str = "synthetic") -> None:
