@@ -121,9 +121,13 @@ def test_step3_stops_at_a_safe_point_and_resumes(plan):
     script = [sys.executable, str(ROOT / "benchmarks" / "gpu" / "step3_reproduce.py"), "--out", str(out), "--state",
               str(state), "--dry-run", "--data", str(plan / "data")]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run(script + ["--stop-after-checkpoint"], check=True, capture_output=True, timeout=600, env=env)
-    first = json.loads((out / "step3.json").read_text())
-    log = (out / "step3.log").read_text()[-3000:]
+    for attempt in range(2):  # on a loaded machine the tiny compare (12 s) may finish before the stop lands: once more
+        subprocess.run(script + ["--stop-after-checkpoint"], check=True, capture_output=True, timeout=600, env=env)
+        first = json.loads((out / "step3.json").read_text())
+        log = (out / "step3.log").read_text()[-3000:]
+        if not first["complete"] or attempt == 1:
+            break
+        shutil.rmtree(state / "runs")  # a fresh experiment for the second attempt
     assert not first["complete"] and first["call"]["stopped"], log
     assert first["call"]["returncode"] == 130, log  # bearrec's exit on Ctrl-C
     assert first["runs"][0]["label"] == "sft" and first["runs"][0]["checkpoints"]  # stopped after a checkpoint

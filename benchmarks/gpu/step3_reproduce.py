@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     before = {r["folder"]: r["state"] for r in run_states(exp)}
     stop = SafePoint(step, exp, args.budget_s, args.epochs)
     stop_now = (lambda: bool(stop.marks() - stop.seen)) if args.stop_after_checkpoint else stop
-    outcome = run_until(command(args, args.data or step.data, exp), step, args.budget_s + 45, stop_now, poll=1.0)
+    outcome = run_until(command(args, args.data or step.data, exp), step, args.budget_s + 45, stop_now,
+                        poll=0.2 if args.stop_after_checkpoint else 1.0)  # the dry run's epochs take a second
     states = run_states(exp)
     complete = (exp / "results.md").is_file() and all(r["state"] == "done" for r in states)
     for name in ("results.md", "results.json"):
