@@ -217,6 +217,15 @@ def train(
     out.print(f"wrote {out_dir} ({log['seconds_per_epoch']:.1f} s/epoch" + (f", best valid NDCG@10 {best:.4f}" if best is not None else "") + ")")
 
 
+# Decoder options shared by `evaluate`, `recommend` and `serve` (unset: the run's decoding section).
+DecoderNodeBudget = Annotated[Optional[int], typer.Option("--node-budget", help="--decoder exact: trie nodes expanded per user (history); a list not proven exact within it is the best found so far, reported uncertified [default: the run's, no limit]")]
+LatentVariant = Annotated[Optional[str], typer.Option("--latent-variant", help="--decoder latent: global (each item = mean of its training states) or local (mean of the --latent-neighbors states nearest the user) [default: the run's, global]")]
+LatentSimilarity = Annotated[Optional[str], typer.Option("--latent-similarity", help="--decoder latent: l2 (the paper's inverse L2 distance) or cosine [default: the run's, l2]")]
+LatentNeighbors = Annotated[Optional[int], typer.Option("--latent-neighbors", help="--decoder latent --latent-variant local: M, training states per item nearest the user [default: the run's, 5]")]
+DECODER_FLAGS = {"beam_width": "--beam-width", "node_budget": "--node-budget", "latent_variant": "--latent-variant",
+                 "latent_similarity": "--latent-similarity", "latent_neighbors": "--latent-neighbors"}
+
+
 @app.command()
 @_cli_errors
 def evaluate(
@@ -231,11 +240,11 @@ def evaluate(
     scoring: Annotated[Optional[str], typer.Option(help="step scores of beam search and exact ranks, full or masked: full (vocabulary log-softmax, as SFT) or masked (renormalised over the trie children, as MSL and official BEAR) [default: the run's objective's]")] = None,
     length_penalty: Annotated[Optional[float], typer.Option(help="Hugging Face length_penalty of beam search (0: rank by log P(title); 1.0: generate's default, the BEAR authors') [default: the run's decoding.length_penalty]")] = None,
     decoder: Annotated[Optional[str], typer.Option(help="beam (constrained beam search, width --beam-width), exact (the --beam-width most probable items, best-first over the trie: nothing pruned) or latent (L2D: match the prompt's last hidden state with training prompts' states; no generation) [default: the run's decoding.decoder, beam]")] = None,
-    node_budget: Annotated[Optional[int], typer.Option(help="--decoder exact: trie nodes expanded per user; users not finished are reported uncertified [default: the run's, no limit]")] = None,
-    latent_variant: Annotated[Optional[str], typer.Option(help="--decoder latent: global (each item = mean of its training states) or local (mean of the --latent-neighbors states nearest the user) [default: the run's, global]")] = None,
-    latent_similarity: Annotated[Optional[str], typer.Option(help="--decoder latent: l2 (the paper's inverse L2 distance) or cosine [default: the run's, l2]")] = None,
-    latent_neighbors: Annotated[Optional[int], typer.Option(help="--decoder latent --latent-variant local: M, training states per item nearest the user [default: the run's, 5]")] = None,
-    exclude_history: Annotated[bool, typer.Option("--exclude-history/--include-history", help="leave each user's history items out of its list (the decoder retrieves B + the longest history, then cuts back to B; PR@K is not computed then)")] = False,
+    node_budget: DecoderNodeBudget = None,
+    latent_variant: LatentVariant = None,
+    latent_similarity: LatentSimilarity = None,
+    latent_neighbors: LatentNeighbors = None,
+    exclude_history: Annotated[bool, typer.Option("--exclude-history/--include-history", help="leave each user's history items out of its list (the decoder retrieves B + that user's distinct history items, then cuts back to B, as recommend and serve do; PR@K is not computed then)")] = False,
     report: Annotated[bool, typer.Option("--report", help="write eval_<split>_pruning.png: Figure 4-style attribution and the pruning-step histogram")] = False,
     seed: Annotated[int, typer.Option()] = 0,
 ):
@@ -286,14 +295,6 @@ def evaluate(
         pruning_figure(result["pruning"], path, title)
         out.print(f"wrote {path}")
 
-
-# Decoder options shared by `recommend` and `serve` (named as in `evaluate`; unset: the run's decoding section).
-DecoderNodeBudget = Annotated[Optional[int], typer.Option("--node-budget", help="--decoder exact: trie nodes expanded per history; a list not proven exact within it is the best found so far [default: the run's, no limit]")]
-LatentVariant = Annotated[Optional[str], typer.Option("--latent-variant", help="--decoder latent: global (each item = mean of its training states) or local (mean of the --latent-neighbors states nearest the user) [default: the run's, global]")]
-LatentSimilarity = Annotated[Optional[str], typer.Option("--latent-similarity", help="--decoder latent: l2 (the paper's inverse L2 distance) or cosine [default: the run's, l2]")]
-LatentNeighbors = Annotated[Optional[int], typer.Option("--latent-neighbors", help="--decoder latent --latent-variant local: M, training states per item nearest the user [default: the run's, 5]")]
-DECODER_FLAGS = {"beam_width": "--beam-width", "node_budget": "--node-budget", "latent_variant": "--latent-variant",
-                 "latent_similarity": "--latent-similarity", "latent_neighbors": "--latent-neighbors"}
 
 
 def _progress():
