@@ -195,6 +195,10 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None
         if isinstance(err, OSError):
             raise ValueError(f"cannot load model {path!r}: not a model folder, and not reachable on the hub ({reason})") from None
         raise
+    broken = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if broken is not None:  # a NaN model ranks every positive first under exact ranking and finds none by search
+        raise ValueError(f"cannot load model {path!r}: its weight {broken} holds NaN or infinite values "
+                         "(the training that wrote it diverged)")
     if tokenizer.eos_token_id is None:
         raise ValueError(f"model {path!r}: its tokenizer has no EOS token, which ends every item title")
     if tokenizer.pad_token_id is None:

@@ -135,6 +135,7 @@ class RecTrainer(Trainer):
         self.trie = trie.to(self.args.device)  # once, not on every decoding call
         self.prefix_counts = distinct_prefixes(self.trie)  # P_t of APAO's pairwise rescaling
         self.reference = reference.to(self.args.device).eval() if reference is not None else None
+        self.nonfinite: dict | None = None  # the first non-finite step's diagnosis
         self._reset_parts()
 
     def _get_train_sampler(self, train_dataset=None):
@@ -147,8 +148,28 @@ class RecTrainer(Trainer):
         return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                     lengths=[len(e["prompt"]) + len(e["answer"]) for e in dataset])
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer's step, then a guard against non-finite gradients.
+
+        One bf16 batch whose gradients come out NaN or infinite would otherwise reach the weights through the
+        optimizer and end learning for the rest of the run without an error (every later loss NaN, every item
+        list empty). Such a micro-batch is dropped together with the gradients accumulated so far in its step
+        (the optimizer then skips the step), counted in the logs as ``nonfinite_skipped``, and the first one is
+        diagnosed (:func:`nonfinite_diagnosis`) and printed. One host sync per micro-batch.
+        """
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            if self.nonfinite is None:
+                self.nonfinite = {"step": self.state.global_step + 1, **nonfinite_diagnosis(model, inputs, self)}
+                print(f"warning: non-finite gradients at step {self.nonfinite['step']}; the step is skipped "
+                      f"(diagnosis: {json.dumps(self.nonfinite)})", flush=True)
+            model.zero_grad(set_to_none=True)
+            self._parts["skipped"] += 1
+        return loss
+
     def _reset_parts(self) -> None:
-        self._parts = {"sft": 0.0, "reg": 0.0, "violated": 0.0, "seen": 0, "batches": 0}
+        self._parts = {"sft": 0.0, "reg": 0.0, "violated": 0.0, "seen": 0, "batches": 0, "skipped": 0}
         self._since = time.perf_counter()
 
     def _logging_step(self) -> bool:
@@ -204,7 +225,7 @@ class RecTrainer(Trainer):
         p = self._parts
         if "loss" in logs and p["batches"]:
             elapsed = time.perf_counter() - self._since
-            logs.update({"loss_sft": p["sft"] / p["batches"], "loss_regulariser": p["reg"] / p["batches"],
+            logs.update({"nonfinite_skipped": p["skipped"], "loss_sft": p["sft"] / p["batches"], "loss_regulariser": p["reg"] / p["batches"],
                          "violated_token_share": p["violated"] / p["batches"], "tokens_per_second": float(p["seen"]) / elapsed})
             self._reset_parts()
         super().log(logs, *args, **kwargs)
@@ -233,6 +254,44 @@ class RecTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+def nonfinite_diagnosis(model, inputs: dict, trainer: RecTrainer) -> dict:
+    """Where a batch's non-finite gradients come from, for the warning and the training log.
+
+    Re-runs the batch's forward (no gradients) under the training's autocast with a hook on every module and
+    names the first module, in call order, whose output is not finite, then once more in full precision
+    (autocast off) to tell a bf16 overflow from a NaN the data or the weights carry. Also: the loss of each
+    pass, the parameters whose gradients are not finite (the first 5), and the batch's shape and sequence lengths.
+    """
+    bad_grads = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    mask = inputs["attention_mask"]
+
+    def run(autocast) -> tuple[str | None, float]:
+        first: list[str] = []
+
+        def hook(module, args, output, name):
+            out = output[0] if isinstance(output, tuple) else getattr(output, "logits", output)
+            if not first and torch.is_tensor(out) and out.is_floating_point() and not torch.isfinite(out).all():
+                first.append(name)
+
+        handles = [m.register_forward_hook(lambda mod, a, o, n=n: hook(mod, a, o, n)) for n, m in model.named_modules() if n]
+        try:
+            with torch.no_grad(), autocast:
+                loss = trainer.compute_loss(model, inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        return (first[0] if first else None), float(loss)
+
+    parts = dict(trainer._parts)  # the re-runs must not count in the logged diagnostics
+    mixed_module, mixed_loss = run(trainer.autocast_smart_context_manager())
+    full_module, full_loss = run(torch.autocast(mask.device.type, enabled=False))
+    trainer._parts = parts
+    return {"first_nonfinite_module": mixed_module, "loss": mixed_loss,
+            "first_nonfinite_module_autocast_off": full_module, "loss_autocast_off": full_loss,
+            "nonfinite_grad_parameters": bad_grads[:5], "batch": list(mask.shape),
+            "lengths": mask.sum(1).tolist()}
 
 
 class EpochLog(TrainerCallback):
@@ -389,4 +448,6 @@ def train_model(
         "best_valid_ndcg10": trainer.state.best_metric,
         "global_step": trainer.state.global_step,
         "log_history": history,
+        "nonfinite_skipped": sum(h.get("nonfinite_skipped", 0) for h in history),
+        "nonfinite_first": trainer.nonfinite,
     }

@@ -1,6 +1,7 @@
 """Training through the Trainer: configs, validation model selection, checkpoints and resume."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -133,3 +134,55 @@ def test_validation_decodes_with_the_runs_decoder(data_dir, tmp_path, decoder):
     result = evaluate_run(tmp_path / "run", split="valid", max_users=20)
     assert result["decoder"] == decoder and (tmp_path / "run" / f"eval_valid_{decoder}.json").is_file()
     assert result["metrics"]["NDCG@10"] == pytest.approx(log["epochs"][0]["NDCG@10"])  # the same users, model, lists
+
+
+@pytest.mark.slow
+def test_a_nonfinite_step_is_skipped_and_diagnosed(data_dir, tmp_path, monkeypatch):
+    """A batch whose forward turns NaN inside one layer (as a bf16 overflow would) must not reach the weights:
+    the step is skipped, counted, and the diagnosis names the layer; training goes on with finite weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    import bearrec.train as train_module
+
+    calls = {"n": 0}
+    original = train_module.answer_logits
+
+    def poison(module, args, output):  # training forward 3, then the diagnosis's two re-runs of that batch
+        return output * float("nan") if calls["n"] in (3, 4, 5) else output
+
+    def spy(model, *args, **kwargs):
+        if calls["n"] == 0:
+            layer = next(m for n, m in model.named_modules() if n.endswith("layers.0.mlp"))
+            layer.register_forward_hook(poison)
+        calls["n"] += 1
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "answer_logits", spy)
+    log = train_run(_config(data_dir, epochs=1, select_best=False, logging_steps=1), tmp_path / "run")
+    assert calls["n"] > 6, "training went on after the poisoned step"
+    assert log["nonfinite_skipped"] == 1
+    first = log["nonfinite_first"]
+    assert first["step"] == 3 and first["first_nonfinite_module"].endswith("layers.0.mlp")
+    assert first["first_nonfinite_module_autocast_off"].endswith("layers.0.mlp") and first["loss"] != first["loss"]
+    assert first["nonfinite_grad_parameters"] and len(first["lengths"]) == first["batch"][0]
+    weights = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    losses = [h["loss"] for h in log["log_history"] if h["step"] > 3]
+    assert losses and all(math.isfinite(x) and x > 0 for x in losses)
+
+
+def test_a_model_with_nonfinite_weights_is_refused(tmp_path):
+    """Evaluating a diverged model would report exact NDCG 1.0 (every NaN score ties first): loading refuses it."""
+    import torch
+
+    from bearrec.models import build_tiny_model, load_model, train_tokenizer
+
+    tokenizer = train_tokenizer(["red pen", "blue pen", "green ink"] * 5, vocab_size=300)
+    model = build_tiny_model(tokenizer)
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match=r"layers\.1\.mlp\.up_proj\.weight holds NaN"):
+        load_model(tmp_path / "m")

@@ -73,6 +73,8 @@ def run_states(exp: Path) -> list[dict]:
             row["tokens_per_second"] = sum(tokens) / len(tokens) if tokens else None
             row["best_valid_ndcg10"] = log.get("best_valid_ndcg10")
             row["epochs_trained"] = len(log["epochs"])
+            row["nonfinite_skipped"] = log.get("nonfinite_skipped", 0)  # steps dropped for NaN/inf gradients
+            row["nonfinite_first"] = log.get("nonfinite_first")
         saved = folder / "eval_test.json"
         if saved.is_file():
             ev = json.loads(saved.read_text())
@@ -134,7 +136,7 @@ class SafePoint:
 
 def table(states: list[dict]) -> str:
     lines = ["| run | state | epochs (s each) | s/step | step time / SFT | tokens/s | best valid N@10 | N@10 | H@10 | "
-             "PR@10 (users) | exact N@10 |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "PR@10 (users) | exact N@10 | steps skipped (non-finite) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def f(value, fmt):
         return format(value, fmt) if isinstance(value, (int, float)) else "n/a"
@@ -144,7 +146,8 @@ def table(states: list[dict]) -> str:
                      f"{f(r.get('seconds_per_step'), '.3f')} | {f(r.get('step_time_vs_sft'), '.3f')} | "
                      f"{f(r.get('tokens_per_second'), '.0f')} | {f(r.get('best_valid_ndcg10'), '.4f')} | "
                      f"{f(r.get('NDCG@10'), '.4f')} | {f(r.get('HR@10'), '.4f')} | "
-                     f"{f(r.get('PR@10'), '.4f')} ({r.get('pr_ranked_users', 'n/a')}) | {f(r.get('exact_NDCG@10'), '.4f')} |")
+                     f"{f(r.get('PR@10'), '.4f')} ({r.get('pr_ranked_users', 'n/a')}) | {f(r.get('exact_NDCG@10'), '.4f')} | "
+                     f"{r.get('nonfinite_skipped', 'n/a')} |")
     return "\n".join(lines) + "\n"
 
 
