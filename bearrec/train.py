@@ -155,13 +155,19 @@ class RecTrainer(Trainer):
         optimizer and end learning for the rest of the run without an error (every later loss NaN, every item
         list empty). Such a micro-batch is dropped together with the gradients accumulated so far in its step
         (the optimizer then skips the step), counted in the logs as ``nonfinite_skipped``, and the first one is
-        diagnosed (:func:`nonfinite_diagnosis`) and printed. One host sync per micro-batch.
+        diagnosed (:func:`nonfinite_diagnosis`), printed, and kept to be replayed: its batch and the trainable
+        weights it met go to ``<checkpoints>/nonfinite-step<N>.safetensors`` (``benchmarks/gpu/nan_probe.py``
+        re-runs it under each attention kernel). One host sync per micro-batch.
         """
         loss = super().training_step(model, inputs, num_items_in_batch)
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
             if self.nonfinite is None:
-                self.nonfinite = {"step": self.state.global_step + 1, **nonfinite_diagnosis(model, inputs, self)}
+                step = self.state.global_step + 1
+                self.nonfinite = {"step": step, **nonfinite_diagnosis(model, inputs, self)}
+                if self.is_world_process_zero():
+                    self.nonfinite["dump"] = str(dump_batch(model, inputs, Path(self.args.output_dir) /
+                                                            f"nonfinite-step{step}.safetensors"))
                 print(f"warning: non-finite gradients at step {self.nonfinite['step']}; the step is skipped "
                       f"(diagnosis: {json.dumps(self.nonfinite)})", flush=True)
             model.zero_grad(set_to_none=True)
@@ -292,6 +298,23 @@ def nonfinite_diagnosis(model, inputs: dict, trainer: RecTrainer) -> dict:
             "first_nonfinite_module_autocast_off": full_module, "loss_autocast_off": full_loss,
             "nonfinite_grad_parameters": bad_grads[:5], "batch": list(mask.shape),
             "lengths": mask.sum(1).tolist()}
+
+
+DUMP_MAX_WEIGHTS = 50_000_000  # trainable values kept with a non-finite batch (LoRA: all of them; full fine-tuning: none)
+
+
+def dump_batch(model, inputs: dict, path: Path) -> Path:
+    """The batch (``input.<key>``) and, up to :data:`DUMP_MAX_WEIGHTS` values, the trainable weights
+    (``weight.<name>``) as they were for that forward, in one safetensors file."""
+    from safetensors.torch import save_file
+
+    tensors = {f"input.{k}": v.detach().cpu().contiguous() for k, v in inputs.items() if torch.is_tensor(v)}
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if sum(p.numel() for p in trainable.values()) <= DUMP_MAX_WEIGHTS:
+        tensors |= {f"weight.{n}": p.detach().cpu().contiguous() for n, p in trainable.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
 
 
 class EpochLog(TrainerCallback):

@@ -166,6 +166,24 @@ def test_a_nonfinite_step_is_skipped_and_diagnosed(data_dir, tmp_path, monkeypat
     assert first["step"] == 3 and first["first_nonfinite_module"].endswith("layers.0.mlp")
     assert first["first_nonfinite_module_autocast_off"].endswith("layers.0.mlp") and first["loss"] != first["loss"]
     assert first["nonfinite_grad_parameters"] and len(first["lengths"]) == first["batch"][0]
+    dump = load_file(first["dump"])  # the batch and the weights it met, to replay it
+    assert dump["input.attention_mask"].sum(1).tolist() == first["lengths"]
+    assert any(k.startswith("weight.") and k.endswith("mlp.up_proj.weight") for k in dump)
+
+    # the GPU probe replays it per attention kernel; here, unpoisoned, every available variant is finite
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("nan_probe", Path(__file__).parents[1] / "benchmarks/gpu/nan_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    report = probe.main(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "probe")])
+    rows = {r["variant"]: r for r in report["variants"]}
+    assert set(rows) == set(probe.VARIANTS) and rows["eager"]["available"] and rows["sdpa-math"]["available"]
+    available = [r for r in rows.values() if r["available"]]
+    assert all(r["grads_finite"] and r["loss"] > 0 for r in available)
+    assert len({round(r["loss"], 4) for r in available}) == 1, "every kernel computes the same loss"
+    assert (tmp_path / "probe" / "nan_probe.json").is_file()
     weights = load_file(tmp_path / "run" / "model" / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
     losses = [h["loss"] for h in log["log_history"] if h["step"] > 3]
