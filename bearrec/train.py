@@ -26,6 +26,7 @@ from bearrec.config import DecodingConfig, ExperimentConfig
 from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, left_pad
 from bearrec.decoding.beam_search import position_ids_from_mask
+from bearrec.decoding.scoring import is_encoder_decoder
 from bearrec.decoding.latent import item_memory
 from bearrec.checks import first_line
 from bearrec.io import write_json
@@ -119,6 +120,27 @@ def answer_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     return out.logits[:, :-1]
 
 
+def seq2seq_answer_logits(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, labels: torch.Tensor,
+                          group: int = 1) -> torch.Tensor:
+    """Logits aligned with ``labels [n * group, A]`` for an encoder-decoder model (T5, TIGER): ``[n * group, A, V]``.
+
+    The prompts ``[n, P]`` go through the encoder once, each encoding shared by its ``group`` consecutive label
+    rows. The decoder reads the start token then each answer shifted right, in the labels' own layout (left-
+    or right-padded, -100 outside the answer); its attention mask hides the padding.
+    """
+    encoded = model.get_encoder()(input_ids=prompt_ids, attention_mask=prompt_mask)
+    encoded.last_hidden_state = encoded.last_hidden_state.repeat_interleave(group, dim=0)  # [n * group, P, d]
+    scored = labels != IGNORE_INDEX  # [R, A]
+    before = torch.zeros_like(scored)
+    before[:, 1:] = scored[:, :-1]  # the previous position holds an answer token
+    decoder_ids = torch.full_like(labels, model.config.pad_token_id)
+    decoder_ids[:, 1:] = torch.where(before[:, 1:], labels[:, :-1], decoder_ids[:, 1:])
+    decoder_ids[scored & ~before] = model.config.decoder_start_token_id  # each answer's first position
+    out = model(encoder_outputs=encoded, attention_mask=prompt_mask.repeat_interleave(group, dim=0),
+                decoder_input_ids=decoder_ids, decoder_attention_mask=scored.long())
+    return out.logits
+
+
 class RecTrainer(Trainer):
     """``Trainer`` with our objective as the loss and constrained-beam-search NDCG@10 as the evaluation."""
 
@@ -199,14 +221,17 @@ class RecTrainer(Trainer):
         if "group_labels" in inputs:  # APAO pairwise: the positive and its negatives after one copy of the prompt
             group = inputs["group_labels"].shape[1]
             labels = inputs["group_labels"].flatten(0, 1)  # [N(1+K), A], rows grouped 1 + K per example
-            logits = grouped_answer_logits(model, inputs["prompt_ids"], inputs["prompt_mask"],
-                                           inputs["group_labels"]).flatten(0, 1)  # [N(1+K), A, V]
+            if is_encoder_decoder(model):
+                logits = seq2seq_answer_logits(model, inputs["prompt_ids"], inputs["prompt_mask"], labels, group)
+            else:
+                logits = grouped_answer_logits(model, inputs["prompt_ids"], inputs["prompt_mask"],
+                                               inputs["group_labels"]).flatten(0, 1)  # [N(1+K), A, V]
             extra["prefix_counts"] = self.prefix_counts
         else:
-            logits = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], labels.shape[1])
+            logits = self._answer_logits(model, inputs, labels, group)
         if self.reference is not None:
             with torch.no_grad():  # the frozen reference's sequence log-probabilities, [N, 1 + K]
-                ref_logits = answer_logits(self.reference, inputs["input_ids"], inputs["attention_mask"], labels.shape[1])
+                ref_logits = self._answer_logits(self.reference, inputs, labels, group)
                 extra["reference"] = sequence_log_probs(ref_logits, labels).view(-1, group)
                 del ref_logits
         loss, reg = self.objective.loss(logits, labels, extra)
@@ -226,6 +251,14 @@ class RecTrainer(Trainer):
                     p["violated"] += float(((delta > 0) & can_prune).float().mean())
                     p["batches"] += 1
         return (loss, logits) if return_outputs else loss
+
+    @staticmethod
+    def _answer_logits(model, inputs: dict, labels: torch.Tensor, group: int) -> torch.Tensor:
+        """``[R, A, V]`` logits predicting ``labels``: prompt and answer as one sequence for a decoder-only model;
+        for an encoder-decoder, the prompt to the encoder (the collator's ``prompt_ids``, one per ``group`` rows)."""
+        if is_encoder_decoder(model):
+            return seq2seq_answer_logits(model, inputs["prompt_ids"], inputs["prompt_mask"], labels, group)
+        return answer_logits(model, inputs["input_ids"], inputs["attention_mask"], labels.shape[1])
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         p = self._parts
@@ -450,7 +483,7 @@ def train_model(
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.patience))
         trainer = RecTrainer(
             model=model, args=args, train_dataset=examples, eval_dataset=valid[0] if valid else None, data_collator=Collator(
-                tokenizer.pad_token_id, objective.needs_search, trie if objective.needs_candidates else None,
+                tokenizer.pad_token_id, objective.needs_search or is_encoder_decoder(model), trie if objective.needs_candidates else None,
                 objective.negatives, encoder.answers if objective.negatives or objective_negatives else None, tc.seed,
                 objective_negatives),
             processing_class=tokenizer, callbacks=callbacks, objective=objective, trie=trie, valid=valid,

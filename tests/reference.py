@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, T5Config,
+                          T5ForConditionalGeneration)
 
 EOS = 1
 PAD = 0
 
 
 def random_model(arch: str = "llama", vocab: int = 48, seed: int = 0):
-    """A small randomly initialised causal LM with peaky distributions (large init: few near-ties)."""
+    """A small randomly initialised LM with peaky distributions (large init: few near-ties): causal (llama,
+    gpt2) or encoder-decoder (t5, as TIGER; the decoder starts from PAD)."""
     torch.manual_seed(seed)
     if arch == "llama":
         config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -23,6 +25,11 @@ def random_model(arch: str = "llama", vocab: int = 48, seed: int = 0):
         config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128, initializer_range=0.3,
                             pad_token_id=PAD, eos_token_id=EOS, bos_token_id=2)
         model = GPT2LMHeadModel(config)
+    elif arch == "t5":
+        config = T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                          feed_forward_proj="relu", tie_word_embeddings=False,
+                          pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD)
+        model = T5ForConditionalGeneration(config)
     else:
         raise ValueError(arch)
     return model.eval()
@@ -80,10 +87,16 @@ def item_token_log_probs(model, prompt: list[int], item: list[int], items: list[
 
     With the catalog ``items``, the softmax runs over the tokens that continue ``item[:t]`` to some item
     only (masked scoring); without, over the whole vocabulary (full scoring)."""
-    ids = torch.tensor([prompt + item], device=model.device)
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0].float()
-    start = len(prompt) - 1
+    if model.config.is_encoder_decoder:  # the prompt to the encoder, [start] + item[:-1] to the decoder
+        decoder = torch.tensor([[model.config.decoder_start_token_id] + item[:-1]], device=model.device)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt], device=model.device), decoder_input_ids=decoder).logits[0].float()
+        start = 0
+    else:
+        ids = torch.tensor([prompt + item], device=model.device)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0].float()
+        start = len(prompt) - 1
     out = []
     for t, tok in enumerate(item):
         row = logits[start + t]
@@ -160,8 +173,10 @@ def hf_beam_search(model, ids, mask, trie, beam_width: int, length_penalty: floa
     """Hugging Face ``generate(num_beams=B, prefix_allowed_tokens_fn=<trie walk>)`` as (items [N, B], scores [N, B]);
     masked scoring is ``renormalize_logits=True``. Catalog index -1 for a sequence that is no item."""
 
+    generated = 1 if model.config.is_encoder_decoder else ids.shape[1]  # after the decoder's start token / the prompt
+
     def allowed(batch_id, sent):
-        tokens = trie.allowed_tokens(sent[ids.shape[1]:].tolist())
+        tokens = trie.allowed_tokens(sent[generated:].tolist())
         return tokens or [trie.eos_token_id]  # beams HF keeps with -inf score: any token, they never win
 
     out = model.generate(input_ids=ids, attention_mask=mask, num_beams=beam_width, num_return_sequences=beam_width,
@@ -171,7 +186,7 @@ def hf_beam_search(model, ids, mask, trie, beam_width: int, length_penalty: floa
                          return_dict_in_generate=True)
     eos = trie.eos_token_id
     items = []
-    for seq in out.sequences[:, ids.shape[1]:].tolist():
+    for seq in out.sequences[:, generated:].tolist():
         node = trie.node_of(seq[: seq.index(eos) + 1] if eos in seq else seq)
         items.append(int(trie.node_item[node]) if node >= 0 else -1)
     return torch.tensor(items).view(-1, beam_width), out.sequences_scores.float().cpu().view(-1, beam_width)

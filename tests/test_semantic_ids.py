@@ -225,3 +225,68 @@ def test_dataset_with_codes_round_trips(sid_data):
     codes = dataset_codes(ds)
     assert codes[0][:3] == codes[1][:3] and codes[0][3] != codes[1][3]  # disambiguated
     assert json.loads((sid_data / "dataset.json").read_text())["semantic_ids"]["items_sharing_codes"] >= 2
+
+
+# ---------------------------------------------------------------------------------- TIGER: an encoder-decoder T5
+def _t5(config):
+    config.tiny = TinyConfig(architecture="t5", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=2, head_size=16, dropout=0.0)
+    return config
+
+
+@pytest.mark.parametrize("objective", ["sft", "msl", "bear", "beam-sim", "apao-pointwise", "apao-pairwise"])
+def test_every_objective_trains_a_t5_over_codes(sid_data, tmp_path, objective):
+    """TIGER's backbone: the history's codes to the encoder, the item's codes from the decoder; every objective
+    trains it (validation decodes with beam search on the encoder-decoder path) and the run reloads as a T5."""
+    from bearrec.runs import load_run, train_run
+
+    log = train_run(_t5(_config(sid_data, objective)), tmp_path / "run")
+    losses = [h["loss"] for h in log["log_history"]]
+    assert losses and all(np.isfinite(losses)) and log["epochs"][0]["NDCG@10"] >= 0
+    model = load_run(tmp_path / "run")[0]
+    assert model.config.model_type == "t5" and model.config.is_encoder_decoder
+
+
+def test_t5_answer_logits_equal_teacher_forcing(sid_data):
+    """The training logits of an encoder-decoder (left-padded labels of mixed lengths, encodings shared by a
+    group of rows) equal one plain forward per (prompt, answer)."""
+    from reference import item_token_log_probs
+
+    from bearrec.data.prompts import left_pad
+    from bearrec.models import build_tiny_model
+    from bearrec.train import IGNORE_INDEX, seq2seq_answer_logits
+
+    tokenizer = code_tokenizer([[c, c, c] for c in range(8)])
+    model = build_tiny_model(tokenizer, _t5(ExperimentConfig()).tiny, seed=3).eval()
+    vocab = len(tokenizer)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    answers = [[4, 5, 1], [6, 1], [7, 8, 9, 1], [10, 1]]  # two answers per prompt, mixed lengths
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+    labels = torch.full((4, 4), IGNORE_INDEX)
+    for row, answer in enumerate(answers):
+        labels[row, 4 - len(answer):] = torch.tensor(answer)
+    with torch.no_grad():
+        logits = seq2seq_answer_logits(model, ids, mask, labels, group=2).log_softmax(-1)  # [4, 4, V]
+    assert logits.shape == (4, 4, vocab)
+    for row, answer in enumerate(answers):
+        expected = item_token_log_probs(model, prompts[row // 2], answer)
+        got = [float(logits[row, 4 - len(answer) + t, tok]) for t, tok in enumerate(answer)]
+        assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_t5_runs_evaluate_with_beam_search_and_refuse_the_causal_decoders(sid_data, tmp_path):
+    from bearrec.data.prompts import left_pad
+    from bearrec.decoding import exact_top_k, latent_decode, score_catalog
+    from bearrec.runs import evaluate_run, item_trie, load_run, prompt_encoder, train_run
+
+    train_run(_t5(_config(sid_data, "sft")), tmp_path / "run")
+    result = evaluate_run(tmp_path / "run", beam_width=20, max_users=6)
+    assert {"NDCG@20", "HR@20"} <= set(result["metrics"]) and "PR@20" not in result["metrics"]
+    assert "decoder-only" in result["pruning_skipped"]
+    model, tokenizer, ds, config = load_run(tmp_path / "run")
+    trie = item_trie(tokenizer, ds, config)
+    ids, mask = left_pad(prompt_encoder(tokenizer, ds, config).prompts(ds.examples("test", 2)[0]), tokenizer.pad_token_id)
+    for call in (lambda: exact_top_k(model, ids, mask, trie, k=5), lambda: score_catalog(model, ids, mask, trie),
+                 lambda: latent_decode(model, ids, mask, None, k=5)):
+        with pytest.raises(ValueError, match="encoder-decoder models such as T5"):
+            call()

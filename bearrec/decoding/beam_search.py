@@ -17,6 +17,8 @@ BIGRec, D3, MSL and the BEAR paper decode with):
 
 Implementation: one forward per step for the whole batch with the KV cache (the prompt is encoded
 once; beams share its rows through ``reorder_cache``), and trie children gathered with tensor ops.
+Encoder-decoder models (T5, TIGER) run the encoder once per user; the decoder starts from
+``decoder_start_token_id`` and its self- and cross-attention caches follow the beams the same way.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from dataclasses import dataclass
 import torch
 
 from transformers import DynamicCache
+from transformers.modeling_outputs import BaseModelOutput
 
 from bearrec.catalog import ItemTrie
-from bearrec.decoding.scoring import check_scoring, edge_log_probs, require_decoder_only
+from bearrec.decoding.scoring import check_scoring, edge_log_probs, is_encoder_decoder
 from bearrec.decoding.shared_prompt import PromptCache, shared_prompt, supports
 
 NEG_INF = float("-inf")
@@ -90,7 +93,6 @@ def constrained_beam_search(
     if beam_width < 1:
         raise ValueError("beam_width must be at least 1")
     check_scoring(scoring)
-    require_decoder_only(model, "constrained_beam_search")
     device = next(model.parameters()).device
     trie = trie.to(device)
     fields = ["item_ids", "scores"] + (["drop_step", "violated"] if targets is not None else [])
@@ -113,20 +115,27 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
     dev = input_ids.device
     users = torch.arange(n, device=dev)
 
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=True,
-        logits_to_keep=1,
-    )
+    seq2seq = is_encoder_decoder(model)
+    if seq2seq:  # the encoder reads the prompt once; the decoder starts from its start token
+        encoded = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+        start = torch.full((n, 1), model.config.decoder_start_token_id, dtype=torch.long, device=dev)
+        out = model(encoder_outputs=encoded, attention_mask=attention_mask, decoder_input_ids=start, use_cache=True)
+        encoded_rows = BaseModelOutput(last_hidden_state=encoded.last_hidden_state.repeat_interleave(B, dim=0))  # [n*B, L, d]
+    else:
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=True,
+            logits_to_keep=1,
+        )
     logits = out.logits[:, -1]  # [n * rows, V], rows = 1 live beam per user (the root) at step 0
     prompt_len = attention_mask.long().sum(-1)
     # Where the architecture allows, the prompt's keys/values stay one copy per user and the cache that
     # beams reorder holds generated tokens only (see shared_prompt.py); otherwise the standard cache.
     prompt = PromptCache.from_cache(out.past_key_values, attention_mask) if supports(model) else None
     cache = DynamicCache() if prompt is not None else out.past_key_values
-    prompt_mask_rows = attention_mask.repeat_interleave(B, dim=0) if prompt is None else None
+    prompt_mask_rows = attention_mask.repeat_interleave(B, dim=0) if prompt is None else None  # [n*B, L]
 
     # Live beams: trie node and summed score; -inf marks an empty slot. Step 0 has one beam (the root).
     beam_node = torch.zeros(n, 1, dtype=torch.long, device=dev)
@@ -215,7 +224,10 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
         cache.reorder_cache(source_row.flatten())
         positions = (prompt_len.repeat_interleave(B) + step).unsqueeze(1)
         tokens = torch.where(kept, trie.node_token[beam_node], trie.eos_token_id).reshape(n * B, 1)
-        if prompt is not None:
+        if seq2seq:  # rows of a user share its encoding; the cross-attention cache was reordered with the rest
+            out = model(encoder_outputs=encoded_rows, attention_mask=prompt_mask_rows, decoder_input_ids=tokens,
+                        past_key_values=cache, use_cache=True)
+        elif prompt is not None:
             with shared_prompt(model, prompt):
                 out = model(input_ids=tokens, position_ids=positions, past_key_values=cache, use_cache=True)
         else:
