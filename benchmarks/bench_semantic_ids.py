@@ -20,6 +20,10 @@ import time
 from pathlib import Path
 
 APAO_LLAMA = {"tiny.num_hidden_layers": 8, "tiny.intermediate_size": 1024, "tiny.num_attention_heads": 8}
+# APAO's T5 (TIGER, its config/models/t5_config.json): 4 encoder and 4 decoder layers, d_model 128, d_ff 1024,
+# 6 heads of 64, dropout 0.1
+TIGER = {"tiny.architecture": "t5", "tiny.num_hidden_layers": 4, "tiny.intermediate_size": 1024,
+         "tiny.num_attention_heads": 6, "tiny.head_size": 64}
 # label -> (objective, config overrides); the tiny default is 2 layers, hidden 128, feed-forward 384, 4 heads
 VARIANTS = {
     "sft-b32": ("sft", {"train.batch_size": 32}),
@@ -32,6 +36,9 @@ VARIANTS = {
     "apao-pairwise-k20-b64-grouped": ("apao-pairwise", {"train.batch_size": 64, "train.group_by_length": True,
                                                          "apao.num_negatives": 20}),
     "sft-apao-llama-b256-grouped": ("sft", {"train.batch_size": 256, "train.group_by_length": True, **APAO_LLAMA}),
+    "sft-t5-tiny-b256-grouped": ("sft", {"train.batch_size": 256, "train.group_by_length": True,
+                                         "tiny.architecture": "t5"}),
+    "sft-tiger-b256-grouped": ("sft", {"train.batch_size": 256, "train.group_by_length": True, **TIGER}),
 }
 DEFAULT = ",".join(VARIANTS)
 
