@@ -175,8 +175,9 @@ class RecTrainer(Trainer):
 
         One bf16 batch whose gradients come out NaN or infinite would otherwise reach the weights through the
         optimizer and end learning for the rest of the run without an error (every later loss NaN, every item
-        list empty). Such a micro-batch is dropped together with the gradients accumulated so far in its step
-        (the optimizer then skips the step), counted in the logs as ``nonfinite_skipped``, and the first one is
+        list empty). Such a micro-batch is dropped together with the gradients accumulated so far in its step:
+        without gradient accumulation the optimizer skips the step, with it the step goes on with the micro-batches
+        after that one. Counted in the logs as ``nonfinite_skipped``, and the first one is
         diagnosed (:func:`nonfinite_diagnosis`), printed, and kept to be replayed: its batch and the trainable
         weights it met go to ``<checkpoints>/nonfinite-step<N>.safetensors`` (``benchmarks/gpu/nan_probe.py``
         re-runs it under each attention kernel). One host sync per micro-batch.
