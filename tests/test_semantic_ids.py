@@ -106,6 +106,15 @@ def test_leave_one_out_split_max_history_and_untitled_items(tmp_path):
     with pytest.warns(DataWarning, match="dropped"):
         dropped = read_interactions(inter, items, min_interactions=1, split="leave-one-out")
     assert "F" not in set(dropped.items["item_id"])  # titles: an untitled item is dropped as before
+    processed = tmp_path / "processed"  # the processed format keeps it too (prepare processed --semantic-ids)
+    ds.save(processed)
+    (processed / "items.csv").write_text("item_id,title\n" + "".join(f"{i},Item {i}\n" for i in "ABCDE") + "F,\n")
+    for name, frame in ds.splits.items():
+        frame.assign(item_ids=[json.dumps(list(h) + [t]) for h, t in zip(frame["history"], frame["target"])])[
+            ["user_id", "item_ids"]].to_csv(processed / f"{name}.csv", index=False)
+    with pytest.warns(DataWarning, match="kept as"):
+        again = read_source("processed", [processed], keep_untitled=True)
+    assert again.titles[-1] == "(untitled item F)" and again.meta["cleaning"]["empty_title_items_named"] == 1
     with pytest.raises(ValueError, match="--split"):
         read_source("interactions", [inter, items], min_interactions=1, split="random")
     with pytest.raises(ValueError, match="--max-history"):

@@ -140,7 +140,8 @@ def read_source(
 
 def read_processed(folder: PathLike, domain: str = "products", strict: bool = False,
                    keep_untitled: bool = False) -> RecDataset:
-    """Read a processed folder (items.csv plus train/valid/test.csv with JSON ``item_ids``)."""
+    """Read a processed folder (items.csv plus train/valid/test.csv with JSON ``item_ids``); ``keep_untitled`` as
+    :func:`_clean_catalog`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "folder not found")
@@ -153,7 +154,7 @@ def read_processed(folder: PathLike, domain: str = "products", strict: bool = Fa
     if splits["train"].empty:
         raise DataError(folder / "train.csv", "no training examples: the file has a header but no rows", row=1)
 
-    items, cleaning = _clean_catalog(items, items_path, strict, log)
+    items, cleaning = _clean_catalog(items, items_path, strict, log, keep_untitled)
     dropped = set(known.difference(items["item_id"]))
     splits, purge = _drop_items_from_examples(splits, dropped, {name: folder / f"{name}.csv" for name in SPLITS}, log)
     log.flush()
