@@ -24,6 +24,7 @@ from bearrec.io import write_text
 from bearrec.models import TINY, LoraSettings, TinyConfig
 from bearrec.objectives.configs import APAOConfig, BeamSimConfig, BEARConfig, MSLConfig, SDPOConfig
 from bearrec.sasrec import SASRecConfig
+from bearrec.semantic_ids import REPRESENTATIONS
 
 
 @dataclass
@@ -171,7 +172,7 @@ class ExperimentConfig:
         check(self.data is None or bool(self.data.strip()), "config", "data", "a dataset folder", self.data)
         if self.use_lora and self.model == TINY:
             raise ValueError("LoRA needs a pretrained model; the tiny model is trained from scratch (lora: false)")
-        check(self.representation in ("titles", "semantic-ids"), "config", "representation", "titles or semantic-ids",
+        check(self.representation in REPRESENTATIONS, "config", "representation", " or ".join(REPRESENTATIONS),
               self.representation)
         if self.representation == "semantic-ids" and self.model != TINY:
             raise ValueError("representation semantic-ids trains a model from scratch over code tokens: set model: tiny "

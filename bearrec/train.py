@@ -222,14 +222,8 @@ class RecTrainer(Trainer):
         if "group_labels" in inputs:  # APAO pairwise: the positive and its negatives after one copy of the prompt
             group = inputs["group_labels"].shape[1]
             labels = inputs["group_labels"].flatten(0, 1)  # [N(1+K), A], rows grouped 1 + K per example
-            if is_encoder_decoder(model):
-                logits = seq2seq_answer_logits(model, inputs["prompt_ids"], inputs["prompt_mask"], labels, group)
-            else:
-                logits = grouped_answer_logits(model, inputs["prompt_ids"], inputs["prompt_mask"],
-                                               inputs["group_labels"]).flatten(0, 1)  # [N(1+K), A, V]
             extra["prefix_counts"] = self.prefix_counts
-        else:
-            logits = self._answer_logits(model, inputs, labels, group)
+        logits = self._answer_logits(model, inputs, labels, group)
         if self.reference is not None:
             with torch.no_grad():  # the frozen reference's sequence log-probabilities, [N, 1 + K]
                 ref_logits = self._answer_logits(self.reference, inputs, labels, group)
@@ -255,10 +249,14 @@ class RecTrainer(Trainer):
 
     @staticmethod
     def _answer_logits(model, inputs: dict, labels: torch.Tensor, group: int) -> torch.Tensor:
-        """``[R, A, V]`` logits predicting ``labels``: prompt and answer as one sequence for a decoder-only model;
-        for an encoder-decoder, the prompt to the encoder (the collator's ``prompt_ids``, one per ``group`` rows)."""
+        """``[R, A, V]`` logits predicting ``labels``: for an encoder-decoder, the prompt to the encoder (the
+        collator's ``prompt_ids``, one per ``group`` rows); for a decoder-only model, APAO pairwise's answer groups
+        after one copy of the prompt (``group_labels``), else prompt and answer as one sequence."""
         if is_encoder_decoder(model):
             return seq2seq_answer_logits(model, inputs["prompt_ids"], inputs["prompt_mask"], labels, group)
+        if "group_labels" in inputs:
+            return grouped_answer_logits(model, inputs["prompt_ids"], inputs["prompt_mask"],
+                                         inputs["group_labels"]).flatten(0, 1)  # [N(1+K), A, V]
         return answer_logits(model, inputs["input_ids"], inputs["attention_mask"], labels.shape[1])
 
     def log(self, logs: dict, *args, **kwargs) -> None:

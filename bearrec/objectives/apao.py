@@ -53,9 +53,7 @@ def _prefix_scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     mask = labels != IGNORE_INDEX  # [..., T]
     log_p = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     log_p = log_p.masked_fill(~mask, 0.0)  # [..., T]
-    # Scored tokens of a row moved to the front, in order: a stable sort on "unscored" keeps their order.
-    order = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices  # [..., T]
-    cumulative = log_p.gather(-1, order).cumsum(-1)[..., :-1]  # [..., T-1]
+    cumulative = log_p.gather(-1, _front_order(labels)).cumsum(-1)[..., :-1]  # [..., T-1]
     length = mask.sum(-1, keepdim=True)  # [..., 1]
     t = torch.arange(1, labels.shape[-1], device=labels.device)  # [T-1]
     return cumulative, t < length
@@ -94,7 +92,7 @@ def apao_pairwise_loss(logits: torch.Tensor, labels: torch.Tensor, prefix_counts
     s, valid = _prefix_scores(logits, labels)  # [N, G, T-1]
     n, group, width = s.shape
     keep = valid.clone()  # [N, G, T-1]: a negative counts at t if it has a t-prefix not seen before in its row
-    tokens = _front_aligned(labels)  # [N, G, T]
+    tokens = labels.gather(-1, _front_order(labels))  # [N, G, T], each row's item tokens first
     for t in range(1, width + 1):
         prefix = tokens[..., :t]  # [N, G, t]
         same = (prefix[:, :, None] == prefix[:, None, :]).all(-1)  # [N, G, G]: j's prefix equals i's
@@ -171,10 +169,10 @@ def grouped_answer_logits(model, prompt_ids: torch.Tensor, prompt_mask: torch.Te
     return out
 
 
-def _front_aligned(labels: torch.Tensor) -> torch.Tensor:
-    """``labels [..., T]`` with each row's scored tokens moved to the front, in order (-100 after them)."""
-    order = torch.sort((labels == IGNORE_INDEX).to(torch.int8), dim=-1, stable=True).indices
-    return labels.gather(-1, order)
+def _front_order(labels: torch.Tensor) -> torch.Tensor:
+    """``[..., T]`` indices that move each row's scored tokens to the front, in order (a stable sort on
+    "unscored" keeps their order), the -100 positions after them."""
+    return torch.sort((labels == IGNORE_INDEX).to(torch.int8), dim=-1, stable=True).indices
 
 
 def _reduce(per: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
