@@ -72,7 +72,7 @@ def load_replay(run: Path, dump: Path | None = None):
 def run_variant(model, objective, inputs: dict, variant: str) -> dict:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from bearrec.train import answer_logits
+    from bearrec.train import RecTrainer
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.set_attn_implementation("eager" if variant == "eager" else "sdpa")
@@ -86,7 +86,7 @@ def run_variant(model, objective, inputs: dict, variant: str) -> dict:
         with sdpa_kernel(backend) if backend is not None else nullcontext(), \
                 torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
             labels = inputs["labels"]
-            logits = answer_logits(model, inputs["input_ids"], inputs["attention_mask"], labels.shape[1])
+            logits = RecTrainer._answer_logits(model, inputs, labels, 1)  # as training computed them
             extra = {"step": 0} | ({"candidates": inputs["candidates"]} if "candidates" in inputs else {})
             loss, _ = objective.loss(logits, labels, extra)
             loss.backward()
