@@ -222,6 +222,8 @@ DecoderNodeBudget = Annotated[Optional[int], typer.Option("--node-budget", help=
 LatentVariant = Annotated[Optional[str], typer.Option("--latent-variant", help="--decoder latent: global (each item = mean of its training states) or local (mean of the --latent-neighbors states nearest the user) [default: the run's, global]")]
 LatentSimilarity = Annotated[Optional[str], typer.Option("--latent-similarity", help="--decoder latent: l2 (the paper's inverse L2 distance) or cosine [default: the run's, l2]")]
 LatentNeighbors = Annotated[Optional[int], typer.Option("--latent-neighbors", help="--decoder latent --latent-variant local: M, training states per item nearest the user [default: the run's, 5]")]
+JOBS_HELP = ("runs trained at once, each in its own process with an equal share of the CPU threads (small models "
+             "on a multi-core CPU; on one GPU keep 1)")
 DECODER_FLAGS = {"beam_width": "--beam-width", "node_budget": "--node-budget", "latent_variant": "--latent-variant",
                  "latent_similarity": "--latent-similarity", "latent_neighbors": "--latent-neighbors"}
 
@@ -482,7 +484,7 @@ def torch_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: bool, grid=None) -> None:
+def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: bool, grid=None, jobs: int = 1) -> None:
     import shlex
     import shutil
 
@@ -495,7 +497,7 @@ def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: 
         check_replaceable(out_dir, "experiment")  # --overwrite deletes only an earlier bearrec experiment
         shutil.rmtree(out_dir)
     try:
-        results = run_experiment(base, specs, out_dir, settings, kind, console)
+        results = run_experiment(base, specs, out_dir, settings, kind, console, jobs)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted:[/yellow] finished runs are kept in {out_dir}; "
                       "run the same command again to resume", soft_wrap=True)
@@ -537,6 +539,7 @@ def compare(
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override any config field: section.field=value")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="experiment folder")] = Path("runs/compare"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="delete the experiment folder first")] = False,
+    jobs: Annotated[int, typer.Option(help=JOBS_HELP)] = 1,
 ):
     """Train and evaluate several objectives (and SASRec, BERT4Rec) on the same data, model, seed and budget; one report.
 
@@ -568,7 +571,7 @@ def compare(
                             pruning_users=pruning_users, pruning_node_budget=pruning_node_budget,
                             exclude_history=exclude_history)
     plan = compare_plan(names, seeds, base.train.seed, parse_baselines(baselines))
-    _run_experiment("compare", base, plan, out_dir, settings, overwrite)
+    _run_experiment("compare", base, plan, out_dir, settings, overwrite, jobs=jobs)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -588,6 +591,7 @@ def sweep(
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override any config field: section.field=value")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="experiment folder")] = Path("runs/sweep"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="delete the experiment folder first")] = False,
+    jobs: Annotated[int, typer.Option(help=JOBS_HELP)] = 1,
 ):
     """Grid over an objective's hyperparameters (paper Figure 8), e.g. --grid weight=0.1,0.5,1,2,5 temperature=0.25,0.5,1,2,3.
 
@@ -611,7 +615,7 @@ def sweep(
     # Every grid point is judged on the valid split; only the chosen one (and SFT) ever sees test.
     settings = EvalSettings(split="valid", max_users=max_eval_users, pruning_rate=pruning_rate)
     _run_experiment("sweep", base, sweep_plan(objective.value, parsed, seeds, base.train.seed), out_dir, settings,
-                    overwrite, parsed)
+                    overwrite, parsed, jobs)
 
 
 def main() -> None:

@@ -145,8 +145,14 @@ def environment() -> dict:
 
 
 def run_experiment(base: ExperimentConfig, specs: list[RunSpec], out_dir: str | Path, settings: EvalSettings,
-                   kind: str, console=None) -> list[dict]:
-    """Train and evaluate every planned run that is not finished yet; returns one result per spec."""
+                   kind: str, console=None, jobs: int = 1) -> list[dict]:
+    """Train and evaluate every planned run that is not finished yet; returns one result per spec.
+
+    ``jobs > 1`` trains that many runs at once, each in its own process with an equal share of the CPU threads
+    (:func:`_parallel_runs`): for small models on a multi-core CPU, where one run cannot use every core.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs {jobs}: at least 1 run at a time")
     out = Path(out_dir)
     base.validate()
     settings.validate()
@@ -176,32 +182,90 @@ def run_experiment(base: ExperimentConfig, specs: list[RunSpec], out_dir: str | 
     out.mkdir(parents=True, exist_ok=True)
     mark(out, "experiment")
     write_json(previous, {**plan, "runs": [asdict(s) | {"folder": s.folder} for s in specs]})
-    results, durations = [], []
-    started = time.perf_counter()
-    for n, spec in enumerate(specs, 1):
-        folder = out / "runs" / spec.folder
-        done = folder / "result.json"
+    results: dict[int, dict] = {}
+    for n, spec in enumerate(specs):
+        done = out / "runs" / spec.folder / "result.json"
         if done.is_file():
-            results.append(json.loads(done.read_text()))
+            results[n] = json.loads(done.read_text())
             if console:
-                console.print(f"[{n}/{len(specs)}] {spec.label} seed {spec.seed}: finished earlier, kept")
-            continue
+                console.print(f"[{n + 1}/{len(specs)}] {spec.label} seed {spec.seed}: finished earlier, kept")
+    pending = [n for n in range(len(specs)) if n not in results]
+    if jobs > 1 and len(pending) > 1:
+        results.update(_parallel_runs(base, specs, pending, out, settings, jobs, console))
+        return [results[n] for n in range(len(specs))]
+    durations = []
+    started = time.perf_counter()
+    for n in pending:
+        spec = specs[n]
         if console:
-            left = len(specs) - n + 1
+            left = len(specs) - n
             eta = f", about {_clock(left * sum(durations) / len(durations))} left" if durations else ""
-            console.print(f"[bold][{n}/{len(specs)}] {spec.label} seed {spec.seed}[/bold] "
+            console.print(f"[bold][{n + 1}/{len(specs)}] {spec.label} seed {spec.seed}[/bold] "
                           f"(elapsed {_clock(time.perf_counter() - started)}{eta})")
-        run_start = time.perf_counter()
-        if spec.label in BASELINES:
-            config = replace(getattr(base, spec.label), seed=spec.seed)
-            result = _baseline_run(spec.label, dataset, config, settings, folder, console)
-        else:
-            result = _lm_run(spec.config(base), dataset, settings, folder, console)
-        result.update(label=spec.label, seed=spec.seed, overrides=spec.overrides, folder=spec.folder,
-                      wall_seconds=time.perf_counter() - run_start)
-        write_json(done, result)
-        durations.append(result["wall_seconds"])
-        results.append(result)
+        results[n] = _one_run(base, spec, dataset, settings, out, console)
+        durations.append(results[n]["wall_seconds"])
+    return [results[n] for n in range(len(specs))]
+
+
+def _one_run(base: ExperimentConfig, spec: RunSpec, dataset: RecDataset | None, settings: EvalSettings, out: Path,
+             console=None) -> dict:
+    """Train and evaluate one planned run; its ``result.json`` marks it finished."""
+    dataset = dataset if dataset is not None else RecDataset.load(base.data)
+    folder = out / "runs" / spec.folder
+    run_start = time.perf_counter()
+    if spec.label in BASELINES:
+        config = replace(getattr(base, spec.label), seed=spec.seed)
+        result = _baseline_run(spec.label, dataset, config, settings, folder, console)
+    else:
+        result = _lm_run(spec.config(base), dataset, settings, folder, console)
+    result.update(label=spec.label, seed=spec.seed, overrides=spec.overrides, folder=spec.folder,
+                  wall_seconds=time.perf_counter() - run_start)
+    write_json(folder / "result.json", result)
+    return result
+
+
+def _worker_threads(threads: int) -> None:
+    """A parallel run's process: its share of the CPU threads, and no progress bars of its own."""
+    import transformers
+
+    torch.set_num_threads(threads)
+    transformers.logging.disable_progress_bar()
+
+
+def _parallel_runs(base: ExperimentConfig, specs: list[RunSpec], pending: list[int], out: Path,
+                   settings: EvalSettings, jobs: int, console=None) -> dict[int, dict]:
+    """The ``pending`` runs, ``jobs`` at a time in spawned processes with ``threads // jobs`` threads each.
+
+    Each run is the same function as in a sequential experiment, seeded the same way; only its thread count
+    differs, so its numbers can differ from a sequential run's in the last float bits. A failed run stops the
+    experiment after the runs in progress end; every finished run keeps its ``result.json``.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    if console:
+        console.print(f"{len(pending)} runs, {jobs} at a time, {threads} CPU thread(s) each; "
+                      "their training logs are in each run's folder")
+    results: dict[int, dict] = {}
+    started = time.perf_counter()
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch threads
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_threads, initargs=(threads,)) as pool:
+        running = {pool.submit(_one_run, base, specs[n], None, settings, out): n for n in pending}
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                n = running.pop(future)
+                try:
+                    results[n] = future.result()
+                except BaseException:
+                    for other in running:
+                        other.cancel()
+                    raise
+                if console:
+                    r = results[n]
+                    console.print(f"[{len(results)}/{len(pending)}] {r['label']} seed {r['seed']} finished in "
+                                  f"{_clock(r['wall_seconds'])} (elapsed {_clock(time.perf_counter() - started)})")
     return results
 
 

@@ -122,6 +122,33 @@ def test_compare_end_to_end_then_restart_skips_finished_runs(tmp_path):
     assert other.exit_code == 2 and "different experiment" in other.stderr
 
 
+def test_compare_jobs_runs_in_parallel_processes_with_the_sequential_results(tmp_path):
+    import torch
+
+    data = tmp_path / "data"
+    assert _run("prepare", "synthetic", "--out", data, "--users", 40).exit_code == 0
+    args = ["compare", "--data", data, "--model", "tiny", "--objectives", "sft,bear", "--epochs", 1, "--baselines", "sasrec",
+            "--max-eval-users", 10, "--set", "train.batch_size=32", "--set", "train.valid_users=6",
+            "--set", "sasrec.epochs=2", "--pruning-users", 4]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the thread count each of the 2 parallel runs below gets
+        assert _run(*args, "--out", tmp_path / "seq").exit_code == 0
+        torch.set_num_threads(2)
+        parallel = _run(*args, "--jobs", 2, "--out", tmp_path / "par")
+    finally:
+        torch.set_num_threads(threads)
+    assert parallel.exit_code == 0, parallel.output
+    assert "3 runs, 2 at a time, 1 CPU thread(s) each" in parallel.stderr
+    seq, par = (json.loads((tmp_path / f / "results.json").read_text()) for f in ("seq", "par"))
+    assert [(r["label"], r["seed"]) for r in par["runs"]] == [(r["label"], r["seed"]) for r in seq["runs"]]
+    for a, b in zip(seq["runs"], par["runs"]):
+        assert a["metrics"] == b["metrics"] and a["users"] == b["users"], a["label"]
+    assert _run(*args, "--jobs", 2, "--out", tmp_path / "par").stderr.count("finished earlier, kept") == 3
+    bad = _run(*args, "--jobs", 0, "--out", tmp_path / "bad")
+    assert bad.exit_code == 2 and "jobs 0" in bad.stderr and not (tmp_path / "bad").exists()
+
+
 @pytest.mark.slow
 def test_sweep_end_to_end(tmp_path):
     data, out = tmp_path / "data", tmp_path / "sweep"
@@ -153,7 +180,7 @@ def test_compare_defaults_to_smollm2_with_a_cpu_budget(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_run(base, specs, out_dir, settings, kind, console=None):
+    def fake_run(base, specs, out_dir, settings, kind, console=None, jobs=1):
         seen.update(base=base, specs=specs, settings=settings)
         raise KeyboardInterrupt  # stop before any training; also exercises the Ctrl-C message
 
