@@ -109,6 +109,69 @@ class Collator:
         return batch
 
 
+def pack_examples(examples: list[dict]) -> list[dict]:
+    """Chains of examples whose token sequences continue each other, one training row each (``train.pack``).
+
+    An example reads ``prompt + answer`` (answer = item tokens + EOS). When another example's prompt is exactly
+    this prompt followed by this answer's item tokens (over semantic IDs: the same user one item later, since the
+    prompt is the history's codes and nothing else), the longer sequence holds the shorter one as its prefix, and
+    a causal model computes the shorter example's answer logits at the same positions, from the same context, in
+    one forward over the longer. Chains are checked token by token, so packing never changes a logit; where no
+    prompt continues another (a title prompt ends with its response header) every pack holds one example.
+
+    Returns packs ``{"ids": the chain's longest sequence, "members": [(prompt length, answer)] of each example}``.
+    """
+    by_prompt: dict[tuple, list[int]] = {}
+    for n, e in enumerate(examples):
+        by_prompt.setdefault(tuple(e["prompt"]), []).append(n)
+    for waiting in by_prompt.values():
+        waiting.reverse()  # popped from the end: examples in their original order
+    used = [False] * len(examples)
+    packs = []
+    for n in sorted(range(len(examples)), key=lambda n: len(examples[n]["prompt"])):  # chains start shortest first
+        if used[n]:
+            continue
+        chain, used[n] = [n], True
+        while True:
+            e = examples[chain[-1]]
+            waiting = by_prompt.get(tuple(e["prompt"] + e["answer"][:-1]), [])
+            while waiting and used[waiting[-1]]:
+                waiting.pop()
+            if not waiting:
+                break
+            chain.append(waiting.pop())
+            used[chain[-1]] = True
+        last = examples[chain[-1]]
+        packs.append({"ids": last["prompt"] + last["answer"],
+                      "members": [(len(examples[c]["prompt"]), examples[c]["answer"]) for c in chain]})
+    return packs
+
+
+class PackedCollator:
+    """Batches of packs (:func:`pack_examples`): left-padded ``input_ids``/``attention_mask`` of the packs, and per
+    example, in the :class:`Collator`'s layout, ``labels [N, A]``, ``candidates [N, A, C]`` (with ``trie``) and
+    ``pack_index [N, A]``: where in the flattened ``[P * L]`` logits of the packs each label's logits are."""
+
+    def __init__(self, pad_id: int, trie: ItemTrie | None = None):
+        self.pad_id, self.trie = pad_id, trie
+
+    def __call__(self, packs: list[dict]) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = left_pad([p["ids"] for p in packs], self.pad_id)  # [P, L]
+        width = input_ids.shape[1]
+        members = [(row * width + width - len(p["ids"]) + start, answer)  # flat position of the prompt's end + 1
+                   for row, p in enumerate(packs) for start, answer in p["members"]]
+        longest = max(len(answer) for _, answer in members)
+        labels = torch.full((len(members), longest), IGNORE_INDEX, dtype=torch.long)  # [N, A]
+        index = torch.zeros((len(members), longest), dtype=torch.long)  # [N, A]
+        for n, (end, answer) in enumerate(members):
+            labels[n, longest - len(answer):] = torch.tensor(answer)
+            index[n, longest - len(answer):] = torch.arange(end - 1, end - 1 + len(answer))  # position t predicts t + 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "pack_index": index}
+        if self.trie is not None:
+            batch["candidates"] = self.trie.label_candidates(labels)  # [N, A, C]
+        return batch
+
+
 def answer_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, answer_len: int) -> torch.Tensor:
     """Logits aligned with the collator's ``labels``: ``[n, answer_len, V]``."""
     out = model(
@@ -168,7 +231,8 @@ class RecTrainer(Trainer):
         from transformers.trainer_pt_utils import LengthGroupedSampler
 
         return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                    lengths=[len(e["prompt"]) + len(e["answer"]) for e in dataset])
+                                    lengths=[len(e["ids"]) if "ids" in e else len(e["prompt"]) + len(e["answer"])
+                                             for e in dataset])
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """The Trainer's step, then a guard against non-finite gradients.
@@ -250,10 +314,16 @@ class RecTrainer(Trainer):
     @staticmethod
     def _answer_logits(model, inputs: dict, labels: torch.Tensor, group: int) -> torch.Tensor:
         """``[R, A, V]`` logits predicting ``labels``: for an encoder-decoder, the prompt to the encoder (the
-        collator's ``prompt_ids``, one per ``group`` rows); for a decoder-only model, APAO pairwise's answer groups
-        after one copy of the prompt (``group_labels``), else prompt and answer as one sequence."""
+        collator's ``prompt_ids``, one per ``group`` rows); for a decoder-only model, packed chains of examples
+        (``pack_index``), APAO pairwise's answer groups after one copy of the prompt (``group_labels``), else
+        prompt and answer as one sequence."""
         if is_encoder_decoder(model):
             return seq2seq_answer_logits(model, inputs["prompt_ids"], inputs["prompt_mask"], labels, group)
+        if "pack_index" in inputs:  # train.pack: every example's answer logits from one forward over its chain
+            mask = inputs["attention_mask"]
+            logits = model(input_ids=inputs["input_ids"], attention_mask=mask,
+                           position_ids=position_ids_from_mask(mask)).logits  # [P, L, V]
+            return logits.flatten(0, 1)[inputs["pack_index"]]  # [N, A, V]
         if "group_labels" in inputs:
             return grouped_answer_logits(model, inputs["prompt_ids"], inputs["prompt_mask"],
                                          inputs["group_labels"]).flatten(0, 1)  # [N(1+K), A, V]
@@ -418,6 +488,20 @@ def load_reference(objective, model, tokenizer):
     return reference
 
 
+def _packs(examples: list[dict], model, pack: str, name: str, objective, prefix_negatives: int) -> list[dict] | None:
+    """``train.pack``'s training rows (None: unpacked). Where packing cannot give the objective its inputs,
+    ``pack: true`` is a one-line error and ``pack: auto`` trains unpacked."""
+    if pack == "false":
+        return None
+    why = ("an encoder-decoder model reads the history in its encoder" if is_encoder_decoder(model) else
+           "beam-sim searches from each prompt" if objective.needs_search else
+           "its negatives answer each prompt separately" if objective.negatives or prefix_negatives else None)
+    if why and pack == "true":
+        raise ValueError(f"train.pack: the objective {name!r} on this model cannot be packed ({why}); "
+                         "set train.pack: auto or false")
+    return None if why else pack_examples(examples)
+
+
 def train_model(
     model,
     tokenizer,
@@ -435,17 +519,19 @@ def train_model(
     if not prompts:
         raise ValueError("the train split is empty")
     examples = [{"prompt": p, "answer": encoder.answers[t], "item": t} for p, t in zip(prompts, targets)]
-    has_valid = len(dataset.splits["valid"]) > 0 and tc.valid_users != 0  # valid_users: 0 turns validation off
-    valid = encode_split(dataset, "valid", encoder, tc.valid_users, tc.seed) if has_valid else None
     objective = config.objective_config()
     objective_negatives = getattr(objective, "prefix_negatives", 0)  # APAO pairwise
+    packs = _packs(examples, model, tc.pack, tc.objective, objective, objective_negatives)
+    has_valid = len(dataset.splits["valid"]) > 0 and tc.valid_users != 0  # valid_users: 0 turns validation off
+    valid = encode_split(dataset, "valid", encoder, tc.valid_users, tc.seed) if has_valid else None
     reference = load_reference(objective, model, tokenizer) if objective.negatives else None
     use_bf16 = tc.bf16 == "true" or (tc.bf16 == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     select = tc.select_best and valid is not None
     args = TrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=tc.epochs,
-        per_device_train_batch_size=tc.batch_size,
+        # packed: as many packs as hold batch_size examples on average
+        per_device_train_batch_size=max(1, round(tc.batch_size * len(packs) / len(examples))) if packs else tc.batch_size,
         per_device_eval_batch_size=64,
         gradient_accumulation_steps=tc.grad_accum_steps,
         learning_rate=config.learning_rate,
@@ -481,10 +567,12 @@ def train_model(
         if select and tc.patience > 0:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.patience))
         trainer = RecTrainer(
-            model=model, args=args, train_dataset=examples, eval_dataset=valid[0] if valid else None, data_collator=Collator(
-                tokenizer.pad_token_id, objective.needs_search or is_encoder_decoder(model), trie if objective.needs_candidates else None,
-                objective.negatives, encoder.answers if objective.negatives or objective_negatives else None, tc.seed,
-                objective_negatives),
+            model=model, args=args, train_dataset=packs or examples, eval_dataset=valid[0] if valid else None,
+            data_collator=PackedCollator(tokenizer.pad_token_id, trie if objective.needs_candidates else None) if packs
+            else Collator(tokenizer.pad_token_id, objective.needs_search or is_encoder_decoder(model),
+                          trie if objective.needs_candidates else None, objective.negatives,
+                          encoder.answers if objective.negatives or objective_negatives else None, tc.seed,
+                          objective_negatives),
             processing_class=tokenizer, callbacks=callbacks, objective=objective, trie=trie, valid=valid,
             beam_width=tc.valid_beam_width, scoring=config.scoring, decoding=config.decoding, reference=reference,
             memory_builder=lambda m: item_memory(m, encoder, dataset, None, 64)[0], group_by_length=tc.group_by_length,
@@ -496,6 +584,7 @@ def train_model(
     epochs = epoch_log.epochs
     return {
         "examples": len(examples),
+        "packs": len(packs) if packs else None,
         "truncated_prompts": encoder.truncated,
         "epochs": epochs,
         "seconds_per_epoch": sum(e["seconds"] for e in epochs) / len(epochs) if epochs else math.nan,

@@ -293,3 +293,94 @@ def test_t5_runs_evaluate_with_beam_search_and_skip_pr_at_k(sid_data, tmp_path):
     result = evaluate_run(tmp_path / "run", beam_width=20, max_users=6)
     assert {"NDCG@20", "HR@20"} <= set(result["metrics"]) and "PR@20" not in result["metrics"]
     assert "decoder-only" in result["pruning_skipped"]
+
+
+# ---------------------------------------------------------------------------------- train.pack
+def test_pack_examples_chains_continuations_and_keeps_every_example_once():
+    from bearrec.train import pack_examples
+
+    eos = 2
+    ex = [{"prompt": [5, 6], "answer": [7, 8, eos]},             # 0: head of a chain
+          {"prompt": [5, 6, 7, 8], "answer": [9, 9, eos]},       # 1: continues 0
+          {"prompt": [5, 6, 7, 8, 9, 9], "answer": [3, 3, eos]},  # 2: continues 1
+          {"prompt": [5, 6, 7, 8], "answer": [4, 4, eos]},       # 3: continues 0 as well: follows 4 instead
+          {"prompt": [5, 6], "answer": [7, 8, eos]},             # 4: a duplicate of 0, head of a second chain
+          {"prompt": [1, 5, 6, 7, 8], "answer": [9, 9, eos]}]    # 5: not a continuation (token 1 first)
+    packs = pack_examples(ex)
+    members = sorted((start, tuple(a)) for p in packs for start, a in p["members"])
+    assert members == sorted((len(e["prompt"]), tuple(e["answer"])) for e in ex)  # each example exactly once
+    for p in packs:  # each member's prompt + answer without EOS is a prefix of the pack
+        for start, answer in p["members"]:
+            assert p["ids"][start: start + len(answer) - 1] == answer[:-1]
+    assert sorted(len(p["members"]) for p in packs) == [1, 2, 3]
+    assert [5, 6, 7, 8, 9, 9, 3, 3, eos] in [p["ids"] for p in packs]
+    titles = [{"prompt": [5, 6, 0], "answer": [7, 8, eos]}, {"prompt": [5, 6, 7, 8, 0], "answer": [9, eos]}]
+    assert [len(p["members"]) for p in pack_examples(titles)] == [1, 1]  # a header after the history: no chain
+
+
+def test_packed_batches_give_every_example_the_logits_and_losses_of_its_own_forward(sid_data):
+    """The packed forward's gathered logits equal the per-example forward's (and a loop-based teacher-forced
+    reference), so every objective's loss on a packed batch equals its loss on the same examples unpacked."""
+    from reference import item_token_log_probs
+
+    from bearrec.objectives.configs import OBJECTIVE_CONFIGS
+    from bearrec.runs import item_trie, new_model, prompt_encoder
+    from bearrec.train import Collator, PackedCollator, RecTrainer, encode_split, pack_examples
+
+    config = _config(sid_data, "sft")
+    ds = RecDataset.load(sid_data)
+    model, tokenizer = new_model(config, ds)
+    model.eval()
+    encoder, trie = prompt_encoder(tokenizer, ds, config), item_trie(tokenizer, ds, config)
+    prompts, targets = encode_split(ds, "train", encoder)
+    examples = [{"prompt": p, "answer": encoder.answers[t], "item": t} for p, t in zip(prompts, targets)]
+    packs = pack_examples(examples)
+    assert sum(len(p["members"]) for p in packs) == len(examples) and len(packs) < len(examples) / 2
+    batch_packs = sorted(packs, key=lambda p: -len(p["members"]))[:5]  # long chains of mixed lengths
+    packed = PackedCollator(tokenizer.pad_token_id, trie)(batch_packs)
+    by_key = {(len(e["prompt"]), tuple(e["answer"]), tuple(e["prompt"])): e for e in examples}
+    same = [by_key[(start, tuple(answer), tuple(p["ids"][:start]))] for p in batch_packs for start, answer in p["members"]]
+    plain = Collator(tokenizer.pad_token_id, trie=trie)(same)
+    assert torch.equal(packed["labels"], plain["labels"]) and torch.equal(packed["candidates"], plain["candidates"])
+    with torch.no_grad():
+        got = RecTrainer._answer_logits(model, packed, packed["labels"], 1)  # [N, A, V]
+        want = RecTrainer._answer_logits(model, plain, plain["labels"], 1)
+    scored = packed["labels"] != -100
+    assert torch.allclose(got[scored], want[scored], atol=1e-5)
+    for n in (0, len(same) - 1):
+        answer = same[n]["answer"]
+        log_probs = got[n, -len(answer):].log_softmax(-1)
+        assert [float(log_probs[t, tok]) for t, tok in enumerate(answer)] == pytest.approx(
+            item_token_log_probs(model, same[n]["prompt"], answer), abs=1e-5)
+    extra = {"candidates": packed["candidates"], "step": 0}
+    for name in ("sft", "msl", "bear", "apao-pointwise"):
+        objective = OBJECTIVE_CONFIGS[name]()
+        objective = objective.for_objective(name) if hasattr(objective, "for_objective") else objective
+        assert float(objective.loss(got, packed["labels"], extra)[0]) == pytest.approx(
+            float(objective.loss(want, packed["labels"], extra)[0]), abs=1e-5), name
+
+
+@pytest.mark.parametrize("objective", ["sft", "bear", "apao-pointwise"])
+def test_packed_training_runs_and_counts_examples(sid_data, tmp_path, objective):
+    from bearrec.runs import train_run
+
+    log = train_run(_config(sid_data, objective, **{"train.pack": "auto", "train.group_by_length": True}), tmp_path / "run")
+    losses = [h["loss"] for h in log["log_history"]]
+    assert losses and all(np.isfinite(losses)) and log["epochs"][0]["NDCG@10"] >= 0
+    assert log["examples"] == 48 and 0 < log["packs"] < 48
+
+
+@pytest.mark.parametrize("objective,t5,why", [("beam-sim", False, "searches from each prompt"),
+                                              ("apao-pairwise", False, "negatives"),
+                                              ("sft", True, "encoder-decoder")])
+def test_packing_is_refused_where_it_cannot_feed_the_objective(sid_data, tmp_path, objective, t5, why):
+    from bearrec.runs import train_run
+
+    config = _config(sid_data, objective, **{"train.pack": "true", "train.max_train_examples": 16})
+    config = _t5(config) if t5 else config
+    with pytest.raises(ValueError, match=f"train.pack: .*{why}"):
+        train_run(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "model").exists()
+    config.train.pack = "auto"  # what cannot be packed trains unpacked
+    log = train_run(config, tmp_path / "auto")
+    assert log["packs"] is None and log["examples"] == 16
