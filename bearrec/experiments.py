@@ -224,12 +224,25 @@ def _one_run(base: ExperimentConfig, spec: RunSpec, dataset: RecDataset | None, 
     return result
 
 
-def _worker_threads(threads: int) -> None:
-    """A parallel run's process: its share of the CPU threads, and no progress bars of its own."""
+def _start_worker(threads: int, parent: int) -> None:
+    """A parallel run's process: its share of the CPU threads, no progress bars of its own, and an end when the
+    experiment's process ends. A killed parent (SIGKILL, a closed terminal) would otherwise leave its workers
+    training on into the run folders that a restarted experiment resumes; they stop within a second instead,
+    as if killed themselves, which every run survives (tests/test_crash.py)."""
+    import os
+    import threading
+
     import transformers
 
     torch.set_num_threads(threads)
     transformers.logging.disable_progress_bar()
+
+    def watch() -> None:  # the parent's pid comes from the parent: it may have died while this process started
+        while os.getppid() == parent:  # an orphan is adopted by another process
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="bearrec-parent-watch").start()
 
 
 def _parallel_runs(base: ExperimentConfig, specs: list[RunSpec], pending: list[int], out: Path,
@@ -241,6 +254,7 @@ def _parallel_runs(base: ExperimentConfig, specs: list[RunSpec], pending: list[i
     experiment after the runs in progress end; every finished run keeps its ``result.json``.
     """
     import multiprocessing
+    import os
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     threads = max(1, torch.get_num_threads() // jobs)
@@ -250,7 +264,8 @@ def _parallel_runs(base: ExperimentConfig, specs: list[RunSpec], pending: list[i
     results: dict[int, dict] = {}
     started = time.perf_counter()
     context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch threads
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_threads, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
+                             initargs=(threads, os.getpid())) as pool:
         running = {pool.submit(_one_run, base, specs[n], None, settings, out): n for n in pending}
         while running:
             finished, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -138,6 +138,45 @@ def test_experiment_killed_at_a_random_moment_reaches_the_same_results(syn, tmp_
     assert _leftovers(tmp_path) == []
 
 
+def _group_alive(pgid: int) -> list[int]:
+    """Processes of a process group that still run (zombies waiting for a reaper do not count)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # state, ppid, pgrp, ...
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_parallel_experiment_workers_end_with_their_killed_parent(syn, tmp_path):
+    """compare --jobs: SIGKILL the experiment's process alone; its workers stop instead of training on into the
+    folders, and a restart reaches the results of an uninterrupted run."""
+    args = ["compare", "--model", "tiny", "--objectives", "sft,bear", "--baselines", "none", "--data", syn,
+            "--epochs", 2, "--max-eval-users", 12, "--no-pruning-rate", *SMALL, "--jobs", 2]
+    _finish([*args, "--out", "full"], tmp_path)
+    process = subprocess.Popen(_command(*args, "--out", "killed"), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + TIMEOUT
+    while not list((tmp_path / "killed" / "runs").glob("*/seed0/config.yaml")):  # a worker is training
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(process.pid, signal.SIGKILL)  # the parent only, not its process group
+    process.wait()
+    deadline = time.monotonic() + 10
+    while _group_alive(process.pid):
+        assert time.monotonic() < deadline, f"workers still running: {_group_alive(process.pid)}"
+        time.sleep(0.2)
+    _finish([*args, "--out", "killed"], tmp_path)
+    metrics = [{r["label"]: r["metrics"] for r in json.loads((tmp_path / d / "results.json").read_text())["runs"]}
+               for d in ("full", "killed")]
+    assert metrics[0] == metrics[1]
+    assert _leftovers(tmp_path) == []
+
+
 def test_same_config_and_seed_give_bit_identical_weights_and_metrics(syn, tmp_path):
     config = ExperimentConfig(data=str(syn), tiny=TinyConfig(hidden_size=32, num_hidden_layers=1),
                               train=TrainConfig(objective="bear", epochs=2, batch_size=16, valid_users=10, seed=3))
