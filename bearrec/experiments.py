@@ -225,17 +225,19 @@ def _one_run(base: ExperimentConfig, spec: RunSpec, dataset: RecDataset | None, 
 
 
 def _start_worker(threads: int, parent: int) -> None:
-    """A parallel run's process: its share of the CPU threads, no progress bars of its own, and an end when the
-    experiment's process ends. A killed parent (SIGKILL, a closed terminal) would otherwise leave its workers
+    """A parallel run's process: its share of the CPU threads, progress printed as lines when each bar completes
+    (two processes redrawing live bars on one terminal garble both), and an end when the experiment's process ends. A killed parent (SIGKILL, a closed terminal) would otherwise leave its workers
     training on into the run folders that a restarted experiment resumes; they stop within a second instead,
     as if killed themselves, which every run survives (tests/test_crash.py)."""
     import os
     import threading
 
+    import rich
     import transformers
 
     torch.set_num_threads(threads)
     transformers.logging.disable_progress_bar()
+    rich.reconfigure(stderr=True, force_interactive=False)
 
     def watch() -> None:  # the parent's pid comes from the parent: it may have died while this process started
         while os.getppid() == parent:  # an orphan is adopted by another process
