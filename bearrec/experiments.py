@@ -302,8 +302,14 @@ def _lm_run(config: ExperimentConfig, dataset: RecDataset, settings: EvalSetting
             "decoder": result["decoder"],
             "of_users": result["of_users"], "retrieved_rank": result["retrieved_rank"],
             "seconds_per_epoch": log["seconds_per_epoch"], "best_valid_ndcg10": log.get("best_valid_ndcg10"),
-            "epochs_trained": len(log["epochs"]), "parameters": log.get("parameters"),
+            "epochs_trained": len(log["epochs"]), "best_epoch": _best_epoch(log["epochs"]), "parameters": log.get("parameters"),
             "train_examples": log.get("examples"), "config": config.to_dict()}
+
+
+def _best_epoch(epochs: list[dict]) -> int | None:
+    """The epoch whose validation NDCG@10 was best (the first of equals, as model selection keeps it)."""
+    scored = [e for e in epochs if e.get("NDCG@10") is not None]
+    return int(max(scored, key=lambda e: e["NDCG@10"])["epoch"]) if scored else None
 
 
 def _baseline_run(name: str, dataset: RecDataset, config, settings: EvalSettings, folder: Path, console) -> dict:
@@ -383,10 +389,12 @@ def summarize(results: list[dict], ks=(5, 10)) -> dict:
         groups.setdefault(r["label"], []).append(r)
     rows = {}
     for label, runs in groups.items():
-        row = {"seeds": [r["seed"] for r in runs], "kind": runs[0]["kind"], "mean": {}, "std": {}}
-        for metric in METRIC_COLUMNS:
+        row = {"seeds": [r["seed"] for r in runs], "kind": runs[0]["kind"], "mean": {}, "std": {},
+               "best_epochs": [r.get("best_epoch") for r in runs], "epochs_trained": [r.get("epochs_trained") for r in runs]}
+        metrics = list(METRIC_COLUMNS) + sorted({m for r in runs for m in r["metrics"]} - set(METRIC_COLUMNS))
+        for metric in metrics:
             values = [r["metrics"][metric] for r in runs if metric in r["metrics"]]
-            values = [v for v in values if v is not None and not math.isnan(v)]
+            values = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
             if values:
                 row["mean"][metric] = float(np.mean(values))
                 row["std"][metric] = float(np.std(values, ddof=1)) if len(values) > 1 else None
@@ -512,7 +520,7 @@ def write_report(out_dir: str | Path, results: list[dict], base: ExperimentConfi
     ``selection`` (a sweep's :func:`evaluate_chosen_on_test`) adds the chosen point and its test results."""
     from bearrec.io import write_text
     from bearrec.report import (ceiling_figure, efficiency_figure, pr_figure, pruning_comparison_figure, pruning_markdown,
-                                summary_markdown, summary_runs, sweep_figure)
+                                summary_markdown, summary_runs, sweep_figure, training_markdown)
 
     out = Path(out_dir)
     rows = summarize(results)
@@ -559,6 +567,9 @@ def write_report(out_dir: str | Path, results: list[dict], base: ExperimentConfi
                                          for r in results if r["kind"] == "lm"}.items())
              + f"; length_penalty {base.decoding.length_penalty:g}",
              "", summary_markdown(rows)]
+    if settings.beam_width > 10:
+        lines += [f"## At K = {settings.beam_width}", "", summary_markdown(rows, ks=(settings.beam_width,)), ""]
+    lines += ["## Training", "", training_markdown(rows), ""]
     verdicts = [verdict(label, row) for label, row in rows.items() if "vs_sft" in row]
     if verdicts:
         lines += ["## Is the difference real?", ""] + [f"- {v}" for v in verdicts] + [""]

@@ -148,18 +148,36 @@ def _cell(row: dict, metric: str) -> str:
     return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
 
 
-def summary_markdown(rows: dict[str, dict], baseline: str = "sft") -> str:
-    """Paper Table 2 layout: mean (± std over seeds) per label, then each label's change over SFT in %."""
-    lines = ["| | " + " | ".join(SHORT[m] for m in METRIC_COLUMNS) + " | seeds | train s/epoch |",
-             "|---|" + "---:|" * (len(METRIC_COLUMNS) + 2)]
+def summary_markdown(rows: dict[str, dict], baseline: str = "sft", ks: tuple[int, ...] | None = None) -> str:
+    """Paper Table 2 layout: mean (± std over seeds) per label, then each label's change over SFT in %.
+
+    ``ks``: instead of the default columns, NDCG, HR, exact NDCG, gap and PR at these K (e.g. K = B = 20)."""
+    columns = list(METRIC_COLUMNS) if ks is None else [
+        f"{m}@{k}" for k in ks for m in ("NDCG", "HR", "exact_NDCG", "exact_HR", "gap_NDCG", "PR")]
+    names = [SHORT.get(m, m.replace("exact_NDCG", "exact N").replace("exact_HR", "exact H").replace("gap_NDCG", "gap N")
+                       .replace("NDCG", "N").replace("HR", "H")) for m in columns]
+    lines = ["| | " + " | ".join(names) + " | seeds | train s/epoch |", "|---|" + "---:|" * (len(columns) + 2)]
     for label, row in rows.items():
-        cells = [_cell(row, m) for m in METRIC_COLUMNS] + [str(len(row["seeds"])), _fmt(row["seconds_per_epoch"], 1)]
+        cells = [_cell(row, m) for m in columns] + [str(len(row["seeds"])), _fmt(row["seconds_per_epoch"], 1)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    for label, row in rows.items():
-        if "vs_sft" in row:
-            rel = row["vs_sft"]["relative"]
-            cells = [f"{rel[m]:+.1%}" if rel.get(m) is not None else "n/a" for m in METRIC_COLUMNS[:4]]
-            lines.append(f"| {label} vs {baseline} | " + " | ".join(cells) + " |" * (len(METRIC_COLUMNS) - 2))
+    if ks is None:
+        for label, row in rows.items():
+            if "vs_sft" in row:
+                rel = row["vs_sft"]["relative"]
+                cells = [f"{rel[m]:+.1%}" if rel.get(m) is not None else "n/a" for m in METRIC_COLUMNS[:4]]
+                lines.append(f"| {label} vs {baseline} | " + " | ".join(cells) + " |" * (len(METRIC_COLUMNS) - 2))
+    return "\n".join(lines) + "\n"
+
+
+def training_markdown(rows: dict[str, dict]) -> str:
+    """Per label: each seed's best validation epoch and epochs trained (early stopping), and seconds per epoch."""
+    def seeds(values: list) -> str:
+        return ", ".join("n/a" if v is None else str(v) for v in values)
+
+    lines = ["| | seeds | best validation epoch (per seed) | epochs trained (per seed) | train s/epoch |",
+             "|---|---|---|---|---:|"]
+    lines += [f"| {label} | {seeds(row['seeds'])} | {seeds(row.get('best_epochs', []))} | "
+              f"{seeds(row.get('epochs_trained', []))} | {_fmt(row['seconds_per_epoch'], 1)} |" for label, row in rows.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -79,6 +79,22 @@ def test_summary_statistics_by_hand():
     assert pooled["pruning_step_histogram"] == {1: 9}
 
 
+def test_report_tables_at_k_equal_b_and_training_epochs():
+    from bearrec.report import summary_markdown, training_markdown
+
+    runs = []
+    for seed, (n20, best, trained) in enumerate([(0.30, 4, 7), (0.34, 6, 9)]):
+        r = _result("sft", seed, 0.1, [1, 0])
+        r["metrics"].update({"NDCG@20": n20, "HR@20": 0.5, "PR@20": 0.1})
+        runs.append(r | {"best_epoch": best, "epochs_trained": trained})
+    rows = summarize(runs)
+    assert rows["sft"]["mean"]["NDCG@20"] == pytest.approx(0.32) and rows["sft"]["std"]["NDCG@20"] == pytest.approx(0.02 * 2 ** 0.5)
+    table = summary_markdown(rows, ks=(20,))
+    assert "| | N@20 | H@20 | exact N@20 | exact H@20 | gap N@20 | PR@20 | seeds | train s/epoch |" in table
+    assert "| sft | 0.3200 ± 0.0283 | 0.5000 ± 0.0000 | n/a | n/a | n/a | 0.1000 ± 0.0000 | 2 | 2.0 |" in table
+    assert "| sft | 0, 1 | 4, 6 | 7, 9 | 2.0 |" in training_markdown(rows)
+
+
 def test_one_seed_has_no_seed_test_but_a_user_bootstrap():
     rows = summarize([_result("sft", 0, 0.1, [1, 0, 2, 0]), _result("bear", 0, 0.1, [1, 0, 2, 0])])
     vs = rows["bear"]["vs_sft"]
@@ -107,6 +123,7 @@ def test_compare_end_to_end_then_restart_skips_finished_runs(tmp_path):
     assert report["summary"]["bear"]["pruning"]["ranked_users"] == 2 * 8  # two seeds, 8 of 12 users ranked
     md = (out / "results.md").read_text()
     assert "| bear vs sft |" in md and "Welch t-test over 2 seeds" in md and "seeds" in md
+    assert "## Training" in md and "| bear | 0, 1 | 1, 1 | 1, 1 |" in md  # one epoch: best = trained = 1
 
     # Simulate Ctrl-C during the last run: its result is missing, its training half done.
     last = out / "runs" / "bear" / "seed1"
