@@ -226,9 +226,10 @@ def _one_run(base: ExperimentConfig, spec: RunSpec, dataset: RecDataset | None, 
 
 def _start_worker(threads: int, parent: int) -> None:
     """A parallel run's process: its share of the CPU threads, progress printed as lines when each bar completes
-    (two processes redrawing live bars on one terminal garble both), and an end when the experiment's process ends. A killed parent (SIGKILL, a closed terminal) would otherwise leave its workers
-    training on into the run folders that a restarted experiment resumes; they stop within a second instead,
-    as if killed themselves, which every run survives (tests/test_crash.py)."""
+    (two processes redrawing live bars on one terminal garble both), and an end when the experiment's process
+    ends. A killed parent (SIGKILL, a closed terminal) would otherwise leave its workers training on into the run
+    folders that a restarted experiment resumes; they stop within a second instead, as if killed themselves,
+    which every run survives (tests/test_crash.py)."""
     import os
     import threading
 
