@@ -322,7 +322,8 @@ def _baseline_run(name: str, dataset: RecDataset, config, settings: EvalSettings
     folder.mkdir(parents=True, exist_ok=True)
     model, log = {"sasrec": train_sasrec, "bert4rec": train_bert4rec}[name](dataset, config, console)
     save_weights(model, folder / "model.safetensors")
-    result = evaluate(model, dataset, settings.split, settings.max_users, settings.seed, top_k=settings.beam_width)
+    result = evaluate(model, dataset, settings.split, settings.max_users, settings.seed, top_k=settings.beam_width,
+                      ks=(5, 10, 20) if settings.beam_width >= 20 else (5, 10))  # the LM runs' K (evaluate.py)
     return {"kind": name, **result, "pruning": None, "seconds_per_epoch": log["seconds_per_epoch"],
             "best_valid_ndcg10": log["best_valid_ndcg10"], "epochs_trained": log["epochs_run"],
             "best_epoch": log["best_epoch"], "train_windows": log["train_windows"],
@@ -558,7 +559,8 @@ def write_report(out_dir: str | Path, results: list[dict], base: ExperimentConfi
              f"- model: {base.model}" + (f" ({first['parameters']['total']:,} parameters, "
                                         f"{first['parameters']['trainable']:,} trained)" if first and first.get("parameters") else ""),
              f"- training: {train_examples if train_examples is not None else '?'} examples, up to {base.train.epochs} epochs, "
-             f"best validation NDCG@10 kept ({base.train.valid_users} validation users)",
+             f"best validation NDCG@10 kept ({base.train.valid_users if base.train.valid_users is not None else 'all'}"
+             " validation users)",
              "- N = NDCG, H = HR (beam search, B = {}); exact N/H = the exact ranking's (every item ranked by its "
              "probability, nothing pruned) and gap N@10 = exact N@10 minus beam search's on the same users (what "
              "pruning costs, the ceiling for BEAR); PR = pruning rate (lower is better); mean ± std over "

@@ -145,7 +145,7 @@ def test_compare_jobs_runs_in_parallel_processes_with_the_sequential_results(tmp
     data = tmp_path / "data"
     assert _run("prepare", "synthetic", "--out", data, "--users", 40).exit_code == 0
     args = ["compare", "--data", data, "--model", "tiny", "--objectives", "sft,bear", "--epochs", 1, "--baselines", "sasrec",
-            "--max-eval-users", 10, "--set", "train.batch_size=32", "--set", "train.valid_users=6",
+            "--beam-width", 20, "--max-eval-users", 10, "--set", "train.batch_size=32", "--set", "train.valid_users=6",
             "--set", "sasrec.epochs=2", "--pruning-users", 4]
     threads = torch.get_num_threads()
     try:
@@ -161,6 +161,8 @@ def test_compare_jobs_runs_in_parallel_processes_with_the_sequential_results(tmp
     assert [(r["label"], r["seed"]) for r in par["runs"]] == [(r["label"], r["seed"]) for r in seq["runs"]]
     for a, b in zip(seq["runs"], par["runs"]):
         assert a["metrics"] == b["metrics"] and a["users"] == b["users"], a["label"]
+    assert all("HR@20" in r["metrics"] for r in par["runs"])  # at K = B for the LMs and SASRec alike
+    assert "## At K = 20" in (tmp_path / "par" / "results.md").read_text()
     assert _run(*args, "--jobs", 2, "--out", tmp_path / "par").stderr.count("finished earlier, kept") == 3
     bad = _run(*args, "--jobs", 0, "--out", tmp_path / "bad")
     assert bad.exit_code == 2 and "jobs 0" in bad.stderr and not (tmp_path / "bad").exists()
