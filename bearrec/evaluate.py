@@ -18,7 +18,7 @@ from bearrec.data.prompts import PromptEncoder, left_pad
 from bearrec.decoding import attribute_pruning, decode, exact_target_ranks, item_memory
 from bearrec.decoding.scoring import check_scoring, is_encoder_decoder
 from bearrec.distributed import map_users
-from bearrec.metrics import exact_ranking_metrics, ranking_metrics, retrieved_rank
+from bearrec.metrics import exact_ranking_metrics, ranking_metrics, report_ks, retrieved_rank
 from bearrec.train import encode_split
 
 
@@ -135,7 +135,7 @@ def evaluate(
                    latent_neighbors).validate("evaluate")
     if split not in dataset.splits:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(dataset.splits)}")
-    ks = ks or ((5, 10, 20) if beam_width >= 20 else (5, 10))  # @20 where the beam holds 20 items (APAO: B = 20)
+    ks = ks or report_ks(beam_width)
     if max(ks) > beam_width:
         raise ValueError(f"K={max(ks)} exceeds the beam width {beam_width}: the decoder returns only B items")
     prompts, target_list = encode_split(dataset, split, encoder, max_users, seed)

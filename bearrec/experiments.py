@@ -316,6 +316,7 @@ def _best_epoch(epochs: list[dict]) -> int | None:
 def _baseline_run(name: str, dataset: RecDataset, config, settings: EvalSettings, folder: Path, console) -> dict:
     """Train and evaluate a conventional baseline (``name`` in :data:`BASELINES`) by full catalog ranking."""
     from bearrec.bert4rec import train_bert4rec
+    from bearrec.metrics import report_ks
     from bearrec.sasrec import train_sasrec
     from bearrec.seqrec import evaluate, save_weights
 
@@ -323,7 +324,7 @@ def _baseline_run(name: str, dataset: RecDataset, config, settings: EvalSettings
     model, log = {"sasrec": train_sasrec, "bert4rec": train_bert4rec}[name](dataset, config, console)
     save_weights(model, folder / "model.safetensors")
     result = evaluate(model, dataset, settings.split, settings.max_users, settings.seed, top_k=settings.beam_width,
-                      ks=(5, 10, 20) if settings.beam_width >= 20 else (5, 10))  # the LM runs' K (evaluate.py)
+                      ks=report_ks(settings.beam_width))
     return {"kind": name, **result, "pruning": None, "seconds_per_epoch": log["seconds_per_epoch"],
             "best_valid_ndcg10": log["best_valid_ndcg10"], "epochs_trained": log["epochs_run"],
             "best_epoch": log["best_epoch"], "train_windows": log["train_windows"],

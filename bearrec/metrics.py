@@ -15,6 +15,12 @@ import math
 import torch
 
 
+def report_ks(beam_width: int) -> tuple[int, ...]:
+    """The K of reported metrics for lists of ``beam_width`` items: 5 and 10, and 20 where the list holds 20
+    (APAO decodes with B = 20). Every model of one evaluation is reported at the same K."""
+    return (5, 10, 20) if beam_width >= 20 else (5, 10)
+
+
 def retrieved_rank(retrieved: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """1-based position of each target in its retrieved list ``[N, B]`` (0 if absent)."""
     hit = retrieved == targets[:, None]

@@ -10,8 +10,13 @@ from rich.table import Table
 # Beam search's NDCG/HR@K, the exact ranking's (nothing pruned) and the gap between them on the same users
 # (what pruning costs: the ceiling for BEAR), and PR@K. Short names are the table headers.
 METRIC_COLUMNS = ("NDCG@5", "NDCG@10", "HR@5", "HR@10", "exact_NDCG@10", "exact_HR@10", "gap_NDCG@10", "PR@5", "PR@10")
-SHORT = {"NDCG@5": "N@5", "NDCG@10": "N@10", "HR@5": "H@5", "HR@10": "H@10", "exact_NDCG@10": "exact N@10",
-         "exact_HR@10": "exact H@10", "gap_NDCG@10": "gap N@10", "PR@5": "PR@5", "PR@10": "PR@10"}
+_PREFIXES = {"NDCG": "N", "HR": "H", "exact_NDCG": "exact N", "exact_HR": "exact H", "gap_NDCG": "gap N", "PR": "PR"}
+
+
+def short_name(metric: str) -> str:
+    """A metric's table header: ``NDCG@10`` -> ``N@10``, ``exact_HR@20`` -> ``exact H@20``."""
+    name, k = metric.split("@")
+    return f"{_PREFIXES[name]}@{k}"
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -27,7 +32,7 @@ def table_rows(runs: dict[str, dict]) -> list[list[str]]:
 
 
 def header() -> list[str]:
-    return ["objective", *(SHORT[m] for m in METRIC_COLUMNS), "train s/epoch"]
+    return ["objective", *(short_name(m) for m in METRIC_COLUMNS), "train s/epoch"]
 
 
 def rich_table(runs: dict[str, dict], title: str) -> Table:
@@ -71,7 +76,7 @@ def bar_chart(runs: dict[str, dict], path: Path, title: str) -> None:
         xs = [k + (i - (len(runs) - 1) / 2) * width for k in range(len(METRIC_COLUMNS))]
         bars = ax.bar(xs, values, width=width, label=name)
         ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
-    ax.set_xticks(range(len(METRIC_COLUMNS)), [SHORT[m] + ("\n(lower is better)" if m.startswith(("PR", "gap")) else "")
+    ax.set_xticks(range(len(METRIC_COLUMNS)), [short_name(m) + ("\n(lower is better)" if m.startswith(("PR", "gap")) else "")
                                                for m in METRIC_COLUMNS], fontsize=8)
     ax.set_ylabel("value")
     ax.set_title(title)
@@ -153,10 +158,9 @@ def summary_markdown(rows: dict[str, dict], baseline: str = "sft", ks: tuple[int
 
     ``ks``: instead of the default columns, NDCG, HR, exact NDCG, gap and PR at these K (e.g. K = B = 20)."""
     columns = list(METRIC_COLUMNS) if ks is None else [
-        f"{m}@{k}" for k in ks for m in ("NDCG", "HR", "exact_NDCG", "exact_HR", "gap_NDCG", "PR")]
-    names = [SHORT.get(m, m.replace("exact_NDCG", "exact N").replace("exact_HR", "exact H").replace("gap_NDCG", "gap N")
-                       .replace("NDCG", "N").replace("HR", "H")) for m in columns]
-    lines = ["| | " + " | ".join(names) + " | seeds | train s/epoch |", "|---|" + "---:|" * (len(columns) + 2)]
+        f"{m}@{k}" for k in ks for m in _PREFIXES]
+    lines = ["| | " + " | ".join(short_name(m) for m in columns) + " | seeds | train s/epoch |",
+             "|---|" + "---:|" * (len(columns) + 2)]
     for label, row in rows.items():
         cells = [_cell(row, m) for m in columns] + [str(len(row["seeds"])), _fmt(row["seconds_per_epoch"], 1)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
