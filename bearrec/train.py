@@ -546,6 +546,8 @@ def train_model(
         eval_strategy="epoch" if valid is not None else "no",
         save_strategy="epoch",
         save_total_limit=tc.save_total_limit,
+        # a resumed run keeps the early-stopping count of its checkpoint, so it stops where an uninterrupted one would
+        restore_callback_states_from_checkpoint=True,
         load_best_model_at_end=select,
         metric_for_best_model=SELECTION_METRIC if select else None,
         greater_is_better=True,

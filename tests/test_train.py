@@ -90,6 +90,39 @@ def test_resume_after_crash_reaches_the_same_metrics(data_dir, tmp_path):
     assert metrics["NDCG@10"] == pytest.approx(full["epochs"][-1]["NDCG@10"], abs=1e-6)
 
 
+@pytest.mark.slow
+def test_resume_keeps_the_early_stopping_count(data_dir, tmp_path):
+    """A run stopped by patience stops at the same epoch when it was interrupted and resumed in between: the
+    resumed Trainer restores the checkpoint's early-stopping count instead of counting from zero."""
+    from transformers import TrainerCallback
+
+    import bearrec.train as train_module
+
+    # lr 1e-12 leaves the weights unchanged: validation never improves on epoch 1, so patience 2 stops at epoch 3
+    config = _config(data_dir, epochs=6, lr=1e-12, patience=2, save_total_limit=10)
+    full = train_run(config, tmp_path / "full")
+    assert len(full["epochs"]) == 3
+
+    class Crash(Exception):
+        pass
+
+    class CrashAtSecondSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if round(state.epoch) == 2:  # the checkpoint of epoch 2 holds an early-stopping count of 1
+                raise Crash
+
+    original = train_module.EpochLog
+    train_module.EpochLog = type("CrashingEpochLog", (original, CrashAtSecondSave), {})
+    try:
+        with pytest.raises(Crash):
+            train_run(config, tmp_path / "crashed")
+    finally:
+        train_module.EpochLog = original
+    resumed = train_run(None, tmp_path / "crashed", resume=True)
+    assert [e["epoch"] for e in resumed["epochs"]] == [e["epoch"] for e in full["epochs"]] == [1, 2, 3]
+    assert resumed["global_step"] == full["global_step"]
+
+
 @pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_configs_load(path):
