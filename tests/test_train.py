@@ -52,28 +52,34 @@ def test_best_checkpoint_selection_and_logs(data_dir, tmp_path):
     assert list((tmp_path / "run" / "checkpoints" / "runs").rglob("events.out.tfevents*")), "TensorBoard logs"
 
 
-@pytest.mark.slow
-def test_resume_after_crash_reaches_the_same_metrics(data_dir, tmp_path):
-    full = train_run(_config(data_dir, select_best=False), tmp_path / "full")
+def _crash_after_saving(config, out, epoch: int) -> None:
+    """Train ``config`` into ``out`` and crash right after the checkpoint of ``epoch`` is saved, as a kill there
+    would leave the run folder."""
+    from transformers import TrainerCallback
+
+    import bearrec.train as train_module
 
     class Crash(Exception):
         pass
 
-    from transformers import TrainerCallback
-
-    class CrashAfterFirstSave(TrainerCallback):
+    class CrashOnSave(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
-            raise Crash
-
-    import bearrec.train as train_module
+            if round(state.epoch) == epoch:
+                raise Crash
 
     original = train_module.EpochLog
-    train_module.EpochLog = type("CrashingEpochLog", (original, CrashAfterFirstSave), {})
+    train_module.EpochLog = type("CrashingEpochLog", (original, CrashOnSave), {})
     try:
         with pytest.raises(Crash):
-            train_run(_config(data_dir, select_best=False), tmp_path / "crashed")
+            train_run(config, out)
     finally:
         train_module.EpochLog = original
+
+
+@pytest.mark.slow
+def test_resume_after_crash_reaches_the_same_metrics(data_dir, tmp_path):
+    full = train_run(_config(data_dir, select_best=False), tmp_path / "full")
+    _crash_after_saving(_config(data_dir, select_best=False), tmp_path / "crashed", epoch=1)
     run = tmp_path / "crashed"
     per_epoch = full["global_step"] // 2
     assert last_checkpoint(run / "checkpoints").endswith(f"checkpoint-{per_epoch}") and not (run / "model").exists()
@@ -94,30 +100,11 @@ def test_resume_after_crash_reaches_the_same_metrics(data_dir, tmp_path):
 def test_resume_keeps_the_early_stopping_count(data_dir, tmp_path):
     """A run stopped by patience stops at the same epoch when it was interrupted and resumed in between: the
     resumed Trainer restores the checkpoint's early-stopping count instead of counting from zero."""
-    from transformers import TrainerCallback
-
-    import bearrec.train as train_module
-
     # lr 1e-12 leaves the weights unchanged: validation never improves on epoch 1, so patience 2 stops at epoch 3
     config = _config(data_dir, epochs=6, lr=1e-12, patience=2, save_total_limit=10)
     full = train_run(config, tmp_path / "full")
     assert len(full["epochs"]) == 3
-
-    class Crash(Exception):
-        pass
-
-    class CrashAtSecondSave(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if round(state.epoch) == 2:  # the checkpoint of epoch 2 holds an early-stopping count of 1
-                raise Crash
-
-    original = train_module.EpochLog
-    train_module.EpochLog = type("CrashingEpochLog", (original, CrashAtSecondSave), {})
-    try:
-        with pytest.raises(Crash):
-            train_run(config, tmp_path / "crashed")
-    finally:
-        train_module.EpochLog = original
+    _crash_after_saving(config, tmp_path / "crashed", epoch=2)  # its checkpoint holds an early-stopping count of 1
     resumed = train_run(None, tmp_path / "crashed", resume=True)
     assert [e["epoch"] for e in resumed["epochs"]] == [e["epoch"] for e in full["epochs"]] == [1, 2, 3]
     assert resumed["global_step"] == full["global_step"]
