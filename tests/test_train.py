@@ -5,6 +5,7 @@ import math
 import shutil
 
 import pytest
+import torch
 import yaml
 
 from bearrec.config import ExperimentConfig, TrainConfig, load_config
@@ -94,6 +95,26 @@ def test_resume_after_crash_reaches_the_same_metrics(data_dir, tmp_path):
     assert final(resumed) == pytest.approx(final(full), rel=1e-4)
     metrics = json.loads((run / "train_log.json").read_text())["epochs"][-1]
     assert metrics["NDCG@10"] == pytest.approx(full["epochs"][-1]["NDCG@10"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_t5_resume_reaches_identical_weights(data_dir, tmp_path):
+    """An encoder-decoder resumes exactly too: its checkpoint stores the shared embedding once (the encoder's,
+    decoder's and output embeddings are tied to it and reported missing on load), and the resumed run ends at
+    the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    from bearrec.config import TinyConfig
+
+    config = _config(data_dir, select_best=False)
+    config.tiny = TinyConfig(architecture="t5", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=2, head_size=16)
+    train_run(config, tmp_path / "full")
+    _crash_after_saving(config, tmp_path / "crashed", epoch=1)
+    train_run(None, tmp_path / "crashed", resume=True)
+    full, resumed = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("full", "crashed"))
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
 @pytest.mark.slow
