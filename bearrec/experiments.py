@@ -28,6 +28,7 @@ from bearrec.config import ExperimentConfig, with_overrides
 from bearrec.data.dataset import RecDataset
 from bearrec.evaluate import EvalSettings
 from bearrec.io import check_replaceable, mark, write_json
+from bearrec.metrics import report_ks
 from bearrec.report import METRIC_COLUMNS
 
 BASELINES = ("sasrec", "bert4rec")  # conventional recommenders: config section = run label
@@ -316,7 +317,6 @@ def _best_epoch(epochs: list[dict]) -> int | None:
 def _baseline_run(name: str, dataset: RecDataset, config, settings: EvalSettings, folder: Path, console) -> dict:
     """Train and evaluate a conventional baseline (``name`` in :data:`BASELINES`) by full catalog ranking."""
     from bearrec.bert4rec import train_bert4rec
-    from bearrec.metrics import report_ks
     from bearrec.sasrec import train_sasrec
     from bearrec.seqrec import evaluate, save_weights
 
