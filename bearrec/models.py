@@ -122,6 +122,7 @@ def build_tiny_model(tokenizer, config: TinyConfig | None = None, seed: int = 0)
             feed_forward_proj="relu",
             tie_word_embeddings=True,
             pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,  # unused by T5, but the Trainer warns where it differs from the tokenizer's
             eos_token_id=tokenizer.eos_token_id,
             decoder_start_token_id=tokenizer.pad_token_id,  # T5's convention: the decoder starts from <pad>
         )

@@ -223,6 +223,22 @@ class RecTrainer(Trainer):
         self.nonfinite: dict | None = None  # the first non-finite step's diagnosis
         self._reset_parts()
 
+    def _issue_warnings_after_load(self, load_result):
+        """The Trainer's check of a loaded checkpoint, without its false alarm on tied weights.
+
+        A checkpoint stores a tied matrix once (the tiny Llama's embedding, which is also its output layer; the
+        T5's shared embedding, also its encoder's, decoder's and output one), so loading it reports the tied names
+        missing. The Trainer only excuses names listed in ``_keys_to_ignore_on_save``, which transformers 5 no
+        longer fills for tied weights, and warns "There were missing keys" on every resume and best-model load
+        though nothing is lost (transformers#27972). Tied names are excused here and tied again; any other
+        missing or unexpected key still warns.
+        """
+        tied = set(getattr(self.accelerator.unwrap_model(self.model), "all_tied_weights_keys", None) or ())
+        missing = [k for k in load_result.missing_keys if k not in tied]
+        if len(missing) < len(load_result.missing_keys):
+            self.model.tie_weights()
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
     def _get_train_sampler(self, train_dataset=None):
         """``train.group_by_length``: the Trainer's length-grouped sampler, with our examples' token counts."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
