@@ -18,7 +18,8 @@ BIGRec, D3, MSL and the BEAR paper decode with):
 Implementation: one forward per step for the whole batch with the KV cache (the prompt is encoded
 once; beams share its rows through ``reorder_cache``), and trie children gathered with tensor ops.
 Encoder-decoder models (T5, TIGER) run the encoder once per user; the decoder starts from
-``decoder_start_token_id`` and its self- and cross-attention caches follow the beams the same way.
+``decoder_start_token_id`` and its self-attention cache follows the beams the same way. The cross-attention
+cache is copied to each user's B rows once: beams never move between users, so it needs no reordering after.
 """
 
 from __future__ import annotations
@@ -221,7 +222,12 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
 
         # One forward for every (user, beam) row; cache rows follow their source beams.
         source_row = torch.where(kept, flat_beam[chosen], users[:, None] * rows)
-        cache.reorder_cache(source_row.flatten())
+        if seq2seq and step > 0:
+            # A beam's source is a beam of the same user, and a user's rows share its encoder states: the cross-
+            # attention cache, copied to the B rows of each user at step 0, stays as it is (most of the copying).
+            cache.self_attention_cache.reorder_cache(source_row.flatten())
+        else:
+            cache.reorder_cache(source_row.flatten())
         positions = (prompt_len.repeat_interleave(B) + step).unsqueeze(1)
         tokens = torch.where(kept, trie.node_token[beam_node], trie.eos_token_id).reshape(n * B, 1)
         if seq2seq:  # rows of a user share its encoding; the cross-attention cache was reordered with the rest
