@@ -167,35 +167,37 @@ def train_run(config: ExperimentConfig, out_dir: str | os.PathLike, resume: bool
     data_dir = Path(config.data).resolve()
     if out_dir.resolve() == data_dir or data_dir in out_dir.resolve().parents:
         raise ValueError(f"{out_dir}: is inside the dataset folder {config.data}; choose a run folder outside it")
-    dataset = dataset or RecDataset.load(config.data)
-    if len(dataset.splits["train"]) == 0:
-        raise ValueError(f"{config.data}: the train split is empty; nothing to train on")
-    saved_tokenizer = AutoTokenizer.from_pretrained(out_dir / "tokenizer") if resume and (out_dir / "tokenizer").is_dir() else None
-    model, tokenizer = new_model(config, dataset, saved_tokenizer)
-    trie = item_trie(tokenizer, dataset, config)  # fails before anything is written if titles collide
-    encoder = prompt_encoder(tokenizer, dataset, config)
-    _check_sequence_length(model, encoder, dataset, config)
+    from bearrec.train import flush_denormals, train_model
 
-    distributed.barrier()  # several processes: all have checked the folder before the main one writes it
-    if not resume:
-        def start_folder():
-            with atomic_folder(out_dir, "run") as tmp:
-                config.save(tmp / "config.yaml")
-                tokenizer.save_pretrained(tmp / "tokenizer")
-                write_json(tmp / "run.json", {"model": config.model, "dataset_dir": str(data_dir),
-                                              "domain": dataset.domain, "objective": config.train.objective})
+    # from before the model is built, so that the threads the run creates inherit the mode (train.py)
+    with flush_denormals(config.train.flush_denormal):
+        dataset = dataset or RecDataset.load(config.data)
+        if len(dataset.splits["train"]) == 0:
+            raise ValueError(f"{config.data}: the train split is empty; nothing to train on")
+        saved_tokenizer = AutoTokenizer.from_pretrained(out_dir / "tokenizer") if resume and (out_dir / "tokenizer").is_dir() else None
+        model, tokenizer = new_model(config, dataset, saved_tokenizer)
+        trie = item_trie(tokenizer, dataset, config)  # fails before anything is written if titles collide
+        encoder = prompt_encoder(tokenizer, dataset, config)
+        _check_sequence_length(model, encoder, dataset, config)
 
-        distributed.on_main(start_folder)
-    from bearrec.train import train_model
+        distributed.barrier()  # several processes: all have checked the folder before the main one writes it
+        if not resume:
+            def start_folder():
+                with atomic_folder(out_dir, "run") as tmp:
+                    config.save(tmp / "config.yaml")
+                    tokenizer.save_pretrained(tmp / "tokenizer")
+                    write_json(tmp / "run.json", {"model": config.model, "dataset_dir": str(data_dir),
+                                                  "domain": dataset.domain, "objective": config.train.objective})
 
-    log = train_model(model, tokenizer, dataset, encoder, trie, config, out_dir / "checkpoints", checkpoint, console)
-    log["parameters"] = count_parameters(model)
+            distributed.on_main(start_folder)
+        log = train_model(model, tokenizer, dataset, encoder, trie, config, out_dir / "checkpoints", checkpoint, console)
+        log["parameters"] = count_parameters(model)
 
-    def finish_folder():
-        save_model(model, tokenizer, out_dir / "model")
-        write_json(out_dir / "train_log.json", log)
+        def finish_folder():
+            save_model(model, tokenizer, out_dir / "model")
+            write_json(out_dir / "train_log.json", log)
 
-    distributed.on_main(finish_folder)
+        distributed.on_main(finish_folder)
     return log
 
 

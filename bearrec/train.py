@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -433,6 +434,31 @@ def dump_batch(model, inputs: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path))
     return path
+
+
+def flushing_denormals() -> bool:
+    """Whether the calling thread flushes subnormal floats to zero (``torch.set_flush_denormal``, which has no
+    getter): a subnormal times one comes out zero only then."""
+    subnormal = torch.tensor([torch.finfo(torch.float32).tiny / 4])  # [1]: computed on this thread
+    return bool((subnormal * 1.0).item() == 0.0)
+
+
+@contextmanager
+def flush_denormals(enabled: bool):
+    """``train.flush_denormal``: inside the block, subnormal floats are flushed to zero on the CPU (``enabled``)
+    or kept (IEEE); the calling thread's earlier mode is restored after it. A CPU that cannot flush keeps them.
+
+    The mode is per thread and a new thread inherits its creator's, so a block opened before the process's
+    first parallel operation covers the intra-op (OpenMP) threads too; opened later, it covers the calling
+    thread only (one-thread runs, such as ``compare``'s parallel jobs, entirely).
+    """
+    before = flushing_denormals()
+    switched = enabled != before and torch.set_flush_denormal(enabled)
+    try:
+        yield
+    finally:
+        if switched:
+            torch.set_flush_denormal(before)
 
 
 class EpochLog(TrainerCallback):

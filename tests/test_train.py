@@ -150,6 +150,47 @@ def test_resume_keeps_the_early_stopping_count(data_dir, tmp_path):
     assert resumed["global_step"] == full["global_step"]
 
 
+def test_flush_denormals_sets_the_mode_and_restores_the_callers():
+    from bearrec.train import flush_denormals, flushing_denormals
+
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormal floats")
+    try:
+        for before in (False, True):
+            for enabled in (False, True):
+                torch.set_flush_denormal(before)
+                assert flushing_denormals() == before
+                with flush_denormals(enabled):
+                    assert flushing_denormals() == enabled
+                    subnormal = torch.tensor([1e-39]) * 1.0
+                    assert (subnormal.item() == 0.0) == enabled
+                assert flushing_denormals() == before
+    finally:
+        torch.set_flush_denormal(False)
+
+
+@pytest.mark.slow
+def test_training_runs_in_the_configured_denormal_mode(data_dir, tmp_path, monkeypatch):
+    """``train.flush_denormal`` holds while the model trains (true by default) and the caller's mode comes back."""
+    import bearrec.train as train_module
+    from bearrec.train import flushing_denormals
+
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormal floats")
+    seen, original = [], train_module.train_model
+
+    def recording(*args, **kwargs):
+        seen.append(flushing_denormals())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_model", recording)
+    assert TrainConfig().flush_denormal
+    for flush in (True, False):
+        train_run(_config(data_dir, epochs=1, valid_users=0, flush_denormal=flush), tmp_path / f"flush-{flush}")
+        assert not flushing_denormals()
+    assert seen == [True, False]
+
+
 @pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_configs_load(path):
