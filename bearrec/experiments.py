@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bearrec.config import ExperimentConfig, with_overrides
+from bearrec.config import ExperimentConfig, from_dict, with_overrides
 from bearrec.data.dataset import RecDataset
 from bearrec.evaluate import EvalSettings
 from bearrec.io import check_replaceable, mark, write_json
@@ -145,6 +145,18 @@ def environment() -> dict:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def _recorded_plan(recorded: dict) -> dict | None:
+    """An ``experiment.json``'s plan read through today's config and evaluation fields: a field added to bearrec
+    since it was written counts as its default, which is the behaviour from before the field existed (a new
+    field's default keeps the old behaviour), so an experiment resumes after an upgrade. None where the plan no
+    longer reads (a field since removed or retyped): a different experiment."""
+    try:
+        return {"kind": recorded.get("kind"), "base_config": from_dict(recorded.get("base_config") or {}).to_dict(),
+                "eval": asdict(EvalSettings(**(recorded.get("eval") or {})))}
+    except (TypeError, ValueError):
+        return None
+
+
 def run_experiment(base: ExperimentConfig, specs: list[RunSpec], out_dir: str | Path, settings: EvalSettings,
                    kind: str, console=None, jobs: int = 1) -> list[dict]:
     """Train and evaluate every planned run that is not finished yet; returns one result per spec.
@@ -174,8 +186,7 @@ def run_experiment(base: ExperimentConfig, specs: list[RunSpec], out_dir: str | 
     plan = {"kind": kind, "base_config": base.to_dict(), "eval": asdict(settings)}
     previous = out / "experiment.json"
     if previous.is_file():
-        old = json.loads(previous.read_text())
-        if {k: old.get(k) for k in plan} != plan:
+        if _recorded_plan(json.loads(previous.read_text())) != plan:
             raise FileExistsError(f"{out}: holds a different experiment (other config or evaluation); "
                                   "choose another --out, or --overwrite to start again")
     else:

@@ -138,6 +138,16 @@ def test_compare_end_to_end_then_restart_skips_finished_runs(tmp_path):
     other = _run(*args[:-2], "--set", "train.lr=0.01", "--out", out)
     assert other.exit_code == 2 and "different experiment" in other.stderr
 
+    # Written by an older bearrec, before two fields existed: it resumes, each missing field being its default.
+    recorded = json.loads((out / "experiment.json").read_text())
+    del recorded["base_config"]["train"]["flush_denormal"], recorded["eval"]["exclude_history"]
+    (out / "experiment.json").write_text(json.dumps(recorded))
+    older = _run(*args)
+    assert older.exit_code == 0 and older.stderr.count("finished earlier, kept") == 8
+    recorded["base_config"]["train"]["retired_field"] = 1  # a field bearrec no longer has
+    (out / "experiment.json").write_text(json.dumps(recorded))
+    assert "different experiment" in _run(*args).stderr
+
 
 def test_compare_jobs_runs_in_parallel_processes_with_the_sequential_results(tmp_path):
     import torch

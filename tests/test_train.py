@@ -171,7 +171,7 @@ def test_flush_denormals_sets_the_mode_and_restores_the_callers():
 
 @pytest.mark.slow
 def test_training_runs_in_the_configured_denormal_mode(data_dir, tmp_path, monkeypatch):
-    """``train.flush_denormal`` holds while the model trains (true by default) and the caller's mode comes back."""
+    """``train.flush_denormal`` holds while the model trains (off by default) and the caller's mode comes back."""
     import bearrec.train as train_module
     from bearrec.train import flushing_denormals
 
@@ -184,7 +184,7 @@ def test_training_runs_in_the_configured_denormal_mode(data_dir, tmp_path, monke
         return original(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "train_model", recording)
-    assert TrainConfig().flush_denormal
+    assert not TrainConfig().flush_denormal
     for flush in (True, False):
         train_run(_config(data_dir, epochs=1, valid_users=0, flush_denormal=flush), tmp_path / f"flush-{flush}")
         assert not flushing_denormals()
