@@ -52,7 +52,7 @@ class TrainConfig:
     full_determinism: bool = False  # deterministic GPU kernels (slower; see docs/design.md, Reproducibility)
     # true: on the CPU, floats below 1.2e-38 (subnormals) are read and written as zero while training
     # (torch.set_flush_denormal). x86 takes a slow path on them and a trained T5's backward makes many: its steps
-    # 1.37x faster at epoch 16 (docs/benchmarks.md). Off by default: IEEE floats, every earlier result bit for bit
+    # 1.31x faster at epoch 16 (docs/benchmarks.md). Off by default: IEEE floats, every earlier result bit for bit
     flush_denormal: bool = False
     max_prompt_tokens: int = 1024  # longer prompts drop their oldest history items
     max_train_examples: int | None = None  # seeded subsample of the train split
