@@ -230,7 +230,7 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
             cache.reorder_cache(source_row.flatten())
         positions = (prompt_len.repeat_interleave(B) + step).unsqueeze(1)
         tokens = torch.where(kept, trie.node_token[beam_node], trie.eos_token_id).reshape(n * B, 1)
-        if seq2seq:  # rows of a user share its encoding; the cross-attention cache was reordered with the rest
+        if seq2seq:  # rows of a user share its encoding; the cross-attention cache holds it per row since step 0
             out = model(encoder_outputs=encoded_rows, attention_mask=prompt_mask_rows, decoder_input_ids=tokens,
                         past_key_values=cache, use_cache=True)
         elif prompt is not None:
