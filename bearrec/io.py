@@ -36,7 +36,7 @@ KINDS: dict[str, tuple[str, ...] | None] = {
     "run": ("config.yaml", "run.json", "tokenizer", "checkpoints", "model", "train_log.json", "result.json",
             "eval_*.json", "eval_*.csv", "eval_*.png", "*.safetensors"),
     "experiment": ("experiment.json", "runs", "results.json", "results.md", "*.png"),
-    "quickstart": ("data", "sft", "bear", "results.json", "results.md", "results.png"),
+    "quickstart": ("data", "sft", "bear", "results.json", "results.md", "results.png"),  # + its objectives' runs
     "model": None,
 }
 LEGACY_SIGN = {"dataset": ("dataset.json",), "run": ("run.json",), "experiment": ("experiment.json",),
@@ -57,12 +57,12 @@ def folder_kind(folder: str | os.PathLike) -> str | None:
     return None
 
 
-def _foreign_entries(folder: Path, kind: str) -> list[str]:
+def _foreign_entries(folder: Path, kind: str, also: tuple[str, ...] = ()) -> list[str]:
     patterns = KINDS[kind]
     if patterns is None:
         return []
     return sorted(p.name for p in folder.iterdir()
-                  if p.name != MARKER and not any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns))
+                  if p.name != MARKER and not any(fnmatch.fnmatchcase(p.name, pat) for pat in (*patterns, *also)))
 
 
 def check_output(folder: str | os.PathLike) -> Path:
@@ -78,8 +78,11 @@ def check_output(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def check_replaceable(folder: str | os.PathLike, kind: str) -> Path:
-    """Raise unless ``folder`` is missing, empty, or a bearrec ``kind`` folder holding only bearrec's files."""
+def check_replaceable(folder: str | os.PathLike, kind: str, also: tuple[str, ...] = ()) -> Path:
+    """Raise unless ``folder`` is missing, empty, or a bearrec ``kind`` folder holding only bearrec's files.
+
+    ``also``: names the caller writes there besides the kind's own (the quickstart's one run per objective).
+    """
     folder = check_output(folder)
     if not folder.is_dir() or not any(folder.iterdir()):
         return folder
@@ -88,7 +91,7 @@ def check_replaceable(folder: str | os.PathLike, kind: str) -> Path:
         what = f"a bearrec {found} folder" if found else "not a folder bearrec wrote"
         raise FileExistsError(f"{folder}: exists and is {what}, not a {kind}; bearrec will not replace it "
                               "(choose another output folder)")
-    foreign = _foreign_entries(folder, kind)
+    foreign = _foreign_entries(folder, kind, also)
     if foreign:
         raise FileExistsError(f"{folder}: this {kind} folder also holds {', '.join(foreign[:3])}"
                               f"{' ...' if len(foreign) > 3 else ''}, which bearrec did not write; it will not "

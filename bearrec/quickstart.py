@@ -12,6 +12,7 @@ import torch
 
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 from bearrec.models import TINY
+from bearrec.objectives import OBJECTIVES
 from bearrec.report import bar_chart, markdown_table, pruning_markdown
 from bearrec.runs import evaluate_run, train_run
 from bearrec.io import check_replaceable, mark, write_json, write_text
@@ -52,7 +53,7 @@ def run_quickstart(out_dir: str | Path, config: QuickstartConfig | None = None, 
     synthetic.validate()
     if cfg.eval_users is not None and cfg.eval_users < 1:
         raise ValueError(f"eval_users must be at least 1 (or unset for all), got {cfg.eval_users}")
-    check_replaceable(out, "quickstart")  # a new or empty folder, or an earlier quickstart
+    check_replaceable(out, "quickstart", also=OBJECTIVES)  # a new or empty folder, or an earlier quickstart
     started = time.perf_counter()
     dataset = generate_synthetic(synthetic)
     out.mkdir(parents=True, exist_ok=True)

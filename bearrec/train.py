@@ -240,6 +240,26 @@ class RecTrainer(Trainer):
             self.model.tie_weights()
         super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
+    def _collator_rng_file(self, checkpoint: str) -> Path:
+        return Path(checkpoint) / f"collator_rng_{self.args.process_index}.pth"
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """The Trainer's RNG states, plus the collator's generator (S-DPO's and APAO pairwise's negatives).
+
+        Without it a resumed run would draw the first epoch's negatives again (the collator is built anew, from
+        the seed), and ``--resume`` would not reach the uninterrupted run's weights.
+        """
+        super()._save_rng_state(output_dir)
+        generator = getattr(self.data_collator, "generator", None)
+        if generator is not None:
+            torch.save(generator.get_state(), self._collator_rng_file(output_dir))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        generator = getattr(self.data_collator, "generator", None)
+        if checkpoint is not None and generator is not None and self._collator_rng_file(checkpoint).is_file():
+            generator.set_state(torch.load(self._collator_rng_file(checkpoint)))
+
     def _get_train_sampler(self, train_dataset=None):
         """``train.group_by_length``: the Trainer's length-grouped sampler, with our examples' token counts."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset

@@ -114,3 +114,10 @@ def test_quickstart_small(tmp_path):
     assert "exact N@10" in table and "gap N@10" in table
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert "N@10" in result.stdout and "bear" in result.stdout
+    # a second quickstart replaces the first (its msl run included), but not a folder holding a user's file
+    again = _run("quickstart", "--out", out, "--users", 60, "--epochs", 1, "--objectives", "sft,apao-pointwise")
+    assert again.exit_code == 0, again.output
+    assert set(json.loads((out / "results.json").read_text())["runs"]) == {"sft", "apao-pointwise"}
+    (out / "notes.txt").write_text("mine")
+    refused = _run("quickstart", "--out", out, "--users", 60, "--epochs", 1, "--objectives", "sft")
+    assert refused.exit_code != 0 and "notes.txt" in refused.output and (out / "notes.txt").read_text() == "mine"

@@ -98,6 +98,22 @@ def test_resume_after_crash_reaches_the_same_metrics(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_with_sampled_negatives_reaches_identical_weights(data_dir, tmp_path):
+    """APAO pairwise (like S-DPO) draws negatives from the collator's own generator, which the Trainer's RNG
+    checkpoint does not hold: the resumed run must draw epoch 2's negatives, not epoch 1's again."""
+    from safetensors.torch import load_file
+
+    config = _config(data_dir, objective="apao-pairwise", select_best=False)
+    config.apao.num_negatives = 4
+    train_run(config, tmp_path / "full")
+    _crash_after_saving(config, tmp_path / "crashed", epoch=1)
+    assert list((tmp_path / "crashed" / "checkpoints").glob("checkpoint-*/collator_rng*.pth"))
+    train_run(None, tmp_path / "crashed", resume=True)
+    full, resumed = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("full", "crashed"))
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+@pytest.mark.slow
 def test_t5_resume_reaches_identical_weights(data_dir, tmp_path):
     """An encoder-decoder resumes exactly too: its checkpoint stores the shared embedding once (the encoder's,
     decoder's and output embeddings are tied to it), and the resumed run ends at the uninterrupted run's weights.
