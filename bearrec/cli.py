@@ -187,27 +187,29 @@ def train(
 
     Several GPUs: `accelerate launch -m bearrec.cli train ...` or `torchrun --nproc-per-node N -m bearrec.cli train ...`.
     """
-    from bearrec.config import load_config
+    from bearrec.config import OBJECTIVE_SECTIONS, load_config
     from bearrec.runs import train_run
 
     if resume:
         cfg = None
     else:
-        section = {Objective.beam_sim: "beam_sim", Objective.msl: "msl", Objective.sdpo: "sdpo",
-                   Objective.sdpo_bear: "sdpo", Objective.apao_pointwise: "apao",
-                   Objective.apao_pairwise: "apao"}.get(objective, "bear")
+        # the objective's own flags go to the section of the objective trained, which --config may name
+        name = objective.value if objective else load_config(config, list(overrides or [])).train.objective
+        section = OBJECTIVE_SECTIONS[name]
+        own = {"beam_width": beam_width, "weight": weight, "temperature": temperature,
+               "surrogate": surrogate.value if surrogate else None,
+               "formulation": formulation.value if formulation else None,
+               "candidates": candidates.value if candidates else None, "tau": tau,
+               "num_negatives" if section == "apao" else "negatives": negatives, "beta": beta}
+        given = [key for key, value in own.items() if value is not None]
+        if given and section is None:
+            raise ValueError(f"--{given[0].replace('_', '-')}: objective {name} has no such setting")
         flags = {
             "data": str(data) if data else None, "model": model, "lora": lora, "lora_settings.rank": lora_rank,
             "train.objective": objective.value if objective else None, "train.epochs": epochs, "train.lr": lr,
             "train.batch_size": batch_size, "train.seed": seed, "train.max_train_examples": max_train_examples,
-            "train.max_prompt_tokens": max_prompt_tokens, f"{section}.beam_width": beam_width,
-            f"{section}.weight": weight, f"{section}.temperature": temperature,
-            f"{section}.surrogate": surrogate.value if surrogate else None,
-            f"{section}.formulation": formulation.value if formulation else None,
-            f"{section}.candidates": candidates.value if candidates else None, f"{section}.tau": tau,
+            "train.max_prompt_tokens": max_prompt_tokens, **{f"{section}.{key}": own[key] for key in given},
             "msl.ats": ats, "sdpo.reference": str(reference) if reference else None,
-            "apao.num_negatives" if section == "apao" else "sdpo.negatives": negatives,
-            "apao.beta" if section == "apao" else "sdpo.beta": beta,
         }
         cfg = load_config(config, _flag_sets(flags) + list(overrides or []))
     log = train_run(cfg, out_dir, resume=resume, console=console)
@@ -528,7 +530,7 @@ def compare(
     max_train_examples: Annotated[Optional[int], typer.Option(help="train every run on the same seeded subsample")] = None,
     max_eval_users: Annotated[Optional[int], typer.Option(help="evaluate every run on the same seeded subsample of users")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="training epochs [default: the config's]")] = None,
-    beam_width: Annotated[int, typer.Option(help="B of decoding (and of the objectives)")] = 10,
+    beam_width: Annotated[Optional[int], typer.Option(help="B of decoding, of validation and of the objectives (bear, beam-sim, sdpo-bear) [default: the config's: train.valid_beam_width for decoding, each objective's own]")] = None,
     pruning_rate: Annotated[bool, typer.Option("--pruning-rate/--no-pruning-rate", help="PR@K and the pruning attribution")] = True,
     pruning_users: Annotated[Optional[int], typer.Option(help="PR@K on the first N evaluated users only (exact ranks cost up to a minute per user for a 135M model on a CPU)")] = None,
     pruning_node_budget: Annotated[Optional[int], typer.Option(help="trie nodes expanded per user for its exact rank; users still undecided are left out of PR@K")] = None,
@@ -553,7 +555,7 @@ def compare(
 
     sets = _flag_sets({"train.epochs": epochs, "train.max_train_examples": max_train_examples,
                        "bear.beam_width": beam_width, "beam_sim.beam_width": beam_width,
-                       "train.valid_beam_width": beam_width, "decoding.scoring": scoring,
+                       "sdpo.beam_width": beam_width, "train.valid_beam_width": beam_width, "decoding.scoring": scoring,
                        "decoding.length_penalty": length_penalty, "decoding.decoder": decoder}) + list(overrides or [])
     base = _experiment_config(config, data, model, sets, SMOLLM2)
     defaults = TrainConfig()
@@ -567,7 +569,7 @@ def compare(
     unknown = [n for n in names if n.split(":")[0] not in OBJECTIVE_CONFIGS]
     if unknown:
         raise ValueError(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVE_CONFIGS)}")
-    settings = EvalSettings(beam_width=beam_width, max_users=max_eval_users, pruning_rate=pruning_rate,
+    settings = EvalSettings(beam_width=beam_width or base.train.valid_beam_width, max_users=max_eval_users, pruning_rate=pruning_rate,
                             pruning_users=pruning_users, pruning_node_budget=pruning_node_budget,
                             exclude_history=exclude_history)
     plan = compare_plan(names, seeds, base.train.seed, parse_baselines(baselines))

@@ -118,6 +118,11 @@ class DecodingConfig:
         check(self.latent_neighbors >= 1, section, "latent_neighbors", "at least 1", self.latent_neighbors)
 
 
+# The config section each objective reads its settings from (None: it has none).
+OBJECTIVE_SECTIONS = {"sft": None, "bear": "bear", "beam-sim": "beam_sim", "msl": "msl", "sdpo": "sdpo",
+                      "sdpo-bear": "sdpo", "apao-pointwise": "apao", "apao-pairwise": "apao"}
+
+
 @dataclass
 class ExperimentConfig:
     data: str | None = None  # dataset folder from `bearrec prepare`
@@ -165,11 +170,11 @@ class ExperimentConfig:
         name = self.train.objective
         if name not in OBJECTIVE_CONFIGS:
             raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVE_CONFIGS)}")
-        sections = {"bear": self.bear, "beam-sim": self.beam_sim, "msl": self.msl,
-                    "sdpo": self.sdpo.for_objective("sdpo"), "sdpo-bear": self.sdpo.for_objective("sdpo-bear"),
-                    "apao-pointwise": self.apao.for_objective("apao-pointwise"),
-                    "apao-pairwise": self.apao.for_objective("apao-pairwise")}
-        return sections.get(name) or OBJECTIVE_CONFIGS[name]()
+        section = OBJECTIVE_SECTIONS[name]
+        if section is None:
+            return OBJECTIVE_CONFIGS[name]()
+        settings = getattr(self, section)
+        return settings.for_objective(name) if hasattr(settings, "for_objective") else settings
 
     def validate(self) -> None:
         """Check every section (each config dataclass's own ``validate(section)``) and the fields across them."""

@@ -335,7 +335,7 @@ def _baseline_run(name: str, dataset: RecDataset, config, settings: EvalSettings
     model, log = {"sasrec": train_sasrec, "bert4rec": train_bert4rec}[name](dataset, config, console)
     save_weights(model, folder / "model.safetensors")
     result = evaluate(model, dataset, settings.split, settings.max_users, settings.seed, top_k=settings.beam_width,
-                      ks=report_ks(settings.beam_width))
+                      ks=report_ks(settings.beam_width), exclude_history=settings.exclude_history)
     return {"kind": name, **result, "pruning": None, "seconds_per_epoch": log["seconds_per_epoch"],
             "best_valid_ndcg10": log["best_valid_ndcg10"], "epochs_trained": log["epochs_run"],
             "best_epoch": log["best_epoch"], "train_windows": log["train_windows"],

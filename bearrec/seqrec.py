@@ -219,13 +219,22 @@ class SequentialRecommender(nn.Module):
 
 
 @torch.no_grad()
-def top_items(model: SequentialRecommender, histories: list[list[int]], k: int, batch_size: int = 1024) -> torch.Tensor:
-    """``[N, k]`` catalog indices ranked by score (the whole catalog, nothing filtered)."""
+def top_items(model: SequentialRecommender, histories: list[list[int]], k: int, batch_size: int = 1024,
+              exclude_history: bool = False) -> torch.Tensor:
+    """``[N, k]`` catalog indices ranked by score over the whole catalog; with ``exclude_history`` each user's
+    history items are left out (as the LM evaluation's ``exclude_history`` does)."""
     model.eval()
     device = next(model.parameters()).device
     rows = model.history_rows(histories)
-    return torch.cat([model.scores(rows[i:i + batch_size].to(device)).topk(k, dim=1).indices.cpu()
-                      for i in range(0, len(rows), batch_size)])
+    out = []
+    for i in range(0, len(rows), batch_size):
+        scores = model.scores(rows[i:i + batch_size].to(device))  # [n, num_items]
+        if exclude_history:
+            users = [u for u, h in enumerate(histories[i:i + batch_size]) for _ in h]
+            items = [item for h in histories[i:i + batch_size] for item in h]
+            scores[users, items] = -torch.inf
+        out.append(scores.topk(k, dim=1).indices.cpu())
+    return torch.cat(out)
 
 
 def train(model_class, dataset: RecDataset, config: SeqRecConfig, name: str, console=None):
@@ -283,10 +292,10 @@ def fit(model: SequentialRecommender, dataset: RecDataset, name: str, console=No
 # --- evaluation -------------------------------------------------------------------------------------------
 
 def evaluate(model: SequentialRecommender, dataset: RecDataset, split: str = "test", max_users: int | None = None,
-             seed: int = 0, top_k: int = 10, ks=(5, 10)) -> dict:
+             seed: int = 0, top_k: int = 10, ks=(5, 10), exclude_history: bool = False) -> dict:
     """Metrics from the top ``top_k`` of a full catalog ranking, on the same rows as the LM evaluation."""
     histories, targets = dataset.examples(split, max_users, seed)
-    retrieved = top_items(model, histories, top_k)
+    retrieved = top_items(model, histories, top_k, exclude_history=exclude_history)
     return _result(retrieved, torch.tensor(targets), dataset, split, ks)
 
 

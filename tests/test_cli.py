@@ -97,6 +97,30 @@ def test_train_evaluate_recommend_on_synthetic(tmp_path):
     assert _run("evaluate", tmp_path / "missing-run").exit_code == 2
 
 
+def test_train_objective_flags_reach_the_objective_the_config_names(tmp_path, monkeypatch):
+    """`--weight` and `--beam-width` set the section of the objective trained, also when --config names it; a
+    flag the objective has no setting for is refused."""
+    import bearrec.runs
+
+    seen = {}
+
+    def fake_train(cfg, out_dir, **kwargs):
+        seen.update(cfg=cfg)
+        raise KeyboardInterrupt  # stop before any training
+
+    monkeypatch.setattr(bearrec.runs, "train_run", fake_train)
+    config = _write(tmp_path / "exp.yaml", "train:\n  objective: beam-sim\n")
+    assert _run("train", tmp_path, "--config", config, "--weight", 2, "--beam-width", 20, "--out", tmp_path / "r").exit_code == 130
+    cfg = seen["cfg"]
+    assert (cfg.train.objective, cfg.beam_sim.weight, cfg.beam_sim.beam_width) == ("beam-sim", 2.0, 20)
+    assert (cfg.bear.weight, cfg.bear.beam_width) == (0.25, 10)  # untouched
+    assert _run("train", tmp_path, "--objective", "apao-pairwise", "--negatives", 7, "--beta", 0.3, "--out", tmp_path / "r").exit_code == 130
+    assert (seen["cfg"].apao.num_negatives, seen["cfg"].apao.beta) == (7, 0.3)
+    refused = _run("train", tmp_path, "--weight", 2, "--out", tmp_path / "r2")
+    assert refused.exit_code == 2 and "--weight: objective sft has no such setting" in refused.stderr
+    assert not (tmp_path / "r2").exists()
+
+
 @pytest.mark.slow
 def test_quickstart_small(tmp_path):
     out = tmp_path / "qs"

@@ -229,6 +229,29 @@ def test_compare_defaults_to_smollm2_with_a_cpu_budget(tmp_path, monkeypatch):
 
 
 
+def test_compare_beam_width_comes_from_the_config_unless_given(tmp_path, monkeypatch):
+    """Without --beam-width the config's B holds (configs/office-semantic-ids.yaml validates with B = 20); with it,
+    every B follows: decoding, validation and each objective's (sdpo-bear's too)."""
+    import bearrec.experiments
+
+    seen = {}
+
+    def fake_run(base, specs, out_dir, settings, kind, console=None, jobs=1):
+        seen.update(base=base, settings=settings)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bearrec.experiments, "run_experiment", fake_run)
+    data = tmp_path / "data"
+    assert _run("prepare", "synthetic", "--out", data, "--users", 20).exit_code == 0
+    common = ["--data", data, "--model", "tiny", "--baselines", "none", "--out", tmp_path / "c"]
+    assert _run("compare", "--set", "train.valid_beam_width=20", "--set", "bear.beam_width=7", *common).exit_code == 130
+    assert seen["settings"].beam_width == seen["base"].train.valid_beam_width == 20 and seen["base"].bear.beam_width == 7
+    assert _run("compare", "--beam-width", 5, *common).exit_code == 130
+    widths = (seen["settings"].beam_width, seen["base"].train.valid_beam_width, seen["base"].bear.beam_width,
+              seen["base"].beam_sim.beam_width, seen["base"].sdpo.beam_width)
+    assert widths == (5,) * 5
+
+
 def test_compare_refuses_a_bad_baseline_setting_before_training(tmp_path):
     data = tmp_path / "data"
     assert _run("prepare", "synthetic", "--out", data, "--users", 20).exit_code == 0

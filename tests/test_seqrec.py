@@ -51,3 +51,23 @@ def test_bad_settings_name_the_field(config, section, message):
 def test_default_settings_are_valid():
     SASRecConfig().validate("sasrec")
     BERT4RecConfig().validate("bert4rec")
+
+
+def test_exclude_history_ranks_the_rest_of_the_catalog():
+    """With ``exclude_history`` a baseline's list is its full ranking with the user's history items removed, as the
+    LM evaluation's (so a compare with --exclude-history scores both under one rule)."""
+    from bearrec.sasrec import SASRec
+    from bearrec.seqrec import top_items
+
+    dataset = generate_synthetic(SyntheticConfig(num_users=30, seed=2))
+    torch.manual_seed(0)
+    model = SASRec(len(dataset.items), SASRecConfig(hidden_size=16, num_heads=2, num_layers=1, max_len=10))
+    histories = dataset.examples("test")[0]
+    kept = top_items(model, histories, 5)
+    excluded = top_items(model, histories, 5, batch_size=7, exclude_history=True)  # batches of 7: offsets matter
+    with torch.no_grad():
+        scores = model.scores(model.history_rows(histories))  # [N, num_items]
+    for user, history in enumerate(histories):
+        ranked = [i for i in scores[user].argsort(descending=True, stable=True).tolist() if i not in set(history)]
+        assert excluded[user].tolist() == ranked[:5]
+    assert any(set(k.tolist()) & set(h) for k, h in zip(kept, histories))  # the filter had something to remove
