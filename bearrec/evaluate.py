@@ -194,11 +194,11 @@ def evaluate(
             ranked = len(prompts) if pruning_users is None else min(pruning_users, len(prompts))
             task = progress.add_task(f"exact ranks of the positives among {trie.num_items} items", total=ranked)
             start = time.perf_counter()
-            known = (found.item_ids[:ranked], found.scores[:ranked]) if length_penalty == 0 else (None, None)
+            known = found.summed_scores(trie, length_penalty)[:ranked]  # [ranked, B] the beam's items' exact scores
             exact_rank = torch.full((len(prompts),), -1, dtype=torch.long)  # -1: not ranked
             exact_rank[:ranked] = map_users(
                 exact_target_ranks, model, input_ids[:ranked], attention_mask[:ranked], trie, targets[:ranked],
-                max_rank=max(ks), known_items=known[0], known_scores=known[1], max_nodes=pruning_node_budget,
+                max_rank=max(ks), known_items=found.item_ids[:ranked], known_scores=known, max_nodes=pruning_node_budget,
                 scoring=scoring, progress=lambda k: progress.advance(task, k))
             result["exact_rank_seconds"] = time.perf_counter() - start
     result["metrics"] = ranking_metrics(item_ids, targets, exact_rank, ks)

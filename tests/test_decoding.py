@@ -122,11 +122,12 @@ def test_unknown_scoring_is_refused(call):
         run()
 
 
-@pytest.mark.parametrize("nodes_per_forward,max_rank,beam_width", [(1, 4, 0), (3, 50, 0), (64, 1, 0), (64, 10, 0),
-                                                                 (2, 4, 6), (64, 10, 10)])
-def test_exact_target_ranks_equal_brute_force_ranks(case, nodes_per_forward, max_rank, beam_width):
+@pytest.mark.parametrize("nodes_per_forward,max_rank,beam_width,length_penalty", [
+    (1, 4, 0, 0.0), (3, 50, 0, 0.0), (64, 1, 0, 0.0), (64, 10, 0, 0.0), (2, 4, 6, 0.0), (64, 10, 10, 0.0),
+    (2, 4, 6, 1.0), (64, 10, 10, 2.0)])
+def test_exact_target_ranks_equal_brute_force_ranks(case, nodes_per_forward, max_rank, beam_width, length_penalty):
     """Every item as the target of every prompt: the pruned search gives the capped rank by enumeration,
-    with and without a beam search's items as known scores."""
+    with and without a beam search's items as known scores (its length-normalised scores summed back)."""
     model, items, prompts, all_scores, scoring = case
     trie = ItemTrie.from_sequences(items, EOS)
     rows = [(n, t) for n in range(4) for t in range(len(items))]
@@ -134,8 +135,12 @@ def test_exact_target_ranks_equal_brute_force_ranks(case, nodes_per_forward, max
     targets = torch.tensor([t for _, t in rows])
     known = {}
     if beam_width:
-        beams = constrained_beam_search(model, ids, mask, trie, beam_width=beam_width, scoring=scoring)
-        known = {"known_items": beams.item_ids, "known_scores": beams.scores}
+        beams = constrained_beam_search(model, ids, mask, trie, beam_width=beam_width, scoring=scoring,
+                                        length_penalty=length_penalty)
+        known = {"known_items": beams.item_ids, "known_scores": beams.summed_scores(trie, length_penalty)}
+        for row, (n, _) in enumerate(rows):  # the sums are the items' exact scores
+            found = [(i, s) for i, s in zip(beams.item_ids[row].tolist(), known["known_scores"][row].tolist()) if i >= 0]
+            assert all(s == pytest.approx(all_scores[n][tuple(items[i])], abs=1e-4) for i, s in found)
     got = exact_target_ranks(model, ids, mask, trie, targets, max_rank=max_rank, nodes_per_forward=nodes_per_forward,
                              scoring=scoring, **known)
     expected = []

@@ -61,6 +61,15 @@ class BeamResult:
     violated: torch.Tensor | None = None
     thresholds: torch.Tensor | None = None
 
+    def summed_scores(self, trie: ItemTrie, length_penalty: float) -> torch.Tensor:
+        """``[N, B]`` each item's summed step scores (its log-probability under the search's scoring): ``scores``
+        times ``length ** length_penalty``, undoing the normalisation of finished beams (length: the item's
+        tokens, EOS included, as ``generate`` counts them)."""
+        if length_penalty == 0:
+            return self.scores
+        lengths = trie.lengths.to(self.scores.device)[self.item_ids.clamp(min=0)]  # [N, B]
+        return self.scores * lengths.to(self.scores.dtype) ** length_penalty
+
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that ignore left padding, as ``generate`` computes them (training uses the same)."""
