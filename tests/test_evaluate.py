@@ -10,7 +10,7 @@ from bearrec.catalog import build_trie
 from bearrec.config import ExperimentConfig
 from bearrec.data.prompts import left_pad
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
-from bearrec.decoding import default_scoring, score_catalog
+from bearrec.decoding import constrained_beam_search, default_scoring, score_catalog
 from bearrec.evaluate import evaluate, pruning_scope
 from bearrec.metrics import full_rank
 from bearrec.runs import prompt_encoder, tokenizer_corpus
@@ -136,10 +136,25 @@ def test_exclude_history_leaves_history_items_out(setup, decoder):
     plain = evaluate(model, tokenizer, dataset, encoder, trie, max_users=USERS, decoder=decoder, pruning_rate=False)
     assert result["exclude_history"] is True and "pruning" not in result  # PR@K ranks the whole catalog
     histories = dataset.examples("test", USERS, 0)[0]
-    ranks = result["retrieved_rank"]
+    ranks, B = result["retrieved_rank"], result["beam_width"]
     for history, rank, target in zip(histories, ranks, targets.tolist()):
         assert rank == 0 or target not in history  # a history item is never found
-    if decoder != "beam":  # exact and latent rank the same way at any width: only history items above it go
+    assert ranks != plain["retrieved_rank"]  # the case has history items to take out above a positive
+    if decoder == "exact":  # the catalog sorted by exact score with the history's items taken out
+        scores = exact[result["scoring"]].clone()  # [USERS, items]
+        for user, history in enumerate(histories):
+            scores[user, sorted(set(history))] = float("-inf")
+        truth = full_rank(scores, targets).tolist()
+        assert ranks == [0 if t in h or r > B else r for r, t, h in zip(truth, targets.tolist(), histories)]
+    elif decoder == "beam":  # one user at a time, B + its distinct history items wide, history items dropped
+        prompts = encode_split(dataset, "test", encoder, USERS, 0)[0]
+        for user, (history, target) in enumerate(zip(histories, targets.tolist())):
+            ids, mask = left_pad([prompts[user]], tokenizer.pad_token_id)
+            wide = constrained_beam_search(model, ids, mask, trie, beam_width=B + len(set(history)),
+                                           scoring=result["scoring"], length_penalty=result["length_penalty"])
+            kept = [i for i in wide.item_ids[0].tolist() if i >= 0 and i not in set(history)][:B]
+            assert ranks[user] == (kept.index(target) + 1 if target in kept else 0)
+    else:  # latent: only history items above the positive go
         for history, rank, before, target in zip(histories, ranks, plain["retrieved_rank"], targets.tolist()):
             if before and target not in history:
                 assert 1 <= rank <= before

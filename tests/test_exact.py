@@ -114,7 +114,7 @@ def test_bad_arguments_are_refused():
     model, trie, ids, mask = _case("llama", seed=21, num_prompts=1)
     for kwargs, name in [({"k": 0}, "k"), ({"node_budget": 0}, "node_budget"), ({"scoring": "soft"}, "scoring"),
                          ({"nodes_per_forward": 0}, "nodes_per_forward")]:
-        with pytest.raises(ValueError, match=name):
+        with pytest.raises(ValueError, match=rf"\b{name}\b"):  # the error names the argument
             exact_top_k(model, ids, mask, trie, **kwargs)
     model.config.is_encoder_decoder = True
     with pytest.raises(ValueError, match="encoder-decoder"):

@@ -101,6 +101,19 @@ def test_step1_cuda_tests_skip_cleanly_without_a_gpu(plan):
     assert report["returncode"] == 0 and report["tests"] >= 20 and report["skipped"] == report["tests"]
 
 
+@pytest.mark.slow
+def test_cuda_tests_hold_on_the_cpu():
+    """The CUDA tests' own logic (references, tolerances, tie handling) on the CPU (BEARREC_TEST_DEVICE=cpu), so
+    that a wrong test is found here and not in a GPU lease. Skipped here: the bf16 training steps (the Trainer's bf16
+    needs a GPU) and the shared-prompt cases of T5, which skip on the GPU too."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_cuda.py")],
+                          cwd=ROOT, env={**os.environ, "BEARREC_TEST_DEVICE": "cpu"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    summary = done.stdout.strip().splitlines()[-1]
+    assert "failed" not in summary and int(summary.split(" passed")[0].split()[-1]) >= 30, summary
+
+
 def test_step2_decoding_benchmark_on_a_tiny_model(plan):
     import step2_decoding
 

@@ -144,5 +144,5 @@ def test_latent_decode_ranks_the_users_prompt_states(tiny_run):
 @pytest.mark.parametrize("kwargs,name", [({"variant": "nearest"}, "variant"), ({"similarity": "dot"}, "similarity"),
                                          ({"neighbors": 0}, "neighbors"), ({"k": 0}, "k")])
 def test_bad_arguments_are_refused(kwargs, name):
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=rf"\b{name}\b"):  # the error names the argument
         latent_top_k(torch.zeros(1, 6), _memory(), **kwargs)

