@@ -59,6 +59,9 @@ class TrainConfig:
     valid_users: int | None = 200  # seeded valid subsample for model selection (None: all; 0: no validation)
     valid_beam_width: int = 10
     patience: int = 3  # epochs without a better validation NDCG@10 before stopping (0: never stop early)
+    # early stopping never ends a run before this epoch (0: it may from the first): a slow starter (the T5) can sit
+    # at its first epochs' validation score for longer than ``patience`` before it learns anything
+    min_epochs: int = 0
     select_best: bool = True  # keep the checkpoint with the best validation NDCG@10
     save_total_limit: int = 2  # checkpoints kept on disk (the best one is always kept)
     logging_steps: int = 10
@@ -82,6 +85,7 @@ class TrainConfig:
         check(self.valid_users is None or self.valid_users >= 0, section, "valid_users",
               "at least 0 (0: no validation; null: all)", self.valid_users)
         check(self.patience >= 0, section, "patience", "at least 0", self.patience)
+        check(0 <= self.min_epochs <= self.epochs, section, "min_epochs", f"in [0, epochs = {self.epochs}]", self.min_epochs)
 
 
 @dataclass

@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+import transformers
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from bearrec.catalog import ItemTrie
 from bearrec.config import DecodingConfig, ExperimentConfig
@@ -205,6 +206,26 @@ def seq2seq_answer_logits(model, prompt_ids: torch.Tensor, prompt_mask: torch.Te
     return out.logits
 
 
+class EarlyStoppingCallback(transformers.EarlyStoppingCallback):
+    """transformers' early stopping, which never ends a run before epoch ``min_epochs`` (``train.min_epochs``).
+
+    It keeps its parent's name because the Trainer restores a callback's checkpointed state (the patience count)
+    into the callback of the same class name: runs checkpointed with the parent resume into this one.
+    ``min_epochs`` is not in that state; :class:`RecTrainer` sets it again after a resume.
+    """
+
+    def __init__(self, early_stopping_patience: int = 1, early_stopping_threshold: float | None = 0.0,
+                 min_epochs: int = 0):
+        super().__init__(early_stopping_patience, early_stopping_threshold)
+        self.min_epochs = min_epochs
+
+    def on_evaluate(self, args, state, control, metrics, **kwargs):
+        stopping = control.should_training_stop  # set by something else: not ours to undo
+        super().on_evaluate(args, state, control, metrics, **kwargs)
+        if not stopping and (state.epoch or 0) < self.min_epochs - 1e-6:
+            control.should_training_stop = False
+
+
 class RecTrainer(Trainer):
     """``Trainer`` with our objective as the loss and constrained-beam-search NDCG@10 as the evaluation."""
 
@@ -212,9 +233,9 @@ class RecTrainer(Trainer):
 
     def __init__(self, *args, objective, trie: ItemTrie, valid: tuple[list, list] | None, beam_width: int,
                  scoring: str = "full", decoding: DecodingConfig | None = None, memory_builder=None, reference=None,
-                 group_by_length: bool = False, **kwargs):
+                 group_by_length: bool = False, min_epochs: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.group_by_length = group_by_length
+        self.group_by_length, self.min_epochs = group_by_length, min_epochs
         self.objective, self.valid, self.beam_width = objective, valid, beam_width
         # decoded as evaluation will decode; the latent decoder's item memory is rebuilt from the current weights
         self.scoring, self.decoding, self.memory_builder = scoring, decoding or DecodingConfig(), memory_builder
@@ -239,6 +260,14 @@ class RecTrainer(Trainer):
         if len(missing) < len(load_result.missing_keys):
             self.model.tie_weights()
         super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
+    def _load_callback_state(self) -> None:
+        """The checkpoint's callback states (the early-stopping count), then this run's ``min_epochs`` on the
+        restored early stopping, which the Trainer rebuilt from the checkpointed arguments alone."""
+        super()._load_callback_state()
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, EarlyStoppingCallback):
+                callback.min_epochs = self.min_epochs
 
     def _collator_rng_file(self, checkpoint: str) -> Path:
         return Path(checkpoint) / f"collator_rng_{self.args.process_index}.pth"
@@ -629,7 +658,7 @@ def train_model(
         epoch_log = EpochLog(progress, checkpoint_dir, resume_from)
         callbacks = [epoch_log]
         if select and tc.patience > 0:
-            callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.patience))
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.patience, min_epochs=tc.min_epochs))
         trainer = RecTrainer(
             model=model, args=args, train_dataset=packs or examples, eval_dataset=valid[0] if valid else None,
             data_collator=PackedCollator(tokenizer.pad_token_id, trie if objective.needs_candidates else None) if packs
@@ -640,6 +669,7 @@ def train_model(
             processing_class=tokenizer, callbacks=callbacks, objective=objective, trie=trie, valid=valid,
             beam_width=tc.valid_beam_width, scoring=config.scoring, decoding=config.decoding, reference=reference,
             memory_builder=lambda m: item_memory(m, encoder, dataset, None, 64)[0], group_by_length=tc.group_by_length,
+            min_epochs=tc.min_epochs,
         )
         trainer.remove_callback(PrinterCallback)  # our progress bar and per-epoch lines replace its raw dicts
         trainer.train(resume_from_checkpoint=resume_from)

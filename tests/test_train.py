@@ -98,6 +98,28 @@ def test_resume_after_crash_reaches_the_same_metrics(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_min_epochs_holds_early_stopping_back_also_after_a_resume(data_dir, tmp_path):
+    """With a learning rate too small to move the validation score, patience 1 stops a run after epoch 2;
+    ``min_epochs`` 4 holds it to epoch 4, also when a run stopped earlier is resumed under the setting (the
+    Trainer restores the patience count; the setting comes from the run's config)."""
+    config = _config(data_dir, epochs=6, patience=1, lr=1e-12)
+    stopped = train_run(config, tmp_path / "run")
+    assert [e["epoch"] for e in stopped["epochs"]] == [1, 2]
+    assert len({e["NDCG@10"] for e in stopped["epochs"]}) == 1  # the score never improves
+    config.train.min_epochs = 4
+    held = train_run(config, tmp_path / "held")
+    assert [e["epoch"] for e in held["epochs"]] == [1, 2, 3, 4]
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    saved["train"]["min_epochs"] = 4  # the stopped run, declared under the setting and resumed
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(saved))
+    resumed = train_run(None, tmp_path / "run", resume=True)
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3, 4]
+    assert resumed["global_step"] == held["global_step"]
+    with pytest.raises(ValueError, match="train.min_epochs"):
+        load_config(None, ["train.min_epochs=7", "train.epochs=6"]).validate()
+
+
+@pytest.mark.slow
 def test_resume_with_sampled_negatives_reaches_identical_weights(data_dir, tmp_path):
     """APAO pairwise (like S-DPO) draws negatives from the collator's own generator, which the Trainer's RNG
     checkpoint does not hold: the resumed run must draw epoch 2's negatives, not epoch 1's again."""
