@@ -553,10 +553,14 @@ def compare(
     from bearrec.models import SMOLLM2
     from bearrec.objectives.configs import OBJECTIVE_CONFIGS
 
+    names = [o.strip() for o in objectives.split(",") if o.strip()]
+    # sdpo's B only where sdpo-bear is planned: an experiment recorded without it stays resumable
+    sdpo_bear = any(n.split(":")[0] == "sdpo-bear" for n in names)
     sets = _flag_sets({"train.epochs": epochs, "train.max_train_examples": max_train_examples,
                        "bear.beam_width": beam_width, "beam_sim.beam_width": beam_width,
-                       "sdpo.beam_width": beam_width, "train.valid_beam_width": beam_width, "decoding.scoring": scoring,
-                       "decoding.length_penalty": length_penalty, "decoding.decoder": decoder}) + list(overrides or [])
+                       "sdpo.beam_width": beam_width if sdpo_bear else None, "train.valid_beam_width": beam_width,
+                       "decoding.scoring": scoring, "decoding.length_penalty": length_penalty,
+                       "decoding.decoder": decoder}) + list(overrides or [])
     base = _experiment_config(config, data, model, sets, SMOLLM2)
     defaults = TrainConfig()
     untouched = all(getattr(base.train, f) == getattr(defaults, f)
@@ -565,7 +569,6 @@ def compare(
         max_eval_users = _cpu_budget(base)
         pruning_users = pruning_users or 30
         pruning_node_budget = pruning_node_budget or 512
-    names = [o.strip() for o in objectives.split(",") if o.strip()]
     unknown = [n for n in names if n.split(":")[0] not in OBJECTIVE_CONFIGS]
     if unknown:
         raise ValueError(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVE_CONFIGS)}")

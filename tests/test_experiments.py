@@ -231,7 +231,7 @@ def test_compare_defaults_to_smollm2_with_a_cpu_budget(tmp_path, monkeypatch):
 
 def test_compare_beam_width_comes_from_the_config_unless_given(tmp_path, monkeypatch):
     """Without --beam-width the config's B holds (configs/office-semantic-ids.yaml validates with B = 20); with it,
-    every B follows: decoding, validation and each objective's (sdpo-bear's too)."""
+    every B follows: decoding, validation and each objective's (sdpo-bear's when it is planned)."""
     import bearrec.experiments
 
     seen = {}
@@ -248,8 +248,10 @@ def test_compare_beam_width_comes_from_the_config_unless_given(tmp_path, monkeyp
     assert seen["settings"].beam_width == seen["base"].train.valid_beam_width == 20 and seen["base"].bear.beam_width == 7
     assert _run("compare", "--beam-width", 5, *common).exit_code == 130
     widths = (seen["settings"].beam_width, seen["base"].train.valid_beam_width, seen["base"].bear.beam_width,
-              seen["base"].beam_sim.beam_width, seen["base"].sdpo.beam_width)
-    assert widths == (5,) * 5
+              seen["base"].beam_sim.beam_width)
+    assert widths == (5,) * 4 and seen["base"].sdpo.beam_width == 10  # sdpo's only where sdpo-bear is planned
+    assert _run("compare", "--beam-width", 5, "--objectives", "sft,sdpo-bear", *common).exit_code == 130
+    assert seen["base"].sdpo.beam_width == 5
 
 
 def test_compare_refuses_a_bad_baseline_setting_before_training(tmp_path):
