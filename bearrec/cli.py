@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import warnings
@@ -187,7 +188,7 @@ def train(
 
     Several GPUs: `accelerate launch -m bearrec.cli train ...` or `torchrun --nproc-per-node N -m bearrec.cli train ...`.
     """
-    from bearrec.config import OBJECTIVE_SECTIONS, load_config
+    from bearrec.config import OBJECTIVE_SECTIONS, ExperimentConfig, load_config
     from bearrec.runs import train_run
 
     if resume:
@@ -202,8 +203,11 @@ def train(
                "candidates": candidates.value if candidates else None, "tau": tau,
                "num_negatives" if section == "apao" else "negatives": negatives, "beta": beta}
         given = [key for key, value in own.items() if value is not None]
-        if given and section is None:
-            raise ValueError(f"--{given[0].replace('_', '-')}: objective {name} has no such setting")
+        known = {f.name for f in dataclasses.fields(getattr(ExperimentConfig(), section))} if section else set()
+        for key in given:
+            if key not in known:
+                flag = "negatives" if key == "num_negatives" else key.replace("_", "-")
+                raise ValueError(f"--{flag}: objective {name} has no such setting")
         flags = {
             "data": str(data) if data else None, "model": model, "lora": lora, "lora_settings.rank": lora_rank,
             "train.objective": objective.value if objective else None, "train.epochs": epochs, "train.lr": lr,

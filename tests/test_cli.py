@@ -118,6 +118,8 @@ def test_train_objective_flags_reach_the_objective_the_config_names(tmp_path, mo
     assert (seen["cfg"].apao.num_negatives, seen["cfg"].apao.beta) == (7, 0.3)
     refused = _run("train", tmp_path, "--weight", 2, "--out", tmp_path / "r2")
     assert refused.exit_code == 2 and "--weight: objective sft has no such setting" in refused.stderr
+    refused = _run("train", tmp_path, "--objective", "bear", "--negatives", 3, "--out", tmp_path / "r2")
+    assert refused.exit_code == 2 and "--negatives: objective bear has no such setting" in refused.stderr
     assert not (tmp_path / "r2").exists()
 
 
