@@ -211,7 +211,7 @@ class EarlyStoppingCallback(transformers.EarlyStoppingCallback):
 
     It keeps its parent's name because the Trainer restores a callback's checkpointed state (the patience count)
     into the callback of the same class name: runs checkpointed with the parent resume into this one.
-    ``min_epochs`` is not in that state; :class:`RecTrainer` sets it again after a resume.
+    ``min_epochs`` is not in that state; :class:`RecTrainer` carries it over to the restored callback.
     """
 
     def __init__(self, early_stopping_patience: int = 1, early_stopping_threshold: float | None = 0.0,
@@ -233,9 +233,9 @@ class RecTrainer(Trainer):
 
     def __init__(self, *args, objective, trie: ItemTrie, valid: tuple[list, list] | None, beam_width: int,
                  scoring: str = "full", decoding: DecodingConfig | None = None, memory_builder=None, reference=None,
-                 group_by_length: bool = False, min_epochs: int = 0, **kwargs):
+                 group_by_length: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.group_by_length, self.min_epochs = group_by_length, min_epochs
+        self.group_by_length = group_by_length
         self.objective, self.valid, self.beam_width = objective, valid, beam_width
         # decoded as evaluation will decode; the latent decoder's item memory is rebuilt from the current weights
         self.scoring, self.decoding, self.memory_builder = scoring, decoding or DecodingConfig(), memory_builder
@@ -262,12 +262,13 @@ class RecTrainer(Trainer):
         super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
     def _load_callback_state(self) -> None:
-        """The checkpoint's callback states (the early-stopping count), then this run's ``min_epochs`` on the
-        restored early stopping, which the Trainer rebuilt from the checkpointed arguments alone."""
+        """The checkpoint's callback states (the early-stopping count); the Trainer rebuilds the early stopping
+        from the checkpointed arguments alone, so this run's ``min_epochs`` is carried over from the one it replaces."""
+        ours = [c.min_epochs for c in self.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)]
         super()._load_callback_state()
         for callback in self.callback_handler.callbacks:
-            if isinstance(callback, EarlyStoppingCallback):
-                callback.min_epochs = self.min_epochs
+            if ours and isinstance(callback, EarlyStoppingCallback):
+                callback.min_epochs = ours[0]
 
     def _collator_rng_file(self, checkpoint: str) -> Path:
         return Path(checkpoint) / f"collator_rng_{self.args.process_index}.pth"
@@ -669,7 +670,6 @@ def train_model(
             processing_class=tokenizer, callbacks=callbacks, objective=objective, trie=trie, valid=valid,
             beam_width=tc.valid_beam_width, scoring=config.scoring, decoding=config.decoding, reference=reference,
             memory_builder=lambda m: item_memory(m, encoder, dataset, None, 64)[0], group_by_length=tc.group_by_length,
-            min_epochs=tc.min_epochs,
         )
         trainer.remove_callback(PrinterCallback)  # our progress bar and per-epoch lines replace its raw dicts
         trainer.train(resume_from_checkpoint=resume_from)
