@@ -16,7 +16,7 @@ from bearrec.config import DecodingConfig
 from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, left_pad
 from bearrec.decoding import attribute_pruning, decode, exact_target_ranks, item_memory
-from bearrec.decoding.scoring import check_scoring, is_encoder_decoder
+from bearrec.decoding.scoring import check_scoring
 from bearrec.distributed import map_users
 from bearrec.metrics import exact_ranking_metrics, ranking_metrics, report_ks, retrieved_rank
 from bearrec.train import encode_split
@@ -148,9 +148,6 @@ def evaluate(
     pruning_rate = pruning_rate and decoder == "beam" and not exclude_history
     result = {"split": split, "users": len(prompts), "of_users": len(dataset.splits[split]), "beam_width": beam_width,
               "decoder": decoder, "exclude_history": exclude_history}
-    if pruning_rate and is_encoder_decoder(model):  # exact ranks walk the trie on a causal LM's cache
-        pruning_rate = False
-        result["pruning_skipped"] = "PR@K and the exact ranking are computed for decoder-only models only"
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         memory = None

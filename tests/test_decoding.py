@@ -12,7 +12,7 @@ from bearrec.decoding import constrained_beam_search, exact_target_ranks, score_
 VOCAB = 48
 
 
-@pytest.fixture(scope="module", params=[("llama", "full"), ("gpt2", "full"), ("llama", "masked"), ("gpt2", "masked")],
+@pytest.fixture(scope="module", params=[(arch, scoring) for scoring in ("full", "masked") for arch in ("llama", "gpt2", "t5")],
                 ids=lambda p: "-".join(p))
 def case(request):
     """A random model, catalog and prompts, brute-force prefix scores for every prompt (computed once), and
@@ -81,7 +81,7 @@ def test_beam_search_with_fewer_items_than_beams_pads():
         assert (scores[:2] >= scores[1:3]).all()
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "t5"])
 @pytest.mark.parametrize("chunk_nodes", [None, 1, 5])
 @pytest.mark.parametrize("scoring", ["full", "masked"])
 def test_score_catalog_equals_teacher_forcing(arch, chunk_nodes, scoring):

@@ -35,7 +35,7 @@ def _assert_top_k(got_ids, got_scores, catalog: torch.Tensor, k: int) -> int:
     return clean
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "t5"])
 @pytest.mark.parametrize("scoring", ["full", "masked"])
 @pytest.mark.parametrize("k,batch_size,nodes_per_forward", [(1, 4, 1), (5, 2, 3), (10, 6, 32)])
 def test_exact_top_k_equals_sorted_catalog_scores(arch, scoring, k, batch_size, nodes_per_forward):
@@ -64,9 +64,10 @@ def test_k_larger_than_the_catalog_pads_with_minus_one(scoring):
     assert torch.allclose(got.scores[:, :3], catalog.sort(dim=1, descending=True).values, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["llama", "t5"])
 @pytest.mark.parametrize("scoring", ["full", "masked"])
-def test_node_budget_uncertified_users_and_exact_certified_ones(scoring):
-    model, trie, ids, mask = _case("llama", seed=31, num_items=60, num_prompts=8)
+def test_node_budget_uncertified_users_and_exact_certified_ones(arch, scoring):
+    model, trie, ids, mask = _case(arch, seed=31, num_items=60, num_prompts=8)
     catalog = score_catalog(model, ids, mask, trie, scoring=scoring)
     free = exact_top_k(model, ids, mask, trie, k=10, scoring=scoring, nodes_per_forward=2)
     budget = int(free.nodes_expanded.float().median())
@@ -116,6 +117,3 @@ def test_bad_arguments_are_refused():
                          ({"nodes_per_forward": 0}, "nodes_per_forward")]:
         with pytest.raises(ValueError, match=rf"\b{name}\b"):  # the error names the argument
             exact_top_k(model, ids, mask, trie, **kwargs)
-    model.config.is_encoder_decoder = True
-    with pytest.raises(ValueError, match="encoder-decoder"):
-        exact_top_k(model, ids, mask, trie)

@@ -246,8 +246,9 @@ def test_semantic_ids_config_checks(tmp_path):
         with_semantic_ids(ds, str(_csv(tmp_path / "s.csv", [("x", "[1]")])))
 
 
-def test_encoder_decoder_models_are_refused_by_the_causal_decoders():
-    """Beam search decodes a T5; the decoders built on a causal LM's prompt cache refuse it with one line."""
+def test_encoder_decoder_models_are_refused_by_latent_decoding_only():
+    """Beam search, exact top-K, catalog scoring and exact ranks decode a T5 (their references are in
+    test_decoding.py and test_exact.py); L2D, built on a causal LM's answer states, refuses it with one line."""
     from transformers import T5Config, T5ForConditionalGeneration
 
     from bearrec.catalog import ItemTrie
@@ -258,11 +259,13 @@ def test_encoder_decoder_models_are_refused_by_the_causal_decoders():
                                              decoder_start_token_id=0)).eval()
     trie = ItemTrie.from_sequences([[3, 4, 1], [5, 1]], eos_token_id=1)
     ids, mask = torch.tensor([[3, 5]]), torch.ones(1, 2, dtype=torch.long)
-    assert sorted(constrained_beam_search(t5, ids, mask, trie, beam_width=2).item_ids[0].tolist()) == [0, 1]
-    calls = [lambda: score_catalog(t5, ids, mask, trie), lambda: exact_target_ranks(t5, ids, mask, trie, torch.tensor([0])),
-             lambda: exact_top_k(t5, ids, mask, trie, k=1), lambda: prompt_states(t5, ids, mask),
-             lambda: latent_decode(t5, ids, mask, None, k=1)]
-    for call in calls:
+    beams = constrained_beam_search(t5, ids, mask, trie, beam_width=2)
+    assert sorted(beams.item_ids[0].tolist()) == [0, 1]
+    catalog = score_catalog(t5, ids, mask, trie)  # [1, 2]
+    assert torch.allclose(beams.summed_scores(trie, 0.0)[0], catalog[0, beams.item_ids[0]], atol=1e-5)
+    assert exact_top_k(t5, ids, mask, trie, k=2).item_ids[0].tolist() == catalog[0].argsort(descending=True).tolist()
+    assert exact_target_ranks(t5, ids, mask, trie, torch.tensor([0])).tolist() == [1 + int(catalog[0, 1] > catalog[0, 0])]
+    for call in (lambda: prompt_states(t5, ids, mask), lambda: latent_decode(t5, ids, mask, None, k=1)):
         with pytest.raises(ValueError, match="encoder-decoder models such as T5"):
             call()
 
@@ -320,13 +323,28 @@ def test_t5_answer_logits_equal_teacher_forcing(sid_data):
         assert got == pytest.approx(expected, abs=1e-5)
 
 
-def test_t5_runs_evaluate_with_beam_search_and_skip_pr_at_k(sid_data, tmp_path):
-    from bearrec.runs import evaluate_run, train_run
+def test_t5_runs_evaluate_with_pr_at_k_and_the_exact_ranking(sid_data, tmp_path):
+    """A T5 run's evaluation ranks each positive exactly (PR@K, the beam-vs-exact gap), as a Llama run's does: the
+    exact ranks equal the positives' ranks in the fully scored catalog."""
+    import pandas as pd
 
-    train_run(_t5(_config(sid_data, "sft")), tmp_path / "run")
-    result = evaluate_run(tmp_path / "run", beam_width=20, max_users=6)
-    assert {"NDCG@20", "HR@20"} <= set(result["metrics"]) and "PR@20" not in result["metrics"]
-    assert "decoder-only" in result["pruning_skipped"]
+    from bearrec.data.prompts import left_pad
+    from bearrec.decoding import score_catalog
+    from bearrec.metrics import full_rank
+    from bearrec.runs import evaluate_run, item_trie, load_run, prompt_encoder, train_run
+    from bearrec.train import encode_split
+
+    run = tmp_path / "run"
+    train_run(_t5(_config(sid_data, "sft")), run)
+    result = evaluate_run(run, beam_width=20, max_users=6, pruning_users=6)
+    assert {"NDCG@20", "HR@20", "PR@20", "exact_NDCG@20", "gap_NDCG@20"} <= set(result["metrics"])
+    assert result["pruning"]["ranked_users"] == 6 and "pruning_skipped" not in result
+    model, tokenizer, dataset, config = load_run(run)
+    prompts, targets = encode_split(dataset, "test", prompt_encoder(tokenizer, dataset, config), 6, 0)
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+    catalog = score_catalog(model, ids, mask, item_trie(tokenizer, dataset, config), scoring=result["scoring"])
+    ranks = full_rank(catalog, torch.tensor(targets)).clamp(max=21)  # capped as PR@K's ranks are: 21 = below 20
+    assert pd.read_csv(run / "eval_test_users.csv")["exact_rank"].tolist() == ranks.tolist()
 
 
 # ---------------------------------------------------------------------------------- train.pack

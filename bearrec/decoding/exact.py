@@ -9,9 +9,10 @@ frontier node and scores at most that node's score, so it cannot enter the top K
 
 Many users are searched at once. Each forward feeds every active user its own window of trie nodes
 plus their ancestors after the user's prompt, with the tree attention of :func:`score_catalog`
-(``exhaustive.tree_logits``): the prompt is encoded once per user and its KV cache is cropped back
-after each forward, so nothing but the window is recomputed per step. Users that finish leave the
-batch (their cache rows are dropped).
+(``exhaustive.EncodedPrompts``): the prompt is encoded once per user and its KV cache is cropped back
+after each forward, so nothing but the window is recomputed per step (an encoder-decoder's decoder
+reads each window node's prefix after the encoder's states). Users that finish leave the batch (their
+cache rows are dropped).
 
 Ties: items are ordered by score, then by catalog index (lower first). A frontier node that *equals*
 the K-th item's score is still expanded (with masked scoring a node's only child scores exactly its
@@ -25,9 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from bearrec.catalog import ItemTrie
-from bearrec.decoding.beam_search import position_ids_from_mask
-from bearrec.decoding.exhaustive import _children, _tree_chunk, tree_logits
-from bearrec.decoding.scoring import check_scoring, edge_log_probs, require_decoder_only
+from bearrec.decoding.exhaustive import EncodedPrompts, _children, _tree_chunk
+from bearrec.decoding.scoring import check_scoring, edge_log_probs
 
 _LOGIT_BUDGET = 32 * 2**20  # floats of logits per forward (128 MB in fp32)
 
@@ -46,13 +46,12 @@ class ExactTopK:
     nodes_expanded: torch.Tensor
 
 
-def _check(k: int, node_budget: int | None, batch_size: int, nodes_per_forward: int, model) -> None:
+def _check(k: int, node_budget: int | None, batch_size: int, nodes_per_forward: int) -> None:
     for name, value in (("k", k), ("batch_size", batch_size), ("nodes_per_forward", nodes_per_forward)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, not {value}")
     if node_budget is not None and node_budget < 1:
         raise ValueError(f"node_budget must be at least 1, not {node_budget}")
-    require_decoder_only(model, "exact_top_k")
 
 
 @torch.no_grad()
@@ -76,7 +75,7 @@ def exact_top_k(
     ``progress`` receives the number of users finished after each batch.
     """
     check_scoring(scoring)
-    _check(k, node_budget, batch_size, nodes_per_forward, model)
+    _check(k, node_budget, batch_size, nodes_per_forward)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -93,7 +92,7 @@ def exact_top_k(
 
 def _search(model, input_ids, attention_mask, trie: ItemTrie, k: int, scoring: str, node_budget, width: int, dtype):
     """Best-first search for one batch of users; returns (item_ids, scores, certified, nodes_expanded)."""
-    n, dev = input_ids.shape[0], input_ids.device
+    n = input_ids.shape[0]
     is_leaf = trie.node_item >= 0  # [nodes]
     internal = trie.child_count > 0  # [nodes]
     prefix = torch.full((n, trie.num_nodes), float("-inf"))  # [n, nodes] log P(prefix | prompt), on the CPU
@@ -103,13 +102,10 @@ def _search(model, input_ids, attention_mask, trie: ItemTrie, k: int, scoring: s
     certified = torch.zeros(n, dtype=torch.bool)
     kk = min(k, trie.num_items)
 
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-                use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    _expand(prefix, reached, expanded, torch.arange(n), torch.zeros(n, 1, dtype=torch.long), out.logits[:, -1:],
+    prompts = EncodedPrompts(model, input_ids, attention_mask, trie)
+    _expand(prefix, reached, expanded, torch.arange(n), torch.zeros(n, 1, dtype=torch.long), prompts.root_logits,
             trie, scoring)
-    active = torch.arange(n)  # batch rows still searching; cache row i belongs to user active[i]
-    mask = attention_mask
+    active = torch.arange(n)  # batch rows still searching; prompt row i belongs to user active[i]
     while active.numel():
         # The K-th best item found so far; -inf while fewer than K are found.
         leaf_scores = torch.where(reached[active] & is_leaf, prefix[active], float("-inf"))  # [a, nodes]
@@ -120,10 +116,10 @@ def _search(model, input_ids, attention_mask, trie: ItemTrie, k: int, scoring: s
         stop = done | (expanded[active].sum(1) >= node_budget if node_budget is not None else done)
         if bool(stop.any()):
             keep = torch.nonzero(~stop).flatten()
-            active, open_, mask = active[keep], open_[keep], mask[keep.to(dev)]
+            active, open_ = active[keep], open_[keep]
             if not active.numel():
                 break
-            cache.batch_select_indices(keep.to(dev))
+            prompts.select(keep)
         room = width if node_budget is None else (node_budget - expanded[active].sum(1)).clamp(max=width)  # [a]
         # Open nodes rank above every other node, even at a -inf (underflowed) score: a window is never empty.
         candidates = torch.where(open_, prefix[active].clamp(min=torch.finfo(torch.float32).min), float("-inf"))
@@ -132,7 +128,7 @@ def _search(model, input_ids, attention_mask, trie: ItemTrie, k: int, scoring: s
         take &= torch.arange(best.indices.shape[1])[None, :] < torch.as_tensor(room)[..., None]
         windows = [best.indices[i][take[i]] for i in range(active.numel())]
         windows = [window[torch.argsort(trie.node_depth[window], stable=True)] for window in windows]  # parents first
-        logits = _window_logits(model, cache, mask, trie, windows, dtype)  # [a, W, V]
+        logits = _window_logits(prompts, trie, windows, dtype)  # [a, W, V]
         _expand(prefix, reached, expanded, active, _right_aligned(windows, logits.shape[1]), logits, trie, scoring)
 
     item_leaf = trie.paths.gather(1, (trie.lengths - 1)[:, None])[:, 0]  # [items] the EOS node ending each item
@@ -156,7 +152,7 @@ def _right_aligned(windows: list[torch.Tensor], width: int) -> torch.Tensor:
     return rows
 
 
-def _window_logits(model, cache, attention_mask, trie: ItemTrie, windows: list[torch.Tensor], dtype) -> torch.Tensor:
+def _window_logits(prompts: EncodedPrompts, trie: ItemTrie, windows: list[torch.Tensor], dtype) -> torch.Tensor:
     """Next-token logits after each user's window nodes ``[a, W, V]`` (W = the largest window; each user's
     window sits in the last columns, in its order): every user feeds the ancestors outside its window, then
     the window (sorted by depth, so that ancestors come first), left-padded."""
@@ -173,7 +169,7 @@ def _window_logits(model, cache, attention_mask, trie: ItemTrie, windows: list[t
         nodes[i, c - size:], depth[i, c - size:] = chunk.nodes, chunk.depth
         ancestors[i, c - size:, c - size:] = chunk.ancestors
     keep = max(window.numel() for window in windows)
-    return tree_logits(model, cache, attention_mask, nodes, depth, ancestors, keep, trie, dtype)
+    return prompts.tree_logits(nodes, depth, ancestors, keep, dtype)
 
 
 def _expand(prefix, reached, expanded, users: torch.Tensor, parents: torch.Tensor, logits: torch.Tensor,

@@ -1,11 +1,13 @@
 """Exact scores of every catalog item: log P(title + EOS | prompt), the ground truth that PR@K needs.
 
 Items share title prefixes, so the catalog is scored as its trie: every internal trie node is fed to
-the model once per prompt, attending to the prompt's KV cache and to its own ancestors only (a
-custom 4D "tree attention" mask). A node's logits give the log-probabilities of all its children at
-once, and an item's score is the sum of the edge log-probabilities along its path (full-vocabulary
-or renormalised over each node's children, see ``scoring.py``). The prompt is encoded once and never
-copied: the cache is cropped back to the prompt after each chunk of nodes.
+the model once per prompt, and a node's logits give the log-probabilities of all its children at
+once; an item's score is the sum of the edge log-probabilities along its path (full-vocabulary or
+renormalised over each node's children, see ``scoring.py``). The prompt is read once
+(:class:`EncodedPrompts`). A causal LM feeds trie nodes after the prompt's KV cache, each attending to
+the prompt and to its own ancestors only (a custom 4D "tree attention" mask), and the cache is cropped
+back to the prompt after each chunk of nodes. An encoder-decoder (T5, TIGER) keeps the encoder's
+states, and its decoder reads each node's prefix from the start token (items are a few codes).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
+from transformers.modeling_outputs import BaseModelOutput
+
 from bearrec.catalog import ItemTrie
 from bearrec.decoding.beam_search import position_ids_from_mask
-from bearrec.decoding.scoring import check_scoring, edge_log_probs, require_decoder_only
+from bearrec.decoding.scoring import check_scoring, edge_log_probs, is_encoder_decoder
 
 _LOGIT_BUDGET = 32 * 2**20  # floats of logits per forward (128 MB in fp32): bounds memory on big catalogs
 
@@ -82,7 +86,6 @@ def score_catalog(
     ``chunk_nodes`` trie nodes are fed per forward (default: as many as fit a fixed logits budget).
     """
     check_scoring(scoring)
-    require_decoder_only(model, "score_catalog")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -105,51 +108,100 @@ def score_catalog(
 def _edge_log_probs(model, input_ids, attention_mask, trie: ItemTrie, chunks: list[_Chunk], dtype,
                     scoring: str) -> torch.Tensor:
     """log p(token into node | parent's prefix, prompt) for every trie node ``[n, num_nodes]`` (0 for the root)."""
-    n, prompt_width = input_ids.shape
-    dev = input_ids.device
-    edge = torch.zeros(n, trie.num_nodes, device=dev)
-    out = model(input_ids=input_ids, attention_mask=attention_mask,
-                position_ids=position_ids_from_mask(attention_mask), use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    _scatter_children(edge, out.logits[:, -1:], torch.zeros(1, dtype=torch.long), trie, scoring)
+    edge = torch.zeros(input_ids.shape[0], trie.num_nodes, device=input_ids.device)
+    prompts = EncodedPrompts(model, input_ids, attention_mask, trie)
+    _scatter_children(edge, prompts.root_logits, torch.zeros(1, dtype=torch.long), trie, scoring)
     for chunk in chunks:
-        logits = _chunk_logits(model, cache, attention_mask, chunk, trie, dtype)
-        _scatter_children(edge, logits, chunk.nodes[chunk.window], trie, scoring)
+        _scatter_children(edge, prompts.chunk_logits(chunk, dtype), chunk.nodes[chunk.window], trie, scoring)
     return edge
 
 
-def _chunk_logits(model, cache, attention_mask: torch.Tensor, chunk: _Chunk, trie: ItemTrie, dtype) -> torch.Tensor:
-    """Next-token logits after each window node of ``chunk`` ``[n, W, vocab]``, the same chunk for all n prompts."""
-    n, c = attention_mask.shape[0], chunk.nodes.numel()
-    return tree_logits(model, cache, attention_mask, chunk.nodes.expand(n, c), chunk.depth.expand(n, c),
-                       chunk.ancestors.expand(n, c, c), chunk.window.numel(), trie, dtype)
+class EncodedPrompts:
+    """A batch of left-padded prompts ``[n, L]`` read once, and the next-token logits after any trie nodes.
 
-
-def tree_logits(model, cache, attention_mask: torch.Tensor, nodes: torch.Tensor, depth: torch.Tensor,
-                ancestors: torch.Tensor, keep: int, trie: ItemTrie, dtype) -> torch.Tensor:
-    """Next-token logits after the last ``keep`` of each prompt's own trie nodes ``[n, keep, vocab]``.
-
-    Row i feeds ``nodes[i] [c]`` (at ``depth[i]``; -1 = padding, attended by nothing) after its prompt,
-    attending to the prompt ``cache`` and to the nodes that ``ancestors[i] [c, c]`` allows (itself and its
-    ancestors: tree attention). The cache is cropped back to the prompt afterwards.
+    A causal LM keeps the prompts' KV cache and feeds nodes after it with tree attention (:meth:`tree_logits`).
+    An encoder-decoder (T5, TIGER) keeps the encoder's states, and its decoder reads each node's prefix from the
+    start token: items are a few codes, so recomputing a prefix is cheaper than a decoder cache per node.
+    ``root_logits [n, 1, vocab]``: the logits of each item's first token.
     """
-    n, prompt_width = attention_mask.shape
-    dev = attention_mask.device
-    c = nodes.shape[1]
-    allowed = torch.cat([attention_mask.bool()[:, None, :].expand(n, c, prompt_width), ancestors.to(dev)], dim=2)
-    mask4d = torch.zeros(n, 1, c, prompt_width + c, dtype=dtype, device=dev).masked_fill(~allowed[:, None],
-                                                                                        torch.finfo(dtype).min)
-    tokens = trie.node_token[nodes.clamp(min=0)].clamp(min=0)  # [n, c]; padding feeds the root's -1 as token 0
-    logits = model(
-        input_ids=tokens.to(dev),
-        attention_mask=mask4d,
-        position_ids=attention_mask.long().sum(-1)[:, None] + depth.to(dev) - 1,  # [n, c]
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=keep,
-    ).logits
-    cache.crop(-c)  # back to the prompt: the next chunk reuses it
-    return logits
+
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, trie: ItemTrie):
+        self.model, self.mask, self.trie = model, attention_mask, trie
+        self.seq2seq = is_encoder_decoder(model)
+        if self.seq2seq:
+            self.cache = None
+            self.encoded = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            self.root_logits = self._decoder_logits(torch.zeros(input_ids.shape[0], 1, dtype=torch.long))
+        else:
+            out = model(input_ids=input_ids, attention_mask=attention_mask,
+                        position_ids=position_ids_from_mask(attention_mask), use_cache=True, logits_to_keep=1)
+            self.cache, self.root_logits = out.past_key_values, out.logits[:, -1:]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only the prompts ``rows`` (positions in the current batch), in that order."""
+        rows = rows.to(self.mask.device)
+        self.mask = self.mask[rows]
+        if self.seq2seq:
+            self.encoded = self.encoded[rows]
+        else:
+            self.cache.batch_select_indices(rows)
+
+    def chunk_logits(self, chunk: _Chunk, dtype) -> torch.Tensor:
+        """Next-token logits after each window node of ``chunk`` ``[n, W, vocab]``, the same chunk for all n prompts."""
+        n, c = self.mask.shape[0], chunk.nodes.numel()
+        return self.tree_logits(chunk.nodes.expand(n, c), chunk.depth.expand(n, c), chunk.ancestors.expand(n, c, c),
+                                chunk.window.numel(), dtype)
+
+    def tree_logits(self, nodes: torch.Tensor, depth: torch.Tensor, ancestors: torch.Tensor, keep: int,
+                    dtype) -> torch.Tensor:
+        """Next-token logits after the last ``keep`` of each prompt's own trie nodes ``[n, keep, vocab]``.
+
+        Row i feeds ``nodes[i] [c]`` (at ``depth[i]``; -1 = padding, attended by nothing) after its prompt,
+        attending to the prompt cache and to the nodes that ``ancestors[i] [c, c]`` allows (itself and its
+        ancestors: tree attention). The cache is cropped back to the prompt afterwards. An encoder-decoder
+        needs only the last ``keep`` nodes (each brings its own prefix).
+        """
+        if self.seq2seq:
+            return self._decoder_logits(nodes[:, nodes.shape[1] - keep:])
+        n, prompt_width = self.mask.shape
+        dev = self.mask.device
+        c = nodes.shape[1]
+        allowed = torch.cat([self.mask.bool()[:, None, :].expand(n, c, prompt_width), ancestors.to(dev)], dim=2)
+        mask4d = torch.zeros(n, 1, c, prompt_width + c, dtype=dtype, device=dev).masked_fill(~allowed[:, None],
+                                                                                            torch.finfo(dtype).min)
+        tokens = self.trie.node_token[nodes.clamp(min=0)].clamp(min=0)  # [n, c]; padding feeds the root's -1 as 0
+        logits = self.model(
+            input_ids=tokens.to(dev),
+            attention_mask=mask4d,
+            position_ids=self.mask.long().sum(-1)[:, None] + depth.to(dev) - 1,  # [n, c]
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=keep,
+        ).logits
+        self.cache.crop(-c)  # back to the prompt: the next chunk reuses it
+        return logits
+
+    def _decoder_logits(self, nodes: torch.Tensor) -> torch.Tensor:
+        """Encoder-decoder: the decoder's next-token logits after each node's prefix ``[n, w, vocab]``, for
+        ``nodes [n, w]`` of prompt i in row i (-1: padding, read as the root)."""
+        n, w = nodes.shape
+        dev = self.mask.device
+        flat = nodes.flatten().clamp(min=0)  # [n*w]
+        depth = self.trie.node_depth[flat]  # [n*w] tokens in each node's prefix (root: 0)
+        width = int(depth.max()) if flat.numel() else 0
+        prefix = torch.zeros(flat.numel(), width + 1, dtype=torch.long)  # [n*w, 1 + depth]: start, then the tokens
+        prefix[:, 0] = self.model.config.decoder_start_token_id
+        node = flat.clone()
+        for back in range(width):  # fill each prefix from its last token up, walking to the root
+            at = depth - back  # column of ``node``'s token (column 0 is the start token)
+            live = at > 0
+            prefix[live, at[live]] = self.trie.node_token[node[live]]
+            node = torch.where(live, self.trie.node_parent[node].clamp(min=0), node)
+        encoded = BaseModelOutput(last_hidden_state=self.encoded.repeat_interleave(w, dim=0))  # [n*w, L, d]
+        logits = self.model(encoder_outputs=encoded, attention_mask=self.mask.repeat_interleave(w, dim=0),
+                            decoder_input_ids=prefix.to(dev)).logits  # [n*w, 1 + width, vocab]; causal: the
+        # tokens after a shorter prefix (zeros) do not reach its last position
+        return logits[torch.arange(n * w, device=dev), depth.to(dev)].view(n, w, -1)
 
 
 def _children(trie: ItemTrie, parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,7 +258,6 @@ def exact_target_ranks(
     above it: its rank is unknown (in the top ``max_rank`` or not) and it gets -1 ("not ranked").
     """
     check_scoring(scoring)
-    require_decoder_only(model, "exact_target_ranks")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     is_leaf = trie.node_item >= 0
@@ -217,9 +268,7 @@ def exact_target_ranks(
     for user in range(input_ids.shape[0]):
         ids = input_ids[user : user + 1].to(device)
         mask = attention_mask[user : user + 1].to(device)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
-                    logits_to_keep=1)
-        cache = out.past_key_values
+        prompts = EncodedPrompts(model, ids, mask, trie)
         prefix = torch.full((trie.num_nodes,), float("-inf"))  # log P(prefix | prompt) of scored nodes
         prefix[0] = 0.0
         expanded = torch.zeros(trie.num_nodes, dtype=torch.bool)
@@ -234,13 +283,13 @@ def exact_target_ranks(
                 prefix[child[at]] = prefix[nodes[row[at]]] + edge[at]
             expanded[nodes] = True
 
-        expand(torch.zeros(1, dtype=torch.long), out.logits[:, -1:])
+        expand(torch.zeros(1, dtype=torch.long), prompts.root_logits)
         path = trie.paths[int(targets[user])]
         path = path[path >= 0]
         # The target's internal nodes in order of depth: each one's prefix score comes from its parent.
         for lo in range(0, path.numel() - 1, nodes_per_forward):
             window = path[:-1][lo : lo + nodes_per_forward]
-            expand(window, _chunk_logits(model, cache, mask, _tree_chunk(trie, window), trie, dtype))
+            expand(window, prompts.chunk_logits(_tree_chunk(trie, window), dtype))
         target_score = float(prefix[path[-1]])
         if known_items is not None:
             items, scores = known_items[user].cpu(), known_scores[user].cpu().float()
@@ -258,7 +307,7 @@ def exact_target_ranks(
                 break
             window = frontier[prefix[frontier].topk(min(nodes_per_forward, frontier.numel())).indices]
             window = window[torch.argsort(trie.node_depth[window])]
-            expand(window, _chunk_logits(model, cache, mask, _tree_chunk(trie, window), trie, dtype))
+            expand(window, prompts.chunk_logits(_tree_chunk(trie, window), dtype))
         ranks.append(min(beaten, max_rank) + 1)
         if progress is not None:
             progress(1)

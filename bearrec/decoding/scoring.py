@@ -74,8 +74,8 @@ def is_encoder_decoder(model) -> bool:
 
 
 def require_decoder_only(model, what: str) -> None:
-    """Refuse encoder-decoder models (T5, TIGER) where a decoder feeds prompt and answer as one causal sequence
-    (exact top-K, catalog scoring, exact ranks, L2D); beam search handles both."""
+    """Refuse encoder-decoder models (T5, TIGER) where a method reads prompt and answer as one causal sequence
+    (L2D's latent states); beam search, exact top-K, catalog scoring and exact ranks handle both."""
     if is_encoder_decoder(model):
         raise ValueError(f"{what} decodes causal (decoder-only) LMs; encoder-decoder models such as T5 (TIGER) "
-                         "are decoded by beam search only")
+                         "are decoded by beam search or exact top-K")
