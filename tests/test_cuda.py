@@ -85,7 +85,7 @@ def test_shared_prompt_cache_equals_standard_cache_on_a_gqa_model_in_bf16(monkey
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "t5"])
 @pytest.mark.parametrize("scoring", ["full", "masked"])
 def test_score_catalog_and_exact_ranks_equal_teacher_forcing_on_cuda(dtype, arch, scoring):
     model, items, prompts, trie, ids, mask = _case(arch, dtype, seed=9, num_items=30, num_prompts=4)
