@@ -97,6 +97,24 @@ def test_score_catalog_equals_teacher_forcing(arch, chunk_nodes, scoring):
         assert torch.allclose(got[n], expected, atol=1e-4)
 
 
+def test_t5_node_logits_in_memory_bounded_slices_equal_one_forward(monkeypatch):
+    """An encoder-decoder's decoder makes logits at every prefix position: under a small logits budget the rows go
+    through in several forwards, with the same scores."""
+    import bearrec.decoding.exhaustive as exhaustive
+
+    model = random_model("t5", VOCAB, seed=9)
+    items = random_catalog(30, VOCAB, seed=10)
+    trie = ItemTrie.from_sequences(items, EOS)
+    ids, mask = left_pad(random_prompts(4, VOCAB, seed=11), PAD)
+    whole = score_catalog(model, ids, mask, trie, chunk_nodes=8)
+    monkeypatch.setattr(exhaustive, "_LOGIT_BUDGET", 3 * (trie.max_length + 1) * VOCAB)  # 3 rows or fewer per forward
+    calls = []
+    monkeypatch.setattr(model, "forward", lambda *a, _f=model.forward, **k: calls.append(1) or _f(*a, **k))
+    assert torch.allclose(score_catalog(model, ids, mask, trie, chunk_nodes=8), whole, atol=1e-5)
+    windows = -(-int((trie.child_count[1:] > 0).sum()) // 8)
+    assert len(calls) > len(ids) * (windows + 1)  # more forwards than one per (prompt, window)
+
+
 def test_masked_scores_are_a_distribution_over_the_catalog():
     """Renormalised over each node's children, the items' probabilities sum to 1 (the full-vocabulary ones
     to less): masked scoring is not full scoring under another name."""

@@ -197,11 +197,19 @@ class EncodedPrompts:
             live = at > 0
             prefix[live, at[live]] = self.trie.node_token[node[live]]
             node = torch.where(live, self.trie.node_parent[node].clamp(min=0), node)
-        encoded = BaseModelOutput(last_hidden_state=self.encoded.repeat_interleave(w, dim=0))  # [n*w, L, d]
-        logits = self.model(encoder_outputs=encoded, attention_mask=self.mask.repeat_interleave(w, dim=0),
-                            decoder_input_ids=prefix.to(dev)).logits  # [n*w, 1 + width, vocab]; causal: the
-        # tokens after a shorter prefix (zeros) do not reach its last position
-        return logits[torch.arange(n * w, device=dev), depth.to(dev)].view(n, w, -1)
+        user = torch.arange(n, device=dev).repeat_interleave(w)  # [n*w] the prompt of each row
+        depth, prefix = depth.to(dev), prefix.to(dev)
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        step = max(1, _LOGIT_BUDGET // ((width + 1) * vocab))  # rows per forward: every position's logits are made
+        out = []
+        for lo in range(0, n * w, step):
+            rows = slice(lo, lo + step)
+            encoded = BaseModelOutput(last_hidden_state=self.encoded[user[rows]])  # [r, L, d]
+            logits = self.model(encoder_outputs=encoded, attention_mask=self.mask[user[rows]],
+                                decoder_input_ids=prefix[rows]).logits  # [r, 1 + width, vocab]
+            # causal: the zeros after a shorter prefix do not reach its last position
+            out.append(logits[torch.arange(logits.shape[0], device=dev), depth[rows]])
+        return torch.cat(out).view(n, w, -1)
 
 
 def _children(trie: ItemTrie, parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
