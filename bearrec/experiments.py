@@ -500,6 +500,11 @@ def _per_user_ndcg(runs: list[dict]) -> np.ndarray:
         return np.where((ranks >= 1) & (ranks <= 10), 1 / np.log2(ranks + 1), 0.0).mean(axis=0)
 
 
+def p_text(p: float) -> str:
+    """A p-value as a report prints it: three decimals, or "< 0.001" (a sampled test's p is never 0)."""
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
+
+
 def verdict(label: str, row: dict) -> str:
     """One sentence on whether ``label`` beats SFT beyond the noise."""
     vs = row["vs_sft"]
@@ -511,7 +516,7 @@ def verdict(label: str, row: dict) -> str:
     seed = vs.get("seed_test")
     if seed:
         parts.append(f"{'exceeds' if seed['exceeds_seed_noise'] else 'within'} the seed noise "
-                     f"(Welch t-test over {len(row['seeds'])} seeds, p = {seed['p_value']:.3f})")
+                     f"(Welch t-test over {len(row['seeds'])} seeds, p {p_text(seed['p_value'])})")
     else:
         parts.append("one seed only, so the seed noise is unknown (use --seeds 3)")
     low, high = vs["user_bootstrap"]["ci95"]
@@ -521,7 +526,7 @@ def verdict(label: str, row: dict) -> str:
     if paired:
         parts.append(f"{paired['users_differ']} of {paired['users']} users differ ({paired['users_better']} better, "
                      f"{paired['users_worse']} worse); {'exact' if paired['exact'] else 'sampled'} sign-flip test "
-                     f"p = {paired['p_value']:.3f}")
+                     f"p {p_text(paired['p_value'])}")
     return "; ".join(parts) + "."
 
 

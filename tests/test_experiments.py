@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from bearrec.cli import app
 from bearrec.experiments import (EvalSettings, compare_plan, evaluate_chosen_on_test, objective_variant, parse_baselines,
-                                 parse_grid, sign_flip_test, summarize, sweep_plan)
+                                 parse_grid, sign_flip_test, summarize, sweep_plan, verdict)
 
 runner = CliRunner()
 
@@ -74,6 +74,9 @@ def test_summary_statistics_by_hand():
     # per user: bear gains NDCG@10 = 1 on users 1 and 2, nothing elsewhere (mean gain 0.5)
     low, high = vs["user_bootstrap"]["ci95"]
     assert 0 <= low < 0.5 < high <= 1 and vs["user_bootstrap"]["excludes_zero"] == (low > 0)
+    sentence = verdict("bear", rows["bear"])
+    assert vs["seed_test"]["p_value"] < 0.001 and "seeds, p < 0.001)" in sentence  # not "p = 0.000"
+    assert "exact sign-flip test p = 0.500." in sentence  # 2 users differ: 2 of the 4 sign patterns are as extreme
     pooled = rows["bear"]["pruning"]
     assert pooled["top10_positives"] == 12 and pooled["pruned@10"] == 9 and pooled["PR@10"] == pytest.approx(0.75)
     assert pooled["pruning_step_histogram"] == {1: 9}
