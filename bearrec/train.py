@@ -264,11 +264,12 @@ class RecTrainer(Trainer):
     def _load_callback_state(self) -> None:
         """The checkpoint's callback states (the early-stopping count); the Trainer rebuilds the early stopping
         from the checkpointed arguments alone, so this run's ``min_epochs`` is carried over from the one it replaces."""
-        ours = [c.min_epochs for c in self.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)]
+        ours = next((c.min_epochs for c in self.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)), None)
         super()._load_callback_state()
-        for callback in self.callback_handler.callbacks:
-            if ours and isinstance(callback, EarlyStoppingCallback):
-                callback.min_epochs = ours[0]
+        if ours is not None:
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, EarlyStoppingCallback):
+                    callback.min_epochs = ours
 
     def _collator_rng_file(self, checkpoint: str) -> Path:
         return Path(checkpoint) / f"collator_rng_{self.args.process_index}.pth"

@@ -26,10 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from bearrec.catalog import ItemTrie
-from bearrec.decoding.exhaustive import EncodedPrompts, _children, _tree_chunk
+from bearrec.decoding.exhaustive import _LOGIT_BUDGET, EncodedPrompts, _children, _tree_chunk
 from bearrec.decoding.scoring import check_scoring, edge_log_probs
-
-_LOGIT_BUDGET = 32 * 2**20  # floats of logits per forward (128 MB in fp32)
 
 
 @dataclass
