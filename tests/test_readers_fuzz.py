@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from bearrec.data.dataset import DataError, normalize_title
 from bearrec.data.readers import read_amazon, read_interactions, read_processed
+from bearrec.semantic_ids import read_semantic_ids
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -34,9 +35,12 @@ timestamps = st.one_of(
 )
 
 
-def _csv(rows: list[list], header: list[str]) -> str:
+line_ends = st.sampled_from(["\n", "\r", "\r\n"])  # LF, CR alone (old Mac files), CRLF
+
+
+def _csv(rows: list[list], header: list[str], end: str = "\r\n") -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv.writer(buffer, lineterminator=end)
     writer.writerow(header)
     writer.writerows(rows)
     return buffer.getvalue()
@@ -67,14 +71,14 @@ def _expect(read, file: str):
 
 @FUZZ
 @given(items=st.lists(st.tuples(ids, titles), max_size=8),
-       examples=st.lists(st.lists(ids, max_size=5), max_size=8))
-def test_processed_reader_on_arbitrary_catalogs_and_examples(items, examples):
+       examples=st.lists(st.lists(ids, max_size=5), max_size=8), end=line_ends)
+def test_processed_reader_on_arbitrary_catalogs_and_examples(items, examples, end):
     with TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "items.csv").write_text(_csv([list(i) for i in items], ["item_id", "title"]))
+        (folder / "items.csv").write_bytes(_csv([list(i) for i in items], ["item_id", "title"], end).encode())
         for n, split in enumerate(("train", "valid", "test")):
             rows = [["u", json.dumps(e), ""] for e in examples[n::3]]
-            (folder / f"{split}.csv").write_text(_csv(rows, ["user_id", "item_ids", "timestamp"]))
+            (folder / f"{split}.csv").write_bytes(_csv(rows, ["user_id", "item_ids", "timestamp"], end).encode())
         _expect(lambda: read_processed(folder), tmp)
 
 
@@ -92,12 +96,14 @@ def test_processed_reader_on_arbitrary_bytes(blob, which):
 
 @FUZZ
 @given(rows=st.lists(st.tuples(ids, ids, timestamps), max_size=20), catalog=st.lists(st.tuples(ids, titles), max_size=6),
-       k=st.integers(min_value=1, max_value=3))
-def test_interactions_reader_on_arbitrary_rows(rows, catalog, k):
+       k=st.integers(min_value=1, max_value=3), repeat=st.integers(min_value=0, max_value=3), end=line_ends)
+def test_interactions_reader_on_arbitrary_rows(rows, catalog, k, repeat, end):
+    rows = rows + rows[:repeat]  # exact duplicate lines, which the reader drops
     with TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "interactions.csv").write_text(_csv([list(r) for r in rows], ["user", "item", "timestamp"]))
-        (folder / "items.csv").write_text(_csv([list(c) for c in catalog], ["item", "title"]))
+        interactions = _csv([list(r) for r in rows], ["user", "item", "timestamp"], end)
+        (folder / "interactions.csv").write_bytes(interactions.encode())
+        (folder / "items.csv").write_bytes(_csv([list(c) for c in catalog], ["item", "title"], end).encode())
         _expect(lambda: read_interactions(folder / "interactions.csv", folder / "items.csv", min_interactions=k), tmp)
 
 
@@ -127,6 +133,24 @@ def test_amazon_reader_on_arbitrary_records(reviews, titles_of, compress):
         (folder / name).write_bytes(text)
         (folder / "meta.json").write_bytes(meta)
         _expect(lambda: read_amazon(folder / name, folder / "meta.json", min_interactions=1), tmp)
+
+
+@FUZZ
+@given(codes=st.lists(st.one_of(json_values, st.integers(min_value=-(2**70), max_value=2**70)), max_size=4),
+       raw=st.one_of(st.none(), st.text(max_size=12)), end=line_ends)
+def test_semantic_ids_reader_on_arbitrary_codes(codes, raw, end):
+    """Codes are read as a [items, levels] array of integers in 0 .. 2**31 - 1, or refused on row 3, field 'codes'."""
+    text = json.dumps(codes, default=str) if raw is None else raw
+    with TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sid.csv"
+        path.write_bytes(_csv([["a", "[1, 2]"], ["b", text]], ["item_id", "codes"], end).encode())
+        try:
+            got = read_semantic_ids(path, ["a", "b"])
+        except DataError as err:
+            _one_line(err, "sid.csv")
+            assert "row 3," in str(err) and ("field 'codes'" in str(err) or "field 'item_id'" in str(err)), str(err)
+        else:
+            assert got.shape == (2, 2) and 0 <= got.min() and got.max() <= 2**31 - 1
 
 
 @pytest.mark.parametrize("line", ["[" * 100_000, "{\"a\":" * 50_000, "\x00\x01", "null", "[1, 2]"])

@@ -13,8 +13,12 @@ Formats
 * ``interactions`` (:func:`read_interactions`): ``interactions.csv`` (``user,item,timestamp``,
   Unix seconds) plus ``items.csv`` (``item,title``).
 
-The two raw formats go through the pipeline of the BEAR / BIGRec papers: items without a title are
-dropped, then an iterative k-core filter keeps users and items with at least ``min_interactions``
+The two raw formats go through the pipeline of the BEAR / BIGRec papers: exact duplicate interactions
+(the same user, item and timestamp as an earlier line, as the 2018 Amazon dumps repeat) are dropped, one
+of each kept, with one :class:`DataWarning` naming the file, the first repeated line and the count
+(``meta["cleaning"]["duplicate_interactions_dropped"]``); the same user and item at *different* times is a
+repeat purchase and stays, so an example's target may also be in its history. Then items without a title
+are dropped, then an iterative k-core filter keeps users and items with at least ``min_interactions``
 interactions until nothing changes. Each user's interactions are sorted by time (ties keep file
 order); every position i >= 1 of a user's sequence is one example (history = up to ``history_len``
 previous items, target = item i, time = the target's time). All examples are then split
@@ -43,6 +47,12 @@ has quirks that are not bad input, so by default (``strict=False``) they are fix
 In the raw formats cleaning runs on every item that has an interaction, before the k-core filter; a
 metadata line without a ``title`` key counts as an empty title.
 
+A title that equals another catalog item's id (item ``A`` titled ``B`` where ``B`` is an item id) is kept
+but warned about, naming both items (counted in ``titles_equal_to_other_ids``): ``recommend`` and ``serve``
+look a history entry up as an exact title first and as an id second, so ``B`` names item ``A`` there and
+item ``B`` is reachable by its own title only. The check runs on the final catalog (after the k-core filter
+in the raw formats), in every format.
+
 Each fix emits a one-line :class:`DataWarning` naming file, row and field (the first five of each
 kind, then one line with the count of the rest). ``strict=True`` raises :class:`DataError` at the
 first empty or duplicate title instead (so on raw Amazon data it refuses the first reviewed item
@@ -55,6 +65,10 @@ Bad input (a missing file or column, unparsable ``item_ids``, an unknown item id
 history, a line that is not UTF-8, a missing or garbled timestamp in the interactions format)
 raises :class:`DataError`, whose message is one line naming the file, the row (1-based line number
 in the file, header = line 1) and the field.
+
+Line ends: LF, CRLF and CR alone (old Mac files), also mixed within one file, all end a line, in every
+CSV (:func:`_read_csv`, which the semantic-ID reader uses too) and JSON-lines file, and row numbers count
+them the same way.
 """
 
 from __future__ import annotations
@@ -155,6 +169,7 @@ def read_processed(folder: PathLike, domain: str = "products", strict: bool = Fa
         raise DataError(folder / "train.csv", "no training examples: the file has a header but no rows", row=1)
 
     items, cleaning = _clean_catalog(items, items_path, strict, log, keep_untitled)
+    cleaning["titles_equal_to_other_ids"] = _warn_titles_equal_to_ids(items, items_path, log)
     dropped = set(known.difference(items["item_id"]))
     splits, purge = _drop_items_from_examples(splits, dropped, {name: folder / f"{name}.csv" for name in SPLITS}, log)
     log.flush()
@@ -182,15 +197,17 @@ def read_amazon(
     """Read raw Amazon reviews plus metadata and build the k-core, sliding-window dataset (8:1:1 by time, or
     leave-one-out per user)."""
     reviews_path, meta_path = Path(reviews_path), Path(meta_path)
-    users, item_ids, times = [], [], []
+    users, item_ids, times, review_lines = [], [], [], []
     for line, record in _read_json_lines(reviews_path):
         user, item = (_id_field(record, key, reviews_path, line) for key in ("reviewerID", "asin"))
         times.append(_unix_seconds(_field(record, "unixReviewTime", reviews_path, line), reviews_path, line, "unixReviewTime"))
         users.append(user)
         item_ids.append(item)
+        review_lines.append(line)
     if not users:
         raise DataError(reviews_path, "no reviews: the file holds no JSON line")
-    interactions = pd.DataFrame({"user": users, "item": item_ids, "timestamp": np.array(times, dtype=np.int64)})
+    interactions = pd.DataFrame({"user": users, "item": item_ids, "timestamp": np.array(times, dtype=np.int64),
+                                 "_line": np.array(review_lines, dtype=np.int64)})
 
     # A metadata dump covers a whole category; parsing (slow for Python literals) only the lines of
     # reviewed items keeps reading fast. Lines whose asin the regex cannot see are parsed anyway.
@@ -263,7 +280,8 @@ def read_interactions(
             row=int(interactions["_line"].iat[k]),
             field="item",
         )
-    interactions = pd.DataFrame({"user": interactions["user"], "item": interactions["item"], "timestamp": times})
+    interactions = pd.DataFrame({"user": interactions["user"], "item": interactions["item"], "timestamp": times,
+                                 "_line": interactions["_line"]})
 
     source = {"format": "interactions", "paths": [str(interactions_csv), str(items_csv)]}
     return _build_from_interactions(
@@ -348,6 +366,23 @@ def _clean_catalog(items: pd.DataFrame, path: Path, strict: bool, log: _FixLog,
     return items, counts
 
 
+def _warn_titles_equal_to_ids(items: pd.DataFrame, path: Path, log: _FixLog) -> int:
+    """Warn about every item whose (cleaned) title equals another item's id, as ``recommend`` and ``serve``
+    would look that id up (exact title first, then id): there the id names the titled item, not its own.
+    ``items`` is the final catalog (item_id, title, _line). Returns the count."""
+    typed = items["item_id"].map(normalize_title)  # an id typed as a history entry, as the title lookup sees it
+    owner = dict(zip(typed, items["item_id"]))
+    title_of = dict(zip(items["item_id"], items["title"]))
+    hit = items["title"].isin(owner.keys()) & (items["title"].map(owner) != items["item_id"])
+    for item_id, title, line in zip(items.loc[hit, "item_id"], items.loc[hit, "title"], items.loc[hit, "_line"]):
+        other = owner[title]
+        message = (f"item {item_id!r} has the title {_short(title)}, which is also the id of item {other!r}; "
+                   f"recommend and serve read {_short(title)} as this title (item {item_id!r}), so item {other!r} is "
+                   f"found by its title {_short(title_of[other])} only")
+        log.warn("titles equal to another item's id", path, message, row=int(line), field="title")
+    return int(hit.sum())
+
+
 def _drop_items_from_examples(
     splits: dict[str, pd.DataFrame], dropped: set[str], paths: dict[str, Path], log: _FixLog
 ) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
@@ -402,22 +437,26 @@ def _build_from_interactions(
     """Clean the catalog, k-core filter, build sliding-window examples and split them 8:1:1 by time (or
     leave-one-out per user).
 
-    ``interactions`` has columns user, item, timestamp (file order); ``items`` item_id, title, _line.
+    ``interactions`` has columns user, item, timestamp, _line (file order); ``items`` item_id, title, _line.
     """
     log = _FixLog()
+    read = len(interactions)
+    interactions, duplicates = _drop_duplicate_interactions(interactions, source["paths"][0])
     # Only reviewed items can reach a k-core catalog; cleaning the rest of a category-wide metadata
     # dump would only add noise to the counts and warnings.
     items = items[items["item_id"].isin(interactions["item"])]
     items, cleaning = _clean_catalog(items, items_path, strict, log, keep_untitled)
-    log.flush()
-    read = len(interactions)
+    unique = len(interactions)
     interactions = interactions[interactions["item"].isin(items["item_id"])]
-    without_title = read - len(interactions)
+    without_title = unique - len(interactions)
     interactions = _k_core(interactions, min_interactions)
     if interactions.empty:
-        raise DataError(items_path if without_title == read else source["paths"][0],
-                        f"no interaction is left after cleaning and the {min_interactions}-core filter ({read} read, "
-                        f"{read - without_title} of them with a titled item); lower --min-interactions or add data")
+        log.flush()
+        kept = f", {duplicates} of them exact duplicates" if duplicates else ""
+        raise DataError(items_path if without_title == unique else source["paths"][0],
+                        f"no interaction is left after cleaning and the {min_interactions}-core filter ({read} read"
+                        f"{kept}, {unique - without_title} distinct ones with a titled item); lower --min-interactions "
+                        "or add data")
     examples = _sliding_window(interactions, history_len)
     if split == "leave-one-out":
         splits = _leave_one_out(examples.drop(columns="timestamp"))
@@ -428,7 +467,10 @@ def _build_from_interactions(
         cuts = {"train": (0, n * 8 // 10), "valid": (n * 8 // 10, n * 9 // 10), "test": (n * 9 // 10, n)}
         splits = {name: examples.iloc[a:b].reset_index(drop=True) for name, (a, b) in cuts.items()}
 
-    catalog = items.loc[items["item_id"].isin(interactions["item"]), ["item_id", "title"]]
+    catalog = items[items["item_id"].isin(interactions["item"])]
+    cleaning["titles_equal_to_other_ids"] = _warn_titles_equal_to_ids(catalog, items_path, log)
+    log.flush()
+    catalog = catalog[["item_id", "title"]]
     source = {
         **source,
         "min_interactions": min_interactions,
@@ -443,10 +485,29 @@ def _build_from_interactions(
         items=catalog,
         splits=splits,
         domain=domain,
-        meta={"source": source, "cleaning": {**cleaning, "examples_dropped": 0, "history_entries_removed": 0}},
+        meta={"source": source, "cleaning": {**cleaning, "examples_dropped": 0, "history_entries_removed": 0,
+                                             "duplicate_interactions_dropped": duplicates}},
     )
     dataset.validate(source=source["paths"][0])
     return dataset
+
+
+def _drop_duplicate_interactions(interactions: pd.DataFrame, path: PathLike) -> tuple[pd.DataFrame, int]:
+    """Drop rows whose (user, item, timestamp) an earlier row already has, keeping the first; one
+    :class:`DataWarning` naming ``path``, the first dropped row and the count. The same user and item at
+    another time (a repeat purchase) is not a duplicate. Returns the rows left and the count."""
+    dup = interactions.duplicated(["user", "item", "timestamp"], keep="first")
+    count = int(dup.sum())
+    if count:
+        first = interactions[dup].iloc[0]
+        stamp = first["timestamp"]
+        stamp = int(stamp) if float(stamp).is_integer() else stamp
+        message = (f"{count} duplicate interaction(s) dropped, one of each kept (same user, item and timestamp as an "
+                   f"earlier row; first: user {_short(first['user'])}, item {_short(first['item'])}, timestamp "
+                   f"{stamp}); counted in duplicate_interactions_dropped")
+        warnings.warn(str(DataError(path, message, row=int(first["_line"]))), DataWarning, stacklevel=4)
+        interactions = interactions[~dup.to_numpy()]
+    return interactions, count
 
 
 def _k_core(interactions: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -512,15 +573,32 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(path, f"not a readable gzip file ({reason})") from None
 
 
+# A line ends at LF, CRLF or a CR alone (old Mac files), in every file the readers take, mixed or not.
+_LINE_END = re.compile(r"\r\n?|\n")
+_LINE_END_BYTES = re.compile(rb"\r\n?|\n")
+
+
+def _count_lines(text: str) -> int:
+    """Lines of ``text`` (a last line without a line end counts), with the line ends of :data:`_LINE_END`."""
+    ends = text.count("\n") + text.count("\r") - text.count("\r\n")
+    return ends + (bool(text) and not text.endswith(("\n", "\r")))
+
+
+def _split_lines(text: str) -> list[str]:
+    """``text`` split at its line ends (never at U+2028 and the other characters ``splitlines`` breaks on)."""
+    return _LINE_END.split(text) if "\r" in text else text.split("\n")
+
+
 def _decode(path: Path, data: bytes, is_csv: bool) -> str:
     """Decode UTF-8; on a bad byte name its line and, as far as the line's start tells, its field."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        row = data.count(b"\n", 0, err.start) + 1
-        prefix = data[data.rfind(b"\n", 0, err.start) + 1 : err.start].decode("utf-8", errors="replace")
+        ends = [m.end() for m in _LINE_END_BYTES.finditer(data, 0, err.start)]
+        row = len(ends) + 1
+        prefix = data[(ends[-1] if ends else 0) : err.start].decode("utf-8", errors="replace")
         if is_csv:
-            header = _csv_fields(data.split(b"\n", 1)[0].decode("utf-8", errors="replace"))
+            header = _csv_fields(_LINE_END_BYTES.split(data, 1)[0].decode("utf-8", errors="replace"))
             column = max(len(_csv_fields(prefix)) - 1, 0)
             field = header[column] if row > 1 and column < len(header) else None
         else:
@@ -542,7 +620,8 @@ def _record_starts(text: str) -> list[int]:
     """Line on which each non-blank CSV record starts (header included), following the same quoting
     rules as pandas, so that quoted newlines and blank lines do not shift row numbers."""
     starts, previous = [], 0
-    reader = csv.reader(io.StringIO(text))
+    # newline="": the csv module sees every line end (LF, CRLF, CR) as pandas does, and quoted ones verbatim.
+    reader = csv.reader(io.StringIO(text, newline=""))
     for record in reader:
         if record and not (len(record) == 1 and not record[0].strip()):  # pandas skips blank lines
             starts.append(previous + 1)
@@ -573,8 +652,7 @@ def _read_csv(path: Path, columns: tuple[str, ...], aliases: dict[str, str] | No
         if column not in frame.columns:
             raise DataError(path, f"missing column (header: {','.join(frame.columns)})", row=1, field=column)
     # Fast path: one line per record. Otherwise quoted newlines or blank lines: ask the csv module.
-    lines = text.count("\n") + (not text.endswith("\n"))
-    if lines == len(frame) + 1:
+    if _count_lines(text) == len(frame) + 1:
         frame["_line"] = np.arange(2, len(frame) + 2)
     else:
         frame["_line"] = _record_starts(text)[1:]
@@ -623,8 +701,9 @@ def _read_json_lines(path: Path, skip=None) -> Iterator[tuple[int, dict]]:
     """Yield (line number, record) for each non-blank line that is JSON or a Python dict literal
     (the 2014 Amazon metadata); ``skip(line)`` may pass over lines that are not needed."""
     text = _decode(path, _read_bytes(path), is_csv=False)
-    # split("\n"), not splitlines(): titles may hold U+2028 and other characters splitlines breaks on.
-    for number, line in enumerate(text.split("\n"), start=1):
+    # Not splitlines(): titles may hold U+2028 and other characters splitlines breaks on. A raw CR cannot be
+    # inside a JSON or Python string literal, so it ends a line (CR-only and CRLF files).
+    for number, line in enumerate(_split_lines(text), start=1):
         if not line.strip() or (skip is not None and skip(line)):
             continue
         try:

@@ -59,6 +59,8 @@ _SERIES = [
     "Mini", "Plus", "Pro", "Max", "Lite", "Eco", "Duo", "Prime", "Flex", "Ultra", "Basic", "Neo",
     "Slim", "Grand", "Smart", "Pocket", "Studio", "Metro", "Solo", "Compact",
 ]
+MAX_SEED = 2**32 - 1  # numpy's RandomState and scikit-learn's random_state take 0 .. 2**32 - 1
+
 _SYLLABLES = ["zor", "vik", "quel", "lan", "bri", "tox", "mar", "quin", "dex", "ul", "fen", "rho", "kai", "sep"]
 
 
@@ -78,7 +80,10 @@ class SyntheticConfig:
     p_other_category: float = 0.1  # chance of an item of a random category
 
     def validate(self, section: str = "synthetic") -> None:
-        check(self.seed >= 0, section, "seed", "at least 0 (--seed)", self.seed)
+        # numpy's Generator takes any entropy >= 0, but the same --seed also seeds RQ-KMeans (scikit-learn,
+        # numpy's RandomState) and, in the quickstart, torch: the range all of them take.
+        check(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED, section,
+              "seed", f"an integer in [0, {MAX_SEED}] (--seed)", self.seed)
         check(self.num_users >= 1, section, "num_users", "at least 1 (--users)", self.num_users)
         check(1 <= self.num_categories <= len(_NOUNS), section, "num_categories", f"in [1, {len(_NOUNS)}]",
               self.num_categories)
