@@ -10,7 +10,8 @@ normalisation as ``prepare``) to catalog indices, searches the catalog, and deco
 * ``beam``: trie-constrained beam search of width B (``settings.beam_width``), the paper's decoding;
 * ``exact``: the k most probable items (:func:`~bearrec.decoding.exact_top_k`; nothing pruned);
 * ``latent``: L2D latent-space matching (:mod:`bearrec.decoding.latent`), the item memory built once per run
-  and kept in the run folder as ``latent_memory.safetensors``.
+  and kept in the run folder as ``latent_memory.safetensors`` (a read-only run folder is served all the same:
+  the memory is built at each start, with a warning).
 
 With ``exclude_history`` the items of the history are never recommended: the search is widened by the
 number of distinct history items (beam width ``B + h``, exact/latent ``k + h``) and they are dropped from
@@ -116,8 +117,8 @@ class Recommender:
     def __init__(self, model, tokenizer, dataset, config, settings: RecommenderSettings | None = None,
                  latent_memory: str | os.PathLike | None = None, progress: Progress | None = None):
         """``latent_memory``: where the latent decoder's item memory is kept (loaded when it matches this
-        model and train split, else built and saved there; None: built in memory only). ``progress``: a
-        ``rich.progress.Progress`` for the memory's build."""
+        model and train split, else built and saved there, with a warning where it cannot be; None: built in
+        memory only). ``progress``: a ``rich.progress.Progress`` for the memory's build."""
         self.settings = settings or RecommenderSettings()
         self.settings.validate()
         self.model, self.tokenizer, self.dataset, self.config = model, tokenizer, dataset, config

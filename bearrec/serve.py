@@ -8,7 +8,7 @@ The server only orchestrates; what a recommendation is lives in :mod:`bearrec.re
 * ``GET /items?query=&limit=``: catalog search; ``GET /health``: the run, its settings and batching counters;
   ``GET /``: a small page to try it; ``GET /openapi.json`` and ``/docs``: the OpenAPI spec.
 * Errors are 4xx answers with one ``detail`` line: 422 for an unknown item, an empty history, k out of range or
-  a malformed body; 413 for a body over ``--max-body-bytes``.
+  a malformed body; 413 for a body over ``--max-body-bytes``; 415 for a body not sent as ``application/json``.
 
 **Batching.** Handlers put their query on an asyncio queue. One task takes the first query, waits up to
 ``batch_wait_ms`` for more (or until ``max_batch`` are queued), and hands the batch to one worker thread, where
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Annotated, Iterator, Literal, Optional
 
 import uvicorn
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi import Query as QueryParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -265,6 +265,18 @@ def _explain(error: dict, beam_width: int, max_history: int) -> str:
     return f"{name}: {message}"
 
 
+async def _require_json(request: Request) -> None:
+    """415 for a body not sent as JSON: FastAPI parses only ``application/json`` (and ``application/*+json``)
+    bodies, and would hand any other one to validation as bytes, to be refused for a reason that hides the cause.
+    (No body at all is left to validation: 422, the body is required.)"""
+    received = request.headers.get("content-type")
+    kind, _, sub = (received or "").split(";")[0].strip().lower().partition("/")
+    as_json = kind == "application" and "/" not in sub and (sub == "json" or sub.endswith("+json"))
+    if not as_json and await request.body():
+        got = f"Content-Type {received[:100]!r}" if received else "no Content-Type header"
+        raise HTTPException(415, f"body: must be sent as JSON with Content-Type: application/json, got {got}")
+
+
 def create_app(recommender: Recommender, settings: ServeSettings | None = None, name: str = "run") -> FastAPI:
     """The FastAPI app serving ``recommender`` (named ``name`` on the page and in ``/health``)."""
     settings = settings or ServeSettings()
@@ -312,9 +324,10 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None, 
 
     refused = {422: {"model": Error, "description": "the request is invalid; `detail` says why"}}
 
-    @app.post("/recommend", response_model=Recommendations,
+    @app.post("/recommend", response_model=Recommendations, dependencies=[Depends(_require_json)],
               responses={**refused, 400: {"model": Error, "description": "the body cannot be parsed (not UTF-8 text)"},
-                         413: {"model": Error, "description": "the request body is too large"}})
+                         413: {"model": Error, "description": "the request body is too large"},
+                         415: {"model": Error, "description": "the body is not sent as application/json"}})
     async def recommend(request: RecommendRequest) -> Recommendations:
         """The top-k items for a history (ids or exact titles, oldest first)."""
         try:
@@ -356,15 +369,19 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None, 
 
 # ---------------------------------------------------------------------------------------------- running it
 def listen(host: str, port: int) -> socket.socket:
-    """A bound socket for ``host:port`` (port 0: any free port), or a one-line ``ValueError``."""
+    """A bound socket for ``host:port`` (port 0: any free port; :func:`url_of` tells which), or a one-line
+    ``ValueError`` naming ``--host`` or ``--port``."""
+    check(0 <= port <= 65535, "serve", "port", "between 0 and 65535 (--port; 0: any free port)", port)
+    check(host.strip() != "" and host.isprintable(), "serve", "host",
+          "an address or a host name (--host; 0.0.0.0: every interface)", host)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # proto set: asyncio then sets TCP_NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError as err:
+    except (OSError, TypeError) as err:  # TypeError: a host name IDNA cannot encode
         sock.close()
-        raise ValueError(f"cannot listen on {host}:{port} ({(err.strerror or str(err)).lower()}); "
+        raise ValueError(f"cannot listen on {host}:{port} ({(getattr(err, 'strerror', None) or str(err)).lower()}); "
                          "choose another --port or --host") from None
     return sock
 

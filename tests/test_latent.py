@@ -1,14 +1,18 @@
 """L2D latent-space decoding against loop-based references; the item memory's build, fallback and reuse."""
 
+import errno
 import math
+import os
 
 import pytest
+import safetensors
 import torch
 from reference import PAD, random_model, random_prompts
 
 from bearrec.config import ExperimentConfig
 from bearrec.data.prompts import PromptTemplate, left_pad
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
+from bearrec.decoding import latent
 from bearrec.decoding.latent import (ItemMemory, item_memory, item_scores, latent_decode, latent_top_k,
                                      prompt_states, training_prompts)
 from bearrec.models import tiny_model_for
@@ -127,6 +131,56 @@ def test_memory_is_built_saved_and_reused_only_when_it_matches(tiny_run, tmp_pat
     path.write_bytes(path.read_bytes()[:100])  # truncated: rebuilt, not trusted
     rebuilt, built = item_memory(model, encoder, dataset, path, batch_size=7)
     assert built and torch.allclose(rebuilt.states, memory.states, atol=1e-6)
+
+
+def _refuse_writes(monkeypatch, error: Exception) -> None:
+    def save_file(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:  # half a file, then the failure
+            handle.write(b"\0" * 100)
+        raise error
+
+    monkeypatch.setattr("safetensors.torch.save_file", save_file)
+
+
+@pytest.mark.parametrize("error,reason", [
+    (OSError(errno.EROFS, "Read-only file system"), "read-only file system"),
+    (OSError(errno.EACCES, "Permission denied"), "permission denied"),
+    # what safetensors raises on a full disk (safetensors 0.8: no errno, the OS error in the text)
+    (safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+     "no space left on device"),
+])
+def test_a_memory_that_cannot_be_saved_is_used_with_a_warning(tiny_run, tmp_path, monkeypatch, error, reason):
+    model, dataset, encoder = tiny_run
+    expected, _ = item_memory(model, encoder, dataset)
+    _refuse_writes(monkeypatch, error)
+    path = tmp_path / latent.MEMORY_FILE
+    with pytest.warns(UserWarning) as caught:
+        memory, built = item_memory(model, encoder, dataset, path)
+    assert built and torch.equal(memory.states, expected.states) and torch.equal(memory.targets, expected.targets)
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    text = str(caught[0].message)
+    assert str(path) in text and f"({reason})" in text and "rebuilt at the next start" in text, text
+    assert list(tmp_path.iterdir()) == []  # nothing half-written is left
+
+
+def test_a_failed_save_that_is_not_the_disk_still_raises(tiny_run, tmp_path, monkeypatch):
+    model, dataset, encoder = tiny_run
+    _refuse_writes(monkeypatch, safetensors.SafetensorError("invalid metadata"))
+    with pytest.raises(safetensors.SafetensorError, match="invalid metadata"):
+        item_memory(model, encoder, dataset, tmp_path / latent.MEMORY_FILE)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a folder whatever its mode")
+def test_a_memory_in_a_read_only_folder_is_used_with_a_warning(tiny_run, tmp_path):
+    model, dataset, encoder = tiny_run
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.warns(UserWarning, match="permission denied"):
+            memory, built = item_memory(model, encoder, dataset, tmp_path / latent.MEMORY_FILE)
+    finally:
+        tmp_path.chmod(0o755)
+    assert built and memory.num_items == len(dataset.titles) and list(tmp_path.iterdir()) == []
 
 
 def test_latent_decode_ranks_the_users_prompt_states(tiny_run):

@@ -1,14 +1,16 @@
 """`bearrec serve` and the Recommender behind it (and `bearrec recommend`): answers equal beam search and the CLI,
-batched answers equal unbatched ones, concurrent requests share batches, one-line 4xx errors, the OpenAPI spec
-under schemathesis, the page in headless Chromium, and a bounded load test of the real `bearrec serve` process."""
+batched answers equal unbatched ones, concurrent requests share batches, one-line 4xx errors, read-only run
+folders, the OpenAPI spec under schemathesis, the page in headless Chromium, and a bounded load test of the real `bearrec serve` process."""
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import re
 import shutil
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from schemathesis.config import SchemathesisConfig  # noqa: E402
 
 from bearrec.config import ExperimentConfig, TrainConfig  # noqa: E402
 from bearrec.data.prompts import left_pad  # noqa: E402
-from bearrec.decoding import constrained_beam_search  # noqa: E402
+from bearrec.decoding import constrained_beam_search, latent  # noqa: E402
 from bearrec.models import TinyConfig  # noqa: E402
 from bearrec.recommender import Query, Recommender, RecommenderSettings  # noqa: E402
 from bearrec.runs import train_run  # noqa: E402
@@ -175,6 +177,38 @@ def test_malformed_and_oversized_bodies(url):
     assert response.status_code == 422 and "limit" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", "text/plain; charset=utf-8",
+                                          "application/x-www-form-urlencoded", "application/json/x", "json", None])
+def test_a_body_not_sent_as_json_is_415_naming_its_content_type(url, content_type):
+    headers = {} if content_type is None else {"content-type": content_type}
+    response = httpx.post(url + "/recommend", content=b'{"history": ["i00000"], "k": 3}', headers=headers)
+    assert response.status_code == 415, response.text
+    detail = response.json()["detail"]
+    assert "application/json" in detail and (content_type or "no Content-Type") in detail, detail
+    for accepted in ("application/json", "Application/JSON; charset=utf-8", "application/vnd.api+json"):
+        response = httpx.post(url + "/recommend", content=b'{"history": ["i00000"], "k": 3}',
+                              headers={"content-type": accepted})
+        assert response.status_code == 200 and len(response.json()["items"]) == 3, response.text
+    files = httpx.post(url + "/recommend", files={"history": b"i00000"})
+    assert files.status_code == 415 and "multipart/form-data" in files.json()["detail"]
+    empty = httpx.post(url + "/recommend", headers=headers)  # no body at all: the body is missing, whatever its type
+    assert empty.status_code == 422 and empty.json()["detail"].startswith("body:"), empty.text
+    assert "415" in httpx.get(url + "/openapi.json").json()["paths"]["/recommend"]["post"]["responses"]
+
+
+@pytest.mark.parametrize("args,needles", [
+    (("--port", 70000), ["serve.port", "--port", "70000"]), (("--port", -1), ["serve.port", "--port"]),
+    (("--port", 65536), ["serve.port", "--port"]),
+    (("--host", ""), ["serve.host", "--host"]), (("--host", " "), ["serve.host", "--host"]),
+    (("--host", "127.0.0.1\x00"), ["serve.host", "--host", "\\x00"]),
+    (("--host", "\udcff"), ["serve.host", "--host"]),  # a byte that is not UTF-8 on the command line
+    (("--host", "\u00fc..x"), ["cannot listen", "--host"]),  # IDNA cannot encode it
+    (("--host", "no such host"), ["cannot listen", "--host"]),
+])
+def test_a_bad_port_or_host_is_one_error_before_the_run_is_loaded(tmp_path, args, needles):
+    one_line_error(run_cli("serve", tmp_path / "missing", *args), *needles)
+
+
 def test_a_bad_run_or_option_is_one_error_at_start_up(run, tmp_path):
     one_line_error(run_cli("serve", tmp_path / "missing", "--port", 0), "not a finished bearrec run")
     copy = tmp_path / "run"
@@ -190,6 +224,74 @@ def test_a_bad_run_or_option_is_one_error_at_start_up(run, tmp_path):
     assert plain.decoders == ("beam",) and plain.default_decoder == "beam" and plain.memory is None
     with running(create_app(plain, ServeSettings())) as base:  # the port is taken
         one_line_error(run_cli("serve", run, "--port", base.rsplit(":", 1)[1]), "cannot listen")
+
+
+# ---------------------------------------------------------------------------------------- read-only run folders
+def _without_memory(run: Path, folder: Path) -> Path:
+    """A copy of the run without its saved latent memory."""
+    shutil.copytree(run, folder)
+    (folder / latent.MEMORY_FILE).unlink(missing_ok=True)
+    return folder
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """Writing the latent memory fails as on a read-only file system (mode bits do not stop root)."""
+
+    @contextmanager
+    def refuse(path):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+        yield
+
+    monkeypatch.setattr(latent, "atomic_file", refuse)
+
+
+def _cache_warning(text: str, folder: Path, reason: str) -> None:
+    path = str(folder / latent.MEMORY_FILE)
+    assert path in text and reason in text and "rebuilt at the next start" in text, text
+
+
+def test_a_read_only_run_is_served_with_every_decoder(run, recommender, histories, tmp_path, read_only):
+    copy = _without_memory(run, tmp_path / "run")
+    with pytest.warns(UserWarning, match="cannot write the latent item memory cache") as caught:
+        served = Recommender.from_run(copy, settings=RecommenderSettings(decoders=ALL))
+    assert len(caught) == 1
+    _cache_warning(str(caught[0].message), copy, "read-only file system")
+    assert served.decoders == ALL and served.memory_info["memory_built"]
+    left = sorted(p.name for p in copy.iterdir())
+    assert left == sorted(p.name for p in run.iterdir() if p.name != latent.MEMORY_FILE)  # nothing written
+    with running(create_app(served, ServeSettings())) as base:
+        for decoder in ALL:
+            body = _post(base, {"history": histories[3], "k": 5, "decoder": decoder}).json()
+            expected = recommender.recommend([Query(recommender.resolve(histories[3]), 5, decoder)])[0]
+            assert [item["id"] for item in body["items"]] == [recommender.item_ids[i] for i in expected.items]
+
+
+def _recommend_latent(folder: Path, history: list[str]):
+    result = run_cli("recommend", folder, *history, "--top-k", 5, "--decoder", "latent")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning:"), result.stderr
+    return _cli_ids(result), lines[0]
+
+
+def test_recommend_latent_on_a_read_only_run(run, recommender, histories, tmp_path, read_only):
+    copy = _without_memory(run, tmp_path / "run")
+    ids, warning = _recommend_latent(copy, histories[3])
+    _cache_warning(warning, copy, "read-only file system")
+    expected = recommender.recommend([Query(recommender.resolve(histories[3]), 5, "latent", False)])[0]
+    assert ids == [recommender.item_ids[i] for i in expected.items]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a folder whatever its mode")
+def test_recommend_latent_in_a_folder_without_write_permission(run, histories, tmp_path):
+    copy = _without_memory(run, tmp_path / "run")
+    copy.chmod(0o555)
+    try:
+        ids, warning = _recommend_latent(copy, histories[3])
+    finally:
+        copy.chmod(0o755)
+    _cache_warning(warning, copy, "permission denied")
+    assert len(ids) == 5 and not (copy / latent.MEMORY_FILE).exists()
 
 
 # ---------------------------------------------------------------------------------------- batching

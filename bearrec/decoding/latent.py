@@ -21,13 +21,15 @@ L2D can therefore never recommend such an item (a cold item), which is the hones
 
 The memory (``states [T, d]`` and ``targets [T]``) is saved as safetensors with a fingerprint of the
 model's weights and of the tokenised training prompts (``latent_memory.safetensors`` in a run folder),
-and reused only when both match.
+and reused only when both match. Where it cannot be saved (a read-only run folder, a full disk) the memory
+just built is used all the same, with a warning: it is built again next time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,10 +67,11 @@ class ItemMemory:
         return total / self.counts.clamp(min=1)[:, None].float()
 
     def save(self, path: str | os.PathLike, fingerprint: str) -> None:
-        """Write atomically as safetensors, with ``fingerprint`` in the metadata."""
+        """Write atomically as safetensors, with ``fingerprint`` in the metadata; an ``OSError`` naming ``path``
+        if it cannot be written (nothing is left behind)."""
         from safetensors.torch import save_file
 
-        with atomic_file(path) as tmp:
+        with atomic_file(path) as tmp:  # safetensors' "(os error 28)" becomes an OSError there
             save_file({"states": self.states.contiguous(), "targets": self.targets.contiguous()}, str(tmp),
                       metadata={"format": _FORMAT, "fingerprint": fingerprint, "num_items": str(self.num_items)})
 
@@ -160,8 +163,8 @@ def build_item_memory(model, prompts: list[list[int]], targets: list[int], num_i
 def item_memory(model, encoder, dataset, path: str | os.PathLike | None = None, batch_size: int = 32,
                 progress=None, on_build=None) -> tuple[ItemMemory, bool]:
     """(memory, built): the memory saved at ``path`` if it matches this model and train split, else built from
-    the train split (and saved at ``path`` if given). ``on_build(total)`` is called before a build starts
-    (to open a progress bar), ``progress`` during it."""
+    the train split (and saved at ``path`` if given; if that fails, a warning says why and the memory is used
+    unsaved). ``on_build(total)`` is called before a build starts (to open a progress bar), ``progress`` during it."""
     prompts, targets = training_prompts(encoder, dataset)
     fingerprint = memory_fingerprint(model, prompts, targets, len(dataset.titles))
     if path is not None and Path(path).is_file():
@@ -173,7 +176,12 @@ def item_memory(model, encoder, dataset, path: str | os.PathLike | None = None, 
     memory = build_item_memory(model, prompts, targets, len(dataset.titles), encoder.tokenizer.pad_token_id,
                                batch_size, progress)
     if path is not None:
-        memory.save(path, fingerprint)
+        try:
+            memory.save(path, fingerprint)
+        except OSError as err:  # read-only folder, permission denied, disk full: serve it unsaved
+            reason = os.strerror(err.errno) if err.errno else str(err)  # the bare cause: a named error may add advice
+            warnings.warn(f"cannot write the latent item memory cache {path} ({reason.lower()}): using the memory "
+                          "built now; it is rebuilt at the next start")
     return memory, True
 
 
