@@ -129,27 +129,28 @@ def prepare(
     """Turn raw or processed data into a bearrec dataset folder (catalog + train/valid/test)."""
     from bearrec.data.readers import read_source
     from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
-    from bearrec.io import check_replaceable
+    from bearrec.io import check_replaceable, folder_lock
 
     check_replaceable(out_dir, "dataset")  # before reading: a refused --out costs nothing
     for source in inputs or []:
         if source.resolve() == out_dir.resolve() or out_dir.resolve() in source.resolve().parents:
             raise ValueError(f"--out {out_dir}: holds the input {source}; write the dataset to another folder")
-    if fmt is Format.synthetic:
-        if inputs or split is not None or max_history is not None:
-            raise ValueError("prepare synthetic takes no input files, --split or --max-history")
-        dataset = generate_synthetic(SyntheticConfig(seed=seed, num_users=users, pruning_pressure=pruning_pressure))
-    else:
-        dataset = read_source(fmt.value, inputs or [], domain=domain, strict=strict, min_interactions=min_interactions,
-                              history_len=max_history, split=split, keep_untitled=semantic_ids is not None)
-    if semantic_ids is not None:
-        from rich.progress import Progress
+    with folder_lock(out_dir, "dataset"):
+        if fmt is Format.synthetic:
+            if inputs or split is not None or max_history is not None:
+                raise ValueError("prepare synthetic takes no input files, --split or --max-history")
+            dataset = generate_synthetic(SyntheticConfig(seed=seed, num_users=users, pruning_pressure=pruning_pressure))
+        else:
+            dataset = read_source(fmt.value, inputs or [], domain=domain, strict=strict, min_interactions=min_interactions,
+                                  history_len=max_history, split=split, keep_untitled=semantic_ids is not None)
+        if semantic_ids is not None:
+            from rich.progress import Progress
 
-        from bearrec.semantic_ids import with_semantic_ids
+            from bearrec.semantic_ids import with_semantic_ids
 
-        with Progress(console=out) as progress:
-            dataset = with_semantic_ids(dataset, semantic_ids, embedding_model, levels, codebook_size, seed, progress)
-    dataset.save(out_dir)
+            with Progress(console=out) as progress:
+                dataset = with_semantic_ids(dataset, semantic_ids, embedding_model, levels, codebook_size, seed, progress)
+        dataset.save(out_dir)
     cleaning = dataset.meta.get("cleaning")
     out.print(f"wrote {out_dir}: {dataset.summary()}" + (f"; cleaning: {cleaning}" if cleaning else ""))
 
@@ -228,6 +229,7 @@ DecoderNodeBudget = Annotated[Optional[int], typer.Option("--node-budget", help=
 LatentVariant = Annotated[Optional[str], typer.Option("--latent-variant", help="--decoder latent: global (each item = mean of its training states) or local (mean of the --latent-neighbors states nearest the user) [default: the run's, global]")]
 LatentSimilarity = Annotated[Optional[str], typer.Option("--latent-similarity", help="--decoder latent: l2 (the paper's inverse L2 distance) or cosine [default: the run's, l2]")]
 LatentNeighbors = Annotated[Optional[int], typer.Option("--latent-neighbors", help="--decoder latent --latent-variant local: M, training states per item nearest the user [default: the run's, 5]")]
+AllowOtherData = Annotated[bool, typer.Option("--allow-other-data", help="with --data: use a dataset whose content differs from the one the run was trained on (its catalog is named in a warning); without it, bearrec refuses other data")]
 JOBS_HELP = ("runs trained at once, each in its own process with an equal share of the CPU threads (small models "
              "on a multi-core CPU; on one GPU keep 1)")
 DECODER_FLAGS = {"beam_width": "--beam-width", "node_budget": "--node-budget", "latent_variant": "--latent-variant",
@@ -255,6 +257,7 @@ def evaluate(
     exclude_history: Annotated[bool, typer.Option("--exclude-history/--include-history", help="leave each user's history items out of its list (the decoder retrieves B + that user's distinct history items, then cuts back to B, as recommend and serve do; PR@K is not computed then)")] = False,
     report: Annotated[bool, typer.Option("--report", help="write eval_<split>_pruning.png: Figure 4-style attribution and the pruning-step histogram")] = False,
     seed: Annotated[int, typer.Option()] = 0,
+    allow_other_data: AllowOtherData = False,
 ):
     """NDCG@K and HR@K (K = 5, 10) of a decoder (default: constrained beam search); with beam search, also PR@K,
     the exact ranking's NDCG/HR@K (what pruning costs) and why positives were pruned, from exact scores.
@@ -263,17 +266,20 @@ def evaluate(
     """
     from bearrec.evaluate import pruning_scope
     from bearrec.report import pruning_figure, pruning_table, rich_table
-    from bearrec.runs import evaluate_run
+    from bearrec.runs import ResultNotSaved, evaluate_run
 
     if report and (not pruning_rate or exclude_history):
         raise ValueError("--report needs the exact scores: drop --no-pruning-rate and --exclude-history")
     if report and decoder not in (None, "beam"):
         raise ValueError("--report draws beam search's pruning: it needs --decoder beam")
-    result = evaluate_run(run, data, split, beam_width, max_users, pruning_rate, seed, console=console,
-                          pruning_users=pruning_users, pruning_node_budget=pruning_node_budget,
-                          scoring=scoring, length_penalty=length_penalty, decoder=decoder, node_budget=node_budget,
-                          latent_variant=latent_variant, latent_similarity=latent_similarity,
-                          latent_neighbors=latent_neighbors, exclude_history=exclude_history)
+    try:
+        result, unsaved = evaluate_run(
+            run, data, split, beam_width, max_users, pruning_rate, seed, console=console, pruning_users=pruning_users,
+            pruning_node_budget=pruning_node_budget, scoring=scoring, length_penalty=length_penalty, decoder=decoder,
+            node_budget=node_budget, latent_variant=latent_variant, latent_similarity=latent_similarity,
+            latent_neighbors=latent_neighbors, exclude_history=exclude_history, allow_other_data=allow_other_data), None
+    except ResultNotSaved as err:  # shown all the same, then the error names what could not be written
+        result, unsaved = err.result, err
     decoder = result["decoder"]
     if report and decoder != "beam":
         raise ValueError("--report draws beam search's pruning: it needs --decoder beam")
@@ -298,6 +304,8 @@ def evaluate(
         out.print(pruning_table(result["pruning"]))
         hist = result["pruning"]["pruning_step_histogram"]
         out.print("pruning step histogram (all users): " + ", ".join(f"step {k}: {v}" for k, v in hist.items()))
+    if unsaved is not None:
+        raise unsaved
     if report:
         path = run / f"eval_{split}_pruning.png"
         pruning_figure(result["pruning"], path, title)
@@ -326,6 +334,7 @@ def recommend(
     latent_variant: LatentVariant = None,
     latent_similarity: LatentSimilarity = None,
     latent_neighbors: LatentNeighbors = None,
+    allow_other_data: AllowOtherData = False,
 ):
     """Print the top-K recommended titles for one history.
 
@@ -345,7 +354,7 @@ def recommend(
                                    latent_similarity=latent_similarity, latent_neighbors=latent_neighbors)
     settings.validate("recommend", {"decoders": "--decoder", **DECODER_FLAGS})
     with _progress() as progress:
-        recommender = Recommender.from_run(run, data, settings, progress)
+        recommender = Recommender.from_run(run, data, settings, progress, allow_other_data)
     decoder = recommender.default_decoder
     answer = recommender.recommend([Query(recommender.resolve(history), top_k, decoder, exclude_history)])[0]
     for note in answer.warnings:
@@ -379,6 +388,7 @@ def serve(
     latent_similarity: LatentSimilarity = None,
     latent_neighbors: LatentNeighbors = None,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level: critical, error, warning, info, debug, trace")] = "info",
+    allow_other_data: AllowOtherData = False,
 ):
     """Serve a run over HTTP: POST /recommend, GET /items?query=, GET /health, a page at / and the OpenAPI spec at /docs.
 
@@ -410,7 +420,7 @@ def serve(
         torch.set_num_threads(threads)
     with listen(host, port) as sock:  # a taken port is refused before the run is loaded
         with _progress() as progress:
-            recommender = Recommender.from_run(run, data, settings, progress)
+            recommender = Recommender.from_run(run, data, settings, progress, allow_other_data)
         app = create_app(recommender, serving, run.resolve().name)
         out.print(f"serving {run} ({len(recommender.titles)} items; decoders {', '.join(recommender.decoders)}; batching "
                   + (f"up to {max_batch} requests, {batch_wait_ms:g} ms" if batching else "off")
@@ -492,24 +502,25 @@ def torch_cuda() -> bool:
 
 def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: bool, grid=None, jobs: int = 1) -> None:
     import shlex
-    import shutil
 
     from bearrec.experiments import evaluate_chosen_on_test, run_experiment, verdict, write_report
-    from bearrec.io import check_replaceable
+    from bearrec.io import check_replaceable, empty_folder, folder_lock
     from bearrec.report import rich_table, summary_runs
 
     settings.validate()
-    if overwrite and out_dir.exists():
-        check_replaceable(out_dir, "experiment")  # --overwrite deletes only an earlier bearrec experiment
-        shutil.rmtree(out_dir)
-    try:
-        results = run_experiment(base, specs, out_dir, settings, kind, console, jobs)
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted:[/yellow] finished runs are kept in {out_dir}; "
-                      "run the same command again to resume", soft_wrap=True)
-        raise typer.Exit(130) from None
-    selection = evaluate_chosen_on_test(out_dir, results, base, settings, console) if kind == "sweep" else None
-    rows = write_report(out_dir, results, base, settings, kind, shlex.join(["bearrec", *sys.argv[1:]]), grid, selection)
+    with folder_lock(out_dir, "experiment"):
+        if overwrite and out_dir.exists():
+            check_replaceable(out_dir, "experiment")  # --overwrite deletes only an earlier bearrec experiment
+            empty_folder(out_dir)
+        try:
+            results = run_experiment(base, specs, out_dir, settings, kind, console, jobs)
+        except KeyboardInterrupt:
+            console.print(f"[yellow]interrupted:[/yellow] finished runs are kept in {out_dir}; "
+                          "run the same command again to resume", soft_wrap=True)
+            raise typer.Exit(130) from None
+        selection = evaluate_chosen_on_test(out_dir, results, base, settings, console) if kind == "sweep" else None
+        rows = write_report(out_dir, results, base, settings, kind, shlex.join(["bearrec", *sys.argv[1:]]), grid,
+                            selection)
     out.print(rich_table(summary_runs(rows), f"{kind}: {len(results)} runs (mean over seeds, {settings.split} split)"))
     for label, row in rows.items():
         if "vs_sft" in row:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,12 @@ from bearrec.io import write_text
 from bearrec.models import TINY, LoraSettings, TinyConfig
 from bearrec.objectives.configs import APAOConfig, BeamSimConfig, BEARConfig, MSLConfig, SDPOConfig
 from bearrec.sasrec import SASRecConfig
-from bearrec.semantic_ids import REPRESENTATIONS
+from bearrec.semantic_ids import MAX_SEED, REPRESENTATIONS
+
+
+# The largest count that torch (and itertools.islice) take: a batch size, node budget or neighbour count above it
+# overflows where it meets a tensor ("Overflow when unpacking long long", "int too big to convert").
+INT64_MAX = 2**63 - 1
 
 
 @dataclass
@@ -71,12 +77,14 @@ class TrainConfig:
         check(self.lr is None or 0 < self.lr < 1, section, "lr", "in (0, 1) (or null for the default)", self.lr)
         for name in ("batch_size", "grad_accum_steps", "valid_beam_width", "save_total_limit", "logging_steps"):
             check(getattr(self, name) >= 1, section, name, "at least 1", getattr(self, name))
+        check(self.batch_size <= INT64_MAX, section, "batch_size", f"at most {INT64_MAX}", self.batch_size)
         check(self.weight_decay >= 0, section, "weight_decay", "at least 0", self.weight_decay)
         check(0 <= self.warmup_ratio < 1, section, "warmup_ratio", "in [0, 1)", self.warmup_ratio)
         check(self.lr_scheduler in ("linear", "cosine", "constant"), section, "lr_scheduler", "linear, cosine or constant",
               self.lr_scheduler)
         check(self.grad_clip > 0, section, "grad_clip", "positive", self.grad_clip)
-        check(self.seed >= 0, section, "seed", "at least 0", self.seed)
+        # numpy's RandomState range: the Trainer's set_seed and pandas' seeded subsamples (torch's is wider)
+        check(0 <= self.seed <= MAX_SEED, section, "seed", f"in [0, {MAX_SEED}]", self.seed)
         check(self.bf16 in ("auto", "true", "false"), section, "bf16", "auto, true or false", self.bf16)
         check(self.pack in ("auto", "true", "false"), section, "pack", "auto, true or false", self.pack)
         check(self.max_prompt_tokens >= 16, section, "max_prompt_tokens", "at least 16", self.max_prompt_tokens)
@@ -114,12 +122,13 @@ class DecodingConfig:
         check(self.scoring in (None, "full", "masked"), section, "scoring", "full, masked or null (the objective's)",
               self.scoring)
         check(self.decoder in DECODERS, section, "decoder", " | ".join(DECODERS), self.decoder)
-        check(self.node_budget is None or self.node_budget >= 1, section, "node_budget", "at least 1, or null",
-              self.node_budget)
+        check(self.node_budget is None or 1 <= self.node_budget <= INT64_MAX, section, "node_budget",
+              f"in [1, {INT64_MAX}], or null", self.node_budget)
         check(self.latent_variant in VARIANTS, section, "latent_variant", " | ".join(VARIANTS), self.latent_variant)
         check(self.latent_similarity in SIMILARITIES, section, "latent_similarity", " | ".join(SIMILARITIES),
               self.latent_similarity)
-        check(self.latent_neighbors >= 1, section, "latent_neighbors", "at least 1", self.latent_neighbors)
+        check(1 <= self.latent_neighbors <= INT64_MAX, section, "latent_neighbors", f"in [1, {INT64_MAX}]",
+              self.latent_neighbors)
 
 
 # The config section each objective reads its settings from (None: it has none).
@@ -209,15 +218,105 @@ def from_dict(raw: dict, source: str = "config") -> ExperimentConfig:
     return _build(ExperimentConfig, raw or {}, source)
 
 
+# A config is a page of text; a stream such as /dev/zero would otherwise be read until memory runs out.
+MAX_CONFIG_BYTES = 16 << 20
+_INT, _FLOAT, _MERGE = ("tag:yaml.org,2002:" + t for t in ("int", "float", "merge"))
+
+
+class StrictYAMLError(yaml.YAMLError, ValueError):
+    """YAML that :class:`StrictLoader` refuses; ``line`` is 1-based."""
+
+    def __init__(self, line: int, problem: str):
+        super().__init__(problem)
+        self.line = line
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing what YAML 1.1 reads otherwise than a reader would (a :class:`StrictYAMLError`
+    naming the row and the key): a key twice in one mapping (PyYAML keeps the last), and the numbers whose YAML 1.1
+    value is not the YAML 1.2 one: base 60 (``1:00`` is 60), a leading zero (``010`` is octal 8) and underscores
+    (``1_0`` is 10). Quoted, they are text. ``0x1f`` and ``0b11`` keep their values; ``0o10`` is text, as in YAML 1.1.
+    A scalar that does not fit its explicit tag (``!!int x``) is a YAML error instead of a crash.
+    """
+
+    def construct_document(self, node):
+        self._check(node)
+        return super().construct_document(node)
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{_short(node.value)} is not a valid {node.tag.rsplit(':', 1)[-1]}", node.start_mark) from None
+
+    def _check(self, root: yaml.Node) -> None:
+        """Refuse the first duplicate key or YAML 1.1-only number under ``root``, in document order."""
+        stack, seen = [(root, "")], set()
+        while stack:
+            node, where = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if isinstance(node, yaml.ScalarNode) and node.tag in (_INT, _FLOAT):
+                self._check_number(node, where)
+            elif isinstance(node, yaml.SequenceNode):
+                stack += reversed([(item, f"{where}[{i}]") for i, item in enumerate(node.value)])
+            elif isinstance(node, yaml.MappingNode):
+                first: dict = {}
+                children = []
+                for key, value in node.value:
+                    name = where
+                    if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE:
+                        name = f"{where}.{key.value}" if where else key.value
+                        earlier = first.setdefault((key.tag, key.value), key)
+                        if earlier is not key:
+                            raise StrictYAMLError(key.start_mark.line + 1,
+                                                  f"duplicate key {name!r} (first at row {earlier.start_mark.line + 1})")
+                    children += [(key, where), (value, name)]
+                stack += reversed(children)
+
+    def _check_number(self, node: yaml.ScalarNode, where: str) -> None:
+        text = node.value
+        if ":" in text:
+            reason, instead = "base 60 in YAML 1.1", ""
+        elif "_" in text:
+            reason, instead = "YAML 1.1 drops underscores", ""
+        elif node.tag == _INT and re.fullmatch(r"[-+]?0[0-9]+", text):
+            reason, instead = "octal in YAML 1.1", f", or {int(text)} without the leading zero"
+        else:
+            return
+        try:
+            value = (self.construct_yaml_int if node.tag == _INT else self.construct_yaml_float)(node)
+        except ValueError:
+            return  # not a number at all: construct_object says so
+        if instead and int(text) == value:
+            instead = ""  # 00
+        raise StrictYAMLError(node.start_mark.line + 1, f"{where + ': ' if where else ''}{text} is read as {value!r} "
+                                                        f"({reason}): write {value!r}{instead}, or quote it as text")
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
-    """A YAML experiment file as a dict; one-line errors name the file (and the row of a syntax error)."""
+    """A YAML experiment file, or a pipe such as ``--config <(...)`` (read once), as a dict (see :class:`StrictLoader`);
+    one-line errors name the file (and the row of a syntax error, a duplicate key or a YAML 1.1-only number)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with path.open("rb") as stream:
+            data = stream.read(MAX_CONFIG_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder, not a config file") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path}: over {MAX_CONFIG_BYTES >> 20} MiB, too large for a config file")
+    try:
+        raw = yaml.load(data.decode("utf-8"), Loader=StrictLoader)
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text ({err.reason})") from None
+    except StrictYAMLError as err:
+        raise ValueError(f"{path}, row {err.line}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f", row {mark.line + 1}" if mark else ""
@@ -242,6 +341,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             raise ValueError(f"--set {item!r}: expected section.field=value")
         try:
             parsed = parse_value(value)
+        except StrictYAMLError as err:
+            raise ValueError(f"--set {item!r}: {err}") from None
         except yaml.YAMLError as err:
             raise ValueError(f"--set {item!r}: not a valid value ({_yaml_problem(err)})") from None
         except RecursionError:
@@ -256,15 +357,15 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return " ".join(str(getattr(err, "problem", None) or err).split())
 
 
+# The decimal numbers that YAML 1.1 leaves as text: 3e-4 (it wants 3.0e-4), 1.0e5, -.5; not 09 nor 1_0e5
+_DECIMAL = re.compile(r"[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
 def parse_value(text: str) -> Any:
-    """A command-line value as YAML, except that ``3e-4`` is a number (YAML 1.1 wants ``3.0e-4``)."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
+    """A command-line value as YAML (:class:`StrictLoader`), except that ``3e-4`` is a number (YAML 1.1 wants
+    ``3.0e-4``)."""
+    value = yaml.load(text, Loader=StrictLoader)
+    return float(value) if isinstance(value, str) and _DECIMAL.fullmatch(value) else value
 
 
 def with_overrides(config: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfig:

@@ -44,6 +44,12 @@ def barrier() -> None:
         shared.wait_for_everyone()
 
 
+def is_main() -> bool:
+    """Whether this is the process that writes (the only one, or the main one under a launcher)."""
+    shared = state()
+    return shared is None or shared.is_main_process
+
+
 def device() -> torch.device:
     """This process's device: its own GPU under a launcher, else the GPU if there is one, else the CPU."""
     shared = state()

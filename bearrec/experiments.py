@@ -27,7 +27,7 @@ import torch
 from bearrec.config import ExperimentConfig, from_dict, with_overrides
 from bearrec.data.dataset import RecDataset
 from bearrec.evaluate import EvalSettings
-from bearrec.io import check_replaceable, mark, write_json
+from bearrec.io import check_replaceable, folder_lock, mark, write_json
 from bearrec.metrics import report_ks
 from bearrec.report import METRIC_COLUMNS
 
@@ -166,7 +166,12 @@ def run_experiment(base: ExperimentConfig, specs: list[RunSpec], out_dir: str | 
     """
     if jobs < 1:
         raise ValueError(f"jobs {jobs}: at least 1 run at a time")
-    out = Path(out_dir)
+    with folder_lock(out_dir, "experiment"):
+        return _run_experiment(base, specs, Path(out_dir), settings, kind, console, jobs)
+
+
+def _run_experiment(base: ExperimentConfig, specs: list[RunSpec], out: Path, settings: EvalSettings, kind: str,
+                    console, jobs: int) -> list[dict]:
     base.validate()
     settings.validate()
     if not base.data:

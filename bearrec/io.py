@@ -11,21 +11,40 @@ it into place: with one ``renameat2(RENAME_EXCHANGE)`` where the OS offers it, o
 the old folder aside (``.NAME.bearrec-old-<pid>-...``) first. Either way a kill leaves the old or the
 new folder (or, between the two renames of the fallback, the old one aside, which the next call
 puts back), and the next call removes temporary folders whose process is gone.
+
+One writer per folder: :func:`folder_lock` holds an exclusive ``fcntl.flock`` on ``.bearrec.lock`` inside an
+output folder for as long as a command writes there; a second writer is refused with one line naming the
+holder. The kernel drops the lock of a killed process, so its successor takes it over. :func:`atomic_folder`
+hands the lock on to the new folder before swapping it in, so the folder at the path is locked throughout.
+
+A write that fails for lack of space or permission (ENOSPC, EROFS, EACCES, ...) becomes one ``OSError``
+naming the path the user asked for, never a temporary name, and leaves nothing half-written
+(:func:`disk_errors`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import fnmatch
 import json
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bearrec.checks import first_line
+
 MARKER = ".bearrec"
+LOCK = ".bearrec.lock"
+OWN = (MARKER, LOCK)  # bearrec's bookkeeping in every folder it writes
 _TMP, _OLD = "bearrec-tmp", "bearrec-old"
 
 # What bearrec writes at the top of each kind of folder (glob patterns). ``None``: any file names
@@ -62,13 +81,16 @@ def _foreign_entries(folder: Path, kind: str, also: tuple[str, ...] = ()) -> lis
     if patterns is None:
         return []
     return sorted(p.name for p in folder.iterdir()
-                  if p.name != MARKER and not any(fnmatch.fnmatchcase(p.name, pat) for pat in (*patterns, *also)))
+                  if p.name not in OWN and not any(fnmatch.fnmatchcase(p.name, pat) for pat in (*patterns, *also)))
 
 
 def check_output(folder: str | os.PathLike) -> Path:
     """Refuse an output path that is the working directory or one of its ancestors, or an existing file."""
     folder = Path(folder)
-    resolved = folder.resolve()
+    try:
+        resolved = folder.resolve()
+    except (RuntimeError, OSError) as err:  # a symlink loop: RuntimeError before Python 3.13, OSError (ELOOP) after
+        raise ValueError(f"{folder}: cannot be resolved ({first_line(err)}); choose another output path") from None
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
         raise ValueError(f"{folder}: is the working directory{'' if resolved == cwd else ' or holds it'}; "
@@ -84,7 +106,7 @@ def check_replaceable(folder: str | os.PathLike, kind: str, also: tuple[str, ...
     ``also``: names the caller writes there besides the kind's own (the quickstart's one run per objective).
     """
     folder = check_output(folder)
-    if not folder.is_dir() or not any(folder.iterdir()):
+    if not folder.is_dir() or not any(p.name != LOCK for p in folder.iterdir()):
         return folder
     found = folder_kind(folder)
     if found != kind:
@@ -97,6 +119,18 @@ def check_replaceable(folder: str | os.PathLike, kind: str, also: tuple[str, ...
                               f"{' ...' if len(foreign) > 3 else ''}, which bearrec did not write; it will not "
                               "replace it (move those files, or choose another output folder)")
     return folder
+
+
+def empty_folder(folder: str | os.PathLike) -> None:
+    """Remove everything in ``folder`` but its lock file (which its writer holds). Callers check first that the
+    folder is bearrec's own (:func:`check_replaceable`)."""
+    for path in Path(folder).iterdir():
+        if path.name == LOCK:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def mark(folder: str | os.PathLike, kind: str) -> None:
@@ -117,13 +151,20 @@ def atomic_folder(folder: str | os.PathLike, kind: str) -> Iterator[Path]:
     recover(folder)
     check_replaceable(folder, kind)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{_TMP}-{os.getpid()}-", dir=folder.parent))
+    with disk_errors(folder):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{_TMP}-{os.getpid()}-", dir=folder.parent))
     _normal_permissions(tmp, 0o777)  # mkdtemp makes 0700 folders
     try:
-        yield tmp
-        mark(tmp, kind)
+        with disk_errors(folder):
+            yield tmp
+            mark(tmp, kind)
         check_replaceable(folder, kind)
+        held = _held.get(_lock_key(folder))
+        if held is not None:
+            held.move_to(tmp)  # the new folder is locked before it takes the path
         _swap_into_place(tmp, folder)
+        if held is not None:
+            held.release_old()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # the new folder on failure, the old one after an exchange
 
@@ -198,14 +239,17 @@ def _alive(pid: int) -> bool:
 
 @contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary file beside ``path`` to write; it replaces ``path`` (rename) only if the block succeeds."""
+    """Yield a temporary file beside ``path`` to write; it replaces ``path`` (rename) only if the block succeeds.
+    A full disk or read-only folder is an ``OSError`` naming ``path``, and nothing is left behind."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with disk_errors(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
-        _normal_permissions(tmp, 0o666)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
+        with disk_errors(path):
+            yield Path(tmp)
+            _normal_permissions(tmp, 0o666)  # mkstemp makes 0600 files
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -219,3 +263,233 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, payload: dict) -> None:
     write_text(path, json.dumps(payload, indent=2, default=str))
+
+
+# ------------------------------------------------------------------------------------------------ disk errors
+# errno values that mean "this path cannot be written now": no space, no quota, read-only, no permission
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+_HINTS = {errno.ENOSPC: "free some space and run the command again", errno.EDQUOT: "free some space and run the "
+          "command again", errno.EFBIG: "the file system refuses a file this large"}
+
+
+def disk_error(path: str | os.PathLike, err: BaseException) -> OSError | None:
+    """The one-line ``OSError`` a failed write of ``path`` becomes, or None if ``err`` is not a disk failure.
+
+    Libraries report a full disk in their own words (torch: ``RuntimeError: [enforce fail at
+    inline_container.cc] unexpected pos``; safetensors and pyarrow: errors without an errno), so such an error
+    is a disk failure only if a small write beside ``path`` fails now as well (call this before removing what
+    the failed write left, which frees space).
+    """
+    if isinstance(err, OSError) and err.errno is not None:
+        code = err.errno if err.errno in DISK_ERRNOS else None
+    elif isinstance(err, _NOT_DISK):
+        code = None
+    else:
+        code = _errno_in(err)
+        if code is None:
+            probe = _probe_write(Path(path).parent)
+            code = probe.errno if probe is not None and probe.errno in DISK_ERRNOS else None
+    if code is None:
+        return None
+    reason = os.strerror(code).lower()
+    hint = _HINTS.get(code)
+    return OSError(code, f"{reason}; {hint}" if hint else reason, str(path))
+
+
+def _errno_in(err: BaseException) -> int | None:
+    """A disk errno that a library's error (or the errors it was raised from) names in its message:
+    ``os error 28`` (Rust), ``[Errno 28]``, ``errno 28`` or the system's own words (``No space left on device``)."""
+    while err is not None:
+        text = str(err)
+        for match in re.finditer(r"(?:os error|errno)\s*(\d+)", text, re.IGNORECASE):
+            if int(match.group(1)) in DISK_ERRNOS:
+                return int(match.group(1))
+        for code in DISK_ERRNOS:
+            if os.strerror(code).lower() in text.lower():
+                return code
+        err = err.__cause__ or err.__context__
+    return None
+
+
+_NOT_DISK = (ValueError, KeyError, TypeError, AttributeError, IndexError, AssertionError, NotImplementedError)
+
+
+def _probe_write(folder: Path) -> OSError | None:
+    """Why the nearest existing folder of ``folder`` cannot take a 64 KiB file now, or None if it can."""
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        fd, name = tempfile.mkstemp(prefix=".bearrec-probe-", dir=folder)
+    except OSError as err:
+        return err
+    try:
+        os.write(fd, bytes(65536))
+        os.fsync(fd)
+    except OSError as err:
+        return err
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return None
+
+
+@contextmanager
+def disk_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a failed write under this block into one ``OSError`` naming ``path`` (see :func:`disk_error`)."""
+    try:
+        yield
+    except Exception as err:
+        named = disk_error(path, err)
+        if named is None:
+            raise
+        raise named from err
+
+
+# ---------------------------------------------------------------------------------------------- folder locks
+class FolderInUse(ValueError):
+    """Another process writes the folder; ``str(err)`` is one line naming it."""
+
+
+class _Lock:
+    """The flock this process holds on ``folder/.bearrec.lock`` (one per folder; nested holders share it)."""
+
+    def __init__(self, folder: Path, kind: str, fd: int | None, created: list[Path]):
+        self.folder, self.kind, self.fd, self.created, self.depth, self.old = folder, kind, fd, created, 1, None
+
+    def move_to(self, new_folder: Path) -> None:
+        """Lock ``new_folder``'s own lock file too, before it is swapped in at this lock's path."""
+        if self.fd is None:
+            return
+        fd = os.open(new_folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else knows the new file yet
+        _write_owner(fd)
+        self.old, self.fd = self.fd, fd
+
+    def release_old(self) -> None:
+        if self.old is not None:
+            os.close(self.old)
+            self.old = None
+
+    def release(self) -> None:
+        """Unlock; the lock file goes too unless the folder is now a bearrec folder of the lock's kind (nothing is
+        left in a folder the command refused), and so do the folders made only to hold it."""
+        self.release_old()
+        if self.fd is not None:
+            try:
+                if folder_kind(self.folder) == self.kind:
+                    os.ftruncate(self.fd, 0)  # a lock file left with an owner in it means its owner was killed
+                else:
+                    (self.folder / LOCK).unlink(missing_ok=True)  # still held: nobody can take the unlinked file
+            except OSError:
+                pass
+            os.close(self.fd)
+        for folder in self.created:
+            try:
+                folder.rmdir()  # only if empty
+            except OSError:
+                break
+
+
+_held: dict[str, _Lock] = {}
+
+
+def _lock_key(folder: Path) -> str:
+    return os.path.abspath(folder)
+
+
+def _write_owner(fd: int) -> None:
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+
+
+def _read_owner(path: Path) -> dict:
+    try:
+        owner = json.loads(path.read_text() or "{}")
+        return owner if isinstance(owner, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe(owner: dict) -> str:
+    if not owner.get("pid"):
+        return "another process"
+    where = f" on {owner['host']}" if owner.get("host") and owner["host"] != socket.gethostname() else ""
+    command = f" ({owner['command']})" if owner.get("command") else ""
+    since = f" since {owner['since']}" if owner.get("since") else ""
+    return f"process {owner['pid']}{where}{command}{since}"
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, kind: str) -> Iterator[None]:
+    """Hold the one-writer lock of output ``folder`` (created if missing), a bearrec ``kind`` folder, for the block.
+
+    A folder another process holds is refused with :class:`FolderInUse` naming that process; a lock whose
+    holder was killed is taken over with a warning. The same process may nest blocks on one folder. A read-only
+    folder cannot be written by anyone, so it is used unlocked (the write itself will say why it fails). Folders
+    made only to hold the lock are removed again if the block put nothing into them.
+    """
+    folder = Path(folder)
+    key = _lock_key(folder)
+    if key in _held:
+        _held[key].depth += 1
+        try:
+            yield
+        finally:
+            _held[key].depth -= 1
+        return
+    check_output(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    with disk_errors(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+    lock = _Lock(folder, kind, _acquire(folder), created)
+    _held[key] = lock
+    try:
+        yield
+    finally:
+        del _held[key]
+        lock.release()
+
+
+def _acquire(folder: Path) -> int | None:
+    """An fd holding the flock of ``folder/LOCK``; None where no lock file can be made (a read-only folder, which
+    nobody can write; a full disk, where the command's first write will say so, naming its path)."""
+    path = folder / LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            if err.errno not in DISK_ERRNOS:
+                raise
+            try:
+                fd = os.open(path, os.O_RDONLY)  # a lock file made before the folder became read-only
+            except OSError:
+                return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FolderInUse(f"{folder}: in use by {_describe(_read_owner(path))}; wait for it to finish, or "
+                              "choose another output folder") from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if not same:  # the file was swapped or removed while we waited: lock the one at the path now
+            os.close(fd)
+            continue
+        stale = _read_owner(path)
+        if stale.get("pid") and stale.get("host", socket.gethostname()) == socket.gethostname() \
+                and stale["pid"] != os.getpid():
+            import warnings
+
+            warnings.warn(f"{folder}: taking over the lock of {_describe(stale)}, which ended without releasing it "
+                          "(killed?); check the folder's content", stacklevel=3)
+        if _writable(fd):
+            _write_owner(fd)
+        return fd
+
+
+def _writable(fd: int) -> bool:
+    return (fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE) != os.O_RDONLY

@@ -15,7 +15,7 @@ from bearrec.models import TINY
 from bearrec.objectives import OBJECTIVES
 from bearrec.report import bar_chart, markdown_table, pruning_markdown
 from bearrec.runs import evaluate_run, train_run
-from bearrec.io import check_replaceable, mark, write_json, write_text
+from bearrec.io import check_replaceable, folder_lock, mark, write_json, write_text
 from bearrec.config import ExperimentConfig, TrainConfig
 from bearrec.objectives.configs import BEARConfig
 
@@ -39,8 +39,11 @@ class QuickstartConfig:
 def run_quickstart(out_dir: str | Path, config: QuickstartConfig | None = None, console=None) -> dict:
     """Generate data, train every objective from the same seed, evaluate each by beam search with the exact
     ranking beside it (what pruning costs), write the report into ``out_dir``."""
-    cfg = config or QuickstartConfig()
-    out = Path(out_dir)
+    with folder_lock(out_dir, "quickstart"):
+        return _run_quickstart(Path(out_dir), config or QuickstartConfig(), console)
+
+
+def _run_quickstart(out: Path, cfg: QuickstartConfig, console) -> dict:
     configs = {objective: ExperimentConfig(
         data=str(out / "data"), model=cfg.model,
         train=TrainConfig(objective=objective, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,

@@ -143,11 +143,13 @@ class Recommender:
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, data: str | os.PathLike | None = None,
-                 settings: RecommenderSettings | None = None, progress: Progress | None = None) -> "Recommender":
-        """Load a finished run folder (``data`` overrides its dataset) through :func:`~bearrec.runs.load_run`,
-        the path ``evaluate`` takes (safetensors weights, one clear error for a bad folder)."""
+                 settings: RecommenderSettings | None = None, progress: Progress | None = None,
+                 allow_other_data: bool = False) -> "Recommender":
+        """Load a finished run folder through :func:`~bearrec.runs.load_run`, the path ``evaluate`` takes
+        (safetensors weights, one clear error for a bad folder, the dataset checked against the one the run was
+        trained on; ``data`` with other content than that needs ``allow_other_data``)."""
         (settings or RecommenderSettings()).validate()  # before the model is loaded
-        model, tokenizer, dataset, config = load_run(run_dir, data)
+        model, tokenizer, dataset, config = load_run(run_dir, data, allow_other_data=allow_other_data)
         return cls(model, tokenizer, dataset, config, settings, Path(run_dir) / MEMORY_FILE, progress)
 
     # ------------------------------------------------------------------ the catalog

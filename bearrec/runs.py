@@ -17,6 +17,7 @@ saving resumes from the previous checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -36,7 +37,7 @@ from bearrec.data.prompts import PromptEncoder, PromptTemplate
 from bearrec.decoding.latent import MEMORY_FILE
 from bearrec.evaluate import EvalSettings, evaluate
 from bearrec.checks import first_line
-from bearrec.io import atomic_folder, check_replaceable, folder_kind, write_json
+from bearrec.io import DISK_ERRNOS, atomic_file, atomic_folder, check_replaceable, folder_kind, folder_lock, write_json
 from bearrec.models import TINY, build_tiny_model, count_parameters, load_model, save_model, tiny_model_for
 from bearrec.semantic_ids import CodePrompt, code_strings, code_tokenizer, dataset_codes
 
@@ -80,30 +81,61 @@ def new_model(config: ExperimentConfig, dataset: RecDataset, tokenizer=None):
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
-    """The newest complete checkpoint; incomplete ones (killed mid-save) are removed with a warning."""
+    """The newest complete, readable checkpoint. Damaged ones (killed mid-save, truncated or tampered files) are
+    moved aside to ``damaged-checkpoint-<step>``, named in a warning, and the one before is tried: nothing is
+    deleted, and the Trainer's checkpoint rotation (``checkpoint-*``) no longer sees them."""
     if not checkpoint_dir.is_dir():
         return None
-    found = []
-    for path in checkpoint_dir.iterdir():
-        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if not match:
-            continue
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-            found.append((int(match.group(1)), path))
-        except (OSError, ValueError):
-            warnings.warn(f"{path}: incomplete checkpoint (interrupted while saving), removed")
-            shutil.rmtree(path, ignore_errors=True)
-    return str(max(found)[1]) if found else None
+    found = sorted(((int(m.group(1)), path) for path in checkpoint_dir.iterdir()
+                    if (m := re.fullmatch(r"checkpoint-(\d+)", path.name)) and path.is_dir()), reverse=True)
+    for _, path in found:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        aside = _aside(path)
+        path.rename(aside)
+        warnings.warn(f"{path}: damaged ({problem}); moved aside to {aside.name}, resuming from the checkpoint "
+                      "before it")
+    return None
 
 
-def verify_checkpoint(checkpoint: str | os.PathLike) -> None:
-    """Read every weight and state file of a checkpoint the safe way (safetensors, ``torch.load(weights_only=True)``)
-    before training resumes from it; a truncated or tampered file is one clear error, not a traceback mid-run."""
+def _aside(path: Path) -> Path:
+    """A free name ``damaged-<name>[-k]`` beside ``path``."""
+    for k in range(1, 10_000):
+        aside = path.with_name(f"damaged-{path.name}" + (f"-{k}" if k > 1 else ""))
+        if not aside.exists():
+            return aside
+    raise FileExistsError(f"{path}: too many damaged checkpoints set aside beside it")
+
+
+# trainer_state.json fields the Trainer does arithmetic with on resume, and the types they must have
+_STATE_TYPES = {"global_step": int, "max_steps": int, "num_train_epochs": int, "logging_steps": (int, float),
+                "epoch": (int, float), "log_history": list, "best_metric": (int, float, type(None)),
+                "stateful_callbacks": dict}
+
+
+def checkpoint_problem(checkpoint: str | os.PathLike) -> str | None:
+    """Why a checkpoint cannot be resumed from, or None. Its ``trainer_state.json`` (written last) must parse
+    with the types the Trainer needs, and every weight and state file must load the safe way (safetensors,
+    ``torch.load(weights_only=True)``): a truncated or tampered file is found here, never unpickled."""
     from safetensors.torch import load_file
     from transformers.trainer_pt_utils import safe_globals  # the numpy types of the RNG state the Trainer allows
 
     checkpoint = Path(checkpoint)
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except OSError:
+        return "no trainer_state.json: interrupted while saving"
+    except ValueError as err:
+        return f"trainer_state.json: {first_line(err, 80)}"
+    if not isinstance(state, dict):
+        return "trainer_state.json: not a JSON object"
+    for name, types in _STATE_TYPES.items():
+        value = state.get(name)
+        if name in state and (not isinstance(value, types) or isinstance(value, bool)):
+            return f"trainer_state.json: {name} is {value!r}"
+    if not isinstance(state.get("global_step"), int) or state["global_step"] < 0:
+        return "trainer_state.json: no global_step"
     for path in sorted(checkpoint.iterdir()):
         if path.name == "training_args.bin":  # a pickle the Trainer writes for people and never loads
             continue
@@ -116,11 +148,30 @@ def verify_checkpoint(checkpoint: str | os.PathLike) -> None:
                     torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # safetensors, pickle and zip errors share no base class
             if isinstance(err, pickle.UnpicklingError):
-                reason = "it holds more than tensors, which weights-only loading refuses"
-            else:
-                reason = first_line(err, 160)
-            raise ValueError(f"{path}: unreadable ({reason}); the checkpoint is damaged, delete {checkpoint} "
-                             "to resume from the checkpoint before it") from None
+                return f"{path.name} holds more than tensors, which weights-only loading refuses"
+            return f"{path.name} unreadable: {first_line(err, 120)}"
+    return None
+
+
+def dataset_check(run_dir: Path, meta: dict, dataset: RecDataset, purpose: str, allow_other_data: bool = False) -> None:
+    """Refuse a dataset whose content differs from the one ``run_dir`` was trained on (``run.json``'s fingerprint),
+    unless ``allow_other_data``. ``purpose`` words the way out (how to use another dataset anyway)."""
+    recorded = meta.get("dataset_fingerprint")
+    if dataset.fingerprint is None or allow_other_data:
+        return
+    if not recorded:
+        warnings.warn(f"{run_dir / 'run.json'}: records no dataset fingerprint (written by an earlier bearrec); "
+                      "the dataset is not checked against the one the run was trained on")
+        return
+    if recorded != dataset.fingerprint:
+        was = meta.get("dataset_files") or {}
+        changed = ", ".join(name for name, digest in dataset.file_digests.items() if was.get(name) != digest)
+        trained_on = meta.get("dataset_dir")
+        same = trained_on and dataset.folder and Path(trained_on).resolve() == Path(dataset.folder).resolve()
+        what = (f"{changed or 'its content'} changed since {run_dir} was trained on it" if same else
+                f"not the data {run_dir} was trained on ({trained_on}; {changed or 'the content'} differ)")
+        raise ValueError(f"{dataset.folder}: {what}: dataset fingerprint {dataset.fingerprint[:12]}, run.json "
+                         f"records {recorded[:12]}; {purpose}")
 
 
 def _check_sequence_length(model, encoder: PromptEncoder, dataset: RecDataset, config: ExperimentConfig) -> None:
@@ -147,14 +198,26 @@ def train_run(config: ExperimentConfig, out_dir: str | os.PathLike, resume: bool
     leaves nothing behind. ``overwrite`` replaces an earlier run folder (never anything else).
     """
     out_dir = Path(out_dir)
+    with writer_lock(out_dir):
+        return _train_run(config, out_dir, resume, overwrite, dataset, console)
+
+
+def writer_lock(folder: Path):
+    """The one-writer lock of a run folder (:func:`~bearrec.io.folder_lock`), taken by the main process only:
+    under a launcher every process works on the same folder."""
+    return folder_lock(folder, "run") if distributed.is_main() else contextlib.nullcontext()
+
+
+def _train_run(config, out_dir: Path, resume: bool, overwrite: bool, dataset: RecDataset | None, console) -> dict:
     checkpoint = None
     if resume:
-        if not (out_dir / "config.yaml").is_file() or folder_kind(out_dir) != "run":
-            raise FileNotFoundError(f"{out_dir}: no run to resume (not a bearrec run folder)")
+        if not out_dir.is_dir() or folder_kind(out_dir) != "run":
+            raise FileNotFoundError(f"{out_dir}: no run to resume ("
+                                    f"{'not a bearrec run folder' if out_dir.is_dir() else 'no such folder'})")
+        if not (out_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"{out_dir}: no run to resume ({out_dir / 'config.yaml'} is missing)")
         config = load_config(out_dir / "config.yaml")
         checkpoint = last_checkpoint(out_dir / "checkpoints")
-        if checkpoint:
-            verify_checkpoint(checkpoint)
         if console:
             console.print(f"resuming {out_dir} from {checkpoint or 'the start (no complete checkpoint yet)'}")
     elif (out_dir / "config.yaml").is_file() and not overwrite:
@@ -172,6 +235,9 @@ def train_run(config: ExperimentConfig, out_dir: str | os.PathLike, resume: bool
     # from before the model is built, so that the threads the run creates inherit the mode (train.py)
     with flush_denormals(config.train.flush_denormal):
         dataset = dataset or RecDataset.load(config.data)
+        if resume:
+            dataset_check(out_dir, _run_meta(out_dir), dataset, "a run resumes only on the data it started on "
+                          "(prepare it again as it was, or train a new run)")
         if len(dataset.splits["train"]) == 0:
             raise ValueError(f"{config.data}: the train split is empty; nothing to train on")
         saved_tokenizer = AutoTokenizer.from_pretrained(out_dir / "tokenizer") if resume and (out_dir / "tokenizer").is_dir() else None
@@ -187,10 +253,18 @@ def train_run(config: ExperimentConfig, out_dir: str | os.PathLike, resume: bool
                     config.save(tmp / "config.yaml")
                     tokenizer.save_pretrained(tmp / "tokenizer")
                     write_json(tmp / "run.json", {"model": config.model, "dataset_dir": str(data_dir),
-                                                  "domain": dataset.domain, "objective": config.train.objective})
+                                                  "domain": dataset.domain, "objective": config.train.objective,
+                                                  "dataset_fingerprint": dataset.fingerprint,
+                                                  "dataset_files": dataset.file_digests})
 
             distributed.on_main(start_folder)
-        log = train_model(model, tokenizer, dataset, encoder, trie, config, out_dir / "checkpoints", checkpoint, console)
+        try:
+            log = train_model(model, tokenizer, dataset, encoder, trie, config, out_dir / "checkpoints", checkpoint,
+                              console)
+        except OSError as err:
+            if not resume and err.errno in DISK_ERRNOS and last_checkpoint(out_dir / "checkpoints") is None:
+                distributed.on_main(lambda: shutil.rmtree(out_dir))  # this command's new run, with nothing to resume
+            raise
         log["parameters"] = count_parameters(model)
 
         def finish_folder():
@@ -201,23 +275,39 @@ def train_run(config: ExperimentConfig, out_dir: str | os.PathLike, resume: bool
     return log
 
 
-def load_run(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike | None = None, dataset: RecDataset | None = None):
-    """(model, tokenizer, dataset, config) of a finished run; ``dataset_dir`` (or an already loaded
-    ``dataset``) overrides the recorded one."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "run.json").is_file() or not (run_dir / "model").is_dir():
-        raise FileNotFoundError(f"{run_dir}: not a finished bearrec run (no run.json or model/); train one with `bearrec train`")
+def _run_meta(run_dir: Path) -> dict:
     try:
         meta = json.loads((run_dir / "run.json").read_text())
         if not isinstance(meta, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as err:
-        raise ValueError(f"{run_dir / 'run.json'}: unreadable ({err})") from None
+        raise ValueError(f"{run_dir / 'run.json'}: unreadable ({first_line(err)})") from None
+    return meta
+
+
+def load_run(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike | None = None, dataset: RecDataset | None = None,
+             allow_other_data: bool = False):
+    """(model, tokenizer, dataset, config) of a finished run, with the dataset it was trained on (checked by
+    content against ``run.json``'s fingerprint).
+
+    ``dataset_dir`` (or an already loaded ``dataset``) replaces the recorded folder: a folder with the same
+    content is accepted; other content needs ``allow_other_data``, and a warning names the catalog used.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file() or not (run_dir / "model").is_dir():
+        raise FileNotFoundError(f"{run_dir}: not a finished bearrec run (no run.json or model/); train one with `bearrec train`")
+    meta = _run_meta(run_dir)
     config = load_config(run_dir / "config.yaml")
     source = dataset_dir or meta.get("dataset_dir")
     if dataset is None and not source:
         raise ValueError(f"{run_dir / 'run.json'}: names no dataset folder; pass --data")
     dataset = dataset or RecDataset.load(source)
+    if dataset_dir is not None and allow_other_data:
+        warnings.warn(f"--allow-other-data: using the catalog of {dataset.folder or dataset_dir} ({len(dataset.items)} "
+                      f"items), not {meta.get('dataset_dir')} that {run_dir} was trained on")
+    dataset_check(run_dir, meta, dataset, "pass --allow-other-data to use it anyway" if dataset_dir is not None else
+                  "prepare it again as it was, or pass --data with the dataset the run was trained on",
+                  allow_other_data)
     model, tokenizer = load_model(run_dir / "model")
     model.to(distributed.device()).eval()
     return model, tokenizer, dataset, config
@@ -228,11 +318,15 @@ def evaluate_run(run_dir, dataset_dir=None, split: str = "test", beam_width: int
                  pruning_users: int | None = None, pruning_node_budget: int | None = None, scoring: str | None = None,
                  length_penalty: float | None = None, decoder: str | None = None, node_budget: int | None = None,
                  latent_variant: str | None = None, latent_similarity: str | None = None,
-                 latent_neighbors: int | None = None, exclude_history: bool = False) -> dict:
+                 latent_neighbors: int | None = None, exclude_history: bool = False,
+                 allow_other_data: bool = False) -> dict:
     """Evaluate a run folder on a split; written to ``eval_<split>.json`` (and per user to ``eval_<split>_users.csv``),
     or for ``decoder`` ``exact`` / ``latent`` (see :func:`~bearrec.evaluate.evaluate`) to ``eval_<split>_<decoder>.json``,
     so that the beam-search evaluation is never overwritten. The latent decoder's item memory is kept in the
     run folder (``latent_memory.safetensors``) and reused while it matches the model and the train split.
+
+    A run folder that cannot be written (read-only, full disk) raises :class:`ResultNotSaved`, which carries the
+    result so that it can still be shown.
 
     ``scoring``, ``length_penalty``, ``decoder`` and its settings None decode as the run's config says (its
     ``decoding`` section; the scoring defaults to the objective's: masked for ``msl`` and the official ``bear``,
@@ -240,7 +334,25 @@ def evaluate_run(run_dir, dataset_dir=None, split: str = "test", beam_width: int
     """
     EvalSettings(split, beam_width, max_users, pruning_rate, pruning_users, pruning_node_budget, seed,
                  exclude_history).validate("evaluate", {"max_users": "--max-users"})  # before loading the model
-    model, tokenizer, dataset, config = load_run(run_dir, dataset_dir, dataset)
+    with writer_lock(Path(run_dir)):
+        return _evaluate_run(run_dir, dataset_dir, dataset, split, beam_width, max_users, pruning_rate, seed, console,
+                             pruning_users, pruning_node_budget, scoring, length_penalty, decoder, node_budget,
+                             latent_variant, latent_similarity, latent_neighbors, exclude_history, allow_other_data)
+
+
+class ResultNotSaved(OSError):
+    """An evaluation that ran but whose files could not be written (a read-only or full disk): ``result`` holds it,
+    so that it can still be shown; the error names the path."""
+
+    def __init__(self, err: OSError, result: dict):
+        super().__init__(err.errno, err.strerror, err.filename)
+        self.result = result
+
+
+def _evaluate_run(run_dir, dataset_dir, dataset, split, beam_width, max_users, pruning_rate, seed, console,
+                  pruning_users, pruning_node_budget, scoring, length_penalty, decoder, node_budget, latent_variant,
+                  latent_similarity, latent_neighbors, exclude_history, allow_other_data) -> dict:
+    model, tokenizer, dataset, config = load_run(run_dir, dataset_dir, dataset, allow_other_data)
     d = config.decoding
     decoder = decoder or d.decoder
     if len(dataset.splits.get(split, ())) == 0:
@@ -262,8 +374,14 @@ def evaluate_run(run_dir, dataset_dir=None, split: str = "test", beam_width: int
     def write():
         if per_user is not None:  # item ids instead of catalog indices, for people reading the file
             per_user.insert(0, "target_item_id", dataset.items["item_id"].to_numpy()[per_user.pop("target").to_numpy()])
-            per_user.to_csv(Path(run_dir) / f"eval_{split}_users.csv", index=False)
+            with atomic_file(Path(run_dir) / f"eval_{split}_users.csv") as tmp:
+                per_user.to_csv(tmp, index=False)
         write_json(Path(run_dir) / (f"eval_{split}.json" if decoder == "beam" else f"eval_{split}_{decoder}.json"), result)
 
-    distributed.on_main(write)
+    try:
+        distributed.on_main(write)
+    except OSError as err:
+        if err.errno in DISK_ERRNOS:
+            raise ResultNotSaved(err, result) from None
+        raise
     return result

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from bearrec.catalog import ItemTrie
 from bearrec.config import DecodingConfig, ExperimentConfig
@@ -31,7 +34,7 @@ from bearrec.decoding.beam_search import position_ids_from_mask
 from bearrec.decoding.scoring import is_encoder_decoder
 from bearrec.decoding.latent import item_memory
 from bearrec.checks import first_line
-from bearrec.io import write_json
+from bearrec.io import disk_error, write_json
 from bearrec.objectives import IGNORE_INDEX, distinct_prefixes, pruning_margin, sequence_log_probs
 from bearrec.objectives.apao import grouped_answer_logits
 
@@ -270,6 +273,22 @@ class RecTrainer(Trainer):
             for callback in self.callback_handler.callbacks:
                 if isinstance(callback, EarlyStoppingCallback):
                     callback.min_epochs = ours
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint save, all or nothing: a save that fails (a full disk, a read-only folder)
+        removes the checkpoint folder it had begun and is one ``OSError`` naming it, so the run folder holds only
+        complete checkpoints to resume from."""
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        existed = folder.exists()
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as err:
+            named = disk_error(folder, err)  # before the removal frees space
+            if not existed:
+                shutil.rmtree(folder, ignore_errors=True)
+            if named is None:
+                raise
+            raise named from err
 
     def _collator_rng_file(self, checkpoint: str) -> Path:
         return Path(checkpoint) / f"collator_rng_{self.args.process_index}.pth"
@@ -527,7 +546,25 @@ class EpochLog(TrainerCallback):
         self.path = Path(checkpoint_dir) / self.FILE if checkpoint_dir is not None else None
         if resume_from and self.path is not None and self.path.is_file():
             reached = json.loads((Path(resume_from) / "trainer_state.json").read_text()).get("epoch") or 0
-            self.epochs = [e for e in json.loads(self.path.read_text()) if e["epoch"] <= reached + 1e-6]
+            self.epochs = [e for e in self._read() if e["epoch"] <= reached + 1e-6]
+
+    def _read(self) -> list[dict]:
+        """The epochs logged so far; a damaged log is moved aside with a warning (the run resumes, and its log
+        starts again at the resumed epoch)."""
+        try:
+            epochs = json.loads(self.path.read_text())
+            if isinstance(epochs, list) and all(isinstance(e, dict) and isinstance(e.get("epoch"), (int, float))
+                                                for e in epochs):
+                return epochs
+            problem = "not a list of epochs"
+        except (OSError, ValueError) as err:
+            problem = first_line(err, 80)
+        aside = next(path for k in range(1, 10_000) if not (path := self.path.with_name(
+            f"damaged-{k}-{self.path.name}" if k > 1 else f"damaged-{self.path.name}")).exists())
+        self.path.rename(aside)
+        warnings.warn(f"{self.path}: damaged ({problem}); moved aside to {aside.name}, and the run's epoch log "
+                      "restarts at the resumed epoch")
+        return []
 
     def _keep(self) -> None:
         if self.path is not None:

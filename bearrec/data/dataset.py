@@ -11,10 +11,13 @@ A :class:`RecDataset` is a catalog plus three splits of next-item examples:
 On disk a dataset is a folder holding ``items.parquet``, ``train.parquet``, ``valid.parquet``,
 ``test.parquet`` and ``dataset.json`` (domain noun, source and cleaning statistics). Folders are
 written to a temporary sibling and renamed into place, so a crash never leaves half a dataset.
+A dataset loaded from a folder carries its *fingerprint*: a SHA-256 over those five files, which a run
+records so that it is never resumed, evaluated or served on other data by mistake.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import os
@@ -29,6 +32,7 @@ from bearrec.checks import first_line
 from bearrec.io import atomic_folder
 
 SPLITS = ("train", "valid", "test")
+FILES = ("items.parquet", *(f"{name}.parquet" for name in SPLITS), "dataset.json")  # what the fingerprint covers
 
 
 def normalize_title(text: str) -> str:
@@ -54,6 +58,15 @@ class RecDataset:
     splits: dict[str, pd.DataFrame]
     domain: str = "products"
     meta: dict = field(default_factory=dict)
+    folder: str | None = field(default=None, compare=False)  # where it was loaded from (None: built in memory)
+    file_digests: dict[str, str] = field(default_factory=dict, compare=False, repr=False)  # FILES' SHA-256s
+
+    @property
+    def fingerprint(self) -> str | None:
+        """SHA-256 over the folder's files' names and digests (None for a dataset built in memory)."""
+        if not self.file_digests:
+            return None
+        return hashlib.sha256(json.dumps(self.file_digests, sort_keys=True).encode()).hexdigest()
 
     def __post_init__(self) -> None:
         self.items = self.items.reset_index(drop=True)
@@ -125,6 +138,8 @@ class RecDataset:
                 frame.to_parquet(tmp / f"{name}.parquet", index=False)
             meta = {"domain": self.domain, **self.meta, "summary": self.summary()}
             (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str))
+            digests = {name: _file_digest(tmp / name) for name in FILES}
+        self.folder, self.file_digests = str(folder), digests  # this object is now that folder's content
         return Path(folder)
 
     @classmethod
@@ -136,6 +151,7 @@ class RecDataset:
             meta = json.loads((folder / "dataset.json").read_text())
         except (OSError, ValueError) as err:
             raise DataError(folder / "dataset.json", f"unreadable ({err})") from None
+        digests = {name: _file_digest(folder / name) for name in FILES}
         items = _read_parquet(folder / "items.parquet")
         splits = {}
         for name in SPLITS:
@@ -143,7 +159,18 @@ class RecDataset:
             splits[name] = frame.assign(history=frame["history"].map(list))
         domain = meta.pop("domain", "products")
         meta.pop("summary", None)
-        return cls(items=items, splits=splits, domain=domain, meta=meta)
+        return cls(items=items, splits=splits, domain=domain, meta=meta, folder=str(folder), file_digests=digests)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError as err:
+        raise DataError(path, f"damaged or missing dataset file ({first_line(err)}); prepare the dataset again") from None
+    return digest.hexdigest()
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
