@@ -198,6 +198,8 @@ def train_run(config: ExperimentConfig, out_dir: str | os.PathLike, resume: bool
     leaves nothing behind. ``overwrite`` replaces an earlier run folder (never anything else).
     """
     out_dir = Path(out_dir)
+    if resume and not out_dir.is_dir():
+        raise FileNotFoundError(f"{out_dir}: no run to resume (no such folder)")
     with writer_lock(out_dir):
         return _train_run(config, out_dir, resume, overwrite, dataset, console)
 
@@ -211,15 +213,12 @@ def writer_lock(folder: Path):
 def _train_run(config, out_dir: Path, resume: bool, overwrite: bool, dataset: RecDataset | None, console) -> dict:
     checkpoint = None
     if resume:
-        if not out_dir.is_dir() or folder_kind(out_dir) != "run":
-            raise FileNotFoundError(f"{out_dir}: no run to resume ("
-                                    f"{'not a bearrec run folder' if out_dir.is_dir() else 'no such folder'})")
+        if folder_kind(out_dir) != "run":
+            raise FileNotFoundError(f"{out_dir}: no run to resume (not a bearrec run folder)")
         if not (out_dir / "config.yaml").is_file():
             raise FileNotFoundError(f"{out_dir}: no run to resume ({out_dir / 'config.yaml'} is missing)")
         config = load_config(out_dir / "config.yaml")
         checkpoint = last_checkpoint(out_dir / "checkpoints")
-        if console:
-            console.print(f"resuming {out_dir} from {checkpoint or 'the start (no complete checkpoint yet)'}")
     elif (out_dir / "config.yaml").is_file() and not overwrite:
         raise FileExistsError(f"{out_dir}: already holds a run; pass --resume to continue it, or choose another --out")
     else:
@@ -238,6 +237,8 @@ def _train_run(config, out_dir: Path, resume: bool, overwrite: bool, dataset: Re
         if resume:
             dataset_check(out_dir, _run_meta(out_dir), dataset, "a run resumes only on the data it started on "
                           "(prepare it again as it was, or train a new run)")
+            if console:
+                console.print(f"resuming {out_dir} from {checkpoint or 'the start (no complete checkpoint yet)'}")
         if len(dataset.splits["train"]) == 0:
             raise ValueError(f"{config.data}: the train split is empty; nothing to train on")
         saved_tokenizer = AutoTokenizer.from_pretrained(out_dir / "tokenizer") if resume and (out_dir / "tokenizer").is_dir() else None

@@ -34,7 +34,7 @@ import transformers
 from bearrec.data.prompts import left_pad
 from bearrec.data.synthetic import generate_synthetic
 from bearrec.decoding import constrained_beam_search, exact_target_ranks, position_ids_from_mask, score_catalog
-from bearrec.decoding.scoring import is_encoder_decoder
+from bearrec.decoding.scoring import cache_of, is_encoder_decoder, with_cache
 from bearrec.metrics import full_rank
 from bearrec.config import ExperimentConfig, TrainConfig
 from bearrec.runs import item_trie, load_run, prompt_encoder, train_run
@@ -58,7 +58,7 @@ def bare_forwards(model, ids, mask, steps: int, B: int, batch_size: int) -> None
     for start in range(0, ids.shape[0], batch_size):
         i, m = ids[start : start + batch_size], mask[start : start + batch_size]
         out = model(input_ids=i, attention_mask=m, position_ids=position_ids_from_mask(m), use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        cache = cache_of(out)
         cache.reorder_cache(torch.arange(i.shape[0], device=i.device).repeat_interleave(B))
         attention = m.repeat_interleave(B, 0)
         positions = m.sum(-1).repeat_interleave(B)[:, None]
@@ -66,8 +66,8 @@ def bare_forwards(model, ids, mask, steps: int, B: int, batch_size: int) -> None
         for step in range(steps):
             attention = torch.cat([attention, attention.new_ones(attention.shape[0], 1)], 1)
             out = model(input_ids=token, attention_mask=attention, position_ids=positions + step,
-                        past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+                        use_cache=True, **with_cache(cache))
+            cache = cache_of(out)
             torch.log_softmax(out.logits[:, -1].float(), -1)
 
 
@@ -79,15 +79,15 @@ def bare_seq2seq_forwards(model, ids, mask, steps: int, B: int, batch_size: int)
         encoded = model.get_encoder()(input_ids=i, attention_mask=m)
         token = torch.full((i.shape[0], 1), model.config.decoder_start_token_id, dtype=torch.long, device=i.device)
         out = model(encoder_outputs=encoded, attention_mask=m, decoder_input_ids=token, use_cache=True)
-        cache = out.past_key_values
+        cache = cache_of(out)
         cache.reorder_cache(torch.arange(i.shape[0], device=i.device).repeat_interleave(B))
         encoded.last_hidden_state = encoded.last_hidden_state.repeat_interleave(B, 0)
         rows_mask, token = m.repeat_interleave(B, 0), token.repeat_interleave(B, 0)
         for _ in range(steps):
             torch.log_softmax(out.logits[:, -1].float(), -1)
             out = model(encoder_outputs=encoded, attention_mask=rows_mask, decoder_input_ids=token,
-                        past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+                        use_cache=True, **with_cache(cache))
+            cache = cache_of(out)
 
 
 @torch.no_grad()

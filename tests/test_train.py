@@ -84,12 +84,13 @@ def test_resume_after_crash_reaches_the_same_metrics(data_dir, tmp_path):
     run = tmp_path / "crashed"
     per_epoch = full["global_step"] // 2
     assert last_checkpoint(run / "checkpoints").endswith(f"checkpoint-{per_epoch}") and not (run / "model").exists()
-    # a checkpoint killed while saving (no trainer_state.json) is ignored and removed
+    # a checkpoint killed while saving (trainer_state.json cut short) is set aside with a warning, not deleted
     broken = run / "checkpoints" / "checkpoint-99"
     shutil.copytree(run / "checkpoints" / f"checkpoint-{per_epoch}", broken)
     (broken / "trainer_state.json").write_text('{"truncated')
-    resumed = train_run(None, run, resume=True)
-    assert not broken.exists()
+    with pytest.warns(UserWarning, match="checkpoint-99: damaged"):
+        resumed = train_run(None, run, resume=True)
+    assert not broken.exists() and (run / "checkpoints" / "damaged-checkpoint-99" / "model.safetensors").is_file()
     assert resumed["global_step"] == full["global_step"]
     final = lambda log: [h for h in log["log_history"] if "loss" in h][-1]["loss"]  # noqa: E731
     assert final(resumed) == pytest.approx(final(full), rel=1e-4)

@@ -200,14 +200,23 @@ def test_truncated_weights_are_one_clear_error(run, tmp_path):
     one_line_error(run_cli("recommend", copy, "x"), "damaged")
 
 
-def test_tampered_checkpoint_is_refused_on_resume(run, tmp_path):
+def test_tampered_checkpoints_are_set_aside_unread_on_resume(run, tmp_path):
+    """A checkpoint whose optimizer state is a pickle that would run code is never unpickled: it is moved aside
+    with a warning naming the file, and with no intact checkpoint left the run starts again from the beginning."""
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     checkpoints = sorted((copy / "checkpoints").glob("checkpoint-*"))
     assert checkpoints
+    canary = tmp_path / "PWNED"
+    for checkpoint in checkpoints:  # a pickle that runs code
+        (checkpoint / "optimizer.pt").write_bytes(f"\x80\x04cos\nsystem\n(S'touch {canary}'\ntR.".encode())
+    result = run_cli("train", "--resume", "--out", copy)
+    assert result.exit_code == 0, result.output
     for checkpoint in checkpoints:
-        (checkpoint / "optimizer.pt").write_bytes(b"\x80\x04cos\nsystem\n(S'echo pwned'\ntR.")  # a pickle that runs code
-    one_line_error(run_cli("train", "--resume", "--out", copy), "optimizer.pt", "damaged")
+        assert f"{checkpoint}: damaged (optimizer.pt holds more than tensors" in result.stderr
+        assert (checkpoint.parent / f"damaged-{checkpoint.name}" / "optimizer.pt").is_file()
+    assert "from the start (no complete checkpoint yet)" in " ".join(result.stderr.split())
+    assert not canary.exists() and (copy / "model").is_dir()
 
 
 def test_resume_needs_a_run_folder(tmp_path):

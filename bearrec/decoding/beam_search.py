@@ -32,7 +32,7 @@ from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from bearrec.catalog import ItemTrie
-from bearrec.decoding.scoring import check_scoring, edge_log_probs, is_encoder_decoder
+from bearrec.decoding.scoring import cache_of, check_scoring, edge_log_probs, is_encoder_decoder, with_cache
 from bearrec.decoding.shared_prompt import PromptCache, shared_prompt, supports
 
 NEG_INF = float("-inf")
@@ -143,8 +143,8 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
     prompt_len = attention_mask.long().sum(-1)
     # Where the architecture allows, the prompt's keys/values stay one copy per user and the cache that
     # beams reorder holds generated tokens only (see shared_prompt.py); otherwise the standard cache.
-    prompt = PromptCache.from_cache(out.past_key_values, attention_mask) if supports(model) else None
-    cache = DynamicCache() if prompt is not None else out.past_key_values
+    prompt = PromptCache.from_cache(cache_of(out), attention_mask) if supports(model) else None
+    cache = DynamicCache() if prompt is not None else cache_of(out)
     prompt_mask_rows = attention_mask.repeat_interleave(B, dim=0) if prompt is None else None  # [n*B, L]
 
     # Live beams: trie node and summed score; -inf marks an empty slot. Step 0 has one beam (the root).
@@ -241,17 +241,16 @@ def _search_batch(model, input_ids, attention_mask, trie: ItemTrie, B: int, leng
         tokens = torch.where(kept, trie.node_token[beam_node], trie.eos_token_id).reshape(n * B, 1)
         if seq2seq:  # rows of a user share its encoding; the cross-attention cache holds it per row since step 0
             out = model(encoder_outputs=encoded_rows, attention_mask=prompt_mask_rows, decoder_input_ids=tokens,
-                        past_key_values=cache, use_cache=True)
+                        use_cache=True, **with_cache(cache))
         elif prompt is not None:
             with shared_prompt(model, prompt):
-                out = model(input_ids=tokens, position_ids=positions, past_key_values=cache, use_cache=True)
+                out = model(input_ids=tokens, position_ids=positions, use_cache=True, **with_cache(cache))
         else:
             gen_mask = torch.ones(n * B, step + 1, dtype=attention_mask.dtype, device=dev)
             attention = torch.cat([prompt_mask_rows, gen_mask], dim=1)
-            out = model(
-                input_ids=tokens, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True
-            )
-        cache = out.past_key_values
+            out = model(input_ids=tokens, attention_mask=attention, position_ids=positions, use_cache=True,
+                        **with_cache(cache))
+        cache = cache_of(out)
         logits = out.logits[:, -1]  # [n * B, V]
 
     outputs = [fin_item, fin_score]

@@ -20,7 +20,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from bearrec.catalog import ItemTrie
 from bearrec.decoding.beam_search import position_ids_from_mask
-from bearrec.decoding.scoring import check_scoring, edge_log_probs, is_encoder_decoder
+from bearrec.decoding.scoring import cache_of, check_scoring, edge_log_probs, is_encoder_decoder, with_cache
 
 _LOGIT_BUDGET = 32 * 2**20  # floats of logits per forward (128 MB in fp32): bounds memory on big catalogs
 
@@ -135,7 +135,7 @@ class EncodedPrompts:
         else:
             out = model(input_ids=input_ids, attention_mask=attention_mask,
                         position_ids=position_ids_from_mask(attention_mask), use_cache=True, logits_to_keep=1)
-            self.cache, self.root_logits = out.past_key_values, out.logits[:, -1:]
+            self.cache, self.root_logits = cache_of(out), out.logits[:, -1:]
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only the prompts ``rows`` (positions in the current batch), in that order."""
@@ -174,9 +174,9 @@ class EncodedPrompts:
             input_ids=tokens.to(dev),
             attention_mask=mask4d,
             position_ids=self.mask.long().sum(-1)[:, None] + depth.to(dev) - 1,  # [n, c]
-            past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=keep,
+            **with_cache(self.cache),
         ).logits
         self.cache.crop(-c)  # back to the prompt: the next chunk reuses it
         return logits

@@ -14,7 +14,10 @@ Both are log-probabilities (<= 0), so an item's score never exceeds the score of
 
 from __future__ import annotations
 
+import inspect
+
 import torch
+import transformers
 
 SCORINGS = ("full", "masked")
 
@@ -79,3 +82,18 @@ def require_decoder_only(model, what: str) -> None:
     if is_encoder_decoder(model):
         raise ValueError(f"{what} decodes causal (decoder-only) LMs; encoder-decoder models such as T5 (TIGER) "
                          "are decoded by beam search or exact top-K")
+
+
+# transformers 5.24 renamed the KV cache of ``forward`` and of its outputs from ``past_key_values`` to ``cache``
+# (the old name warns until 5.40); bearrec supports both sides of the rename.
+CACHE_KEY = "cache" if "cache" in inspect.signature(transformers.LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+def with_cache(cache) -> dict:
+    """The keyword argument that hands ``cache`` to a model's ``forward`` under this transformers."""
+    return {CACHE_KEY: cache}
+
+
+def cache_of(output):
+    """The KV cache a model's forward returned."""
+    return getattr(output, CACHE_KEY)
