@@ -279,6 +279,7 @@ class StrictLoader(yaml.SafeLoader):
                 stack += reversed(children)
 
     def _check_number(self, node: yaml.ScalarNode, where: str) -> None:
+        """Refuse a number whose YAML 1.1 value is not YAML 1.2's, naming ``where`` and what to write instead."""
         text = node.value
         if ":" in text:
             reason, instead = "base 60 in YAML 1.1", ""
@@ -292,8 +293,8 @@ class StrictLoader(yaml.SafeLoader):
             value = (self.construct_yaml_int if node.tag == _INT else self.construct_yaml_float)(node)
         except ValueError:
             return  # not a number at all: construct_object says so
-        if instead and int(text) == value:
-            instead = ""  # 00
+        if instead and int(text) == value:  # 00, +07: decimal and octal agree
+            instead = ""
         raise StrictYAMLError(node.start_mark.line + 1, f"{where + ': ' if where else ''}{text} is read as {value!r} "
                                                         f"({reason}): write {value!r}{instead}, or quote it as text")
 
