@@ -8,6 +8,8 @@ is validated in one place whether it came from a flag, ``--set`` or a YAML file.
 
 from __future__ import annotations
 
+MAX_SEED = 2**32 - 1  # numpy's RandomState (the Trainer's set_seed, pandas' sample, scikit-learn) takes 0 .. 2**32 - 1
+
 
 def first_line(err: BaseException, limit: int | None = None) -> str:
     """An exception as one line for an error message: its first line (cut to ``limit``), or its class name."""

@@ -189,14 +189,15 @@ def train(
 
     Several GPUs: `accelerate launch -m bearrec.cli train ...` or `torchrun --nproc-per-node N -m bearrec.cli train ...`.
     """
-    from bearrec.config import OBJECTIVE_SECTIONS, ExperimentConfig, load_config
+    from bearrec.config import OBJECTIVE_SECTIONS, ExperimentConfig, load_config, read_yaml
     from bearrec.runs import train_run
 
     if resume:
         cfg = None
     else:
+        raw = read_yaml(config) if config is not None else None  # read once: --config may be a pipe
         # the objective's own flags go to the section of the objective trained, which --config may name
-        name = objective.value if objective else load_config(config, list(overrides or [])).train.objective
+        name = objective.value if objective else load_config(config, list(overrides or []), raw).train.objective
         section = OBJECTIVE_SECTIONS[name]
         own = {"beam_width": beam_width, "weight": weight, "temperature": temperature,
                "surrogate": surrogate.value if surrogate else None,
@@ -216,7 +217,7 @@ def train(
             "train.max_prompt_tokens": max_prompt_tokens, **{f"{section}.{key}": own[key] for key in given},
             "msl.ats": ats, "sdpo.reference": str(reference) if reference else None,
         }
-        cfg = load_config(config, _flag_sets(flags) + list(overrides or []))
+        cfg = load_config(config, _flag_sets(flags) + list(overrides or []), raw)
     log = train_run(cfg, out_dir, resume=resume, console=console)
     if log["truncated_prompts"]:
         console.print(f"[yellow]warning:[/yellow] {log['truncated_prompts']} prompts exceeded the token limit and lost their oldest items")
@@ -470,9 +471,9 @@ def _experiment_config(config: Optional[Path], data: Optional[Path], model: Opti
     from bearrec.config import load_config, read_yaml
 
     named = any(o.startswith("model=") for o in overrides)
-    if config is not None:
-        named = named or "model" in read_yaml(config)
-    base = load_config(config, overrides)
+    raw = read_yaml(config) if config is not None else None  # read once: --config may be a pipe
+    named = named or "model" in (raw or {})
+    base = load_config(config, overrides, raw)
     if data is not None:
         base.data = str(data)  # set as given: not parsed as YAML (a folder may be called "2024" or "null")
     if model is not None or not named:

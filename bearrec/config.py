@@ -7,6 +7,7 @@ is saved as ``config.yaml`` in the run folder, and ``bearrec train --resume`` re
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -19,13 +20,13 @@ from typing import Any
 
 import yaml
 
-from bearrec.checks import check
+from bearrec.checks import MAX_SEED, check
 from bearrec.bert4rec import BERT4RecConfig
 from bearrec.io import write_text
 from bearrec.models import TINY, LoraSettings, TinyConfig
 from bearrec.objectives.configs import APAOConfig, BeamSimConfig, BEARConfig, MSLConfig, SDPOConfig
 from bearrec.sasrec import SASRecConfig
-from bearrec.semantic_ids import MAX_SEED, REPRESENTATIONS
+from bearrec.semantic_ids import REPRESENTATIONS
 
 
 # The largest count that torch (and itertools.islice) take: a batch size, node budget or neighbour count above it
@@ -331,9 +332,11 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return raw
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML experiment file (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
-    raw: dict = read_yaml(path) if path is not None else {}
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None,
+                raw: dict | None = None) -> ExperimentConfig:
+    """Read a YAML experiment file (or the defaults when ``path`` is None) and apply ``key=value`` overrides.
+    ``raw``: the file as :func:`read_yaml` already read it (a pipe can be read only once)."""
+    raw = copy.deepcopy(raw) if raw is not None else read_yaml(path) if path is not None else {}
     if path is not None:
         from_dict(raw, str(path))  # the file's own shape and types first, so that their errors name the file
     for item in overrides or []:
@@ -342,12 +345,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             raise ValueError(f"--set {item!r}: expected section.field=value")
         try:
             parsed = parse_value(value)
-        except StrictYAMLError as err:
-            raise ValueError(f"--set {item!r}: {err}") from None
-        except yaml.YAMLError as err:
-            raise ValueError(f"--set {item!r}: not a valid value ({_yaml_problem(err)})") from None
-        except RecursionError:
-            raise ValueError(f"--set {key}: the value is nested too deeply") from None
+        except ValueError as err:
+            raise ValueError(f"--set {item[:80]!r}: {err}") from None
         _set(raw, key, parsed)
     config = from_dict(raw, str(path) if path else "config")
     config.validate()
@@ -364,8 +363,15 @@ _DECIMAL = re.compile(r"[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][
 
 def parse_value(text: str) -> Any:
     """A command-line value as YAML (:class:`StrictLoader`), except that ``3e-4`` is a number (YAML 1.1 wants
-    ``3.0e-4``)."""
-    value = yaml.load(text, Loader=StrictLoader)
+    ``3.0e-4``). Anything YAML refuses is a one-line ``ValueError``."""
+    try:
+        value = yaml.load(text, Loader=StrictLoader)
+    except StrictYAMLError:
+        raise
+    except yaml.YAMLError as err:
+        raise ValueError(f"not a valid value ({_yaml_problem(err)})") from None
+    except RecursionError:
+        raise ValueError("the value is nested too deeply") from None
     return float(value) if isinstance(value, str) and _DECIMAL.fullmatch(value) else value
 
 

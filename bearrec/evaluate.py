@@ -11,7 +11,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bearrec.catalog import ItemTrie
-from bearrec.checks import check
+from bearrec.checks import MAX_SEED, check
 from bearrec.config import DecodingConfig
 from bearrec.data.dataset import RecDataset
 from bearrec.data.prompts import PromptEncoder, left_pad
@@ -53,7 +53,7 @@ class EvalSettings:
               rule("pruning_users", "at least 1, or unset for all"), self.pruning_users)
         check(self.pruning_node_budget is None or self.pruning_node_budget >= 1, section, "pruning_node_budget",
               rule("pruning_node_budget", "at least 1, or unset for no limit"), self.pruning_node_budget)
-        check(self.seed >= 0, section, "seed", rule("seed", "at least 0"), self.seed)
+        check(0 <= self.seed <= MAX_SEED, section, "seed", rule("seed", f"in [0, {MAX_SEED}]"), self.seed)
 
 
 def evaluate(

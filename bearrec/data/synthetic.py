@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bearrec.checks import check
+from bearrec.checks import MAX_SEED, check
 from bearrec.data.dataset import RecDataset
 
 _NOUNS = [
@@ -59,7 +59,6 @@ _SERIES = [
     "Mini", "Plus", "Pro", "Max", "Lite", "Eco", "Duo", "Prime", "Flex", "Ultra", "Basic", "Neo",
     "Slim", "Grand", "Smart", "Pocket", "Studio", "Metro", "Solo", "Compact",
 ]
-MAX_SEED = 2**32 - 1  # numpy's RandomState and scikit-learn's random_state take 0 .. 2**32 - 1
 
 _SYLLABLES = ["zor", "vik", "quel", "lan", "bri", "tox", "mar", "quin", "dex", "ul", "fen", "rho", "kai", "sep"]
 
