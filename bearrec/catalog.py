@@ -206,6 +206,15 @@ class ItemTrie:
         node = self.node_of(prefix)
         return [] if node < 0 else self.children(node)[0]
 
+    def prefix_allowed_tokens_fn(self, prompt_length: int):
+        """Hugging Face ``generate(prefix_allowed_tokens_fn=...)`` restricted to this catalog: the tokens after
+        the first ``prompt_length`` (the padded prompt width; 1 for an encoder-decoder, after its start token)
+        must continue an item. A finished or lost beam is offered EOS alone."""
+        def allowed(batch_id: int, input_ids: torch.Tensor) -> list[int]:
+            return self.allowed_tokens(input_ids[prompt_length:].tolist()) or [self.eos_token_id]
+
+        return allowed
+
 
 def tokenize_titles(tokenizer, titles: Sequence[str]) -> list[list[int]]:
     """Token ids of each title followed by EOS, exactly as the model is trained to produce them."""
