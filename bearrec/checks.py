@@ -21,3 +21,8 @@ def check(ok: bool, section: str, name: str, rule: str, value) -> None:
     """Raise ``ValueError("section.name must be <rule>, got <value>")`` unless ``ok``."""
     if not ok:
         raise ValueError(f"{section}.{name} must be {rule}, got {value!r}")
+
+
+def is_number(value) -> bool:
+    """An int or float, not a bool (YAML's ``true`` is no number)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -31,15 +31,10 @@ class Format(str, Enum):
     synthetic = "synthetic"
 
 
-class Objective(str, Enum):
-    sft = "sft"
-    bear = "bear"
-    beam_sim = "beam-sim"
-    msl = "msl"
-    sdpo = "sdpo"
-    sdpo_bear = "sdpo-bear"
-    apao_pointwise = "apao-pointwise"
-    apao_pairwise = "apao-pairwise"
+def _objective_help() -> str:
+    from bearrec.objectives import registry
+
+    return "; ".join(f"{o.name}: {o.help}" for o in registry.REGISTRY.values()) + " [default: sft]"
 
 
 class Formulation(str, Enum):
@@ -163,7 +158,7 @@ def train(
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override any config field: section.field=value, e.g. train.grad_accum_steps=4")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="run folder")] = Path("runs/run"),
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last complete checkpoint (its saved config is used)")] = False,
-    objective: Annotated[Optional[Objective], typer.Option(help="sft: cross-entropy (eq. 2.1); bear: beam-search-aware (the authors' released loss, or eq. 3.5 with --formulation paper); beam-sim: beam search simulated in training (eq. 3.1); msl: masked softmax over trie-valid tokens; sdpo: softmax DPO against --reference; sdpo-bear: S-DPO + BEAR (Figure 7); apao-pointwise / apao-pairwise: APAO's prefix losses (--set apao.beta=0.1 ...) [default: sft]")] = None,
+    objective: Annotated[Optional[str], typer.Option(help=_objective_help())] = None,
     model: Annotated[Optional[str], typer.Option(help="'tiny' (built from a config, tokenizer trained on the data) or a Hugging Face model folder / hub name [default: tiny]")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="training epochs (the paper: 10) [default: 3]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="learning rate [default: 1e-3 for tiny, 1e-4 with LoRA as in the paper]")] = None,
@@ -189,7 +184,8 @@ def train(
 
     Several GPUs: `accelerate launch -m bearrec.cli train ...` or `torchrun --nproc-per-node N -m bearrec.cli train ...`.
     """
-    from bearrec.config import OBJECTIVE_SECTIONS, ExperimentConfig, load_config, read_yaml
+    from bearrec.config import load_config, read_yaml
+    from bearrec.objectives import registry
     from bearrec.runs import train_run
 
     if resume:
@@ -197,22 +193,24 @@ def train(
     else:
         raw = read_yaml(config) if config is not None else None  # read once: --config may be a pipe
         # the objective's own flags go to the section of the objective trained, which --config may name
-        name = objective.value if objective else load_config(config, list(overrides or []), raw).train.objective
-        section = OBJECTIVE_SECTIONS[name]
+        if objective is not None and objective not in registry.REGISTRY:
+            raise ValueError(f"--objective {objective!r}: unknown; choose one of {', '.join(registry.names())}")
+        name = objective or load_config(config, list(overrides or []), raw).train.objective
+        section = registry.get(name).section
         own = {"beam_width": beam_width, "weight": weight, "temperature": temperature,
                "surrogate": surrogate.value if surrogate else None,
                "formulation": formulation.value if formulation else None,
                "candidates": candidates.value if candidates else None, "tau": tau,
                "num_negatives" if section == "apao" else "negatives": negatives, "beta": beta}
         given = [key for key, value in own.items() if value is not None]
-        known = {f.name for f in dataclasses.fields(getattr(ExperimentConfig(), section))} if section else set()
+        known = set(registry.get(name).fields())
         for key in given:
             if key not in known:
                 flag = "negatives" if key == "num_negatives" else key.replace("_", "-")
                 raise ValueError(f"--{flag}: objective {name} has no such setting")
         flags = {
             "data": str(data) if data else None, "model": model, "lora": lora, "lora_settings.rank": lora_rank,
-            "train.objective": objective.value if objective else None, "train.epochs": epochs, "train.lr": lr,
+            "train.objective": objective, "train.epochs": epochs, "train.lr": lr,
             "train.batch_size": batch_size, "train.seed": seed, "train.max_train_examples": max_train_examples,
             "train.max_prompt_tokens": max_prompt_tokens, **{f"{section}.{key}": own[key] for key in given},
             "msl.ats": ats, "sdpo.reference": str(reference) if reference else None,
@@ -449,13 +447,13 @@ def quickstart(
 ):
     """Synthetic catalog where beam search prunes -> tiny LM trained with SFT, MSL and BEAR -> constrained beam
     search, with the exact ranking (nothing pruned) beside it -> results table."""
-    from bearrec.objectives.configs import OBJECTIVE_CONFIGS
+    from bearrec.objectives import registry
     from bearrec.quickstart import QuickstartConfig, run_quickstart
 
     names = tuple(dict.fromkeys(o.strip() for o in objectives.split(",") if o.strip()))
-    unknown = [n for n in names if n not in OBJECTIVE_CONFIGS]
+    unknown = [n for n in names if n not in registry.REGISTRY]
     if unknown or not names:
-        raise ValueError(f"--objectives: unknown or none ({', '.join(unknown)}); choose from {', '.join(OBJECTIVE_CONFIGS)}")
+        raise ValueError(f"--objectives: unknown or none ({', '.join(unknown)}); choose from {', '.join(registry.names())}")
     cfg = QuickstartConfig(seed=seed, model=model, users=users, epochs=epochs, eval_users=eval_users, weight=weight,
                            temperature=temperature, pruning_pressure=pruning_pressure, objectives=names)
     from bearrec.report import rich_table
@@ -567,7 +565,7 @@ def compare(
     from bearrec.evaluate import EvalSettings
     from bearrec.experiments import compare_plan, parse_baselines
     from bearrec.models import SMOLLM2
-    from bearrec.objectives.configs import OBJECTIVE_CONFIGS
+    from bearrec.objectives import registry
 
     names = [o.strip() for o in objectives.split(",") if o.strip()]
     # sdpo's B only where sdpo-bear is planned: an experiment recorded without it stays resumable
@@ -585,9 +583,9 @@ def compare(
         max_eval_users = _cpu_budget(base)
         pruning_users = pruning_users or 30
         pruning_node_budget = pruning_node_budget or 512
-    unknown = [n for n in names if n.split(":")[0] not in OBJECTIVE_CONFIGS]
+    unknown = [n for n in names if n.split(":")[0] not in registry.REGISTRY]
     if unknown:
-        raise ValueError(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(OBJECTIVE_CONFIGS)}")
+        raise ValueError(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(registry.names())}")
     settings = EvalSettings(beam_width=beam_width or base.train.valid_beam_width, max_users=max_eval_users, pruning_rate=pruning_rate,
                             pruning_users=pruning_users, pruning_node_budget=pruning_node_budget,
                             exclude_history=exclude_history)
@@ -601,7 +599,7 @@ def sweep(
     ctx: typer.Context,
     config: Annotated[Optional[Path], typer.Argument(help="experiment YAML (see configs/)")] = None,
     grid: Annotated[Optional[list[str]], typer.Option(help="name=v1,v2,... ; several names after one --grid or one --grid each; 'weight' is the objective's field, or section.field")] = None,
-    objective: Annotated[Objective, typer.Option(help="the objective whose hyperparameters are swept")] = Objective.bear,
+    objective: Annotated[str, typer.Option(help="the objective whose hyperparameters are swept (a name of train --objective)")] = "bear",
     data: Annotated[Optional[Path], typer.Option(help="dataset folder [default: 'data' of the config]")] = None,
     model: Annotated[Optional[str], typer.Option(help="[default: the config's, else tiny]")] = None,
     seeds: Annotated[int, typer.Option(help="training seeds per grid point")] = 1,
@@ -622,6 +620,7 @@ def sweep(
     """
     from bearrec.evaluate import EvalSettings
     from bearrec.experiments import parse_grid, sweep_plan
+    from bearrec.objectives import registry
     from bearrec.models import TINY
 
     extra = [a for a in ctx.args if "=" in a and not a.startswith("-")]
@@ -630,12 +629,14 @@ def sweep(
     if config is not None and "=" in config.name and not config.exists():  # a grid entry, not a config file
         extra.insert(0, str(config))
         config = None
-    parsed = parse_grid(list(grid or []) + extra, objective.value)
+    if objective not in registry.REGISTRY:
+        raise ValueError(f"--objective {objective!r}: unknown; choose one of {', '.join(registry.names())}")
+    parsed = parse_grid(list(grid or []) + extra, objective)
     sets = _flag_sets({"train.epochs": epochs, "train.max_train_examples": max_train_examples}) + list(overrides or [])
     base = _experiment_config(config, data, model, sets, TINY)
     # Every grid point is judged on the valid split; only the chosen one (and SFT) ever sees test.
     settings = EvalSettings(split="valid", max_users=max_eval_users, pruning_rate=pruning_rate)
-    _run_experiment("sweep", base, sweep_plan(objective.value, parsed, seeds, base.train.seed), out_dir, settings,
+    _run_experiment("sweep", base, sweep_plan(objective, parsed, seeds, base.train.seed), out_dir, settings,
                     overwrite, parsed, jobs)
 
 

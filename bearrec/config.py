@@ -24,7 +24,7 @@ from bearrec.checks import MAX_SEED, check
 from bearrec.bert4rec import BERT4RecConfig
 from bearrec.io import write_text
 from bearrec.models import TINY, LoraSettings, TinyConfig
-from bearrec.objectives.configs import APAOConfig, BeamSimConfig, BEARConfig, MSLConfig, SDPOConfig
+from bearrec.objectives import registry
 from bearrec.sasrec import SASRecConfig
 from bearrec.semantic_ids import REPRESENTATIONS
 
@@ -39,7 +39,7 @@ class TrainConfig:
     """Optimisation and model selection. The paper: 10 epochs, LoRA rank 8, lr 1e-4, AdamW, batch 128,
     best validation NDCG@10 kept."""
 
-    objective: str = "sft"  # sft | bear | beam-sim | msl | sdpo | sdpo-bear | apao-pointwise | apao-pairwise
+    objective: str = "sft"  # a name of bearrec.objectives.registry: sft, bear, msl, ...
     epochs: int = 3
     lr: float | None = None  # None: 1e-3 for the tiny model trained from scratch, 1e-4 with LoRA
     batch_size: int = 32  # per device
@@ -132,29 +132,31 @@ class DecodingConfig:
               self.latent_neighbors)
 
 
-# The config section each objective reads its settings from (None: it has none).
-OBJECTIVE_SECTIONS = {"sft": None, "bear": "bear", "beam-sim": "beam_sim", "msl": "msl", "sdpo": "sdpo",
-                      "sdpo-bear": "sdpo", "apao-pointwise": "apao", "apao-pairwise": "apao"}
-
-
 @dataclass
 class ExperimentConfig:
+    """An experiment's settings. Besides the fields below, one section per objective section of the registry
+    (``bear``, ``msl``, ...: ``config.bear.weight``), kept in ``sections`` and written to YAML at the top level
+    like the others."""
+
     data: str | None = None  # dataset folder from `bearrec prepare`
     model: str = TINY  # "tiny", "smollm2-135m" or a Hugging Face model folder / hub name
     lora: bool | None = None  # None: LoRA for pretrained models, full fine-tuning for tiny
     chat_template: bool | None = None  # wrap the prompt in the tokenizer's chat template (None: the model's default)
     representation: str = "titles"  # titles (the Figure 2 prompt) | semantic-ids (the dataset's codes; tiny models)
     train: TrainConfig = field(default_factory=TrainConfig)
-    bear: BEARConfig = field(default_factory=BEARConfig)
-    beam_sim: BeamSimConfig = field(default_factory=BeamSimConfig)
-    msl: MSLConfig = field(default_factory=MSLConfig)
-    sdpo: SDPOConfig = field(default_factory=SDPOConfig)  # sdpo and sdpo-bear
-    apao: APAOConfig = field(default_factory=APAOConfig)  # apao-pointwise and apao-pairwise
+    sections: dict[str, Any] = field(default_factory=registry.default_sections)  # the objectives' settings
     lora_settings: LoraSettings = field(default_factory=LoraSettings)
     tiny: TinyConfig = field(default_factory=TinyConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)  # the conventional baselines of `bearrec compare`
     bert4rec: BERT4RecConfig = field(default_factory=BERT4RecConfig)
+
+    def __getattr__(self, name: str):
+        """An objective's section as an attribute (``config.bear``)."""
+        sections = self.__dict__.get("sections")
+        if sections is not None and name in sections:
+            return sections[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def use_lora(self) -> bool:
@@ -168,10 +170,13 @@ class ExperimentConfig:
 
     @property
     def scoring(self) -> str:
-        """The step scoring this run decodes with: ``decoding.scoring``, else its objective's default."""
-        from bearrec.decoding.scoring import default_scoring
-
-        return self.decoding.scoring or default_scoring(self)
+        """The step scoring this run decodes with: ``decoding.scoring``, else the one its objective was trained for
+        (the registry's: ``masked`` for MSL and the official BEAR, whose losses are softmaxes over the trie-valid
+        tokens; ``full`` otherwise)."""
+        if self.decoding.scoring:
+            return self.decoding.scoring
+        objective = registry.get(self.train.objective)
+        return objective.scoring(self.sections.get(objective.section))
 
     @property
     def learning_rate(self) -> float:
@@ -179,24 +184,15 @@ class ExperimentConfig:
 
     def objective_config(self):
         """The config object of the chosen objective (it computes the loss)."""
-        from bearrec.objectives.configs import OBJECTIVE_CONFIGS
-
-        name = self.train.objective
-        if name not in OBJECTIVE_CONFIGS:
-            raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVE_CONFIGS)}")
-        section = OBJECTIVE_SECTIONS[name]
-        if section is None:
-            return OBJECTIVE_CONFIGS[name]()
-        settings = getattr(self, section)
-        return settings.for_objective(name) if hasattr(settings, "for_objective") else settings
+        objective = registry.get(self.train.objective)
+        return objective.settings(self.sections.get(objective.section))
 
     def validate(self) -> None:
         """Check every section (each config dataclass's own ``validate(section)``) and the fields across them."""
         self.objective_config()
-        for f in dataclasses.fields(self):
-            section = getattr(self, f.name)
-            if dataclasses.is_dataclass(section) and hasattr(section, "validate"):
-                section.validate(f.name)
+        for name, section in _section_values(self).items():
+            if hasattr(section, "validate"):
+                section.validate(name)
         check(bool(self.model and self.model.strip()), "config", "model", "a model name or folder", self.model)
         check(self.data is None or bool(self.data.strip()), "config", "data", "a dataset folder", self.data)
         if self.use_lora and self.model == TINY:
@@ -208,7 +204,15 @@ class ExperimentConfig:
                              "(its shape in the 'tiny' section)")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Nested plain dicts, the objectives' sections after ``train`` as in a YAML file."""
+        plain = asdict(self)
+        sections = plain.pop("sections")
+        ordered: dict = {}
+        for key, value in plain.items():
+            ordered[key] = value
+            if key == "train":
+                ordered.update(sections)
+        return ordered
 
     def save(self, path: str | os.PathLike) -> None:
         write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -217,6 +221,25 @@ class ExperimentConfig:
 def from_dict(raw: dict, source: str = "config") -> ExperimentConfig:
     """Build an :class:`ExperimentConfig` from nested dicts, refusing unknown keys with their path."""
     return _build(ExperimentConfig, raw or {}, source)
+
+
+def _members(cls) -> dict[str, type | None]:
+    """The keys a mapping for ``cls`` may hold: name -> its section's dataclass, or None for a plain field. An
+    experiment config's objective sections come from the registry (``sections`` itself is no key)."""
+    members = {f.name: _section_type(f) for f in dataclasses.fields(cls)}
+    if cls is ExperimentConfig:
+        del members["sections"]
+        train_at = list(members).index("train") + 1
+        items = list(members.items())
+        members = dict(items[:train_at] + list(registry.sections().items()) + items[train_at:])
+    return members
+
+
+def _section_values(config) -> dict[str, Any]:
+    """Every section of ``config`` (dataclass fields and objective sections) by name."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "sections"}
+    values.update(getattr(config, "sections", {}))
+    return {name: value for name, value in values.items() if dataclasses.is_dataclass(value)}
 
 
 # A config is a page of text; a stream such as /dev/zero would otherwise be read until memory runs out.
@@ -390,14 +413,14 @@ def _set(raw: dict, key: str, value: Any) -> None:
     node, owner = raw, ExperimentConfig
     parts = key.split(".")
     for depth, part in enumerate(parts):
-        fields = {f.name: f for f in dataclasses.fields(owner)}
+        fields = _members(owner)
         where = ".".join(parts[:depth]) or "the config"
         if part not in fields:
             raise ValueError(f"--set {key}: unknown field {part!r} in {where} (known: {', '.join(fields)})")
         if depth == len(parts) - 1:
             node[part] = value
             return
-        section = _section_type(fields[part])
+        section = fields[part]
         if section is None:
             raise ValueError(f"--set {key}: {'.'.join(parts[:depth + 1])} is a field, not a section")
         node = node.setdefault(part, {})
@@ -417,19 +440,22 @@ def _section_type(f: dataclasses.Field):
 def _build(cls, raw: dict, where: str):
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: expected a mapping of fields, got {_short(raw)}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = _members(cls)
     unknown = set(raw) - set(fields)
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {', '.join(map(str, sorted(unknown, key=str)))}; known: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
+    objective_sections: dict[str, Any] = {}
     for name, value in raw.items():
-        section = _section_type(fields[name])
-        if section is not None:
-            values[name] = _build(section, value, f"{where}: {name}")
-        else:
-            values[name] = _typed(value, hints[name], f"{where}: {name}")
-    return cls(**values)
+        section = fields[name]
+        built = _build(section, value, f"{where}: {name}") if section is not None else \
+            _typed(value, hints[name], f"{where}: {name}")
+        (values if name in hints else objective_sections)[name] = built
+    built = cls(**values)
+    if objective_sections:
+        built.sections.update(objective_sections)
+    return built
 
 
 def _typed(value: Any, hint, where: str) -> Any:

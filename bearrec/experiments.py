@@ -29,14 +29,11 @@ from bearrec.data.dataset import RecDataset
 from bearrec.evaluate import EvalSettings
 from bearrec.io import check_replaceable, folder_lock, mark, write_json
 from bearrec.metrics import report_ks
+from bearrec.objectives import registry
 from bearrec.report import METRIC_COLUMNS
 
 BASELINES = ("sasrec", "bert4rec")  # conventional recommenders: config section = run label
-OBJECTIVE_SECTIONS = {"bear": "bear", "beam-sim": "beam_sim", "msl": "msl", "sdpo": "sdpo", "sdpo-bear": "sdpo",
-                      "apao-pointwise": "apao", "apao-pairwise": "apao"}
 BASELINE = "sft"
-SHORT_KEYS = {"weight", "temperature", "beam_width", "surrogate", "formulation", "candidates", "tau", "ats", "ats_eta",
-              "ats_alpha", "ats_warmup", "ats_min", "ats_max", "reference", "negatives", "beta"}  # fields of an objective
 
 
 @dataclass
@@ -61,6 +58,7 @@ def objective_variant(entry: str) -> dict[str, Any]:
     from bearrec.config import parse_value
 
     name, *fields = entry.split(":")
+    section = registry.get(name.strip()).section
     overrides: dict[str, Any] = {"train.objective": name.strip()}
     for item in filter(None, (part.strip() for part in fields)):
         key, sep, value = item.partition("=")
@@ -70,7 +68,9 @@ def objective_variant(entry: str) -> dict[str, Any]:
             parsed = parse_value(value)
         except ValueError as err:
             raise ValueError(f"objective {entry!r}: {err}") from None
-        overrides[key if "." in key else f"{OBJECTIVE_SECTIONS.get(name.strip(), name.strip())}.{key}"] = parsed
+        if "." not in key and section is None:
+            raise ValueError(f"objective {entry!r}: {name.strip()} has no settings; name them as section.field")
+        overrides[key if "." in key else f"{section}.{key}"] = parsed
     return overrides
 
 
@@ -105,14 +105,15 @@ def parse_grid(entries: list[str], objective: str) -> dict[str, list]:
     """
     from bearrec.config import parse_value
 
-    section = OBJECTIVE_SECTIONS.get(objective)
+    spec = registry.get(objective)
+    section = spec.section
     grid: dict[str, list] = {}
     for entry in entries:
         key, sep, values = entry.partition("=")
         if not sep or not key or not values:
             raise ValueError(f"grid entry {entry!r}: expected name=v1,v2,... (e.g. weight=0.1,0.5,1)")
         if "." not in key:
-            if section is None or key not in SHORT_KEYS:
+            if section is None or key not in spec.fields():
                 raise ValueError(f"grid entry {entry!r}: use section.field (e.g. bear.weight or train.lr)")
             key = f"{section}.{key}"
         try:

@@ -12,12 +12,12 @@ import torch
 
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 from bearrec.models import TINY
-from bearrec.objectives import OBJECTIVES
+from bearrec.objectives import registry
 from bearrec.report import bar_chart, markdown_table, pruning_markdown
 from bearrec.runs import evaluate_run, train_run
 from bearrec.io import check_replaceable, folder_lock, mark, write_json, write_text
 from bearrec.config import ExperimentConfig, TrainConfig
-from bearrec.objectives.configs import BEARConfig
+from bearrec.objectives.bear import BEARConfig
 
 
 @dataclass
@@ -48,15 +48,16 @@ def _run_quickstart(out: Path, cfg: QuickstartConfig, console) -> dict:
         data=str(out / "data"), model=cfg.model,
         train=TrainConfig(objective=objective, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
                           valid_beam_width=cfg.beam_width),
-        bear=BEARConfig(beam_width=cfg.beam_width, weight=cfg.weight, temperature=cfg.temperature),
     ) for objective in cfg.objectives}
+    for config in configs.values():
+        config.sections["bear"] = BEARConfig(beam_width=cfg.beam_width, weight=cfg.weight, temperature=cfg.temperature)
     for config in configs.values():  # every setting is checked before anything is written
         config.validate()
     synthetic = SyntheticConfig(seed=cfg.seed, num_users=cfg.users, pruning_pressure=cfg.pruning_pressure)
     synthetic.validate()
     if cfg.eval_users is not None and cfg.eval_users < 1:
         raise ValueError(f"eval_users must be at least 1 (or unset for all), got {cfg.eval_users}")
-    check_replaceable(out, "quickstart", also=OBJECTIVES)  # a new or empty folder, or an earlier quickstart
+    check_replaceable(out, "quickstart", also=registry.names())  # a new or empty folder, or an earlier quickstart
     started = time.perf_counter()
     dataset = generate_synthetic(synthetic)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import torch
 from bearrec.catalog import ItemTrie
 from bearrec.objectives import IGNORE_INDEX, adaptive_weights, apao_pairwise_loss, apao_pointwise_loss, distinct_prefixes
 from bearrec.objectives.apao import grouped_answer_logits
-from bearrec.objectives.configs import APAOConfig
+from bearrec.objectives.apao import APAOConfig
 from tests.reference import random_model, random_prompts
 
 V = 12

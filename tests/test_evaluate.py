@@ -10,7 +10,7 @@ from bearrec.catalog import build_trie
 from bearrec.config import ExperimentConfig
 from bearrec.data.prompts import left_pad
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
-from bearrec.decoding import constrained_beam_search, default_scoring, score_catalog
+from bearrec.decoding import constrained_beam_search, score_catalog
 from bearrec.evaluate import evaluate, pruning_scope
 from bearrec.metrics import full_rank
 from bearrec.runs import prompt_encoder, tokenizer_corpus
@@ -76,9 +76,17 @@ def test_evaluate_refuses_unknown_scoring(setup):
     ("bear", "paper", "full"), ("bear", None, "full"),  # a config from before bear.formulation existed
 ])
 def test_default_scoring_follows_the_objective(objective, formulation, expected):
-    bear = SimpleNamespace() if formulation is None else SimpleNamespace(formulation=formulation)
-    config = SimpleNamespace(train=SimpleNamespace(objective=objective), bear=bear)
-    assert default_scoring(config) == expected
+    """The registry's scoring of each objective, as a run's config reads it (``ExperimentConfig.scoring``)."""
+    from bearrec.config import ExperimentConfig, TrainConfig
+
+    config = ExperimentConfig(train=TrainConfig(objective=objective))
+    if formulation is None:
+        config.sections["bear"] = SimpleNamespace()  # a config from before bear.formulation existed
+    else:
+        config.bear.formulation = formulation
+    assert config.scoring == expected
+    config.decoding.scoring = "masked" if expected == "full" else "full"
+    assert config.scoring == config.decoding.scoring  # decoding.scoring overrides it
 
 
 def test_exact_decoder_lists_the_most_probable_items(setup):

@@ -375,7 +375,7 @@ def test_packed_batches_give_every_example_the_logits_and_losses_of_its_own_forw
     reference), so every objective's loss on a packed batch equals its loss on the same examples unpacked."""
     from reference import item_token_log_probs
 
-    from bearrec.objectives.configs import OBJECTIVE_CONFIGS
+    from bearrec.objectives import registry
     from bearrec.runs import item_trie, new_model, prompt_encoder
     from bearrec.train import Collator, PackedCollator, RecTrainer, encode_split, pack_examples
 
@@ -406,8 +406,7 @@ def test_packed_batches_give_every_example_the_logits_and_losses_of_its_own_forw
             item_token_log_probs(model, same[n]["prompt"], answer), abs=1e-5)
     extra = {"candidates": packed["candidates"], "step": 0}
     for name in ("sft", "msl", "bear", "apao-pointwise"):
-        objective = OBJECTIVE_CONFIGS[name]()
-        objective = objective.for_objective(name) if hasattr(objective, "for_objective") else objective
+        objective = registry.get(name).settings()
         assert float(objective.loss(got, packed["labels"], extra)[0]) == pytest.approx(
             float(objective.loss(want, packed["labels"], extra)[0]), abs=1e-5), name
 

@@ -7,7 +7,7 @@ from bearrec.decoding.exact import ExactTopK, exact_top_k
 from bearrec.decoding.exhaustive import exact_target_ranks, score_catalog
 from bearrec.decoding.latent import ItemMemory, LatentTopK, item_memory, latent_decode, latent_top_k
 from bearrec.decoding.pruning import PruningReport, attribute_pruning, pruning_report
-from bearrec.decoding.scoring import SCORINGS, default_scoring
+from bearrec.decoding.scoring import SCORINGS
 
 __all__ = [
     "BeamResult",
@@ -20,7 +20,6 @@ __all__ = [
     "attribute_pruning",
     "constrained_beam_search",
     "decode",
-    "default_scoring",
     "exact_top_k",
     "item_memory",
     "latent_decode",

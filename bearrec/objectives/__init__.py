@@ -1,4 +1,5 @@
-"""Training objectives: pure functions of aligned ``logits [N, T, V]`` and ``labels [N, T]`` (-100 = unscored)."""
+"""Training objectives: pure functions of aligned ``logits [N, T, V]`` and ``labels [N, T]`` (-100 = unscored),
+each with its config dataclass in the same file; :mod:`bearrec.objectives.registry` lists them."""
 
 from bearrec.objectives.apao import adaptive_weights, apao_pairwise_loss, apao_pointwise_loss, distinct_prefixes
 from bearrec.objectives.beam_sim import align_thresholds, beam_sim_loss, simulate_thresholds
@@ -7,11 +8,8 @@ from bearrec.objectives.msl import ats_temperature, masked_log_softmax, msl_loss
 from bearrec.objectives.sdpo import sdpo_bear_loss, sdpo_loss, sequence_log_probs
 from bearrec.objectives.sft import IGNORE_INDEX, sft_loss
 
-OBJECTIVES = ("sft", "bear", "beam-sim", "msl", "sdpo", "sdpo-bear", "apao-pointwise", "apao-pairwise")
-
 __all__ = [
     "IGNORE_INDEX",
-    "OBJECTIVES",
     "adaptive_weights",
     "apao_pairwise_loss",
     "apao_pointwise_loss",

@@ -36,9 +36,12 @@ against SFT's ~36 (measured: docs/benchmarks.md).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from bearrec.objectives.sft import IGNORE_INDEX
+from bearrec.checks import check, is_number
+from bearrec.objectives.sft import IGNORE_INDEX, sft_loss
 
 
 def _prefix_scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,3 +186,67 @@ def _reduce(per: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Ten
     if reduction == "per_prefix":
         return per.sum(0) / valid.sum(0).clamp(min=1)
     raise ValueError(f"reduction must be 'mean', 'none' or 'per_prefix', not {reduction!r}")
+
+
+@dataclass
+class APAOConfig:
+    """APAO (``bearrec/objectives/apao.py``): ``CE + beta * sum_t w_t L_t`` over the prefix lengths t of the positive.
+
+    ``apao-pointwise``: ``L_t`` = mean of ``-s_t(y+) / t / temperature``; ``apao-pairwise``: the softmax of the
+    positive's t-prefix against ``num_negatives`` uniformly sampled items' (resampled every batch, so every epoch),
+    duplicates masked, rescaled by ``c_t`` (``rescale``). ``adaptive``: the detached worst-prefix weights
+    ``w_t ∝ L_t exp(eta L_t)`` (the authors' code; uniform weights otherwise). Defaults: the authors' scripts
+    (``train_apao_pointwise.sh`` / ``train_apao_pairwise.sh``): beta 0.1, prefix temperature 1, eta 0,
+    100 negatives, rescaling on.
+    """
+
+    beta: float = 0.1  # weight of the prefix term (the paper searches 0.1 - 0.4)
+    temperature: float = 1.0  # prefix_tau
+    adaptive: bool = True  # worst-prefix weights (False: uniform over prefix lengths)
+    eta: float = 0.0  # eta_adapt (the paper searches 0 - 5e-4)
+    num_negatives: int = 100  # apao-pairwise: K uniform negatives per example (neg_k)
+    rescale: bool = True  # apao-pairwise: c_t = (P_t - 1) / n_t (is_neg_scale)
+    pairwise: bool = False  # set for the apao-pairwise objective (see ``for_objective``)
+    needs_search = False
+    needs_candidates = False
+    negatives = 0  # no reference model (S-DPO's rows); the pairwise negatives travel as ``group_labels``
+
+    def for_objective(self, name: str) -> "APAOConfig":
+        """This section as the config of ``apao-pointwise`` or ``apao-pairwise``."""
+        config = APAOConfig(**{k: getattr(self, k) for k in self.__dataclass_fields__})
+        config.pairwise = name == "apao-pairwise"
+        return config
+
+    @property
+    def prefix_negatives(self) -> int:
+        """Negatives whose prefix scores the batch must carry (``group_labels``), 0 for pointwise."""
+        return self.num_negatives if self.pairwise else 0
+
+    def loss(self, logits, labels, extra=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pointwise: ``logits [N, T, V]``, ``labels [N, T]``. Pairwise: rows grouped ``1 + K`` per example, the
+        positive first (``[N(1+K), A, V]``), and ``extra["prefix_counts"]`` for the rescaling."""
+        if self.pairwise:
+            group = 1 + self.num_negatives
+            grouped_logits = logits.view(-1, group, *logits.shape[1:])  # [N, 1+K, A, V]
+            grouped_labels = labels.view(-1, group, labels.shape[-1])  # [N, 1+K, A]
+            counts = (extra or {}).get("prefix_counts") if self.rescale else None
+            if self.rescale and counts is None:
+                raise ValueError("apao-pairwise with rescale needs the catalog's prefix counts")
+            per_prefix = apao_pairwise_loss(grouped_logits, grouped_labels, counts, self.temperature, "per_prefix")
+            ce = sft_loss(grouped_logits[:, 0], grouped_labels[:, 0])
+        else:
+            per_prefix = apao_pointwise_loss(logits, labels, self.temperature, "per_prefix")
+            ce = sft_loss(logits, labels)
+        weights = (adaptive_weights(per_prefix, self.eta) if self.adaptive
+                   else torch.full_like(per_prefix, 1.0 / max(per_prefix.numel(), 1)))
+        prefix = self.beta * (weights * per_prefix).sum()
+        return ce + prefix, prefix.detach()
+
+    def validate(self, section: str) -> None:
+        check(is_number(self.beta) and self.beta >= 0, section, "beta", ">= 0", self.beta)
+        check(is_number(self.temperature) and self.temperature > 0, section, "temperature", "> 0", self.temperature)
+        check(isinstance(self.adaptive, bool), section, "adaptive", "true or false", self.adaptive)
+        check(is_number(self.eta) and self.eta >= 0, section, "eta", ">= 0", self.eta)
+        check(isinstance(self.num_negatives, int) and not isinstance(self.num_negatives, bool)
+               and self.num_negatives >= 1, section, "num_negatives", "an integer >= 1", self.num_negatives)
+        check(isinstance(self.rescale, bool), section, "rescale", "true or false", self.rescale)

@@ -9,11 +9,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from bearrec.objectives.msl import masked_log_softmax
-from bearrec.objectives.sft import reduce_tokens, scored_log_probs
+from bearrec.checks import check, is_number
+from bearrec.objectives.msl import masked_log_softmax, msl_loss
+from bearrec.objectives.sft import reduce_tokens, scored_log_probs, sft_loss
 
 SURROGATES = ("paper", "softplus")
 FORMULATIONS = ("official", "paper")
@@ -188,3 +191,60 @@ def bear_regulariser(
     _, log_beta = official_weights(log_q, target, valid, beam_width, temperature, 0.0)
     reg = F.logsigmoid((log_beta - target) / temperature)
     return torch.where(valid.sum(dim=1) > 1, reg, torch.zeros_like(reg)), mask
+
+
+CANDIDATES = ("vocab", "trie")
+
+
+def check_bear_fields(cfg, section: str) -> None:
+    """The fields BEAR-like sections share: beam_width, weight, temperature, and the optional ones."""
+    check(isinstance(cfg.beam_width, int) and not isinstance(cfg.beam_width, bool) and cfg.beam_width >= 1,
+           section, "beam_width", "an integer >= 1", cfg.beam_width)
+    check(is_number(cfg.weight) and cfg.weight >= 0, section, "weight", ">= 0", cfg.weight)
+    check(is_number(cfg.temperature) and cfg.temperature > 0, section, "temperature", "> 0", cfg.temperature)
+    if hasattr(cfg, "surrogate"):
+        check(cfg.surrogate in SURROGATES, section, "surrogate", " or ".join(SURROGATES), cfg.surrogate)
+    if hasattr(cfg, "formulation"):
+        check(cfg.formulation in FORMULATIONS, section, "formulation", " or ".join(FORMULATIONS), cfg.formulation)
+        check(is_number(cfg.tau) and cfg.tau > 0, section, "tau", "> 0", cfg.tau)
+        check(cfg.formulation == "official" or cfg.tau == 1, section, "tau", "1 with formulation paper", cfg.tau)
+        check(cfg.candidates in CANDIDATES, section, "candidates", " or ".join(CANDIDATES), cfg.candidates)
+
+
+@dataclass
+class BEARConfig:
+    """BEAR; see ``bear_loss``. Defaults are the authors' released script (Toy): tau 1, xi 2.75, lambda 0.25, B 10.
+
+    ``official``: masked-softmax cross-entropy over the trie-valid tokens, reweighted by detached
+    ``1 + lambda * sigmoid((log q(y) - log beta_B) / xi)`` (= SFT + lambda*xi*eq. 3.4 with beta detached,
+    in gradient). ``paper``: eq. 3.4 as printed, full-vocabulary softmax, gradient through beta; its
+    top-B candidates are the whole vocabulary or the trie-valid tokens (``candidates``).
+    """
+
+    beam_width: int = 10  # B: match the decoding beam width (paper: 10)
+    weight: float = 0.25  # lambda (authors: 0.25; paper searches 0.1 - 5)
+    temperature: float = 2.75  # xi, sigmoid temperature (authors: 2.75; paper searches 0.25 - 3)
+    formulation: str = "official"  # official (released code) | paper (eq. 3.4 as printed)
+    candidates: str = "vocab"  # paper formulation: top-B among the vocabulary | the trie-valid tokens
+    tau: float = 1.0  # official formulation: softmax temperature of the masked softmax (authors: 1)
+    surrogate: str = "paper"  # paper formulation: "paper" = eq. 3.4; "softplus" = only violated tokens pay
+    needs_search = False
+
+    @property
+    def needs_candidates(self) -> bool:
+        return self.formulation == "official" or self.candidates == "trie"
+
+    negatives = 0
+
+    def loss(self, logits, labels, extra=None) -> tuple[torch.Tensor, torch.Tensor]:
+        allowed = (extra or {}).get("candidates") if self.needs_candidates else None
+        if self.needs_candidates and allowed is None:
+            raise ValueError(f"bear ({self.formulation}) needs the batch's trie candidates")
+        loss = bear_loss(logits, labels, self.beam_width, self.temperature, self.weight, self.formulation,
+                         allowed=allowed, tau=self.tau, surrogate=self.surrogate)
+        if self.formulation == "official":  # the part the weights add over plain MSL
+            return loss, loss.detach() - msl_loss(logits.detach(), labels, allowed, self.tau)
+        return loss, loss.detach() - sft_loss(logits.detach(), labels)
+
+    def validate(self, section: str) -> None:
+        check_bear_fields(self, section)

@@ -24,9 +24,11 @@ local batch.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
+from bearrec.checks import check, is_number
 from bearrec.objectives.sft import IGNORE_INDEX, reduce_tokens
 
 NEG_INF = float("-inf")
@@ -123,3 +125,54 @@ def ats_loss(logits: torch.Tensor, labels: torch.Tensor, allowed: torch.Tensor, 
     _, target, valid, _ = masked_log_softmax(logits, labels, allowed, tau)
     counts = valid.sum(dim=1) > 1  # [M]
     return tau * (-target[counts]).sum() / counts.sum().clamp(min=1)
+
+
+@dataclass
+class MSLConfig:
+    """MSL (masked softmax loss, SIGIR 2025): cross-entropy over the trie-valid tokens of ``logits / tau``.
+
+    ``tau``: 1 in the BEAR authors' MSL runs (``cmd/run.py``), 4.5 in the MSL README. ``ats``: the
+    adaptive temperature of ``train_trie_token_adatau.py`` (see ``bearrec/objectives/msl.py``); ``tau``
+    is then its starting value (MSL repo: 1.5), ``ats_eta`` 0.25, ``ats_alpha`` 0.05, clipped to
+    [``ats_min``, ``ats_max``] = [1.5, 5], no warm-up. The running temperature lives in this object
+    (a resumed run restarts it from ``tau``).
+    """
+
+    tau: float = 1.0
+    ats: bool = False
+    ats_eta: float = 0.25  # eta of C = log(|A_root| * eta)
+    ats_alpha: float = 0.05  # smoothing of the running temperature
+    ats_warmup: int = 0  # optimizer steps trained at the fixed ``tau`` before ATS starts
+    ats_min: float = 1.5
+    ats_max: float = 5.0
+    needs_search = False
+    needs_candidates = True
+    negatives = 0
+
+    def __post_init__(self):
+        self.current_tau = self.tau
+
+    def loss(self, logits, labels, extra=None) -> tuple[torch.Tensor, torch.Tensor]:
+        extra = extra or {}
+        allowed = extra.get("candidates")
+        if allowed is None:
+            raise ValueError("msl needs the batch's trie candidates")
+        if not self.ats:
+            loss = msl_loss(logits, labels, allowed, self.tau)
+            return loss, torch.zeros_like(loss)
+        if extra.get("step", 0) < self.ats_warmup:
+            self.current_tau = self.tau
+        elif logits.requires_grad:  # training steps move the running temperature, evaluation does not
+            estimate = ats_temperature(logits.detach(), labels, allowed, self.ats_eta, (self.ats_min, self.ats_max))
+            self.current_tau = (1 - self.ats_alpha) * self.current_tau + self.ats_alpha * estimate
+        loss = ats_loss(logits, labels, allowed, self.current_tau)
+        return loss, torch.zeros_like(loss)
+
+    def validate(self, section: str) -> None:
+        check(is_number(self.tau) and self.tau > 0, section, "tau", "> 0", self.tau)
+        check(isinstance(self.ats, bool), section, "ats", "true or false", self.ats)
+        check(is_number(self.ats_eta) and self.ats_eta > 0, section, "ats_eta", "> 0", self.ats_eta)
+        check(is_number(self.ats_alpha) and 0 < self.ats_alpha <= 1, section, "ats_alpha", "in (0, 1]", self.ats_alpha)
+        check(isinstance(self.ats_warmup, int) and self.ats_warmup >= 0, section, "ats_warmup", "an integer >= 0", self.ats_warmup)
+        check(is_number(self.ats_min) and self.ats_min > 0, section, "ats_min", "> 0", self.ats_min)
+        check(is_number(self.ats_max) and self.ats_max >= self.ats_min, section, "ats_max", ">= ats_min", self.ats_max)

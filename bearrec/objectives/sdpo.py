@@ -20,10 +20,13 @@ the positive first, so ``[R, ...]`` tensors reshape to ``[N, 1 + K, ...]``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from bearrec.objectives.bear import bear_regulariser
+from bearrec.checks import check, is_number
+from bearrec.objectives.bear import bear_regulariser, check_bear_fields
 from bearrec.objectives.sft import scored_log_probs
 
 
@@ -85,3 +88,50 @@ def sdpo_bear_loss(
     neg = reg[~positive_row].sum() / (~positive_row).sum().clamp(min=1)
     part = weight * (pos - neg)
     return loss + part, part.detach()
+
+
+@dataclass
+class SDPOConfig:
+    """S-DPO against a frozen reference (an SFT run); ``sdpo-bear`` adds BEAR (paper Figure 7).
+
+    Defaults of the S-DPO repo: beta 1, 3 negatives (uniform over the catalog, never the target). The
+    policy starts from the reference run's weights and tokenizer, as S-DPO fine-tunes its SFT model.
+    ``weight`` .. ``tau``: the BEAR regulariser of ``sdpo-bear`` (ignored by ``sdpo``).
+    """
+
+    reference: str | None = None  # run folder of the reference SFT run (`bearrec train --objective sft`)
+    negatives: int = 3  # K sampled negative items per example
+    beta: float = 1.0
+    weight: float = 0.25  # sdpo-bear: lambda
+    temperature: float = 2.75  # sdpo-bear: xi
+    beam_width: int = 10  # sdpo-bear: B
+    formulation: str = "official"  # sdpo-bear: official (masked softmax, beta detached) | paper
+    candidates: str = "vocab"  # sdpo-bear, paper formulation: vocab | trie
+    tau: float = 1.0  # sdpo-bear, official formulation
+    needs_search = False
+    with_bear = False  # set for the sdpo-bear objective (see ``for_objective``)
+
+    @property
+    def needs_candidates(self) -> bool:
+        return self.with_bear and (self.formulation == "official" or self.candidates == "trie")
+
+    def for_objective(self, name: str) -> "SDPOConfig":
+        """This section as the config of ``sdpo`` or ``sdpo-bear``."""
+        config = SDPOConfig(**{k: getattr(self, k) for k in self.__dataclass_fields__})
+        config.with_bear = name == "sdpo-bear"
+        return config
+
+    def loss(self, logits, labels, extra=None) -> tuple[torch.Tensor, torch.Tensor]:
+        extra = extra or {}
+        if extra.get("reference") is None:
+            raise ValueError("sdpo needs the reference model's sequence log-probabilities")
+        return sdpo_bear_loss(logits, labels, extra["reference"], self.beta, self.weight if self.with_bear else 0.0,
+                              self.beam_width, self.temperature, self.formulation,
+                              extra.get("candidates") if self.needs_candidates else None, self.tau)
+
+    def validate(self, section: str) -> None:
+        check(self.reference is None or isinstance(self.reference, str), section, "reference", "a run folder", self.reference)
+        check(isinstance(self.negatives, int) and not isinstance(self.negatives, bool) and self.negatives >= 1,
+               section, "negatives", "an integer >= 1", self.negatives)
+        check(is_number(self.beta) and self.beta > 0, section, "beta", "> 0", self.beta)
+        check_bear_fields(self, section)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 IGNORE_INDEX = -100
@@ -44,3 +46,19 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"
     """
     _, target, mask = scored_log_probs(logits, labels)
     return reduce_tokens(-target, mask, reduction)
+
+
+@dataclass
+class SFTConfig:
+    """Plain supervised fine-tuning (eq. 2.1): no hyperparameters."""
+
+    needs_search = False
+    needs_candidates = False
+    negatives = 0
+
+    def loss(self, logits, labels, extra=None) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = sft_loss(logits, labels)
+        return loss, torch.zeros_like(loss)
+
+    def validate(self, section: str) -> None:
+        pass
