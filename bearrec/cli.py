@@ -141,7 +141,7 @@ def prepare(
         if semantic_ids is not None:
             from rich.progress import Progress
 
-            from bearrec.semantic_ids import with_semantic_ids
+            from bearrec.items.semantic_ids import with_semantic_ids
 
             with Progress(console=out) as progress:
                 dataset = with_semantic_ids(dataset, semantic_ids, embedding_model, levels, codebook_size, seed, progress)
@@ -263,8 +263,8 @@ def evaluate(
 
     Other decoders write eval_<split>_<decoder>.json; the latent decoder keeps its item memory in the run folder.
     """
-    from bearrec.evaluate import pruning_scope
-    from bearrec.report import pruning_figure, pruning_table, rich_table
+    from bearrec.evaluation.evaluate import pruning_scope
+    from bearrec.evaluation.report import pruning_figure, pruning_table, rich_table
     from bearrec.runs import ResultNotSaved, evaluate_run
 
     if report and (not pruning_rate or exclude_history):
@@ -340,7 +340,7 @@ def recommend(
     Titles are matched after the same normalisation as `prepare` (HTML entities, Unicode NFC, whitespace).
     A history longer than the longest one in the training data keeps its most recent items (with a warning).
     """
-    from bearrec.recommender import Query, Recommender, RecommenderSettings
+    from bearrec.serving.recommender import Query, Recommender, RecommenderSettings
 
     if beam_width < 1:
         raise ValueError(f"--beam-width must be at least 1, got {beam_width}")
@@ -396,10 +396,10 @@ def serve(
     """
     import torch
 
-    from bearrec.recommender import Recommender, RecommenderSettings
+    from bearrec.serving.recommender import Recommender, RecommenderSettings
 
     try:
-        from bearrec.serve import ServeSettings, create_app, listen, server, url_of
+        from bearrec.serving.app import ServeSettings, create_app, listen, server, url_of
     except ImportError as err:
         raise ValueError(f"bearrec serve needs FastAPI and uvicorn ({err}): pip install 'bearrec[serve]'") from None
 
@@ -448,7 +448,7 @@ def quickstart(
     """Synthetic catalog where beam search prunes -> tiny LM trained with SFT, MSL and BEAR -> constrained beam
     search, with the exact ranking (nothing pruned) beside it -> results table."""
     from bearrec.objectives import registry
-    from bearrec.quickstart import QuickstartConfig, run_quickstart
+    from bearrec.experiments.quickstart import QuickstartConfig, run_quickstart
 
     names = tuple(dict.fromkeys(o.strip() for o in objectives.split(",") if o.strip()))
     unknown = [n for n in names if n not in registry.REGISTRY]
@@ -456,7 +456,7 @@ def quickstart(
         raise ValueError(f"--objectives: unknown or none ({', '.join(unknown)}); choose from {', '.join(registry.names())}")
     cfg = QuickstartConfig(seed=seed, model=model, users=users, epochs=epochs, eval_users=eval_users, weight=weight,
                            temperature=temperature, pruning_pressure=pruning_pressure, objectives=names)
-    from bearrec.report import rich_table
+    from bearrec.evaluation.report import rich_table
 
     results = run_quickstart(out_dir, cfg, console=console)
     out.print(rich_table(results["runs"], results["title"]))
@@ -502,9 +502,9 @@ def torch_cuda() -> bool:
 def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: bool, grid=None, jobs: int = 1) -> None:
     import shlex
 
-    from bearrec.experiments import evaluate_chosen_on_test, run_experiment, verdict, write_report
+    from bearrec.experiments.runner import evaluate_chosen_on_test, run_experiment, verdict, write_report
     from bearrec.io import check_replaceable, empty_folder, folder_lock
-    from bearrec.report import rich_table, summary_runs
+    from bearrec.evaluation.report import rich_table, summary_runs
 
     settings.validate()
     with folder_lock(out_dir, "experiment"):
@@ -562,9 +562,9 @@ def compare(
     Interrupted (Ctrl-C)? Run the same command again: finished runs are kept, the current one resumes.
     """
     from bearrec.config import TrainConfig
-    from bearrec.evaluate import EvalSettings
-    from bearrec.experiments import compare_plan, parse_baselines
-    from bearrec.models import SMOLLM2
+    from bearrec.evaluation.evaluate import EvalSettings
+    from bearrec.experiments.runner import compare_plan, parse_baselines
+    from bearrec.lm.models import SMOLLM2
     from bearrec.objectives import registry
 
     names = [o.strip() for o in objectives.split(",") if o.strip()]
@@ -618,10 +618,10 @@ def sweep(
     is then evaluated on the test split next to SFT (paper practice on test is not possible by accident).
     Restarted with the same arguments, it skips the runs that finished.
     """
-    from bearrec.evaluate import EvalSettings
-    from bearrec.experiments import parse_grid, sweep_plan
+    from bearrec.evaluation.evaluate import EvalSettings
+    from bearrec.experiments.runner import parse_grid, sweep_plan
     from bearrec.objectives import registry
-    from bearrec.models import TINY
+    from bearrec.lm.models import TINY
 
     extra = [a for a in ctx.args if "=" in a and not a.startswith("-")]
     if len(extra) != len(ctx.args):

@@ -21,12 +21,12 @@ from typing import Any
 import yaml
 
 from bearrec.checks import MAX_SEED, check
-from bearrec.bert4rec import BERT4RecConfig
+from bearrec.baselines.bert4rec import BERT4RecConfig
 from bearrec.io import write_text
-from bearrec.models import TINY, LoraSettings, TinyConfig
+from bearrec.lm.models import TINY, LoraSettings, TinyConfig
 from bearrec.objectives import registry
-from bearrec.sasrec import SASRecConfig
-from bearrec.semantic_ids import REPRESENTATIONS
+from bearrec.baselines.sasrec import SASRecConfig
+from bearrec.items.semantic_ids import REPRESENTATIONS
 
 
 # The largest count that torch (and itertools.islice) take: a batch size, node budget or neighbour count above it
@@ -164,7 +164,7 @@ class ExperimentConfig:
 
     @property
     def use_chat_template(self) -> bool:
-        from bearrec.models import CHAT_TEMPLATE_DEFAULT
+        from bearrec.lm.models import CHAT_TEMPLATE_DEFAULT
 
         return CHAT_TEMPLATE_DEFAULT.get(self.model, False) if self.chat_template is None else self.chat_template
 

@@ -30,16 +30,16 @@ import torch
 from transformers import AutoTokenizer
 
 from bearrec import distributed
-from bearrec.catalog import build_trie
+from bearrec.items.trie import build_trie
 from bearrec.config import ExperimentConfig, load_config
 from bearrec.data.dataset import RecDataset
-from bearrec.data.prompts import PromptEncoder, PromptTemplate
+from bearrec.items.prompts import PromptEncoder, PromptTemplate
 from bearrec.decoding.latent import MEMORY_FILE
-from bearrec.evaluate import EvalSettings, evaluate
+from bearrec.evaluation.evaluate import EvalSettings, evaluate
 from bearrec.checks import first_line
 from bearrec.io import DISK_ERRNOS, atomic_file, atomic_folder, check_replaceable, folder_kind, folder_lock, write_json
-from bearrec.models import TINY, build_tiny_model, count_parameters, load_model, save_model, tiny_model_for
-from bearrec.semantic_ids import CodePrompt, code_strings, code_tokenizer, dataset_codes
+from bearrec.lm.models import TINY, build_tiny_model, count_parameters, load_model, save_model, tiny_model_for
+from bearrec.items.semantic_ids import CodePrompt, code_strings, code_tokenizer, dataset_codes
 
 
 def tokenizer_corpus(dataset: RecDataset, template: PromptTemplate) -> list[str]:
@@ -229,7 +229,7 @@ def _train_run(config, out_dir: Path, resume: bool, overwrite: bool, dataset: Re
     data_dir = Path(config.data).resolve()
     if out_dir.resolve() == data_dir or data_dir in out_dir.resolve().parents:
         raise ValueError(f"{out_dir}: is inside the dataset folder {config.data}; choose a run folder outside it")
-    from bearrec.train import flush_denormals, train_model
+    from bearrec.training.trainer import flush_denormals, train_model
 
     # from before the model is built, so that the threads the run creates inherit the mode (train.py)
     with flush_denormals(config.train.flush_denormal):
@@ -322,7 +322,7 @@ def evaluate_run(run_dir, dataset_dir=None, split: str = "test", beam_width: int
                  latent_neighbors: int | None = None, exclude_history: bool = False,
                  allow_other_data: bool = False) -> dict:
     """Evaluate a run folder on a split; written to ``eval_<split>.json`` (and per user to ``eval_<split>_users.csv``),
-    or for ``decoder`` ``exact`` / ``latent`` (see :func:`~bearrec.evaluate.evaluate`) to ``eval_<split>_<decoder>.json``,
+    or for ``decoder`` ``exact`` / ``latent`` (see :func:`~bearrec.evaluation.evaluate.evaluate`) to ``eval_<split>_<decoder>.json``,
     so that the beam-search evaluation is never overwritten. The latent decoder's item memory is kept in the
     run folder (``latent_memory.safetensors``) and reused while it matches the model and the train split.
 

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bearrec.bert4rec import BERT4RecConfig, train_bert4rec
+from bearrec.baselines.bert4rec import BERT4RecConfig, train_bert4rec
 from bearrec.config import parse_value
 from bearrec.data.dataset import RecDataset
-from bearrec.report import METRIC_COLUMNS
-from bearrec.sasrec import SASRecConfig, train_sasrec
-from bearrec.seqrec import evaluate, evaluate_popularity
+from bearrec.evaluation.report import METRIC_COLUMNS
+from bearrec.baselines.sasrec import SASRecConfig, train_sasrec
+from bearrec.baselines.seqrec import evaluate, evaluate_popularity
 
 MODELS = {"sasrec": (SASRecConfig, train_sasrec), "bert4rec": (BERT4RecConfig, train_bert4rec)}
 METRICS = METRIC_COLUMNS[:4]  # NDCG@5, NDCG@10, HR@5, HR@10

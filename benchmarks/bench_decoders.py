@@ -40,12 +40,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    from bearrec.data.prompts import left_pad
+    from bearrec.items.prompts import left_pad
     from bearrec.decoding import decode, item_memory
     from bearrec.decoding.latent import build_item_memory
-    from bearrec.metrics import ranking_metrics
+    from bearrec.evaluation.metrics import ranking_metrics
     from bearrec.runs import item_trie, load_run, prompt_encoder
-    from bearrec.train import encode_split
+    from bearrec.training.trainer import encode_split
 
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or _default_run(Path(tmp))

@@ -31,14 +31,14 @@ from pathlib import Path
 import torch
 import transformers
 
-from bearrec.data.prompts import left_pad
+from bearrec.items.prompts import left_pad
 from bearrec.data.synthetic import generate_synthetic
 from bearrec.decoding import constrained_beam_search, exact_target_ranks, position_ids_from_mask, score_catalog
 from bearrec.decoding.scoring import cache_of, is_encoder_decoder, with_cache
-from bearrec.metrics import full_rank
+from bearrec.evaluation.metrics import full_rank
 from bearrec.config import ExperimentConfig, TrainConfig
 from bearrec.runs import item_trie, load_run, prompt_encoder, train_run
-from bearrec.train import encode_split
+from bearrec.training.trainer import encode_split
 
 
 def timed(fn, repeat: int = 1):

@@ -134,7 +134,7 @@ def stop_server(process: subprocess.Popen, timeout: float = 30.0) -> int:
 def decode_only(run: Path, bodies: list[dict], sizes: tuple[int, ...] = (1, 8, 32), requests: int = 64) -> dict:
     """Milliseconds per request of :meth:`Recommender.recommend` in this process, no HTTP: the same requests
     decoded alone and in batches of each size (what batching can gain at most)."""
-    from bearrec.recommender import Query, Recommender
+    from bearrec.serving.recommender import Query, Recommender
 
     recommender = Recommender.from_run(run)
     queries = [Query(recommender.resolve(b["history"]), b["k"], b["decoder"]) for b in bodies[:requests]]

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bearrec.catalog import ItemTrie, tokenize_titles
-from bearrec.models import train_tokenizer
+from bearrec.items.trie import ItemTrie, tokenize_titles
+from bearrec.lm.models import train_tokenizer
 
 WORDS = ("Acme Nova Swift Atlas Summit Orion Vertex Zenith Harbor Classic Stapler Notebook Marker Binder Envelope "
          "Calculator Folder Pencil Eraser Scissors Ruler Clipboard Planner Highlighter Tape Labeler Mini Plus Pro Max "

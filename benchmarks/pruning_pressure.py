@@ -1,7 +1,7 @@
 """What the synthetic generator's ``pruning_pressure`` does to trained models: PR@10 of SFT and BEAR, BEAR's
 NDCG@10 gain over SFT and the beam-vs-exact gap, over a grid of pressures and seeds (docs/pruning.md).
 
-Each point is one quickstart (``bearrec.quickstart.run_quickstart``: synthetic data from the seed, the tiny
+Each point is one quickstart (``bearrec.experiments.quickstart.run_quickstart``: synthetic data from the seed, the tiny
 model trained from the same seed with every objective, beam search with the exact ranking beside it), kept in
 ``OUT/p<pressure>/seed<k>/`` and skipped when its ``results.json`` exists, so an interrupted sweep resumes.
 The generator's own oracle PR@10 (``bearrec.data.synthetic.oracle_pruning``: a model that knows the true
@@ -38,7 +38,7 @@ def main() -> None:
 
     from bearrec.data.synthetic import SyntheticConfig, oracle_pruning
     from bearrec.io import check_replaceable, folder_kind, mark, write_json, write_text
-    from bearrec.quickstart import QuickstartConfig, run_quickstart
+    from bearrec.experiments.quickstart import QuickstartConfig, run_quickstart
 
     pressures = [float(p) for p in args.pressures.split(",")]
     objectives = tuple(o.strip() for o in args.objectives.split(","))

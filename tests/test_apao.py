@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from bearrec.catalog import ItemTrie
+from bearrec.items.trie import ItemTrie
 from bearrec.objectives import IGNORE_INDEX, adaptive_weights, apao_pairwise_loss, apao_pointwise_loss, distinct_prefixes
 from bearrec.objectives.apao import grouped_answer_logits
 from bearrec.objectives.apao import APAOConfig

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from reference import EOS, PAD, scored_case, prefix_scores, random_catalog, random_model, random_prompts, tie_free
 
-from bearrec.catalog import ItemTrie
-from bearrec.data.prompts import left_pad
+from bearrec.items.trie import ItemTrie
+from bearrec.items.prompts import left_pad
 from bearrec.decoding import constrained_beam_search, position_ids_from_mask
 from bearrec.objectives import align_thresholds, registry, beam_sim_loss, sft_loss, simulate_thresholds
 

@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from bearrec.catalog import ItemTrie, build_trie, tokenize_titles
-from bearrec.models import train_tokenizer
+from bearrec.items.trie import ItemTrie, build_trie, tokenize_titles
+from bearrec.lm.models import train_tokenizer
 
 EOS = 1
 

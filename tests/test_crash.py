@@ -24,7 +24,7 @@ import pytest
 from bearrec.config import ExperimentConfig, TrainConfig
 from bearrec.data.dataset import RecDataset
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
-from bearrec.models import TinyConfig
+from bearrec.lm.models import TinyConfig
 from bearrec.runs import evaluate_run, train_run
 
 pytestmark = pytest.mark.slow

@@ -14,10 +14,10 @@ import torch
 from reference import (EOS, PAD, hf_beam_search, item_token_log_probs, prefix_scores, random_catalog, random_model,
                        random_prompts, tie_free)
 
-from bearrec.catalog import ItemTrie
-from bearrec.data.prompts import left_pad
+from bearrec.items.trie import ItemTrie
+from bearrec.items.prompts import left_pad
 from bearrec.decoding import constrained_beam_search, exact_target_ranks, exact_top_k, score_catalog
-from bearrec.metrics import full_rank
+from bearrec.evaluation.metrics import full_rank
 
 # BEARREC_TEST_DEVICE=cpu runs these tests on the CPU, to check their own logic on a machine without a GPU.
 CUDA = torch.device(os.environ.get("BEARREC_TEST_DEVICE", "cuda"))
@@ -123,7 +123,7 @@ def test_training_runs_on_cuda_in_bf16(synthetic, tmp_path, objective):
     if CUDA.type != "cuda":
         pytest.skip("the Trainer's bf16 needs a GPU")
     from bearrec.config import ExperimentConfig, TrainConfig, with_overrides
-    from bearrec.experiments import objective_variant
+    from bearrec.experiments.runner import objective_variant
     from bearrec.runs import train_run
 
     config = with_overrides(ExperimentConfig(data=str(synthetic), train=TrainConfig(
@@ -139,7 +139,7 @@ def test_training_runs_on_cuda_in_bf16(synthetic, tmp_path, objective):
 def test_bf16_loss_and_gradient_match_fp32(objective):
     """A training step's loss and gradients in bf16 autocast against the same step in fp32, on the GPU."""
     from bearrec.config import ExperimentConfig
-    from bearrec.train import answer_logits
+    from bearrec.training.trainer import answer_logits
 
     model = random_model("llama", VOCAB, seed=21).to(CUDA).train()
     items = random_catalog(30, VOCAB, seed=22)

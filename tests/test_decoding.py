@@ -5,8 +5,8 @@ import torch
 from reference import (EOS, PAD, hf_beam_search, item_token_log_probs, prefix_scores, random_catalog, random_model,
                        random_prompts, scored_case, simulate_beam_search, tie_free)
 
-from bearrec.catalog import ItemTrie
-from bearrec.data.prompts import left_pad
+from bearrec.items.trie import ItemTrie
+from bearrec.items.prompts import left_pad
 from bearrec.decoding import constrained_beam_search, exact_target_ranks, score_catalog
 
 VOCAB = 48
@@ -188,7 +188,7 @@ def test_pruning_attribution_matches_simulation(case, beam_width):
 
 
 def test_peft_wrapped_model_matches_simulation():
-    from bearrec.models import LoraSettings, add_lora
+    from bearrec.lm.models import LoraSettings, add_lora
 
     model = add_lora(random_model("llama", VOCAB, seed=12), LoraSettings(rank=4, target_modules=["q_proj", "v_proj"]))
     with torch.no_grad():  # non-zero adapters, so the wrapped model really differs from its base

@@ -43,19 +43,19 @@ def _digest(state: dict) -> str:
 
 
 def worker(data: Path, out: Path) -> None:
-    import bearrec.train
+    import bearrec.training.trainer
     from bearrec import distributed
     from bearrec.runs import evaluate_run, train_run
 
     trained = {}
-    original = bearrec.train.train_model
+    original = bearrec.training.trainer.train_model
 
     def spy(model, tokenizer, *args, **kwargs):  # keeps this process's model and tokenizer after training
         log = original(model, tokenizer, *args, **kwargs)
         trained.update(model=model, vocab=json.dumps(sorted(tokenizer.get_vocab().items())))
         return log
 
-    bearrec.train.train_model = spy
+    bearrec.training.trainer.train_model = spy
     log = train_run(_config(data), out / "run")
     result = evaluate_run(out / "run", **EVAL)
     shared = distributed.state()
@@ -111,9 +111,9 @@ def test_both_processes_train_the_same_model(launched):
 
 
 def test_sharded_evaluation_and_validation_equal_one_process(launched):
-    from bearrec.evaluate import evaluate
+    from bearrec.evaluation.evaluate import evaluate
     from bearrec.runs import evaluate_run, load_run, prompt_encoder
-    from bearrec.catalog import build_trie
+    from bearrec.items.trie import build_trie
 
     tmp, (r0, r1) = launched
     assert r0["metrics"] == r1["metrics"] and r0["retrieved_rank"] == r1["retrieved_rank"]

@@ -6,17 +6,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bearrec.catalog import build_trie
+from bearrec.items.trie import build_trie
 from bearrec.config import ExperimentConfig
-from bearrec.data.prompts import left_pad
+from bearrec.items.prompts import left_pad
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 from bearrec.decoding import constrained_beam_search, score_catalog
-from bearrec.evaluate import evaluate, pruning_scope
-from bearrec.metrics import full_rank
+from bearrec.evaluation.evaluate import evaluate, pruning_scope
+from bearrec.evaluation.metrics import full_rank
 from bearrec.runs import prompt_encoder, tokenizer_corpus
-from bearrec.data.prompts import PromptTemplate
-from bearrec.models import tiny_model_for
-from bearrec.train import encode_split
+from bearrec.items.prompts import PromptTemplate
+from bearrec.lm.models import tiny_model_for
+from bearrec.training.trainer import encode_split
 
 USERS = 12
 

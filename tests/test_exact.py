@@ -4,8 +4,8 @@ import pytest
 import torch
 from reference import EOS, PAD, random_catalog, random_model, random_prompts
 
-from bearrec.catalog import ItemTrie
-from bearrec.data.prompts import left_pad
+from bearrec.items.trie import ItemTrie
+from bearrec.items.prompts import left_pad
 from bearrec.decoding import exact_top_k, score_catalog
 
 VOCAB = 48

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bearrec.cli import app
-from bearrec.experiments import (EvalSettings, compare_plan, evaluate_chosen_on_test, objective_variant, parse_baselines,
+from bearrec.experiments.runner import (EvalSettings, compare_plan, evaluate_chosen_on_test, objective_variant, parse_baselines,
                                  parse_grid, sign_flip_test, summarize, sweep_plan, verdict)
 
 runner = CliRunner()
@@ -83,7 +83,7 @@ def test_summary_statistics_by_hand():
 
 
 def test_report_tables_at_k_equal_b_and_training_epochs():
-    from bearrec.report import summary_markdown, training_markdown
+    from bearrec.evaluation.report import summary_markdown, training_markdown
 
     runs = []
     for seed, (n20, best, trained) in enumerate([(0.30, 4, 7), (0.34, 6, 9)]):
@@ -208,7 +208,7 @@ def test_sweep_end_to_end(tmp_path):
 
 
 def test_compare_defaults_to_smollm2_with_a_cpu_budget(tmp_path, monkeypatch):
-    import bearrec.experiments
+    import bearrec.experiments.runner
 
     seen = {}
 
@@ -216,7 +216,7 @@ def test_compare_defaults_to_smollm2_with_a_cpu_budget(tmp_path, monkeypatch):
         seen.update(base=base, specs=specs, settings=settings)
         raise KeyboardInterrupt  # stop before any training; also exercises the Ctrl-C message
 
-    monkeypatch.setattr(bearrec.experiments, "run_experiment", fake_run)
+    monkeypatch.setattr(bearrec.experiments.runner, "run_experiment", fake_run)
     monkeypatch.setattr("bearrec.cli.torch_cuda", lambda: False)
     data = tmp_path / "data"
     assert _run("prepare", "synthetic", "--out", data, "--users", 20).exit_code == 0
@@ -235,7 +235,7 @@ def test_compare_defaults_to_smollm2_with_a_cpu_budget(tmp_path, monkeypatch):
 def test_compare_beam_width_comes_from_the_config_unless_given(tmp_path, monkeypatch):
     """Without --beam-width the config's B holds (configs/office-semantic-ids.yaml validates with B = 20); with it,
     every B follows: decoding, validation and each objective's (sdpo-bear's when it is planned)."""
-    import bearrec.experiments
+    import bearrec.experiments.runner
 
     seen = {}
 
@@ -243,7 +243,7 @@ def test_compare_beam_width_comes_from_the_config_unless_given(tmp_path, monkeyp
         seen.update(base=base, settings=settings)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bearrec.experiments, "run_experiment", fake_run)
+    monkeypatch.setattr(bearrec.experiments.runner, "run_experiment", fake_run)
     data = tmp_path / "data"
     assert _run("prepare", "synthetic", "--out", data, "--users", 20).exit_code == 0
     common = ["--data", data, "--model", "tiny", "--baselines", "none", "--out", tmp_path / "c"]

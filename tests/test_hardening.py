@@ -20,7 +20,7 @@ from cli_helpers import SMALL, one_line_error, run_cli, small_synthetic
 from bearrec.config import ExperimentConfig, TrainConfig
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 from bearrec.io import LOCK, folder_lock
-from bearrec.models import TinyConfig
+from bearrec.lm.models import TinyConfig
 from bearrec.runs import last_checkpoint, train_run
 
 ROOT = Path(__file__).resolve().parents[1]

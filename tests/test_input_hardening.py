@@ -13,7 +13,7 @@ import pytest
 from bearrec.data.dataset import DataError, RecDataset
 from bearrec.data.readers import DataWarning, read_amazon, read_interactions, read_processed
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
-from bearrec.semantic_ids import read_semantic_ids, with_semantic_ids
+from bearrec.items.semantic_ids import read_semantic_ids, with_semantic_ids
 
 MAX_CODE = 2**31 - 1  # codes must fit int32
 

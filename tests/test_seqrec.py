@@ -4,10 +4,10 @@ give a one-line error naming the field, popularity is the floor."""
 import pytest
 import torch
 
-from bearrec.bert4rec import BERT4RecConfig
+from bearrec.baselines.bert4rec import BERT4RecConfig
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
-from bearrec.sasrec import SASRecConfig
-from bearrec.seqrec import evaluate_popularity, training_windows, user_sequences
+from bearrec.baselines.sasrec import SASRecConfig
+from bearrec.baselines.seqrec import evaluate_popularity, training_windows, user_sequences
 
 
 def test_windows_predict_each_train_transition_once():
@@ -61,8 +61,8 @@ def test_default_settings_are_valid():
 def test_exclude_history_ranks_the_rest_of_the_catalog():
     """With ``exclude_history`` a baseline's list is its full ranking with the user's history items removed, as the
     LM evaluation's (so a compare with --exclude-history scores both under one rule)."""
-    from bearrec.sasrec import SASRec
-    from bearrec.seqrec import top_items
+    from bearrec.baselines.sasrec import SASRec
+    from bearrec.baselines.seqrec import top_items
 
     dataset = generate_synthetic(SyntheticConfig(num_users=30, seed=2))
     torch.manual_seed(0)

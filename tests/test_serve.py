@@ -24,12 +24,12 @@ schemathesis = pytest.importorskip("schemathesis", reason="the test extra is not
 from schemathesis.config import SchemathesisConfig  # noqa: E402
 
 from bearrec.config import ExperimentConfig, TrainConfig  # noqa: E402
-from bearrec.data.prompts import left_pad  # noqa: E402
+from bearrec.items.prompts import left_pad  # noqa: E402
 from bearrec.decoding import constrained_beam_search, latent  # noqa: E402
-from bearrec.models import TinyConfig  # noqa: E402
-from bearrec.recommender import Query, Recommender, RecommenderSettings  # noqa: E402
+from bearrec.lm.models import TinyConfig  # noqa: E402
+from bearrec.serving.recommender import Query, Recommender, RecommenderSettings  # noqa: E402
 from bearrec.runs import train_run  # noqa: E402
-from bearrec.serve import ServeSettings, create_app, running  # noqa: E402
+from bearrec.serving.app import ServeSettings, create_app, running  # noqa: E402
 
 ALL = ("beam", "exact", "latent")
 

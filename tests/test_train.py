@@ -58,7 +58,7 @@ def _crash_after_saving(config, out, epoch: int) -> None:
     would leave the run folder."""
     from transformers import TrainerCallback
 
-    import bearrec.train as train_module
+    import bearrec.training.trainer as train_module
 
     class Crash(Exception):
         pass
@@ -177,7 +177,7 @@ def test_resume_keeps_the_early_stopping_count(data_dir, tmp_path):
 
 
 def test_flush_denormals_sets_the_mode_and_restores_the_callers():
-    from bearrec.train import flush_denormals, flushing_denormals
+    from bearrec.training.trainer import flush_denormals, flushing_denormals
 
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU cannot flush subnormal floats")
@@ -198,8 +198,8 @@ def test_flush_denormals_sets_the_mode_and_restores_the_callers():
 @pytest.mark.slow
 def test_training_runs_in_the_configured_denormal_mode(data_dir, tmp_path, monkeypatch):
     """``train.flush_denormal`` holds while the model trains (off by default) and the caller's mode comes back."""
-    import bearrec.train as train_module
-    from bearrec.train import flushing_denormals
+    import bearrec.training.trainer as train_module
+    from bearrec.training.trainer import flushing_denormals
 
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU cannot flush subnormal floats")
@@ -228,7 +228,7 @@ def test_shipped_configs_load(path):
 def test_lora_on_a_pretrained_folder_trains_saves_and_reloads(data_dir, tmp_path):
     """A 'pretrained' model from a local folder gets LoRA adapters; the run saves only them and reloads."""
     from bearrec.data.dataset import RecDataset
-    from bearrec.models import build_tiny_model, train_tokenizer
+    from bearrec.lm.models import build_tiny_model, train_tokenizer
     from bearrec.runs import evaluate_run
 
     titles = RecDataset.load(data_dir).titles
@@ -270,7 +270,7 @@ def test_a_nonfinite_step_is_skipped_and_diagnosed(data_dir, tmp_path, monkeypat
     import torch
     from safetensors.torch import load_file
 
-    import bearrec.train as train_module
+    import bearrec.training.trainer as train_module
 
     calls = {"n": 0}
     original = train_module.answer_logits
@@ -321,7 +321,7 @@ def test_a_model_with_nonfinite_weights_is_refused(tmp_path):
     """Evaluating a diverged model would report exact NDCG 1.0 (every NaN score ties first): loading refuses it."""
     import torch
 
-    from bearrec.models import build_tiny_model, load_model, train_tokenizer
+    from bearrec.lm.models import build_tiny_model, load_model, train_tokenizer
 
     tokenizer = train_tokenizer(["red pen", "blue pen", "green ink"] * 5, vocab_size=300)
     model = build_tiny_model(tokenizer)

@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 from bearrec.cli import app
 from bearrec.config import _set, from_dict, load_config, parse_value
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
-from bearrec.experiments import parse_grid
-from bearrec.train import Collator
-from bearrec.catalog import ItemTrie
+from bearrec.experiments.runner import parse_grid
+from bearrec.training.trainer import Collator
+from bearrec.items.trie import ItemTrie
 
 runner = CliRunner()
 SMALL = ["--epochs", "1", "--batch-size", "16", "--max-train-examples", "48", "--set", "train.valid_users=8",

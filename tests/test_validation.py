@@ -9,7 +9,7 @@ import pytest
 from cli_helpers import SMALL, one_line_error, run_cli, small_synthetic
 
 from bearrec.config import ExperimentConfig, TrainConfig
-from bearrec.models import TinyConfig
+from bearrec.lm.models import TinyConfig
 from bearrec.runs import train_run
 
 

@@ -6,7 +6,7 @@ from bearrec.decoding.decode import DECODERS, decode
 from bearrec.decoding.exact import ExactTopK, exact_top_k
 from bearrec.decoding.exhaustive import exact_target_ranks, score_catalog
 from bearrec.decoding.latent import ItemMemory, LatentTopK, item_memory, latent_decode, latent_top_k
-from bearrec.decoding.pruning import PruningReport, attribute_pruning, pruning_report
+from bearrec.evaluation.pruning import PruningReport, attribute_pruning, pruning_report
 from bearrec.decoding.scoring import SCORINGS
 
 __all__ = [

@@ -31,7 +31,7 @@ import torch
 from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutput
 
-from bearrec.catalog import ItemTrie
+from bearrec.items.trie import ItemTrie
 from bearrec.decoding.scoring import cache_of, check_scoring, edge_log_probs, is_encoder_decoder, with_cache
 from bearrec.decoding.shared_prompt import PromptCache, shared_prompt, supports
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from bearrec.catalog import ItemTrie
+from bearrec.items.trie import ItemTrie
 from bearrec.decoding.beam_search import BeamResult, constrained_beam_search
 from bearrec.decoding.exact import ExactTopK, exact_top_k
 from bearrec.decoding.latent import ItemMemory, LatentTopK, check_latent, latent_decode

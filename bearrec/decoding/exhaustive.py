@@ -18,7 +18,7 @@ import torch
 
 from transformers.modeling_outputs import BaseModelOutput
 
-from bearrec.catalog import ItemTrie
+from bearrec.items.trie import ItemTrie
 from bearrec.decoding.beam_search import position_ids_from_mask
 from bearrec.decoding.scoring import cache_of, check_scoring, edge_log_probs, is_encoder_decoder, with_cache
 
@@ -244,7 +244,7 @@ def exact_target_ranks(
     scoring: str = "full",
 ) -> torch.Tensor:
     """Rank of each target among all items by exact probability (as :func:`score_catalog` +
-    :func:`~bearrec.metrics.full_rank` would give), capped: ``max_rank + 1`` means "below ``max_rank``".
+    :func:`~bearrec.evaluation.metrics.full_rank` would give), capped: ``max_rank + 1`` means "below ``max_rank``".
 
     ``scoring`` (``"full"`` or ``"masked"``, as in :func:`score_catalog`) defines the probability; give
     the one of the beam search being judged. PR@K needs only whether the positive is in the top K, so

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from bearrec.data.prompts import left_pad
+from bearrec.items.prompts import left_pad
 from bearrec.decoding.beam_search import position_ids_from_mask
 from bearrec.decoding.scoring import require_decoder_only
 from bearrec.io import atomic_file

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bearrec.catalog import ItemTrie
+from bearrec.items.trie import ItemTrie
 from bearrec.objectives.bear import SURROGATES, check_bear_fields
 from bearrec.objectives.sft import IGNORE_INDEX, reduce_tokens, scored_log_probs, sft_loss
 

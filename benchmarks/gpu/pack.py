@@ -63,7 +63,7 @@ def reference(base: Path) -> dict:
 
     transformers 5.17 (the GPU image's) reads the GGUF's EOS wrongly (``<|im_start|>``, id 1, where the file
     says id 2, ``<|im_end|>``; 5.23 reads it right; docs/gpu.md): step 0 puts these files in place of its own."""
-    from bearrec.models import smollm2_folder
+    from bearrec.lm.models import smollm2_folder
 
     folder = smollm2_folder()
     ref = base / "smollm2-reference"

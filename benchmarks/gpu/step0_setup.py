@@ -102,7 +102,7 @@ def join(step: Step, manifest: dict) -> Path | None:
 
 def convert(step: Step, reference: Path, expected: dict) -> dict:
     """SmolLM2 converted by bearrec on this machine, checked against the CPU machine's conversion."""
-    from bearrec.models import smollm2_folder
+    from bearrec.lm.models import smollm2_folder
 
     folder = smollm2_folder()
     weights = sha256(folder / "model.safetensors")

@@ -1,7 +1,7 @@
 """BERT4Rec (Sun et al., CIKM 2019): masked item prediction with a bidirectional transformer encoder.
 
 Training (as RecBole's ``BERT4Rec`` with its ``mask_itemseq`` transform): a window of the user's train
-sequence (:mod:`bearrec.seqrec`) has each item replaced by a [mask] token with probability
+sequence (:mod:`bearrec.baselines.seqrec`) has each item replaced by a [mask] token with probability
 ``mask_ratio``; with probability ``last_ratio`` the window instead has only its newest item masked,
 which is exactly the inference task (RecBole's ``ft_ratio``, drawn per batch there, per window here).
 The model predicts each masked item by softmax cross-entropy over the whole catalog. Inference
@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bearrec.data.dataset import RecDataset
-from bearrec.seqrec import SeqRecConfig, SequenceEncoder, SequentialRecommender, init_weights, pad, train
+from bearrec.baselines.seqrec import SeqRecConfig, SequenceEncoder, SequentialRecommender, init_weights, pad, train
 
 
 @dataclass

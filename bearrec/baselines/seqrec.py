@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bearrec.data.dataset import RecDataset
-from bearrec.metrics import ranking_metrics, retrieved_rank
+from bearrec.evaluation.metrics import ranking_metrics, retrieved_rank
 
 
 @dataclass

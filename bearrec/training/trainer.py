@@ -26,10 +26,10 @@ import transformers
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from bearrec.catalog import ItemTrie
+from bearrec.items.trie import ItemTrie
 from bearrec.config import DecodingConfig, ExperimentConfig
 from bearrec.data.dataset import RecDataset
-from bearrec.data.prompts import PromptEncoder, left_pad
+from bearrec.items.prompts import PromptEncoder, left_pad
 from bearrec.decoding.beam_search import position_ids_from_mask
 from bearrec.decoding.scoring import is_encoder_decoder
 from bearrec.decoding.latent import item_memory
@@ -430,7 +430,7 @@ class RecTrainer(Trainer):
         subsample."""
         from bearrec.decoding import decode
         from bearrec.distributed import map_users
-        from bearrec.metrics import ranking_metrics
+        from bearrec.evaluation.metrics import ranking_metrics
 
         prompts, targets = self.valid
         model = self.accelerator.unwrap_model(self.model)
@@ -601,7 +601,7 @@ def load_reference(objective, model, tokenizer):
 
     The run's tokenizer must be the one this run trains with (for the tiny model: the same dataset).
     """
-    from bearrec.models import load_model
+    from bearrec.lm.models import load_model
 
     folder = objective.reference
     if not folder or not (Path(folder) / "model").is_dir():

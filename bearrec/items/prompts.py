@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bearrec.catalog import tokenize_titles
+from bearrec.items.trie import tokenize_titles
 
 # domain noun -> (singular, verb used in "the user has ... before")
 _DOMAINS = {

@@ -1,6 +1,6 @@
 """SASRec (Kang & McAuley, ICDM 2018): the causal self-attention recommender the paper compares against.
 
-Every position of a training window predicts the next item (:mod:`bearrec.seqrec` builds the windows,
+Every position of a training window predicts the next item (:mod:`bearrec.baselines.seqrec` builds the windows,
 one per user unless its train sequence is longer than ``max_len + 1``). The loss is ``ce``, softmax
 cross-entropy over the whole catalog (RecBole's default, and much stronger than the original paper's),
 or ``bce``, binary cross-entropy against one sampled negative per position (the original paper),
@@ -17,14 +17,14 @@ import torch
 from torch.nn import functional as F
 
 from bearrec.data.dataset import RecDataset
-from bearrec.seqrec import SeqRecConfig, SequenceEncoder, SequentialRecommender, init_weights, pad, train
+from bearrec.baselines.seqrec import SeqRecConfig, SequenceEncoder, SequentialRecommender, init_weights, pad, train
 
 LOSSES = ("ce", "bce")
 
 
 @dataclass
 class SASRecConfig(SeqRecConfig):
-    """RecBole's SASRec settings (see :class:`~bearrec.seqrec.SeqRecConfig`) plus the loss."""
+    """RecBole's SASRec settings (see :class:`~bearrec.baselines.seqrec.SeqRecConfig`) plus the loss."""
 
     loss: str = "ce"  # ce: softmax over the whole catalog; bce: one sampled negative per position
 

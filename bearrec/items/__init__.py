@@ -1,0 +1,2 @@
+"""The item space a run decodes in: the catalog trie, the prompt, and semantic IDs (items as code tokens), plus
+the switch between titles and semantic IDs."""
