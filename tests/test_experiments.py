@@ -217,7 +217,7 @@ def test_compare_defaults_to_smollm2_with_a_cpu_budget(tmp_path, monkeypatch):
         raise KeyboardInterrupt  # stop before any training; also exercises the Ctrl-C message
 
     monkeypatch.setattr(bearrec.experiments.runner, "run_experiment", fake_run)
-    monkeypatch.setattr("bearrec.cli.torch_cuda", lambda: False)
+    monkeypatch.setattr("bearrec.cli.experiments.torch_cuda", lambda: False)
     data = tmp_path / "data"
     assert _run("prepare", "synthetic", "--out", data, "--users", 20).exit_code == 0
     result = _run("compare", "--data", data, "--objectives", "bear", "--out", tmp_path / "cmp")

@@ -60,8 +60,9 @@ def test_bad_settings_are_refused(field, value):
 def test_command_line_defaults_match_the_generator():
     import inspect
 
-    from bearrec import cli
+    from bearrec.cli.data import prepare
+    from bearrec.cli.experiments import quickstart
 
-    for command in (cli.prepare, cli.quickstart):
+    for command in (prepare, quickstart):
         default = inspect.signature(command).parameters["pruning_pressure"].default
         assert default == SyntheticConfig.pruning_pressure

@@ -1,0 +1,5 @@
+"""`python -m bearrec.cli` (and `accelerate launch -m bearrec.cli`)."""
+
+from bearrec.cli import main
+
+main()
