@@ -11,14 +11,36 @@ stays light). ``docs/api.md`` shows BEAR inside a plain Hugging Face ``Trainer``
 * metrics over 1-based ranks (0 = not retrieved): NDCG@K, HR@K, PR@K.
 """
 
-from bearrec.items.trie import ItemTrie, build_trie, tokenize_titles
 from bearrec.data.dataset import RecDataset
-from bearrec.items.prompts import left_pad
-from bearrec.decoding import (BeamResult, ExactTopK, constrained_beam_search, exact_target_ranks, exact_top_k,
-                              score_catalog)
-from bearrec.evaluation.metrics import full_rank, hr_at_k, ndcg_at_k, pruning_rate_at_k, ranking_metrics, retrieved_rank
-from bearrec.objectives import (IGNORE_INDEX, apao_pairwise_loss, apao_pointwise_loss, beam_sim_loss, bear_loss,
-                                msl_loss, pruning_margin, sdpo_loss, sft_loss)
+from bearrec.decoding import (
+                              BeamResult,
+                              ExactTopK,
+                              constrained_beam_search,
+                              exact_target_ranks,
+                              exact_top_k,
+                              score_catalog,
+)
+from bearrec.evaluation.metrics import (
+                              full_rank,
+                              hr_at_k,
+                              ndcg_at_k,
+                              pruning_rate_at_k,
+                              ranking_metrics,
+                              retrieved_rank,
+)
+from bearrec.items.trie import ItemTrie, build_trie, tokenize_titles
+from bearrec.lm.forward import left_pad
+from bearrec.objectives import (
+                              IGNORE_INDEX,
+                              apao_pairwise_loss,
+                              apao_pointwise_loss,
+                              beam_sim_loss,
+                              bear_loss,
+                              msl_loss,
+                              pruning_margin,
+                              sdpo_loss,
+                              sft_loss,
+)
 
 __all__ = [
     "BeamResult",

@@ -20,14 +20,13 @@ from typing import Any
 
 import yaml
 
-from bearrec.checks import MAX_SEED, check
 from bearrec.baselines.bert4rec import BERT4RecConfig
+from bearrec.baselines.sasrec import SASRecConfig
+from bearrec.checks import MAX_SEED, check
 from bearrec.io import write_text
+from bearrec.items.semantic_ids import REPRESENTATIONS
 from bearrec.lm.models import TINY, LoraSettings, TinyConfig
 from bearrec.objectives import registry
-from bearrec.baselines.sasrec import SASRecConfig
-from bearrec.items.semantic_ids import REPRESENTATIONS
-
 
 # The largest count that torch (and itertools.islice) take: a batch size, node budget or neighbour count above it
 # overflows where it meets a tensor ("Overflow when unpacking long long", "int too big to convert").

@@ -30,16 +30,36 @@ import torch
 from transformers import AutoTokenizer
 
 from bearrec import distributed
-from bearrec.items.trie import build_trie
+from bearrec.checks import first_line
 from bearrec.config import ExperimentConfig, load_config
 from bearrec.data.dataset import RecDataset
-from bearrec.items.prompts import PromptEncoder, PromptTemplate
 from bearrec.decoding.latent import MEMORY_FILE
 from bearrec.evaluation.evaluate import EvalSettings, evaluate
-from bearrec.checks import first_line
-from bearrec.io import DISK_ERRNOS, atomic_file, atomic_folder, check_replaceable, folder_kind, folder_lock, write_json
-from bearrec.lm.models import TINY, build_tiny_model, count_parameters, load_model, save_model, tiny_model_for
-from bearrec.items.semantic_ids import CodePrompt, code_strings, code_tokenizer, dataset_codes
+from bearrec.io import (
+    DISK_ERRNOS,
+    atomic_file,
+    atomic_folder,
+    check_replaceable,
+    folder_kind,
+    folder_lock,
+    write_json,
+)
+from bearrec.items.prompts import PromptEncoder, PromptTemplate
+from bearrec.items.semantic_ids import (
+    CodePrompt,
+    code_strings,
+    code_tokenizer,
+    dataset_codes,
+)
+from bearrec.items.trie import build_trie
+from bearrec.lm.models import (
+    TINY,
+    build_tiny_model,
+    count_parameters,
+    load_model,
+    save_model,
+    tiny_model_for,
+)
 
 
 def tokenizer_corpus(dataset: RecDataset, template: PromptTemplate) -> list[str]:
@@ -119,7 +139,9 @@ def checkpoint_problem(checkpoint: str | os.PathLike) -> str | None:
     with the types the Trainer needs, and every weight and state file must load the safe way (safetensors,
     ``torch.load(weights_only=True)``): a truncated or tampered file is found here, never unpickled."""
     from safetensors.torch import load_file
-    from transformers.trainer_pt_utils import safe_globals  # the numpy types of the RNG state the Trainer allows
+    from transformers.trainer_pt_utils import (
+        safe_globals,  # the numpy types of the RNG state the Trainer allows
+    )
 
     checkpoint = Path(checkpoint)
     try:

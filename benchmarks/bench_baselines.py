@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from bearrec.baselines.bert4rec import BERT4RecConfig, train_bert4rec
+from bearrec.baselines.sasrec import SASRecConfig, train_sasrec
+from bearrec.baselines.seqrec import evaluate, evaluate_popularity
 from bearrec.config import parse_value
 from bearrec.data.dataset import RecDataset
 from bearrec.evaluation.report import METRIC_COLUMNS
-from bearrec.baselines.sasrec import SASRecConfig, train_sasrec
-from bearrec.baselines.seqrec import evaluate, evaluate_popularity
 
 MODELS = {"sasrec": (SASRecConfig, train_sasrec), "bert4rec": (BERT4RecConfig, train_bert4rec)}
 METRICS = METRIC_COLUMNS[:4]  # NDCG@5, NDCG@10, HR@5, HR@10

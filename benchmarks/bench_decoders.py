@@ -40,10 +40,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    from bearrec.items.prompts import left_pad
     from bearrec.decoding import decode, item_memory
     from bearrec.decoding.latent import build_item_memory
     from bearrec.evaluation.metrics import ranking_metrics
+    from bearrec.lm.forward import left_pad
     from bearrec.runs import item_trie, load_run, prompt_encoder
     from bearrec.training.trainer import encode_split
 

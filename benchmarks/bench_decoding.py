@@ -31,12 +31,16 @@ from pathlib import Path
 import torch
 import transformers
 
-from bearrec.items.prompts import left_pad
-from bearrec.data.synthetic import generate_synthetic
-from bearrec.decoding import constrained_beam_search, exact_target_ranks, position_ids_from_mask, score_catalog
-from bearrec.decoding.scoring import cache_of, is_encoder_decoder, with_cache
-from bearrec.evaluation.metrics import full_rank
 from bearrec.config import ExperimentConfig, TrainConfig
+from bearrec.data.synthetic import generate_synthetic
+from bearrec.decoding import (
+    constrained_beam_search,
+    exact_target_ranks,
+    position_ids_from_mask,
+    score_catalog,
+)
+from bearrec.evaluation.metrics import full_rank
+from bearrec.lm.forward import cache_of, is_encoder_decoder, left_pad, with_cache
 from bearrec.runs import item_trie, load_run, prompt_encoder, train_run
 from bearrec.training.trainer import encode_split
 

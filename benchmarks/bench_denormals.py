@@ -35,11 +35,16 @@ def main() -> None:
 
     from bearrec.config import load_config
     from bearrec.data.dataset import RecDataset
-    from bearrec.decoding.scoring import is_encoder_decoder
+    from bearrec.lm.forward import is_encoder_decoder
     from bearrec.lm.models import build_tiny_model, load_model
     from bearrec.objectives import sft_loss
     from bearrec.runs import prompt_encoder
-    from bearrec.training.trainer import Collator, RecTrainer, encode_split, flush_denormals
+    from bearrec.training.trainer import (
+        Collator,
+        RecTrainer,
+        encode_split,
+        flush_denormals,
+    )
 
     config = load_config(args.run / "config.yaml")
     weights = args.weights or args.run / "model"

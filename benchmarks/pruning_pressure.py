@@ -37,8 +37,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from bearrec.data.synthetic import SyntheticConfig, oracle_pruning
-    from bearrec.io import check_replaceable, folder_kind, mark, write_json, write_text
     from bearrec.experiments.quickstart import QuickstartConfig, run_quickstart
+    from bearrec.io import check_replaceable, folder_kind, mark, write_json, write_text
 
     pressures = [float(p) for p in args.pressures.split(",")]
     objectives = tuple(o.strip() for o in args.objectives.split(","))

@@ -7,9 +7,14 @@ import pytest
 import torch
 
 from bearrec.items.trie import ItemTrie
-from bearrec.objectives import IGNORE_INDEX, adaptive_weights, apao_pairwise_loss, apao_pointwise_loss, distinct_prefixes
-from bearrec.objectives.apao import grouped_answer_logits
-from bearrec.objectives.apao import APAOConfig
+from bearrec.objectives import (
+    IGNORE_INDEX,
+    adaptive_weights,
+    apao_pairwise_loss,
+    apao_pointwise_loss,
+    distinct_prefixes,
+)
+from bearrec.objectives.apao import APAOConfig, grouped_answer_logits
 from tests.reference import random_model, random_prompts
 
 V = 12

@@ -11,13 +11,27 @@ import os
 
 import pytest
 import torch
-from reference import (EOS, PAD, hf_beam_search, item_token_log_probs, prefix_scores, random_catalog, random_model,
-                       random_prompts, tie_free)
+from reference import (
+    EOS,
+    PAD,
+    hf_beam_search,
+    item_token_log_probs,
+    prefix_scores,
+    random_catalog,
+    random_model,
+    random_prompts,
+    tie_free,
+)
 
-from bearrec.items.trie import ItemTrie
-from bearrec.items.prompts import left_pad
-from bearrec.decoding import constrained_beam_search, exact_target_ranks, exact_top_k, score_catalog
+from bearrec.decoding import (
+    constrained_beam_search,
+    exact_target_ranks,
+    exact_top_k,
+    score_catalog,
+)
 from bearrec.evaluation.metrics import full_rank
+from bearrec.items.trie import ItemTrie
+from bearrec.lm.forward import left_pad
 
 # BEARREC_TEST_DEVICE=cpu runs these tests on the CPU, to check their own logic on a machine without a GPU.
 CUDA = torch.device(os.environ.get("BEARREC_TEST_DEVICE", "cuda"))
@@ -139,7 +153,7 @@ def test_training_runs_on_cuda_in_bf16(synthetic, tmp_path, objective):
 def test_bf16_loss_and_gradient_match_fp32(objective):
     """A training step's loss and gradients in bf16 autocast against the same step in fp32, on the GPU."""
     from bearrec.config import ExperimentConfig
-    from bearrec.training.trainer import answer_logits
+    from bearrec.lm.forward import answer_logits
 
     model = random_model("llama", VOCAB, seed=21).to(CUDA).train()
     items = random_catalog(30, VOCAB, seed=22)

@@ -2,12 +2,23 @@
 
 import pytest
 import torch
-from reference import (EOS, PAD, hf_beam_search, item_token_log_probs, prefix_scores, random_catalog, random_model,
-                       random_prompts, scored_case, simulate_beam_search, tie_free)
+from reference import (
+    EOS,
+    PAD,
+    hf_beam_search,
+    item_token_log_probs,
+    prefix_scores,
+    random_catalog,
+    random_model,
+    random_prompts,
+    scored_case,
+    simulate_beam_search,
+    tie_free,
+)
 
-from bearrec.items.trie import ItemTrie
-from bearrec.items.prompts import left_pad
 from bearrec.decoding import constrained_beam_search, exact_target_ranks, score_catalog
+from bearrec.items.trie import ItemTrie
+from bearrec.lm.forward import left_pad
 
 VOCAB = 48
 

@@ -112,8 +112,8 @@ def test_both_processes_train_the_same_model(launched):
 
 def test_sharded_evaluation_and_validation_equal_one_process(launched):
     from bearrec.evaluation.evaluate import evaluate
-    from bearrec.runs import evaluate_run, load_run, prompt_encoder
     from bearrec.items.trie import build_trie
+    from bearrec.runs import evaluate_run, load_run, prompt_encoder
 
     tmp, (r0, r1) = launched
     assert r0["metrics"] == r1["metrics"] and r0["retrieved_rank"] == r1["retrieved_rank"]

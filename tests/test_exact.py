@@ -4,9 +4,9 @@ import pytest
 import torch
 from reference import EOS, PAD, random_catalog, random_model, random_prompts
 
-from bearrec.items.trie import ItemTrie
-from bearrec.items.prompts import left_pad
 from bearrec.decoding import exact_top_k, score_catalog
+from bearrec.items.trie import ItemTrie
+from bearrec.lm.forward import left_pad
 
 VOCAB = 48
 

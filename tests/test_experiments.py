@@ -8,8 +8,18 @@ import pytest
 from typer.testing import CliRunner
 
 from bearrec.cli import app
-from bearrec.experiments.runner import (EvalSettings, compare_plan, evaluate_chosen_on_test, objective_variant, parse_baselines,
-                                 parse_grid, sign_flip_test, summarize, sweep_plan, verdict)
+from bearrec.experiments.runner import (
+    EvalSettings,
+    compare_plan,
+    evaluate_chosen_on_test,
+    objective_variant,
+    parse_baselines,
+    parse_grid,
+    sign_flip_test,
+    summarize,
+    sweep_plan,
+    verdict,
+)
 
 runner = CliRunner()
 

@@ -10,11 +10,19 @@ import torch
 from reference import PAD, random_model, random_prompts
 
 from bearrec.config import ExperimentConfig
-from bearrec.items.prompts import PromptTemplate, left_pad
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 from bearrec.decoding import latent
-from bearrec.decoding.latent import (ItemMemory, item_memory, item_scores, latent_decode, latent_top_k,
-                                     prompt_states, training_prompts)
+from bearrec.decoding.latent import (
+    ItemMemory,
+    item_memory,
+    item_scores,
+    latent_decode,
+    latent_top_k,
+    prompt_states,
+    training_prompts,
+)
+from bearrec.items.prompts import PromptTemplate
+from bearrec.lm.forward import left_pad
 from bearrec.lm.models import tiny_model_for
 from bearrec.runs import prompt_encoder, tokenizer_corpus
 

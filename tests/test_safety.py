@@ -17,10 +17,6 @@ from bearrec import io
 from bearrec.data.dataset import RecDataset
 
 
-
-
-
-
 def _snapshot(folder: Path) -> dict[str, str]:
     """sha256 of every file below ``folder`` (hidden ones included), by relative path."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()

@@ -4,9 +4,14 @@ the positive, and it learns a learnable catalog far above popularity."""
 import torch
 from torch.nn import functional as F
 
-from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
-from bearrec.baselines.sasrec import SASRec, SASRecConfig, sample_negatives, train_sasrec
+from bearrec.baselines.sasrec import (
+    SASRec,
+    SASRecConfig,
+    sample_negatives,
+    train_sasrec,
+)
 from bearrec.baselines.seqrec import evaluate, evaluate_popularity, pad
+from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 
 
 def _model(**changes) -> SASRec:

@@ -12,8 +12,16 @@ from bearrec.config import ExperimentConfig, TinyConfig, TrainConfig, load_confi
 from bearrec.data.dataset import DataError, RecDataset
 from bearrec.data.readers import DataWarning, read_interactions, read_source
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
-from bearrec.items.semantic_ids import (attach_semantic_ids, code_strings, code_tokenizer, dataset_codes, disambiguate,
-                                  read_semantic_ids, rq_kmeans, with_semantic_ids)
+from bearrec.items.semantic_ids import (
+    attach_semantic_ids,
+    code_strings,
+    code_tokenizer,
+    dataset_codes,
+    disambiguate,
+    read_semantic_ids,
+    rq_kmeans,
+    with_semantic_ids,
+)
 
 
 def _csv(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -198,10 +206,21 @@ def test_every_objective_trains_over_codes(sid_data, tmp_path, objective, overri
 
 
 def test_decoders_and_evaluation_over_codes(sid_data, tmp_path):
-    from bearrec.decoding import constrained_beam_search, exact_target_ranks, exact_top_k, score_catalog
+    from bearrec.decoding import (
+        constrained_beam_search,
+        exact_target_ranks,
+        exact_top_k,
+        score_catalog,
+    )
     from bearrec.evaluation.metrics import full_rank
-    from bearrec.runs import evaluate_run, item_trie, load_run, prompt_encoder, train_run
-    from bearrec.items.prompts import left_pad
+    from bearrec.lm.forward import left_pad
+    from bearrec.runs import (
+        evaluate_run,
+        item_trie,
+        load_run,
+        prompt_encoder,
+        train_run,
+    )
 
     train_run(_config(sid_data, "sft", **{"train.epochs": 2}), tmp_path / "run")
     model, tokenizer, ds, config = load_run(tmp_path / "run")
@@ -251,9 +270,15 @@ def test_encoder_decoder_models_are_refused_by_latent_decoding_only():
     test_decoding.py and test_exact.py); L2D, built on a causal LM's answer states, refuses it with one line."""
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from bearrec.items.trie import ItemTrie
-    from bearrec.decoding import constrained_beam_search, exact_target_ranks, exact_top_k, latent_decode, score_catalog
+    from bearrec.decoding import (
+        constrained_beam_search,
+        exact_target_ranks,
+        exact_top_k,
+        latent_decode,
+        score_catalog,
+    )
     from bearrec.decoding.latent import prompt_states
+    from bearrec.items.trie import ItemTrie
 
     t5 = T5ForConditionalGeneration(T5Config(vocab_size=16, d_model=8, d_ff=16, d_kv=4, num_layers=1, num_heads=2,
                                              decoder_start_token_id=0)).eval()
@@ -301,9 +326,9 @@ def test_t5_answer_logits_equal_teacher_forcing(sid_data):
     group of rows) equal one plain forward per (prompt, answer)."""
     from reference import item_token_log_probs
 
-    from bearrec.items.prompts import left_pad
+    from bearrec.lm.forward import left_pad, seq2seq_answer_logits
     from bearrec.lm.models import build_tiny_model
-    from bearrec.training.trainer import IGNORE_INDEX, seq2seq_answer_logits
+    from bearrec.training.trainer import IGNORE_INDEX
 
     tokenizer = code_tokenizer([[c, c, c] for c in range(8)])
     model = build_tiny_model(tokenizer, _t5(ExperimentConfig()).tiny, seed=3).eval()
@@ -328,10 +353,16 @@ def test_t5_runs_evaluate_with_pr_at_k_and_the_exact_ranking(sid_data, tmp_path)
     exact ranks equal the positives' ranks in the fully scored catalog."""
     import pandas as pd
 
-    from bearrec.items.prompts import left_pad
     from bearrec.decoding import score_catalog
     from bearrec.evaluation.metrics import full_rank
-    from bearrec.runs import evaluate_run, item_trie, load_run, prompt_encoder, train_run
+    from bearrec.lm.forward import left_pad
+    from bearrec.runs import (
+        evaluate_run,
+        item_trie,
+        load_run,
+        prompt_encoder,
+        train_run,
+    )
     from bearrec.training.trainer import encode_split
 
     run = tmp_path / "run"
@@ -377,7 +408,13 @@ def test_packed_batches_give_every_example_the_logits_and_losses_of_its_own_forw
 
     from bearrec.objectives import registry
     from bearrec.runs import item_trie, new_model, prompt_encoder
-    from bearrec.training.trainer import Collator, PackedCollator, RecTrainer, encode_split, pack_examples
+    from bearrec.training.trainer import (
+        Collator,
+        PackedCollator,
+        RecTrainer,
+        encode_split,
+        pack_examples,
+    )
 
     config = _config(sid_data, "sft")
     ds = RecDataset.load(sid_data)

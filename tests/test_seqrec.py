@@ -5,9 +5,13 @@ import pytest
 import torch
 
 from bearrec.baselines.bert4rec import BERT4RecConfig
-from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 from bearrec.baselines.sasrec import SASRecConfig
-from bearrec.baselines.seqrec import evaluate_popularity, training_windows, user_sequences
+from bearrec.baselines.seqrec import (
+    evaluate_popularity,
+    training_windows,
+    user_sequences,
+)
+from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 
 
 def test_windows_predict_each_train_transition_once():

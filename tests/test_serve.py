@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
 from cli_helpers import one_line_error, run_cli, small_synthetic
+from hypothesis import HealthCheck, settings
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
 httpx = pytest.importorskip("httpx", reason="the test extra is not installed: pip install -e '.[test]'")
@@ -24,12 +24,12 @@ schemathesis = pytest.importorskip("schemathesis", reason="the test extra is not
 from schemathesis.config import SchemathesisConfig  # noqa: E402
 
 from bearrec.config import ExperimentConfig, TrainConfig  # noqa: E402
-from bearrec.items.prompts import left_pad  # noqa: E402
 from bearrec.decoding import constrained_beam_search, latent  # noqa: E402
+from bearrec.lm.forward import left_pad  # noqa: E402
 from bearrec.lm.models import TinyConfig  # noqa: E402
-from bearrec.serving.recommender import Query, Recommender, RecommenderSettings  # noqa: E402
 from bearrec.runs import train_run  # noqa: E402
 from bearrec.serving.app import ServeSettings, create_app, running  # noqa: E402
+from bearrec.serving.recommender import Query, Recommender, RecommenderSettings  # noqa: E402
 
 ALL = ("beam", "exact", "latent")
 

@@ -13,11 +13,6 @@ from bearrec.lm.models import TinyConfig
 from bearrec.runs import train_run
 
 
-
-
-
-
-
 @pytest.fixture(scope="module")
 def syn(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("syn") / "syn"

@@ -16,8 +16,15 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from bearrec.baselines.seqrec import (
+    SeqRecConfig,
+    SequenceEncoder,
+    SequentialRecommender,
+    init_weights,
+    pad,
+    train,
+)
 from bearrec.data.dataset import RecDataset
-from bearrec.baselines.seqrec import SeqRecConfig, SequenceEncoder, SequentialRecommender, init_weights, pad, train
 
 LOSSES = ("ce", "bce")
 

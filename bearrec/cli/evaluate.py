@@ -9,8 +9,19 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape as rich_escape
 
-from bearrec.cli.app import (DECODER_FLAGS, AllowOtherData, DecoderNodeBudget, LatentNeighbors, LatentSimilarity,
-                             LatentVariant, _cli_errors, _progress, app, console, out)
+from bearrec.cli.app import (
+    DECODER_FLAGS,
+    AllowOtherData,
+    DecoderNodeBudget,
+    LatentNeighbors,
+    LatentSimilarity,
+    LatentVariant,
+    _cli_errors,
+    _progress,
+    app,
+    console,
+    out,
+)
 
 
 @app.command()

@@ -27,8 +27,8 @@ def quickstart(
 ):
     """Synthetic catalog where beam search prunes -> tiny LM trained with SFT, MSL and BEAR -> constrained beam
     search, with the exact ranking (nothing pruned) beside it -> results table."""
-    from bearrec.objectives import registry
     from bearrec.experiments.quickstart import QuickstartConfig, run_quickstart
+    from bearrec.objectives import registry
 
     names = tuple(dict.fromkeys(o.strip() for o in objectives.split(",") if o.strip()))
     unknown = [n for n in names if n not in registry.REGISTRY]
@@ -82,9 +82,14 @@ def torch_cuda() -> bool:
 def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: bool, grid=None, jobs: int = 1) -> None:
     import shlex
 
-    from bearrec.experiments.runner import evaluate_chosen_on_test, run_experiment, verdict, write_report
-    from bearrec.io import check_replaceable, empty_folder, folder_lock
     from bearrec.evaluation.report import rich_table, summary_runs
+    from bearrec.experiments.runner import (
+        evaluate_chosen_on_test,
+        run_experiment,
+        verdict,
+        write_report,
+    )
+    from bearrec.io import check_replaceable, empty_folder, folder_lock
 
     settings.validate()
     with folder_lock(out_dir, "experiment"):
@@ -200,8 +205,8 @@ def sweep(
     """
     from bearrec.evaluation.evaluate import EvalSettings
     from bearrec.experiments.runner import parse_grid, sweep_plan
-    from bearrec.objectives import registry
     from bearrec.lm.models import TINY
+    from bearrec.objectives import registry
 
     extra = [a for a in ctx.args if "=" in a and not a.startswith("-")]
     if len(extra) != len(ctx.args):

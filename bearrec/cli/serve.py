@@ -8,8 +8,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from bearrec.cli.app import (DECODER_FLAGS, AllowOtherData, DecoderNodeBudget, LatentNeighbors, LatentSimilarity,
-                             LatentVariant, _cli_errors, _progress, app, console, out)
+from bearrec.cli.app import (
+    DECODER_FLAGS,
+    AllowOtherData,
+    DecoderNodeBudget,
+    LatentNeighbors,
+    LatentSimilarity,
+    LatentVariant,
+    _cli_errors,
+    _progress,
+    app,
+    console,
+    out,
+)
 
 
 @app.command()
@@ -45,7 +56,13 @@ def serve(
     from bearrec.serving.recommender import Recommender, RecommenderSettings
 
     try:
-        from bearrec.serving.app import ServeSettings, create_app, listen, server, url_of
+        from bearrec.serving.app import (
+            ServeSettings,
+            create_app,
+            listen,
+            server,
+            url_of,
+        )
     except ImportError as err:
         raise ValueError(f"bearrec serve needs FastAPI and uvicorn ({err}): pip install 'bearrec[serve]'") from None
 

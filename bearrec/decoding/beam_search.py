@@ -27,13 +27,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutput
 
-from bearrec.items.trie import ItemTrie
-from bearrec.decoding.scoring import cache_of, check_scoring, edge_log_probs, is_encoder_decoder, with_cache
+from bearrec.decoding.scoring import check_scoring, edge_log_probs
 from bearrec.decoding.shared_prompt import PromptCache, shared_prompt, supports
+from bearrec.items.trie import ItemTrie
+from bearrec.lm.forward import (
+    cache_of,
+    is_encoder_decoder,
+    position_ids_from_mask,
+    with_cache,
+)
 
 NEG_INF = float("-inf")
 
@@ -69,11 +74,6 @@ class BeamResult:
             return self.scores
         lengths = trie.lengths.to(self.scores.device)[self.item_ids.clamp(min=0)]  # [N, B]
         return self.scores * lengths.to(self.scores.dtype) ** length_penalty
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that ignore left padding, as ``generate`` computes them (training uses the same)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 @torch.no_grad()

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from bearrec.items.trie import ItemTrie
 from bearrec.decoding.beam_search import BeamResult, constrained_beam_search
 from bearrec.decoding.exact import ExactTopK, exact_top_k
 from bearrec.decoding.latent import ItemMemory, LatentTopK, check_latent, latent_decode
+from bearrec.items.trie import ItemTrie
 
 DECODERS = ("beam", "exact", "latent")
 

@@ -15,12 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 from transformers.modeling_outputs import BaseModelOutput
 
+from bearrec.decoding.scoring import check_scoring, edge_log_probs
 from bearrec.items.trie import ItemTrie
-from bearrec.decoding.beam_search import position_ids_from_mask
-from bearrec.decoding.scoring import cache_of, check_scoring, edge_log_probs, is_encoder_decoder, with_cache
+from bearrec.lm.forward import (
+    cache_of,
+    is_encoder_decoder,
+    position_ids_from_mask,
+    with_cache,
+)
 
 _LOGIT_BUDGET = 32 * 2**20  # floats of logits per forward (128 MB in fp32): bounds memory on big catalogs
 

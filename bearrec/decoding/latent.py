@@ -35,10 +35,8 @@ from pathlib import Path
 
 import torch
 
-from bearrec.items.prompts import left_pad
-from bearrec.decoding.beam_search import position_ids_from_mask
-from bearrec.decoding.scoring import require_decoder_only
 from bearrec.io import atomic_file
+from bearrec.lm.forward import left_pad, position_ids_from_mask, require_decoder_only
 
 VARIANTS = ("global", "local")
 SIMILARITIES = ("l2", "cosine")

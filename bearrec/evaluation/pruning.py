@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from bearrec.items.trie import ItemTrie
 from bearrec.decoding.beam_search import BeamResult, constrained_beam_search
 from bearrec.decoding.exhaustive import exact_target_ranks
 from bearrec.evaluation.metrics import pruning_summary, retrieved_rank
+from bearrec.items.trie import ItemTrie
 
 
 @dataclass

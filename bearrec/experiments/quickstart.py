@@ -10,14 +10,14 @@ from pathlib import Path
 
 import torch
 
+from bearrec.config import ExperimentConfig, TrainConfig
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
+from bearrec.evaluation.report import bar_chart, markdown_table, pruning_markdown
+from bearrec.io import check_replaceable, folder_lock, mark, write_json, write_text
 from bearrec.lm.models import TINY
 from bearrec.objectives import registry
-from bearrec.evaluation.report import bar_chart, markdown_table, pruning_markdown
-from bearrec.runs import evaluate_run, train_run
-from bearrec.io import check_replaceable, folder_lock, mark, write_json, write_text
-from bearrec.config import ExperimentConfig, TrainConfig
 from bearrec.objectives.bear import BEARConfig
+from bearrec.runs import evaluate_run, train_run
 
 
 @dataclass

@@ -27,10 +27,10 @@ import torch
 from bearrec.config import ExperimentConfig, from_dict, with_overrides
 from bearrec.data.dataset import RecDataset
 from bearrec.evaluation.evaluate import EvalSettings
-from bearrec.io import check_replaceable, folder_lock, mark, write_json
 from bearrec.evaluation.metrics import report_ks
-from bearrec.objectives import registry
 from bearrec.evaluation.report import METRIC_COLUMNS
+from bearrec.io import check_replaceable, folder_lock, mark, write_json
+from bearrec.objectives import registry
 
 BASELINES = ("sasrec", "bert4rec")  # conventional recommenders: config section = run label
 BASELINE = "sft"
@@ -550,9 +550,18 @@ def write_report(out_dir: str | Path, results: list[dict], base: ExperimentConfi
     """``results.json``, ``results.md`` and the figures of an experiment folder; returns the summary rows.
 
     ``selection`` (a sweep's :func:`evaluate_chosen_on_test`) adds the chosen point and its test results."""
+    from bearrec.evaluation.report import (
+        ceiling_figure,
+        efficiency_figure,
+        pr_figure,
+        pruning_comparison_figure,
+        pruning_markdown,
+        summary_markdown,
+        summary_runs,
+        sweep_figure,
+        training_markdown,
+    )
     from bearrec.io import write_text
-    from bearrec.evaluation.report import (ceiling_figure, efficiency_figure, pr_figure, pruning_comparison_figure, pruning_markdown,
-                                summary_markdown, summary_runs, sweep_figure, training_markdown)
 
     out = Path(out_dir)
     rows = summarize(results)

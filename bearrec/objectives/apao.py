@@ -143,7 +143,7 @@ def grouped_answer_logits(model, prompt_ids: torch.Tensor, prompt_mask: torch.Te
     read is fed: the positive's first A - 1 tokens (its A logits give the cross-entropy), each negative's first
     A - 2 (the prefix scores use tokens 1 .. A - 1); a negative's last logits row is therefore zeros.
     """
-    from bearrec.decoding.beam_search import position_ids_from_mask
+    from bearrec.lm.forward import position_ids_from_mask
 
     n, width = prompt_ids.shape
     _, group, answer = group_labels.shape

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-IGNORE_INDEX = -100
+from bearrec.lm.forward import IGNORE_INDEX
 
 
 def scored_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

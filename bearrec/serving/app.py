@@ -36,8 +36,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bearrec.checks import check
-from bearrec.serving.recommender import Query, Recommendation, Recommender
 from bearrec.serving.page import PAGE
+from bearrec.serving.recommender import Query, Recommendation, Recommender
 
 
 @dataclass

@@ -35,11 +35,11 @@ from rich.progress import Progress
 from bearrec.checks import check
 from bearrec.config import DecodingConfig
 from bearrec.data.dataset import normalize_title
-from bearrec.items.prompts import left_pad
 from bearrec.decoding import DECODERS, decode
 from bearrec.decoding.latent import MEMORY_FILE, SIMILARITIES, VARIANTS
 from bearrec.decoding.scoring import SCORINGS
 from bearrec.evaluation.evaluate import timed_item_memory
+from bearrec.lm.forward import left_pad
 from bearrec.runs import item_trie, load_run, prompt_encoder
 
 

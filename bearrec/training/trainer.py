@@ -26,16 +26,26 @@ import transformers
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from bearrec.items.trie import ItemTrie
+from bearrec.checks import first_line
 from bearrec.config import DecodingConfig, ExperimentConfig
 from bearrec.data.dataset import RecDataset
-from bearrec.items.prompts import PromptEncoder, left_pad
-from bearrec.decoding.beam_search import position_ids_from_mask
-from bearrec.decoding.scoring import is_encoder_decoder
 from bearrec.decoding.latent import item_memory
-from bearrec.checks import first_line
 from bearrec.io import disk_error, write_json
-from bearrec.objectives import IGNORE_INDEX, distinct_prefixes, pruning_margin, sequence_log_probs
+from bearrec.items.prompts import PromptEncoder
+from bearrec.items.trie import ItemTrie
+from bearrec.lm.forward import (
+    answer_logits,
+    is_encoder_decoder,
+    left_pad,
+    position_ids_from_mask,
+    seq2seq_answer_logits,
+)
+from bearrec.objectives import (
+    IGNORE_INDEX,
+    distinct_prefixes,
+    pruning_margin,
+    sequence_log_probs,
+)
 from bearrec.objectives.apao import grouped_answer_logits
 
 SELECTION_METRIC = "NDCG@10"
@@ -175,38 +185,6 @@ class PackedCollator:
         if self.trie is not None:
             batch["candidates"] = self.trie.label_candidates(labels)  # [N, A, C]
         return batch
-
-
-def answer_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, answer_len: int) -> torch.Tensor:
-    """Logits aligned with the collator's ``labels``: ``[n, answer_len, V]``."""
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        logits_to_keep=answer_len + 1,
-    )
-    return out.logits[:, :-1]
-
-
-def seq2seq_answer_logits(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, labels: torch.Tensor,
-                          group: int = 1) -> torch.Tensor:
-    """Logits aligned with ``labels [n * group, A]`` for an encoder-decoder model (T5, TIGER): ``[n * group, A, V]``.
-
-    The prompts ``[n, P]`` go through the encoder once, each encoding shared by its ``group`` consecutive label
-    rows. The decoder reads the start token then each answer shifted right, in the labels' own layout (left-
-    or right-padded, -100 outside the answer); its attention mask hides the padding.
-    """
-    encoded = model.get_encoder()(input_ids=prompt_ids, attention_mask=prompt_mask)
-    encoded.last_hidden_state = encoded.last_hidden_state.repeat_interleave(group, dim=0)  # [n * group, P, d]
-    scored = labels != IGNORE_INDEX  # [R, A]
-    before = torch.zeros_like(scored)
-    before[:, 1:] = scored[:, :-1]  # the previous position holds an answer token
-    decoder_ids = torch.full_like(labels, model.config.pad_token_id)
-    decoder_ids[:, 1:] = torch.where(before[:, 1:], labels[:, :-1], decoder_ids[:, 1:])
-    decoder_ids[scored & ~before] = model.config.decoder_start_token_id  # each answer's first position
-    out = model(encoder_outputs=encoded, attention_mask=prompt_mask.repeat_interleave(group, dim=0),
-                decoder_input_ids=decoder_ids, decoder_attention_mask=scored.long())
-    return out.logits
 
 
 class EarlyStoppingCallback(transformers.EarlyStoppingCallback):
@@ -362,7 +340,10 @@ class RecTrainer(Trainer):
         labels = inputs["labels"]
         extra = {"step": self.state.global_step}
         if self.objective.needs_search:
-            from bearrec.objectives.beam_sim import align_thresholds, simulate_thresholds
+            from bearrec.objectives.beam_sim import (
+                align_thresholds,
+                simulate_thresholds,
+            )
 
             raw = simulate_thresholds(model, inputs["prompt_ids"], inputs["prompt_mask"], self.trie,
                                       beam_width=self.objective.beam_width)
@@ -689,7 +670,14 @@ def train_model(
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = (TextColumn(f"{tc.objective} {{task.description}}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())

@@ -49,9 +49,9 @@ def build(name: str, dataset, dtype):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    from bearrec.items.prompts import PromptTemplate
     from bearrec.lm.models import SMOLLM2, load_model, smollm2_folder, train_tokenizer
     from bearrec.runs import tokenizer_corpus
-    from bearrec.items.prompts import PromptTemplate
 
     if name == "smollm2-135m":
         model, tokenizer = load_model(SMOLLM2, dtype=dtype)
@@ -96,9 +96,15 @@ def bench_model(step: Step, name: str, dataset, args, dtype) -> list[dict]:
     import torch
     from bench_decoding import bare_forwards, hf_generate
 
+    from bearrec.decoding import (
+        constrained_beam_search,
+        exact_top_k,
+        item_memory,
+        latent_decode,
+    )
+    from bearrec.items.prompts import PromptEncoder, PromptTemplate
     from bearrec.items.trie import build_trie
-    from bearrec.items.prompts import PromptEncoder, PromptTemplate, left_pad
-    from bearrec.decoding import constrained_beam_search, exact_top_k, item_memory, latent_decode
+    from bearrec.lm.forward import left_pad
     from bearrec.training.trainer import encode_split
 
     start = time.perf_counter()
