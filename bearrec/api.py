@@ -20,14 +20,7 @@ from bearrec.decoding import (
                               exact_top_k,
                               score_catalog,
 )
-from bearrec.evaluation.metrics import (
-                              full_rank,
-                              hr_at_k,
-                              ndcg_at_k,
-                              pruning_rate_at_k,
-                              ranking_metrics,
-                              retrieved_rank,
-)
+from bearrec.evaluation.metrics import full_rank, hr_at_k, ndcg_at_k, pruning_rate_at_k, ranking_metrics, retrieved_rank
 from bearrec.items.trie import ItemTrie, build_trie, tokenize_titles
 from bearrec.lm.forward import left_pad
 from bearrec.objectives import (

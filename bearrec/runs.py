@@ -20,13 +20,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pickle
-import re
 import shutil
 import warnings
 from pathlib import Path
 
-import torch
 from transformers import AutoTokenizer
 
 from bearrec import distributed
@@ -35,31 +32,12 @@ from bearrec.config import ExperimentConfig, load_config
 from bearrec.data.dataset import RecDataset
 from bearrec.decoding.latent import MEMORY_FILE
 from bearrec.evaluation.evaluate import EvalSettings, evaluate
-from bearrec.io import (
-    DISK_ERRNOS,
-    atomic_file,
-    atomic_folder,
-    check_replaceable,
-    folder_kind,
-    folder_lock,
-    write_json,
-)
+from bearrec.io import DISK_ERRNOS, atomic_file, atomic_folder, check_replaceable, folder_kind, folder_lock, write_json
 from bearrec.items.prompts import PromptEncoder, PromptTemplate
-from bearrec.items.semantic_ids import (
-    CodePrompt,
-    code_strings,
-    code_tokenizer,
-    dataset_codes,
-)
+from bearrec.items.semantic_ids import CodePrompt, code_strings, code_tokenizer, dataset_codes
 from bearrec.items.trie import build_trie
-from bearrec.lm.models import (
-    TINY,
-    build_tiny_model,
-    count_parameters,
-    load_model,
-    save_model,
-    tiny_model_for,
-)
+from bearrec.lm.models import TINY, build_tiny_model, count_parameters, load_model, save_model, tiny_model_for
+from bearrec.training.checkpoints import last_checkpoint
 
 
 def tokenizer_corpus(dataset: RecDataset, template: PromptTemplate) -> list[str]:
@@ -98,81 +76,6 @@ def new_model(config: ExperimentConfig, dataset: RecDataset, tokenizer=None):
         return tiny_model_for(tokenizer_corpus(dataset, PromptTemplate(dataset.domain)), config.tiny, config.train.seed)
     model, loaded_tokenizer = load_model(config.model, lora=config.lora_settings if config.use_lora else None)
     return model, tokenizer or loaded_tokenizer
-
-
-def last_checkpoint(checkpoint_dir: Path) -> str | None:
-    """The newest complete, readable checkpoint. Damaged ones (killed mid-save, truncated or tampered files) are
-    moved aside to ``damaged-checkpoint-<step>``, named in a warning, and the one before is tried: nothing is
-    deleted, and the Trainer's checkpoint rotation (``checkpoint-*``) no longer sees them."""
-    if not checkpoint_dir.is_dir():
-        return None
-    found = sorted(((int(m.group(1)), path) for path in checkpoint_dir.iterdir()
-                    if (m := re.fullmatch(r"checkpoint-(\d+)", path.name)) and path.is_dir()), reverse=True)
-    for _, path in found:
-        problem = checkpoint_problem(path)
-        if problem is None:
-            return str(path)
-        aside = _aside(path)
-        path.rename(aside)
-        warnings.warn(f"{path}: damaged ({problem}); moved aside to {aside.name}, resuming from the checkpoint "
-                      "before it")
-    return None
-
-
-def _aside(path: Path) -> Path:
-    """A free name ``damaged-<name>[-k]`` beside ``path``."""
-    for k in range(1, 10_000):
-        aside = path.with_name(f"damaged-{path.name}" + (f"-{k}" if k > 1 else ""))
-        if not aside.exists():
-            return aside
-    raise FileExistsError(f"{path}: too many damaged checkpoints set aside beside it")
-
-
-# trainer_state.json fields the Trainer does arithmetic with on resume, and the types they must have
-_STATE_TYPES = {"global_step": int, "max_steps": int, "num_train_epochs": int, "logging_steps": (int, float),
-                "epoch": (int, float), "log_history": list, "best_metric": (int, float, type(None)),
-                "stateful_callbacks": dict}
-
-
-def checkpoint_problem(checkpoint: str | os.PathLike) -> str | None:
-    """Why a checkpoint cannot be resumed from, or None. Its ``trainer_state.json`` (written last) must parse
-    with the types the Trainer needs, and every weight and state file must load the safe way (safetensors,
-    ``torch.load(weights_only=True)``): a truncated or tampered file is found here, never unpickled."""
-    from safetensors.torch import load_file
-    from transformers.trainer_pt_utils import (
-        safe_globals,  # the numpy types of the RNG state the Trainer allows
-    )
-
-    checkpoint = Path(checkpoint)
-    try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-    except OSError:
-        return "no trainer_state.json: interrupted while saving"
-    except ValueError as err:
-        return f"trainer_state.json: {first_line(err, 80)}"
-    if not isinstance(state, dict):
-        return "trainer_state.json: not a JSON object"
-    for name, types in _STATE_TYPES.items():
-        value = state.get(name)
-        if name in state and (not isinstance(value, types) or isinstance(value, bool)):
-            return f"trainer_state.json: {name} is {value!r}"
-    if not isinstance(state.get("global_step"), int) or state["global_step"] < 0:
-        return "trainer_state.json: no global_step"
-    for path in sorted(checkpoint.iterdir()):
-        if path.name == "training_args.bin":  # a pickle the Trainer writes for people and never loads
-            continue
-        try:
-            with warnings.catch_warnings(), safe_globals():
-                warnings.simplefilter("ignore")  # torch warns about pickle protocols before it refuses
-                if path.suffix == ".safetensors":
-                    load_file(path)
-                elif path.suffix in (".pt", ".pth", ".bin"):
-                    torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # safetensors, pickle and zip errors share no base class
-            if isinstance(err, pickle.UnpicklingError):
-                return f"{path.name} holds more than tensors, which weights-only loading refuses"
-            return f"{path.name} unreadable: {first_line(err, 120)}"
-    return None
 
 
 def dataset_check(run_dir: Path, meta: dict, dataset: RecDataset, purpose: str, allow_other_data: bool = False) -> None:
@@ -251,7 +154,8 @@ def _train_run(config, out_dir: Path, resume: bool, overwrite: bool, dataset: Re
     data_dir = Path(config.data).resolve()
     if out_dir.resolve() == data_dir or data_dir in out_dir.resolve().parents:
         raise ValueError(f"{out_dir}: is inside the dataset folder {config.data}; choose a run folder outside it")
-    from bearrec.training.trainer import flush_denormals, train_model
+    from bearrec.training.diagnostics import flush_denormals
+    from bearrec.training.trainer import train_model
 
     # from before the model is built, so that the threads the run creates inherit the mode (train.py)
     with flush_denormals(config.train.flush_denormal):

@@ -45,7 +45,7 @@ def main() -> None:
     from bearrec.evaluation.metrics import ranking_metrics
     from bearrec.lm.forward import left_pad
     from bearrec.runs import item_trie, load_run, prompt_encoder
-    from bearrec.training.trainer import encode_split
+    from bearrec.training.collators import encode_split
 
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or _default_run(Path(tmp))

@@ -39,12 +39,9 @@ def main() -> None:
     from bearrec.lm.models import build_tiny_model, load_model
     from bearrec.objectives import sft_loss
     from bearrec.runs import prompt_encoder
-    from bearrec.training.trainer import (
-        Collator,
-        RecTrainer,
-        encode_split,
-        flush_denormals,
-    )
+    from bearrec.training.collators import Collator, encode_split
+    from bearrec.training.diagnostics import flush_denormals
+    from bearrec.training.trainer import RecTrainer
 
     config = load_config(args.run / "config.yaml")
     weights = args.weights or args.run / "model"

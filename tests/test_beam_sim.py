@@ -5,27 +5,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import (
-    EOS,
-    PAD,
-    prefix_scores,
-    random_catalog,
-    random_model,
-    random_prompts,
-    scored_case,
-    tie_free,
-)
+from reference import EOS, PAD, prefix_scores, random_catalog, random_model, random_prompts, scored_case, tie_free
 
 from bearrec.decoding import constrained_beam_search, position_ids_from_mask
 from bearrec.items.trie import ItemTrie
 from bearrec.lm.forward import left_pad
-from bearrec.objectives import (
-    align_thresholds,
-    beam_sim_loss,
-    registry,
-    sft_loss,
-    simulate_thresholds,
-)
+from bearrec.objectives import align_thresholds, beam_sim_loss, registry, sft_loss, simulate_thresholds
 
 VOCAB = 48
 NEG_INF = -math.inf

@@ -23,12 +23,7 @@ from reference import (
     tie_free,
 )
 
-from bearrec.decoding import (
-    constrained_beam_search,
-    exact_target_ranks,
-    exact_top_k,
-    score_catalog,
-)
+from bearrec.decoding import constrained_beam_search, exact_target_ranks, exact_top_k, score_catalog
 from bearrec.evaluation.metrics import full_rank
 from bearrec.items.trie import ItemTrie
 from bearrec.lm.forward import left_pad

@@ -16,7 +16,7 @@ from bearrec.items.trie import build_trie
 from bearrec.lm.forward import left_pad
 from bearrec.lm.models import tiny_model_for
 from bearrec.runs import prompt_encoder, tokenizer_corpus
-from bearrec.training.trainer import encode_split
+from bearrec.training.collators import encode_split
 
 USERS = 12
 

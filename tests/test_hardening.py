@@ -21,7 +21,8 @@ from bearrec.config import ExperimentConfig, TrainConfig
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 from bearrec.io import LOCK, folder_lock
 from bearrec.lm.models import TinyConfig
-from bearrec.runs import last_checkpoint, train_run
+from bearrec.runs import train_run
+from bearrec.training.checkpoints import last_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}

@@ -6,13 +6,7 @@ import pytest
 import torch
 
 from bearrec.items.trie import ItemTrie
-from bearrec.objectives import (
-    ats_temperature,
-    bear_loss,
-    bear_regulariser,
-    msl_loss,
-    sft_loss,
-)
+from bearrec.objectives import ats_temperature, bear_loss, bear_regulariser, msl_loss, sft_loss
 from bearrec.objectives.msl import ats_loss
 
 

@@ -10,13 +10,7 @@ from pathlib import Path
 import pytest
 
 from bearrec.data.dataset import DataError
-from bearrec.data.readers import (
-    DataWarning,
-    read_amazon,
-    read_interactions,
-    read_processed,
-    read_source,
-)
+from bearrec.data.readers import DataWarning, read_amazon, read_interactions, read_processed, read_source
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

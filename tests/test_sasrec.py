@@ -4,12 +4,7 @@ the positive, and it learns a learnable catalog far above popularity."""
 import torch
 from torch.nn import functional as F
 
-from bearrec.baselines.sasrec import (
-    SASRec,
-    SASRecConfig,
-    sample_negatives,
-    train_sasrec,
-)
+from bearrec.baselines.sasrec import SASRec, SASRecConfig, sample_negatives, train_sasrec
 from bearrec.baselines.seqrec import evaluate, evaluate_popularity, pad
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 

@@ -5,12 +5,7 @@ import math
 import pytest
 import torch
 
-from bearrec.objectives import (
-    bear_regulariser,
-    sdpo_bear_loss,
-    sdpo_loss,
-    sequence_log_probs,
-)
+from bearrec.objectives import bear_regulariser, sdpo_bear_loss, sdpo_loss, sequence_log_probs
 
 
 def _logps(seed=0, n=4, k=3):

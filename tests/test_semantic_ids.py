@@ -206,21 +206,10 @@ def test_every_objective_trains_over_codes(sid_data, tmp_path, objective, overri
 
 
 def test_decoders_and_evaluation_over_codes(sid_data, tmp_path):
-    from bearrec.decoding import (
-        constrained_beam_search,
-        exact_target_ranks,
-        exact_top_k,
-        score_catalog,
-    )
+    from bearrec.decoding import constrained_beam_search, exact_target_ranks, exact_top_k, score_catalog
     from bearrec.evaluation.metrics import full_rank
     from bearrec.lm.forward import left_pad
-    from bearrec.runs import (
-        evaluate_run,
-        item_trie,
-        load_run,
-        prompt_encoder,
-        train_run,
-    )
+    from bearrec.runs import evaluate_run, item_trie, load_run, prompt_encoder, train_run
 
     train_run(_config(sid_data, "sft", **{"train.epochs": 2}), tmp_path / "run")
     model, tokenizer, ds, config = load_run(tmp_path / "run")
@@ -270,13 +259,7 @@ def test_encoder_decoder_models_are_refused_by_latent_decoding_only():
     test_decoding.py and test_exact.py); L2D, built on a causal LM's answer states, refuses it with one line."""
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from bearrec.decoding import (
-        constrained_beam_search,
-        exact_target_ranks,
-        exact_top_k,
-        latent_decode,
-        score_catalog,
-    )
+    from bearrec.decoding import constrained_beam_search, exact_target_ranks, exact_top_k, latent_decode, score_catalog
     from bearrec.decoding.latent import prompt_states
     from bearrec.items.trie import ItemTrie
 
@@ -356,14 +339,8 @@ def test_t5_runs_evaluate_with_pr_at_k_and_the_exact_ranking(sid_data, tmp_path)
     from bearrec.decoding import score_catalog
     from bearrec.evaluation.metrics import full_rank
     from bearrec.lm.forward import left_pad
-    from bearrec.runs import (
-        evaluate_run,
-        item_trie,
-        load_run,
-        prompt_encoder,
-        train_run,
-    )
-    from bearrec.training.trainer import encode_split
+    from bearrec.runs import evaluate_run, item_trie, load_run, prompt_encoder, train_run
+    from bearrec.training.collators import encode_split
 
     run = tmp_path / "run"
     train_run(_t5(_config(sid_data, "sft")), run)
@@ -380,7 +357,7 @@ def test_t5_runs_evaluate_with_pr_at_k_and_the_exact_ranking(sid_data, tmp_path)
 
 # ---------------------------------------------------------------------------------- train.pack
 def test_pack_examples_chains_continuations_and_keeps_every_example_once():
-    from bearrec.training.trainer import pack_examples
+    from bearrec.training.collators import pack_examples
 
     eos = 2
     ex = [{"prompt": [5, 6], "answer": [7, 8, eos]},             # 0: head of a chain
@@ -408,13 +385,8 @@ def test_packed_batches_give_every_example_the_logits_and_losses_of_its_own_forw
 
     from bearrec.objectives import registry
     from bearrec.runs import item_trie, new_model, prompt_encoder
-    from bearrec.training.trainer import (
-        Collator,
-        PackedCollator,
-        RecTrainer,
-        encode_split,
-        pack_examples,
-    )
+    from bearrec.training.collators import Collator, PackedCollator, encode_split, pack_examples
+    from bearrec.training.trainer import RecTrainer
 
     config = _config(sid_data, "sft")
     ds = RecDataset.load(sid_data)

@@ -6,11 +6,7 @@ import torch
 
 from bearrec.baselines.bert4rec import BERT4RecConfig
 from bearrec.baselines.sasrec import SASRecConfig
-from bearrec.baselines.seqrec import (
-    evaluate_popularity,
-    training_windows,
-    user_sequences,
-)
+from bearrec.baselines.seqrec import evaluate_popularity, training_windows, user_sequences
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 
 

@@ -4,13 +4,7 @@ distribution loses to beam search)."""
 import numpy as np
 import pytest
 
-from bearrec.data.synthetic import (
-    SyntheticConfig,
-    _generate,
-    _word_beam_search,
-    generate_synthetic,
-    oracle_pruning,
-)
+from bearrec.data.synthetic import SyntheticConfig, _generate, _word_beam_search, generate_synthetic, oracle_pruning
 
 
 def test_same_seed_same_data_and_pressure_changes_the_catalog():

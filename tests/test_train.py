@@ -10,7 +10,8 @@ import yaml
 
 from bearrec.config import ExperimentConfig, TrainConfig, load_config
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
-from bearrec.runs import last_checkpoint, train_run
+from bearrec.runs import train_run
+from bearrec.training.checkpoints import last_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +178,7 @@ def test_resume_keeps_the_early_stopping_count(data_dir, tmp_path):
 
 
 def test_flush_denormals_sets_the_mode_and_restores_the_callers():
-    from bearrec.training.trainer import flush_denormals, flushing_denormals
+    from bearrec.training.diagnostics import flush_denormals, flushing_denormals
 
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU cannot flush subnormal floats")
@@ -199,7 +200,7 @@ def test_flush_denormals_sets_the_mode_and_restores_the_callers():
 def test_training_runs_in_the_configured_denormal_mode(data_dir, tmp_path, monkeypatch):
     """``train.flush_denormal`` holds while the model trains (off by default) and the caller's mode comes back."""
     import bearrec.training.trainer as train_module
-    from bearrec.training.trainer import flushing_denormals
+    from bearrec.training.diagnostics import flushing_denormals
 
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU cannot flush subnormal floats")

@@ -11,7 +11,7 @@ from bearrec.config import _set, from_dict, load_config, parse_value
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 from bearrec.experiments.runner import parse_grid
 from bearrec.items.trie import ItemTrie
-from bearrec.training.trainer import Collator
+from bearrec.training.collators import Collator
 
 runner = CliRunner()
 SMALL = ["--epochs", "1", "--batch-size", "16", "--max-train-examples", "48", "--set", "train.valid_users=8",

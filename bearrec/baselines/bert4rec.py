@@ -18,14 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bearrec.baselines.seqrec import (
-    SeqRecConfig,
-    SequenceEncoder,
-    SequentialRecommender,
-    init_weights,
-    pad,
-    train,
-)
+from bearrec.baselines.seqrec import SeqRecConfig, SequenceEncoder, SequentialRecommender, init_weights, pad, train
 from bearrec.data.dataset import RecDataset
 
 

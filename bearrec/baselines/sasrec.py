@@ -16,14 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from bearrec.baselines.seqrec import (
-    SeqRecConfig,
-    SequenceEncoder,
-    SequentialRecommender,
-    init_weights,
-    pad,
-    train,
-)
+from bearrec.baselines.seqrec import SeqRecConfig, SequenceEncoder, SequentialRecommender, init_weights, pad, train
 from bearrec.data.dataset import RecDataset
 
 LOSSES = ("ce", "bce")

@@ -83,12 +83,7 @@ def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: 
     import shlex
 
     from bearrec.evaluation.report import rich_table, summary_runs
-    from bearrec.experiments.runner import (
-        evaluate_chosen_on_test,
-        run_experiment,
-        verdict,
-        write_report,
-    )
+    from bearrec.experiments.runner import evaluate_chosen_on_test, run_experiment, verdict, write_report
     from bearrec.io import check_replaceable, empty_folder, folder_lock
 
     settings.validate()

@@ -56,13 +56,7 @@ def serve(
     from bearrec.serving.recommender import Recommender, RecommenderSettings
 
     try:
-        from bearrec.serving.app import (
-            ServeSettings,
-            create_app,
-            listen,
-            server,
-            url_of,
-        )
+        from bearrec.serving.app import ServeSettings, create_app, listen, server, url_of
     except ImportError as err:
         raise ValueError(f"bearrec serve needs FastAPI and uvicorn ({err}): pip install 'bearrec[serve]'") from None
 

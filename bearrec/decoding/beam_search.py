@@ -33,12 +33,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from bearrec.decoding.scoring import check_scoring, edge_log_probs
 from bearrec.decoding.shared_prompt import PromptCache, shared_prompt, supports
 from bearrec.items.trie import ItemTrie
-from bearrec.lm.forward import (
-    cache_of,
-    is_encoder_decoder,
-    position_ids_from_mask,
-    with_cache,
-)
+from bearrec.lm.forward import cache_of, is_encoder_decoder, position_ids_from_mask, with_cache
 
 NEG_INF = float("-inf")
 

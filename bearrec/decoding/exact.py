@@ -25,12 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bearrec.decoding.exhaustive import (
-    _LOGIT_BUDGET,
-    EncodedPrompts,
-    _children,
-    _tree_chunk,
-)
+from bearrec.decoding.exhaustive import _LOGIT_BUDGET, EncodedPrompts, _children, _tree_chunk
 from bearrec.decoding.scoring import check_scoring, edge_log_probs
 from bearrec.items.trie import ItemTrie
 

@@ -19,12 +19,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from bearrec.decoding.scoring import check_scoring, edge_log_probs
 from bearrec.items.trie import ItemTrie
-from bearrec.lm.forward import (
-    cache_of,
-    is_encoder_decoder,
-    position_ids_from_mask,
-    with_cache,
-)
+from bearrec.lm.forward import cache_of, is_encoder_decoder, position_ids_from_mask, with_cache
 
 _LOGIT_BUDGET = 32 * 2**20  # floats of logits per forward (128 MB in fp32): bounds memory on big catalogs
 

@@ -8,14 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bearrec.checks import MAX_SEED, check
 from bearrec.config import DecodingConfig
@@ -23,16 +16,11 @@ from bearrec.data.dataset import RecDataset
 from bearrec.decoding import attribute_pruning, decode, exact_target_ranks, item_memory
 from bearrec.decoding.scoring import check_scoring
 from bearrec.distributed import map_users
-from bearrec.evaluation.metrics import (
-    exact_ranking_metrics,
-    ranking_metrics,
-    report_ks,
-    retrieved_rank,
-)
+from bearrec.evaluation.metrics import exact_ranking_metrics, ranking_metrics, report_ks, retrieved_rank
 from bearrec.items.prompts import PromptEncoder
 from bearrec.items.trie import ItemTrie
 from bearrec.lm.forward import left_pad
-from bearrec.training.trainer import encode_split
+from bearrec.training.collators import encode_split
 
 
 @dataclass

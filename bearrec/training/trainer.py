@@ -17,20 +17,18 @@ import json
 import math
 import shutil
 import time
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import transformers
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import PrinterCallback, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from bearrec.checks import first_line
 from bearrec.config import DecodingConfig, ExperimentConfig
 from bearrec.data.dataset import RecDataset
 from bearrec.decoding.latent import item_memory
-from bearrec.io import disk_error, write_json
+from bearrec.io import disk_error
 from bearrec.items.prompts import PromptEncoder
 from bearrec.items.trie import ItemTrie
 from bearrec.lm.forward import (
@@ -40,171 +38,12 @@ from bearrec.lm.forward import (
     position_ids_from_mask,
     seq2seq_answer_logits,
 )
-from bearrec.objectives import (
-    IGNORE_INDEX,
-    distinct_prefixes,
-    pruning_margin,
-    sequence_log_probs,
-)
+from bearrec.objectives import distinct_prefixes, pruning_margin, sequence_log_probs
 from bearrec.objectives.apao import grouped_answer_logits
-
-SELECTION_METRIC = "NDCG@10"
-
-
-def encode_split(
-    dataset: RecDataset, split: str, encoder: PromptEncoder, limit: int | None = None, seed: int = 0
-) -> tuple[list[list[int]], list[int]]:
-    """(prompt ids, target catalog indices) of a split, optionally a seeded subsample of ``limit`` examples."""
-    histories, targets = dataset.examples(split, limit, seed)
-    return encoder.prompts(histories), targets
-
-
-class Collator:
-    """Left-padded ``input_ids``/``attention_mask`` and answer-aligned ``labels [R, A]``, plus what the
-    objective asks for:
-
-    * ``with_prompts``: the prompts alone (``prompt_ids``/``prompt_mask``), for beam-sim's search;
-    * ``negatives = K > 0``: K catalog items other than the target, drawn uniformly, answer the same
-      prompt in the K rows after each example's own row (rows grouped ``1 + K`` per example, S-DPO);
-    * ``trie``: ``candidates [R, A, C]``, the trie-valid next tokens of every answer position (-1
-      padded), gathered from the trie on the CPU while the accelerator trains: no ``[R, A, V]`` mask;
-    * ``prefix_negatives = K > 0`` (APAO pairwise): ``group_labels [N, 1 + K, A]``, each example's answer
-      then K uniformly drawn other items' (left-aligned, -100 padded), and the prompts alone, so that one
-      forward scores all of them after one copy of the prompt.
-
-    ``labels[:, j]`` is the token at position ``L - A + j``: the logits of the last ``A + 1`` positions,
-    minus the final one, predict exactly these tokens.
-    """
-
-    def __init__(self, pad_id: int, with_prompts: bool = False, trie: ItemTrie | None = None, negatives: int = 0,
-                 answers: list[list[int]] | None = None, seed: int = 0, prefix_negatives: int = 0):
-        self.pad_id, self.with_prompts, self.trie, self.negatives, self.answers = pad_id, with_prompts, trie, negatives, answers
-        self.prefix_negatives = prefix_negatives
-        if (negatives or prefix_negatives) and not answers:
-            raise ValueError("sampling negatives needs the catalog's answers")
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def _draw(self, item: int, k: int) -> list[int]:
-        """K catalog items drawn uniformly with replacement, never ``item``."""
-        draw = torch.randint(0, len(self.answers) - 1, (k,), generator=self.generator)  # [K] uniform, target skipped
-        return (draw + (draw >= item).long()).tolist()
-
-    def _rows(self, examples: list[dict]) -> list[dict]:
-        if not self.negatives:
-            return examples
-        rows = []
-        for e in examples:
-            rows += [e] + [{"prompt": e["prompt"], "answer": self.answers[i], "item": i} for i in self._draw(e["item"], self.negatives)]
-        return rows
-
-    def _group_labels(self, examples: list[dict]) -> torch.Tensor:
-        """``[N, 1 + K, A]``: each example's answer, then K negatives' (left-aligned, -100 padded)."""
-        groups = [[e["answer"]] + [self.answers[i] for i in self._draw(e["item"], self.prefix_negatives)] for e in examples]
-        width = max(len(a) for g in groups for a in g)
-        out = torch.full((len(groups), 1 + self.prefix_negatives, width), IGNORE_INDEX, dtype=torch.long)
-        for n, group in enumerate(groups):
-            for g, answer in enumerate(group):
-                out[n, g, : len(answer)] = torch.tensor(answer)
-        return out
-
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        rows = self._rows(examples)
-        input_ids, attention_mask = left_pad([e["prompt"] + e["answer"] for e in rows], self.pad_id)
-        longest = max(len(e["answer"]) for e in rows)
-        labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
-        for row, e in enumerate(rows):
-            labels[row, longest - len(e["answer"]) :] = torch.tensor(e["answer"])
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        if self.with_prompts or self.prefix_negatives:
-            batch["prompt_ids"], batch["prompt_mask"] = left_pad([e["prompt"] for e in examples], self.pad_id)
-        if self.prefix_negatives:
-            batch["group_labels"] = self._group_labels(examples)
-        if self.trie is not None:
-            batch["candidates"] = self.trie.label_candidates(labels)  # [R, A, C]
-        return batch
-
-
-def pack_examples(examples: list[dict]) -> list[dict]:
-    """Chains of examples whose token sequences continue each other, one training row each (``train.pack``).
-
-    An example reads ``prompt + answer`` (answer = item tokens + EOS). When another example's prompt is exactly
-    this prompt followed by this answer's item tokens (over semantic IDs: the same user one item later, since the
-    prompt is the history's codes and nothing else), the longer sequence holds the shorter one as its prefix, and
-    a causal model computes the shorter example's answer logits at the same positions, from the same context, in
-    one forward over the longer. Chains are checked token by token, so packing never changes a logit; where no
-    prompt continues another (a title prompt ends with its response header) every pack holds one example.
-
-    Returns packs ``{"ids": the chain's longest sequence, "members": [(prompt length, answer)] of each example}``.
-    """
-    by_prompt: dict[tuple, list[int]] = {}
-    for n, e in enumerate(examples):
-        by_prompt.setdefault(tuple(e["prompt"]), []).append(n)
-    for waiting in by_prompt.values():
-        waiting.reverse()  # popped from the end: examples in their original order
-    used = [False] * len(examples)
-    packs = []
-    for n in sorted(range(len(examples)), key=lambda n: len(examples[n]["prompt"])):  # chains start shortest first
-        if used[n]:
-            continue
-        chain, used[n] = [n], True
-        while True:
-            e = examples[chain[-1]]
-            waiting = by_prompt.get(tuple(e["prompt"] + e["answer"][:-1]), [])
-            while waiting and used[waiting[-1]]:
-                waiting.pop()
-            if not waiting:
-                break
-            chain.append(waiting.pop())
-            used[chain[-1]] = True
-        last = examples[chain[-1]]
-        packs.append({"ids": last["prompt"] + last["answer"],
-                      "members": [(len(examples[c]["prompt"]), examples[c]["answer"]) for c in chain]})
-    return packs
-
-
-class PackedCollator:
-    """Batches of packs (:func:`pack_examples`): left-padded ``input_ids``/``attention_mask`` of the packs, and per
-    example, in the :class:`Collator`'s layout, ``labels [N, A]``, ``candidates [N, A, C]`` (with ``trie``) and
-    ``pack_index [N, A]``: where in the flattened ``[P * L]`` logits of the packs each label's logits are."""
-
-    def __init__(self, pad_id: int, trie: ItemTrie | None = None):
-        self.pad_id, self.trie = pad_id, trie
-
-    def __call__(self, packs: list[dict]) -> dict[str, torch.Tensor]:
-        input_ids, attention_mask = left_pad([p["ids"] for p in packs], self.pad_id)  # [P, L]
-        width = input_ids.shape[1]
-        members = [(row * width + width - len(p["ids"]) + start, answer)  # flat position of the prompt's end + 1
-                   for row, p in enumerate(packs) for start, answer in p["members"]]
-        longest = max(len(answer) for _, answer in members)
-        labels = torch.full((len(members), longest), IGNORE_INDEX, dtype=torch.long)  # [N, A]
-        index = torch.zeros((len(members), longest), dtype=torch.long)  # [N, A]
-        for n, (end, answer) in enumerate(members):
-            labels[n, longest - len(answer):] = torch.tensor(answer)
-            index[n, longest - len(answer):] = torch.arange(end - 1, end - 1 + len(answer))  # position t predicts t + 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "pack_index": index}
-        if self.trie is not None:
-            batch["candidates"] = self.trie.label_candidates(labels)  # [N, A, C]
-        return batch
-
-
-class EarlyStoppingCallback(transformers.EarlyStoppingCallback):
-    """transformers' early stopping, which never ends a run before epoch ``min_epochs`` (``train.min_epochs``).
-
-    It keeps its parent's name because the Trainer restores a callback's checkpointed state (the patience count)
-    into the callback of the same class name: runs checkpointed with the parent resume into this one.
-    ``min_epochs`` is not in that state; :class:`RecTrainer` carries it over to the restored callback.
-    """
-
-    def __init__(self, early_stopping_patience: int = 1, early_stopping_threshold: float | None = 0.0,
-                 min_epochs: int = 0):
-        super().__init__(early_stopping_patience, early_stopping_threshold)
-        self.min_epochs = min_epochs
-
-    def on_evaluate(self, args, state, control, metrics, **kwargs):
-        stopping = control.should_training_stop  # set by something else: not ours to undo
-        super().on_evaluate(args, state, control, metrics, **kwargs)
-        if not stopping and (state.epoch or 0) < self.min_epochs - 1e-6:
-            control.should_training_stop = False
+from bearrec.training.arguments import training_arguments
+from bearrec.training.callbacks import EarlyStoppingCallback, EpochLog
+from bearrec.training.collators import Collator, PackedCollator, encode_split, pack_examples
+from bearrec.training.diagnostics import dump_batch, nonfinite_diagnosis
 
 
 class RecTrainer(Trainer):
@@ -340,10 +179,7 @@ class RecTrainer(Trainer):
         labels = inputs["labels"]
         extra = {"step": self.state.global_step}
         if self.objective.needs_search:
-            from bearrec.objectives.beam_sim import (
-                align_thresholds,
-                simulate_thresholds,
-            )
+            from bearrec.objectives.beam_sim import align_thresholds, simulate_thresholds
 
             raw = simulate_thresholds(model, inputs["prompt_ids"], inputs["prompt_mask"], self.trie,
                                       beam_width=self.objective.beam_width)
@@ -432,151 +268,6 @@ class RecTrainer(Trainer):
         return metrics
 
 
-def nonfinite_diagnosis(model, inputs: dict, trainer: RecTrainer) -> dict:
-    """Where a batch's non-finite gradients come from, for the warning and the training log.
-
-    Re-runs the batch's forward (no gradients) under the training's autocast with a hook on every module and
-    names the first module, in call order, whose output is not finite, then once more in full precision
-    (autocast off) to tell a bf16 overflow from a NaN the data or the weights carry. Also: the loss of each
-    pass, the parameters whose gradients are not finite (the first 5), and the batch's shape and sequence lengths.
-    """
-    bad_grads = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-    mask = inputs["attention_mask"]
-
-    def run(autocast) -> tuple[str | None, float]:
-        first: list[str] = []
-
-        def hook(module, args, output, name):
-            out = output[0] if isinstance(output, tuple) else getattr(output, "logits", output)
-            if not first and torch.is_tensor(out) and out.is_floating_point() and not torch.isfinite(out).all():
-                first.append(name)
-
-        handles = [m.register_forward_hook(lambda mod, a, o, n=n: hook(mod, a, o, n)) for n, m in model.named_modules() if n]
-        try:
-            with torch.no_grad(), autocast:
-                loss = trainer.compute_loss(model, inputs)
-        finally:
-            for h in handles:
-                h.remove()
-        return (first[0] if first else None), float(loss)
-
-    parts = dict(trainer._parts)  # the re-runs must not count in the logged diagnostics
-    mixed_module, mixed_loss = run(trainer.autocast_smart_context_manager())
-    full_module, full_loss = run(torch.autocast(mask.device.type, enabled=False))
-    trainer._parts = parts
-    return {"first_nonfinite_module": mixed_module, "loss": mixed_loss,
-            "first_nonfinite_module_autocast_off": full_module, "loss_autocast_off": full_loss,
-            "nonfinite_grad_parameters": bad_grads[:5], "batch": list(mask.shape),
-            "lengths": mask.sum(1).tolist()}
-
-
-DUMP_MAX_WEIGHTS = 50_000_000  # trainable values kept with a non-finite batch (LoRA: all of them; full fine-tuning: none)
-
-
-def dump_batch(model, inputs: dict, path: Path) -> Path:
-    """The batch (``input.<key>``) and, up to :data:`DUMP_MAX_WEIGHTS` values, the trainable weights
-    (``weight.<name>``) as they were for that forward, in one safetensors file."""
-    from safetensors.torch import save_file
-
-    tensors = {f"input.{k}": v.detach().cpu().contiguous() for k, v in inputs.items() if torch.is_tensor(v)}
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if sum(p.numel() for p in trainable.values()) <= DUMP_MAX_WEIGHTS:
-        tensors |= {f"weight.{n}": p.detach().cpu().contiguous() for n, p in trainable.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path))
-    return path
-
-
-def flushing_denormals() -> bool:
-    """Whether the calling thread flushes subnormal floats to zero (``torch.set_flush_denormal``, which has no
-    getter): a subnormal times one comes out zero only then."""
-    subnormal = torch.tensor([torch.finfo(torch.float32).tiny / 4])  # [1]: computed on this thread
-    return bool((subnormal * 1.0).item() == 0.0)
-
-
-@contextmanager
-def flush_denormals(enabled: bool):
-    """``train.flush_denormal``: inside the block, subnormal floats are flushed to zero on the CPU (``enabled``)
-    or kept (IEEE); the calling thread's earlier mode is restored after it. A CPU that cannot flush keeps them.
-
-    The mode is per thread and a new thread inherits its creator's, so a block opened before the process's
-    first parallel operation covers the intra-op (OpenMP) threads too; opened later, it covers the calling
-    thread only (one-thread runs, such as ``compare``'s parallel jobs, entirely).
-    """
-    before = flushing_denormals()
-    switched = enabled != before and torch.set_flush_denormal(enabled)
-    try:
-        yield
-    finally:
-        if switched:
-            torch.set_flush_denormal(before)
-
-
-class EpochLog(TrainerCallback):
-    """Seconds per epoch (training only, evaluation excluded) and a rich progress bar.
-
-    The list is kept in ``<checkpoint dir>/epochs.json`` (rewritten atomically after each epoch and its
-    validation, before the epoch's checkpoint is saved), so a resumed run logs every epoch, not only the
-    ones after the resume: it keeps the entries up to the epoch of the checkpoint it resumes from.
-    """
-
-    FILE = "epochs.json"
-
-    def __init__(self, progress=None, checkpoint_dir: Path | None = None, resume_from: str | None = None):
-        self.progress, self.task, self.epochs, self._start = progress, None, [], 0.0
-        self.path = Path(checkpoint_dir) / self.FILE if checkpoint_dir is not None else None
-        if resume_from and self.path is not None and self.path.is_file():
-            reached = json.loads((Path(resume_from) / "trainer_state.json").read_text()).get("epoch") or 0
-            self.epochs = [e for e in self._read() if e["epoch"] <= reached + 1e-6]
-
-    def _read(self) -> list[dict]:
-        """The epochs logged so far; a damaged log is moved aside with a warning (the run resumes, and its log
-        starts again at the resumed epoch)."""
-        try:
-            epochs = json.loads(self.path.read_text())
-            if isinstance(epochs, list) and all(isinstance(e, dict) and isinstance(e.get("epoch"), (int, float))
-                                                for e in epochs):
-                return epochs
-            problem = "not a list of epochs"
-        except (OSError, ValueError) as err:
-            problem = first_line(err, 80)
-        aside = next(path for k in range(1, 10_000) if not (path := self.path.with_name(
-            f"damaged-{k}-{self.path.name}" if k > 1 else f"damaged-{self.path.name}")).exists())
-        self.path.rename(aside)
-        warnings.warn(f"{self.path}: damaged ({problem}); moved aside to {aside.name}, and the run's epoch log "
-                      "restarts at the resumed epoch")
-        return []
-
-    def _keep(self) -> None:
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(self.path, self.epochs)
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-        if self.progress is not None:
-            steps = math.ceil(state.max_steps / max(args.num_train_epochs, 1))
-            done = state.global_step % steps if steps else 0
-            self.task = self.progress.add_task(f"epoch {int(state.epoch or 0) + 1}/{int(args.num_train_epochs)}",
-                                               total=steps, completed=done)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.progress is not None and self.task is not None:
-            self.progress.advance(self.task)
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        self.epochs.append({"epoch": round(state.epoch or 0, 3), "seconds": time.perf_counter() - self._start})
-        self._keep()
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if self.epochs and metrics:
-            self.epochs[-1].update({k.removeprefix("eval_"): v for k, v in metrics.items()})
-            if self.progress is not None:
-                shown = ", ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in metrics.items() if k != "epoch")
-                self.progress.console.print(f"epoch {self.epochs[-1]['epoch']:g}: valid {shown}")
-            self._keep()
-
-
 def load_reference(objective, model, tokenizer):
     """The frozen reference of S-DPO (the SFT run in ``objective.reference``); ``model`` starts from its weights.
 
@@ -636,49 +327,10 @@ def train_model(
     has_valid = len(dataset.splits["valid"]) > 0 and tc.valid_users != 0  # valid_users: 0 turns validation off
     valid = encode_split(dataset, "valid", encoder, tc.valid_users, tc.seed) if has_valid else None
     reference = load_reference(objective, model, tokenizer) if objective.negatives else None
-    use_bf16 = tc.bf16 == "true" or (tc.bf16 == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     select = tc.select_best and valid is not None
-    args = TrainingArguments(
-        output_dir=str(checkpoint_dir),
-        num_train_epochs=tc.epochs,
-        # packed: as many packs as hold batch_size examples on average
-        per_device_train_batch_size=max(1, round(tc.batch_size * len(packs) / len(examples))) if packs else tc.batch_size,
-        per_device_eval_batch_size=64,
-        gradient_accumulation_steps=tc.grad_accum_steps,
-        learning_rate=config.learning_rate,
-        weight_decay=tc.weight_decay,
-        warmup_steps=tc.warmup_ratio,
-        lr_scheduler_type="constant_with_warmup" if tc.lr_scheduler == "constant" else tc.lr_scheduler,
-        max_grad_norm=tc.grad_clip,
-        seed=tc.seed,
-        data_seed=tc.seed,
-        full_determinism=tc.full_determinism,
-        bf16=use_bf16,
-        eval_strategy="epoch" if valid is not None else "no",
-        save_strategy="epoch",
-        save_total_limit=tc.save_total_limit,
-        # a resumed run keeps the early-stopping count of its checkpoint, so it stops where an uninterrupted one would
-        restore_callback_states_from_checkpoint=True,
-        load_best_model_at_end=select,
-        metric_for_best_model=SELECTION_METRIC if select else None,
-        greater_is_better=True,
-        logging_strategy="steps",
-        logging_steps=tc.logging_steps,
-        report_to=["tensorboard"],
-        remove_unused_columns=False,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-    )
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+    # packed: as many packs per batch as hold batch_size examples on average
+    batch_size = max(1, round(tc.batch_size * len(packs) / len(examples))) if packs else tc.batch_size
+    args = training_arguments(config, checkpoint_dir, batch_size, validate=valid is not None, select=select)
     columns = (TextColumn(f"{tc.objective} {{task.description}}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:

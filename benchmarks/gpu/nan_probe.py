@@ -1,7 +1,7 @@
 """Replay a training batch whose gradients came out non-finite, under each attention kernel, to find which one fails.
 
 When a step's gradients are NaN or infinite, training skips it and keeps the batch with the trainable weights it
-met in ``<run>/checkpoints/nonfinite-step<N>.safetensors`` (bearrec.training.trainer.dump_batch). This script rebuilds the
+met in ``<run>/checkpoints/nonfinite-step<N>.safetensors`` (bearrec.training.diagnostics.dump_batch). This script rebuilds the
 run's model from its config, puts those weights back, and runs that batch's forward and backward once per variant:
 
 * ``sdpa``: PyTorch's scaled_dot_product_attention choosing its kernel itself (what training used);
