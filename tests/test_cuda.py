@@ -132,7 +132,7 @@ def test_training_runs_on_cuda_in_bf16(synthetic, tmp_path, objective):
     if CUDA.type != "cuda":
         pytest.skip("the Trainer's bf16 needs a GPU")
     from bearrec.config import ExperimentConfig, TrainConfig, with_overrides
-    from bearrec.experiments.runner import objective_variant
+    from bearrec.experiments.plan import objective_variant
     from bearrec.runs import train_run
 
     config = with_overrides(ExperimentConfig(data=str(synthetic), train=TrainConfig(

@@ -8,18 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from bearrec.cli import app
-from bearrec.experiments.runner import (
-    EvalSettings,
-    compare_plan,
-    evaluate_chosen_on_test,
-    objective_variant,
-    parse_baselines,
-    parse_grid,
-    sign_flip_test,
-    summarize,
-    sweep_plan,
-    verdict,
-)
+from bearrec.experiments.plan import compare_plan, objective_variant, parse_baselines, parse_grid, sweep_plan
+from bearrec.experiments.runner import EvalSettings, evaluate_chosen_on_test
+from bearrec.experiments.statistics import sign_flip_test, summarize, verdict
 
 runner = CliRunner()
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from bearrec.cli import app
 from bearrec.config import _set, from_dict, load_config, parse_value
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
-from bearrec.experiments.runner import parse_grid
+from bearrec.experiments.plan import parse_grid
 from bearrec.items.trie import ItemTrie
 from bearrec.training.collators import Collator
 

@@ -83,7 +83,9 @@ def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: 
     import shlex
 
     from bearrec.evaluation.report import rich_table, summary_runs
-    from bearrec.experiments.runner import evaluate_chosen_on_test, run_experiment, verdict, write_report
+    from bearrec.experiments.report import write_report
+    from bearrec.experiments.runner import evaluate_chosen_on_test, run_experiment
+    from bearrec.experiments.statistics import verdict
     from bearrec.io import check_replaceable, empty_folder, folder_lock
 
     settings.validate()
@@ -143,7 +145,7 @@ def compare(
     """
     from bearrec.config import TrainConfig
     from bearrec.evaluation.evaluate import EvalSettings
-    from bearrec.experiments.runner import compare_plan, parse_baselines
+    from bearrec.experiments.plan import compare_plan, parse_baselines
     from bearrec.lm.models import SMOLLM2
     from bearrec.objectives import registry
 
@@ -199,7 +201,7 @@ def sweep(
     Restarted with the same arguments, it skips the runs that finished.
     """
     from bearrec.evaluation.evaluate import EvalSettings
-    from bearrec.experiments.runner import parse_grid, sweep_plan
+    from bearrec.experiments.plan import parse_grid, sweep_plan
     from bearrec.lm.models import TINY
     from bearrec.objectives import registry
 

@@ -1,0 +1,146 @@
+"""An experiment's statistics: mean and spread over seeds, the seed-noise test (Welch), the per-user paired
+tests (bootstrap, sign flips) against the SFT baseline, and the verdict sentence of each comparison."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bearrec.evaluation.report import METRIC_COLUMNS
+from bearrec.experiments.plan import BASELINE
+
+
+def summarize(results: list[dict], ks=(5, 10)) -> dict:
+    """Per label: mean and std over seeds of every metric, seconds per epoch, pooled pruning counts; per
+    label other than SFT: relative improvement over SFT and whether the NDCG@10 difference exceeds noise."""
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        groups.setdefault(r["label"], []).append(r)
+    rows = {}
+    for label, runs in groups.items():
+        row = {"seeds": [r["seed"] for r in runs], "kind": runs[0]["kind"], "mean": {}, "std": {},
+               "best_epochs": [r.get("best_epoch") for r in runs], "epochs_trained": [r.get("epochs_trained") for r in runs]}
+        metrics = list(METRIC_COLUMNS) + sorted({m for r in runs for m in r["metrics"]} - set(METRIC_COLUMNS))
+        for metric in metrics:
+            values = [r["metrics"][metric] for r in runs if metric in r["metrics"]]
+            values = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+            if values:
+                row["mean"][metric] = float(np.mean(values))
+                row["std"][metric] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+        row["seconds_per_epoch"] = float(np.nanmean([r["seconds_per_epoch"] for r in runs]))
+        row["users"] = runs[0]["users"]
+        row["pruning"] = _pool_pruning([r["pruning"] for r in runs if r.get("pruning")], ks)
+        rows[label] = row
+    if BASELINE in groups:
+        for label, row in rows.items():
+            if label != BASELINE:
+                row["vs_sft"] = _versus(groups[label], groups[BASELINE], row["mean"], rows[BASELINE]["mean"])
+    return rows
+
+
+def _pool_pruning(summaries: list[dict], ks) -> dict | None:
+    """Pruning counts summed over seeds (PR@K of the pooled users)."""
+    if not summaries:
+        return None
+    pooled: dict = {"pruning_step_histogram": {}, "ranked_users": sum(s.get("ranked_users", 0) for s in summaries),
+                    "unranked_users": sum(s.get("unranked_users", 0) for s in summaries)}
+    for k in ks:
+        positives = sum(s[f"top{k}_positives"] for s in summaries)
+        pruned = sum(s[f"pruned@{k}"] for s in summaries)
+        violations = sum(round(s[f"pruned@{k}"] * s[f"violation_share@{k}"]) for s in summaries if s[f"pruned@{k}"])
+        pooled.update({f"top{k}_positives": positives, f"pruned@{k}": pruned,
+                       f"PR@{k}": pruned / positives if positives else math.nan,
+                       f"violation_share@{k}": violations / pruned if pruned else math.nan})
+    for s in summaries:
+        for step, count in s["pruning_step_histogram"].items():
+            pooled["pruning_step_histogram"][int(step)] = pooled["pruning_step_histogram"].get(int(step), 0) + count
+    pooled["pruned_all_ranks"] = sum(s["pruned_all_ranks"] for s in summaries)
+    return pooled
+
+
+def _versus(runs: list[dict], baseline: list[dict], mean: dict, base_mean: dict) -> dict:
+    """Relative improvement over SFT, a seed-noise test and a paired bootstrap over users (NDCG@10)."""
+    from scipy import stats
+
+    relative = {m: (mean[m] - base_mean[m]) / base_mean[m] if base_mean.get(m) else None
+                for m in METRIC_COLUMNS[:4] if m in mean and m in base_mean}
+    ours = [r["metrics"]["NDCG@10"] for r in runs]
+    theirs = [r["metrics"]["NDCG@10"] for r in baseline]
+    out: dict = {"relative": relative, "ndcg10_difference": float(np.mean(ours) - np.mean(theirs))}
+    if len(ours) > 1 and len(theirs) > 1:
+        test = stats.ttest_ind(ours, theirs, equal_var=False)
+        p = float(test.pvalue) if not math.isnan(test.pvalue) else 1.0
+        out["seed_test"] = {"test": "Welch t-test over seeds", "p_value": p, "exceeds_seed_noise": p < 0.05}
+    # Users are the same rows in every run: resample them, with both sides averaged over their seeds.
+    gain = _per_user_ndcg(runs) - _per_user_ndcg(baseline)
+    rng = np.random.default_rng(0)
+    boot = np.concatenate([gain[rng.integers(0, gain.size, (200, gain.size))].mean(axis=1) for _ in range(10)])
+    low, high = np.percentile(boot, [2.5, 97.5])
+    out["user_bootstrap"] = {"ci95": [float(low), float(high)], "excludes_zero": bool(low > 0 or high < 0)}
+    out["paired_test"] = sign_flip_test(gain)
+    return out
+
+
+EXACT_SIGN_FLIPS = 18  # users that differ: up to 2^18 sign patterns are enumerated, more are sampled
+
+
+def sign_flip_test(gain: np.ndarray, resamples: int = 100_000) -> dict:
+    """Paired permutation test over users: is the mean per-user difference ``gain`` (``[users]``, one run's
+    NDCG@10 minus the other's, each averaged over its seeds) further from 0 than random sign flips make it?
+
+    Users with no difference carry no information and every sign pattern of theirs is the same, so only the
+    users that differ are flipped: exactly (all ``2^n`` patterns) when ``n <= EXACT_SIGN_FLIPS``, otherwise
+    with ``resamples`` random patterns. Two-sided; with no differing user, p = 1.
+    """
+    from scipy import stats
+
+    differ = gain[gain != 0]
+    n = int(differ.size)
+    out = {"test": "sign-flip permutation over users", "users": int(gain.size), "users_differ": n,
+           "users_better": int((differ > 0).sum()), "users_worse": int((differ < 0).sum())}
+    if n < 2:  # no user, or one whose two sign patterns tie: nothing can be told apart
+        return {**out, "p_value": 1.0, "exact": True, "significant": False}
+    exact = n <= EXACT_SIGN_FLIPS
+    result = stats.permutation_test(
+        (differ,), lambda d, axis: np.mean(d, axis=axis), permutation_type="samples", vectorized=True,
+        n_resamples=np.inf if exact else resamples, alternative="two-sided", rng=np.random.default_rng(0))
+    p = float(min(1.0, result.pvalue))
+    return {**out, "p_value": p, "exact": exact, "significant": p < 0.05}
+
+
+def _per_user_ndcg(runs: list[dict]) -> np.ndarray:
+    """NDCG@10 per user (metrics.py's definition), averaged over the runs (seeds)."""
+    ranks = np.array([r["retrieved_rank"] for r in runs], dtype=float)
+    with np.errstate(divide="ignore"):
+        return np.where((ranks >= 1) & (ranks <= 10), 1 / np.log2(ranks + 1), 0.0).mean(axis=0)
+
+
+def p_text(p: float) -> str:
+    """A p-value as a report prints it: three decimals, or "< 0.001" (a sampled test's p is never 0)."""
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
+
+
+def verdict(label: str, row: dict) -> str:
+    """One sentence on whether ``label`` beats SFT beyond the noise."""
+    vs = row["vs_sft"]
+    diff = vs["ndcg10_difference"]
+    if diff == 0:
+        parts = [f"{label}: the same NDCG@10 as SFT"]
+    else:
+        parts = [f"{label}: NDCG@10 {abs(diff):.4f} {'higher' if diff > 0 else 'lower'} than SFT"]
+    seed = vs.get("seed_test")
+    if seed:
+        parts.append(f"{'exceeds' if seed['exceeds_seed_noise'] else 'within'} the seed noise "
+                     f"(Welch t-test over {len(row['seeds'])} seeds, p {p_text(seed['p_value'])})")
+    else:
+        parts.append("one seed only, so the seed noise is unknown (use --seeds 3)")
+    low, high = vs["user_bootstrap"]["ci95"]
+    parts.append(f"95% user-bootstrap interval of the difference [{low:+.4f}, {high:+.4f}]"
+                 + (" excludes 0" if vs["user_bootstrap"]["excludes_zero"] else " includes 0"))
+    paired = vs.get("paired_test")
+    if paired:
+        parts.append(f"{paired['users_differ']} of {paired['users']} users differ ({paired['users_better']} better, "
+                     f"{paired['users_worse']} worse); {'exact' if paired['exact'] else 'sampled'} sign-flip test "
+                     f"p {p_text(paired['p_value'])}")
+    return "; ".join(parts) + "."
