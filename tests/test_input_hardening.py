@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bearrec.data.cleaning import DataWarning
 from bearrec.data.dataset import DataError, RecDataset
-from bearrec.data.readers import DataWarning, read_amazon, read_interactions, read_processed
+from bearrec.data.readers import read_amazon, read_interactions, read_processed
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 from bearrec.items.semantic_ids import read_semantic_ids, with_semantic_ids
 

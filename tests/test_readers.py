@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from bearrec.data.cleaning import DataWarning
 from bearrec.data.dataset import DataError
-from bearrec.data.readers import DataWarning, read_amazon, read_interactions, read_processed, read_source
+from bearrec.data.readers import read_amazon, read_interactions, read_processed, read_source
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from bearrec.config import ExperimentConfig, TinyConfig, TrainConfig, load_config
+from bearrec.data.cleaning import DataWarning
 from bearrec.data.dataset import DataError, RecDataset
-from bearrec.data.readers import DataWarning, read_interactions, read_source
+from bearrec.data.readers import read_interactions, read_source
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 from bearrec.items.semantic_ids import (
     attach_semantic_ids,

@@ -54,10 +54,10 @@ def read_semantic_ids(path: str | os.PathLike, item_ids: Sequence[str]) -> np.nd
     subset); a catalog item without a row is an error. Errors are one line naming the file, row (1-based line
     number, header = row 1) and field.
     """
-    from bearrec.data.readers import _read_csv
+    from bearrec.data.parsing import read_csv
 
     path = Path(path)
-    frame = _read_csv(path, ("item_id", "codes"))
+    frame = read_csv(path, ("item_id", "codes"))
     seen: dict[str, list[int]] = {}
     width = None
     for item_id, raw, line in zip(frame["item_id"], frame["codes"], frame["_line"]):
