@@ -14,6 +14,7 @@ import pytest
 from cli_helpers import SMALL, one_line_error, run_cli, small_synthetic
 
 from bearrec import io
+from bearrec.io import atomic
 from bearrec.data.dataset import RecDataset
 
 
@@ -123,7 +124,7 @@ def _fill(folder: Path, text: str) -> None:
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "rename-aside"])
 def test_swap_replaces_whole_folders(tmp_path, monkeypatch, exchange):
     if not exchange:
-        monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     target = tmp_path / "d"
     with io.atomic_folder(target, "dataset") as tmp:
         _fill(tmp, "one")
@@ -136,7 +137,7 @@ def test_swap_replaces_whole_folders(tmp_path, monkeypatch, exchange):
 def test_a_kill_between_the_two_renames_is_recovered(tmp_path, monkeypatch):
     """The fallback renames the old folder aside, then the new one into place; die in between, and the next
     call puts the old folder back before anything else."""
-    monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     target = tmp_path / "d"
     with io.atomic_folder(target, "dataset") as tmp:
         _fill(tmp, "old")
@@ -148,14 +149,14 @@ def test_a_kill_between_the_two_renames_is_recovered(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(io.os, "replace", dying_replace)
-    monkeypatch.setattr(io.shutil, "rmtree", lambda *a, **k: None)  # a SIGKILL runs no cleanup
+    monkeypatch.setattr(atomic.os, "replace", dying_replace)
+    monkeypatch.setattr(atomic.shutil, "rmtree", lambda *a, **k: None)  # a SIGKILL runs no cleanup
     with pytest.raises(KeyboardInterrupt):
         with io.atomic_folder(target, "dataset") as tmp:
             _fill(tmp, "new")
     monkeypatch.undo()
     assert not target.exists() and any(".bearrec-old-" in p.name for p in tmp_path.iterdir())
-    monkeypatch.setattr(io, "_alive", lambda pid: False)  # the "killed" writer was this very process
+    monkeypatch.setattr(atomic, "_alive", lambda pid: False)  # the "killed" writer was this very process
     io.recover(target)
     assert (target / "dataset.json").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
