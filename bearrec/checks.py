@@ -8,6 +8,7 @@ is validated in one place whether it came from a flag, ``--set`` or a YAML file.
 
 from __future__ import annotations
 
+INT64_MAX = 2**63 - 1  # the largest count a C long (numpy, torch, itertools) holds
 MAX_SEED = 2**32 - 1  # numpy's RandomState (the Trainer's set_seed, pandas' sample, scikit-learn) takes 0 .. 2**32 - 1
 
 
@@ -26,3 +27,9 @@ def check(ok: bool, section: str, name: str, rule: str, value) -> None:
 def is_number(value) -> bool:
     """An int or float, not a bool (YAML's ``true`` is no number)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def short(value, limit: int = 60) -> str:
+    """``repr`` of a value, cut so that an error message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

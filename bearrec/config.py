@@ -11,26 +11,24 @@ import copy
 import dataclasses
 import math
 import os
-import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bearrec.baselines.bert4rec import BERT4RecConfig
-from bearrec.baselines.sasrec import SASRecConfig
-from bearrec.checks import MAX_SEED, check
+from bearrec.baselines.configs import BERT4RecConfig, SASRecConfig
+from bearrec.checks import INT64_MAX, MAX_SEED, check, short
+from bearrec.decoding.config import DecodingConfig
 from bearrec.io import write_text
 from bearrec.items.semantic_ids import REPRESENTATIONS
 from bearrec.lm.models import TINY, LoraSettings, TinyConfig
 from bearrec.objectives import registry
+from bearrec.yamlfiles import parse_value, read_yaml
 
 # The largest count that torch (and itertools.islice) take: a batch size, node budget or neighbour count above it
 # overflows where it meets a tensor ("Overflow when unpacking long long", "int too big to convert").
-INT64_MAX = 2**63 - 1
 
 
 @dataclass
@@ -94,41 +92,6 @@ class TrainConfig:
               "at least 0 (0: no validation; null: all)", self.valid_users)
         check(self.patience >= 0, section, "patience", "at least 0", self.patience)
         check(0 <= self.min_epochs <= self.epochs, section, "min_epochs", f"in [0, epochs = {self.epochs}]", self.min_epochs)
-
-
-@dataclass
-class DecodingConfig:
-    """How a run is decoded: in training validation, ``evaluate``, ``compare``, ``sweep``, ``recommend`` and
-    ``serve``: by which ``decoder`` (``decoding/decode.py``), with which step ``scoring`` and length penalty.
-
-    The defaults match the BEAR authors' inference (``inference.py``): ``scoring`` follows the objective
-    (masked step scores, renormalised over the trie children, for ``msl`` and the official ``bear``; the
-    full-vocabulary log-softmax for ``sft`` and the rest), and ``length_penalty`` is Hugging Face
-    ``generate``'s default, 1.0 (sequence score divided by its length); 0 ranks by log P(title | prompt).
-    """
-
-    scoring: str | None = None  # full | masked; null: the objective's
-    length_penalty: float = 1.0
-    decoder: str = "beam"  # beam | exact (the exact top K, nothing pruned) | latent (L2D, decoding/latent.py)
-    node_budget: int | None = None  # exact: trie nodes expanded per user (null: no limit, always certified)
-    latent_variant: str = "global"  # latent: global (mean state per item) | local (M nearest training states)
-    latent_similarity: str = "l2"  # latent: l2 (the paper's) | cosine
-    latent_neighbors: int = 5  # latent local: M
-
-    def validate(self, section: str = "decoding") -> None:
-        from bearrec.decoding.decode import DECODERS
-        from bearrec.decoding.latent import SIMILARITIES, VARIANTS
-
-        check(self.scoring in (None, "full", "masked"), section, "scoring", "full, masked or null (the objective's)",
-              self.scoring)
-        check(self.decoder in DECODERS, section, "decoder", " | ".join(DECODERS), self.decoder)
-        check(self.node_budget is None or 1 <= self.node_budget <= INT64_MAX, section, "node_budget",
-              f"in [1, {INT64_MAX}], or null", self.node_budget)
-        check(self.latent_variant in VARIANTS, section, "latent_variant", " | ".join(VARIANTS), self.latent_variant)
-        check(self.latent_similarity in SIMILARITIES, section, "latent_similarity", " | ".join(SIMILARITIES),
-              self.latent_similarity)
-        check(1 <= self.latent_neighbors <= INT64_MAX, section, "latent_neighbors", f"in [1, {INT64_MAX}]",
-              self.latent_neighbors)
 
 
 @dataclass
@@ -241,117 +204,6 @@ def _section_values(config) -> dict[str, Any]:
     return {name: value for name, value in values.items() if dataclasses.is_dataclass(value)}
 
 
-# A config is a page of text; a stream such as /dev/zero would otherwise be read until memory runs out.
-MAX_CONFIG_BYTES = 16 << 20
-_INT, _FLOAT, _MERGE = ("tag:yaml.org,2002:" + t for t in ("int", "float", "merge"))
-
-
-class StrictYAMLError(yaml.YAMLError, ValueError):
-    """YAML that :class:`StrictLoader` refuses; ``line`` is 1-based."""
-
-    def __init__(self, line: int, problem: str):
-        super().__init__(problem)
-        self.line = line
-
-
-class StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing what YAML 1.1 reads otherwise than a reader would (a :class:`StrictYAMLError`
-    naming the row and the key): a key twice in one mapping (PyYAML keeps the last), and the numbers whose YAML 1.1
-    value is not the YAML 1.2 one: base 60 (``1:00`` is 60), a leading zero (``010`` is octal 8) and underscores
-    (``1_0`` is 10). Quoted, they are text. ``0x1f`` and ``0b11`` keep their values; ``0o10`` is text, as in YAML 1.1.
-    A scalar that does not fit its explicit tag (``!!int x``) is a YAML error instead of a crash.
-    """
-
-    def construct_document(self, node):
-        self._check(node)
-        return super().construct_document(node)
-
-    def construct_object(self, node, deep=False):
-        try:
-            return super().construct_object(node, deep)
-        except yaml.YAMLError:
-            raise
-        except (ValueError, TypeError, KeyError, AttributeError):
-            raise yaml.constructor.ConstructorError(
-                None, None, f"{_short(node.value)} is not a valid {node.tag.rsplit(':', 1)[-1]}", node.start_mark) from None
-
-    def _check(self, root: yaml.Node) -> None:
-        """Refuse the first duplicate key or YAML 1.1-only number under ``root``, in document order."""
-        stack, seen = [(root, "")], set()
-        while stack:
-            node, where = stack.pop()
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            if isinstance(node, yaml.ScalarNode) and node.tag in (_INT, _FLOAT):
-                self._check_number(node, where)
-            elif isinstance(node, yaml.SequenceNode):
-                stack += reversed([(item, f"{where}[{i}]") for i, item in enumerate(node.value)])
-            elif isinstance(node, yaml.MappingNode):
-                first: dict = {}
-                children = []
-                for key, value in node.value:
-                    name = where
-                    if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE:
-                        name = f"{where}.{key.value}" if where else key.value
-                        earlier = first.setdefault((key.tag, key.value), key)
-                        if earlier is not key:
-                            raise StrictYAMLError(key.start_mark.line + 1,
-                                                  f"duplicate key {name!r} (first at row {earlier.start_mark.line + 1})")
-                    children += [(key, where), (value, name)]
-                stack += reversed(children)
-
-    def _check_number(self, node: yaml.ScalarNode, where: str) -> None:
-        """Refuse a number whose YAML 1.1 value is not YAML 1.2's, naming ``where`` and what to write instead."""
-        text = node.value
-        if ":" in text:
-            reason, instead = "base 60 in YAML 1.1", ""
-        elif "_" in text:
-            reason, instead = "YAML 1.1 drops underscores", ""
-        elif node.tag == _INT and re.fullmatch(r"[-+]?0[0-9]+", text):
-            reason, instead = "octal in YAML 1.1", f", or {int(text)} without the leading zero"
-        else:
-            return
-        try:
-            value = (self.construct_yaml_int if node.tag == _INT else self.construct_yaml_float)(node)
-        except ValueError:
-            return  # not a number at all: construct_object says so
-        if instead and int(text) == value:  # 00, +07: decimal and octal agree
-            instead = ""
-        raise StrictYAMLError(node.start_mark.line + 1, f"{where + ': ' if where else ''}{text} is read as {value!r} "
-                                                        f"({reason}): write {value!r}{instead}, or quote it as text")
-
-
-def read_yaml(path: str | os.PathLike) -> dict:
-    """A YAML experiment file, or a pipe such as ``--config <(...)`` (read once), as a dict (see :class:`StrictLoader`);
-    one-line errors name the file (and the row of a syntax error, a duplicate key or a YAML 1.1-only number)."""
-    path = Path(path)
-    try:
-        with path.open("rb") as stream:
-            data = stream.read(MAX_CONFIG_BYTES + 1)
-    except (FileNotFoundError, NotADirectoryError):
-        raise FileNotFoundError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path} is a folder, not a config file") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ValueError(f"{path}: over {MAX_CONFIG_BYTES >> 20} MiB, too large for a config file")
-    try:
-        raw = yaml.load(data.decode("utf-8"), Loader=StrictLoader)
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err.reason})") from None
-    except StrictYAMLError as err:
-        raise ValueError(f"{path}, row {err.line}: {err}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f", row {mark.line + 1}" if mark else ""
-        raise ValueError(f"{path}{where}: not valid YAML ({_yaml_problem(err)})") from None
-    except RecursionError:
-        raise ValueError(f"{path}: nested too deeply to be a config") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a config file must be a mapping of sections, not a {type(raw).__name__}")
-    return raw
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None,
@@ -373,28 +225,6 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     config = from_dict(raw, str(path) if path else "config")
     config.validate()
     return config
-
-
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    return " ".join(str(getattr(err, "problem", None) or err).split())
-
-
-# The decimal numbers that YAML 1.1 leaves as text: 3e-4 (it wants 3.0e-4), 1.0e5, -.5; not 09 nor 1_0e5
-_DECIMAL = re.compile(r"[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value as YAML (:class:`StrictLoader`), except that ``3e-4`` is a number (YAML 1.1 wants
-    ``3.0e-4``). Anything YAML refuses is a one-line ``ValueError``."""
-    try:
-        value = yaml.load(text, Loader=StrictLoader)
-    except StrictYAMLError:
-        raise
-    except yaml.YAMLError as err:
-        raise ValueError(f"not a valid value ({_yaml_problem(err)})") from None
-    except RecursionError:
-        raise ValueError("the value is nested too deeply") from None
-    return float(value) if isinstance(value, str) and _DECIMAL.fullmatch(value) else value
 
 
 def with_overrides(config: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfig:
@@ -438,7 +268,7 @@ def _section_type(f: dataclasses.Field):
 
 def _build(cls, raw: dict, where: str):
     if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected a mapping of fields, got {_short(raw)}")
+        raise ValueError(f"{where}: expected a mapping of fields, got {short(raw)}")
     fields = _members(cls)
     unknown = set(raw) - set(fields)
     if unknown:
@@ -482,14 +312,9 @@ def _typed(value: Any, hint, where: str) -> Any:
         if typing.get_origin(arm) is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
             return value
     wanted = " or ".join(_type_name(a) for a in arms)
-    raise ValueError(f"{where} must be {wanted}, got {_short(value)}")
+    raise ValueError(f"{where} must be {wanted}, got {short(value)}")
 
 
 def _type_name(hint) -> str:
     names = {int: "an integer", float: "a number", str: "text", bool: "true or false", type(None): "null"}
     return names.get(hint, "a list of names" if typing.get_origin(hint) is list else str(hint))
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bearrec.baselines.bert4rec import BERT4RecConfig, train_bert4rec
-from bearrec.baselines.sasrec import SASRecConfig, train_sasrec
+from bearrec.baselines.bert4rec import train_bert4rec
+from bearrec.baselines.configs import BERT4RecConfig, SASRecConfig
+from bearrec.baselines.sasrec import train_sasrec
 from bearrec.baselines.seqrec import evaluate, evaluate_popularity
-from bearrec.config import parse_value
 from bearrec.data.dataset import RecDataset
 from bearrec.evaluation.report import METRIC_COLUMNS
+from bearrec.yamlfiles import parse_value
 
 MODELS = {"sasrec": (SASRecConfig, train_sasrec), "bert4rec": (BERT4RecConfig, train_bert4rec)}
 METRICS = METRIC_COLUMNS[:4]  # NDCG@5, NDCG@10, HR@5, HR@10

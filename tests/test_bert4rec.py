@@ -3,7 +3,8 @@ changes the scores, and it learns a learnable catalog far above popularity."""
 
 import torch
 
-from bearrec.baselines.bert4rec import BERT4Rec, BERT4RecConfig, mask_positions, train_bert4rec
+from bearrec.baselines.bert4rec import BERT4Rec, mask_positions, train_bert4rec
+from bearrec.baselines.configs import BERT4RecConfig
 from bearrec.baselines.seqrec import evaluate, evaluate_popularity, pad
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 

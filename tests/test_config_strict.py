@@ -11,15 +11,8 @@ from pathlib import Path
 import pytest
 from cli_helpers import one_line_error, run_cli, small_synthetic
 
-from bearrec.config import (
-    INT64_MAX,
-    MAX_CONFIG_BYTES,
-    ExperimentConfig,
-    TrainConfig,
-    load_config,
-    parse_value,
-    read_yaml,
-)
+from bearrec.config import INT64_MAX, ExperimentConfig, TrainConfig, load_config
+from bearrec.yamlfiles import MAX_CONFIG_BYTES, parse_value, read_yaml
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 needs_dev_fd = pytest.mark.skipif(not Path("/dev/fd").is_dir(), reason="needs /dev/fd")

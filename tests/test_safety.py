@@ -14,8 +14,8 @@ import pytest
 from cli_helpers import SMALL, one_line_error, run_cli, small_synthetic
 
 from bearrec import io
-from bearrec.io import atomic
 from bearrec.data.dataset import RecDataset
+from bearrec.io import atomic
 
 
 def _snapshot(folder: Path) -> dict[str, str]:

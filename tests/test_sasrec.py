@@ -4,7 +4,8 @@ the positive, and it learns a learnable catalog far above popularity."""
 import torch
 from torch.nn import functional as F
 
-from bearrec.baselines.sasrec import SASRec, SASRecConfig, sample_negatives, train_sasrec
+from bearrec.baselines.configs import SASRecConfig
+from bearrec.baselines.sasrec import SASRec, sample_negatives, train_sasrec
 from bearrec.baselines.seqrec import evaluate, evaluate_popularity, pad
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 

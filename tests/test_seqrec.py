@@ -4,8 +4,7 @@ give a one-line error naming the field, popularity is the floor."""
 import pytest
 import torch
 
-from bearrec.baselines.bert4rec import BERT4RecConfig
-from bearrec.baselines.sasrec import SASRecConfig
+from bearrec.baselines.configs import BERT4RecConfig, SASRecConfig
 from bearrec.baselines.seqrec import evaluate_popularity, training_windows, user_sequences
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 

@@ -252,7 +252,7 @@ def test_lora_on_a_pretrained_folder_trains_saves_and_reloads(data_dir, tmp_path
 def test_validation_decodes_with_the_runs_decoder(data_dir, tmp_path, decoder):
     """Model selection sees the lists the run will serve: with decoding.decoder exact or latent, validation
     decodes with it, and evaluate_run defaults to it too."""
-    from bearrec.config import DecodingConfig
+    from bearrec.decoding.config import DecodingConfig
     from bearrec.runs import evaluate_run
 
     config = _config(data_dir, epochs=1)

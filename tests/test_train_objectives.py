@@ -7,11 +7,12 @@ import torch
 from typer.testing import CliRunner
 
 from bearrec.cli import app
-from bearrec.config import _set, from_dict, load_config, parse_value
+from bearrec.config import _set, from_dict, load_config
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 from bearrec.experiments.plan import parse_grid
 from bearrec.items.trie import ItemTrie
 from bearrec.training.collators import Collator
+from bearrec.yamlfiles import parse_value
 
 runner = CliRunner()
 SMALL = ["--epochs", "1", "--batch-size", "16", "--max-train-examples", "48", "--set", "train.valid_users=8",

@@ -12,31 +12,13 @@ per-item bias.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bearrec.baselines.seqrec import SeqRecConfig, SequenceEncoder, SequentialRecommender, init_weights, pad, train
+from bearrec.baselines.configs import BERT4RecConfig
+from bearrec.baselines.seqrec import SequenceEncoder, SequentialRecommender, init_weights, pad, train
 from bearrec.data.dataset import RecDataset
-
-
-@dataclass
-class BERT4RecConfig(SeqRecConfig):
-    """RecBole's BERT4Rec settings: SASRec's, with dropout 0.2 and the masking probabilities."""
-
-    dropout: float = 0.2
-    attn_dropout: float = 0.2
-    mask_ratio: float = 0.2  # chance that an item of a training window is masked
-    last_ratio: float = 0.5  # chance that a training window masks its newest item only (RecBole's ft_ratio)
-
-    def validate(self, section: str = "bert4rec") -> None:
-        super().validate(section)
-        if not (isinstance(self.mask_ratio, (int, float)) and 0 < self.mask_ratio < 1):
-            raise ValueError(f"{section}.mask_ratio must be in (0, 1): got {self.mask_ratio!r}")
-        if not (isinstance(self.last_ratio, (int, float)) and 0 <= self.last_ratio <= 1):
-            raise ValueError(f"{section}.last_ratio must be in [0, 1]: got {self.last_ratio!r}")
 
 
 class BERT4Rec(SequentialRecommender):

@@ -11,27 +11,12 @@ PR@K does not apply: there is no beam search to prune anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch.nn import functional as F
 
-from bearrec.baselines.seqrec import SeqRecConfig, SequenceEncoder, SequentialRecommender, init_weights, pad, train
+from bearrec.baselines.configs import SASRecConfig
+from bearrec.baselines.seqrec import SequenceEncoder, SequentialRecommender, init_weights, pad, train
 from bearrec.data.dataset import RecDataset
-
-LOSSES = ("ce", "bce")
-
-
-@dataclass
-class SASRecConfig(SeqRecConfig):
-    """RecBole's SASRec settings (see :class:`~bearrec.baselines.seqrec.SeqRecConfig`) plus the loss."""
-
-    loss: str = "ce"  # ce: softmax over the whole catalog; bce: one sampled negative per position
-
-    def validate(self, section: str = "sasrec") -> None:
-        super().validate(section)
-        if self.loss not in LOSSES:
-            raise ValueError(f"{section}.loss must be one of {', '.join(LOSSES)}: got {self.loss!r}")
 
 
 class SASRec(SequentialRecommender):

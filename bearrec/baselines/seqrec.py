@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -26,59 +26,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from torch import nn
 from torch.nn import functional as F
 
+from bearrec.baselines.configs import SeqRecConfig
 from bearrec.data.dataset import RecDataset
 from bearrec.evaluation.metrics import ranking_metrics, retrieved_rank
-
-
-@dataclass
-class SeqRecConfig:
-    """Defaults: RecBole's SASRec (2 layers, 64 dims, 2 heads, FFN 256, dropout 0.5, lr 1e-3, batch 256)."""
-
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 2
-    inner_size: int = 256  # width of the feed-forward layer
-    dropout: float = 0.5  # embeddings and every sub-layer output (RecBole's hidden_dropout_prob)
-    attn_dropout: float = 0.5  # attention weights (RecBole's attn_dropout_prob)
-    max_len: int = 10  # history items the model reads; the ../shared/data histories hold at most 10
-    init_std: float = 0.02
-    layer_norm_eps: float = 1e-12
-    epochs: int = 300
-    batch_size: int = 256
-    lr: float = 1e-3
-    eval_every: int = 1  # epochs between validation NDCG@10 checks
-    patience: int = 10  # checks without improvement before stopping (0: train all epochs)
-    valid_users: int | None = None  # seeded validation subsample for model selection (None: all; 0: none, keep the last)
-    seed: int = 0
-
-    def validate(self, section: str) -> None:
-        """Raise a one-line ValueError naming ``section.field`` for the first invalid value."""
-        for name in ("hidden_size", "num_layers", "num_heads", "inner_size", "max_len", "epochs", "batch_size",
-                     "eval_every"):
-            _check(section, name, getattr(self, name), "a positive integer",
-                   lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0)
-        _check(section, "patience", self.patience, "an integer >= 0",
-               lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0)
-        for name in ("dropout", "attn_dropout"):
-            _check(section, name, getattr(self, name), "in [0, 1)", lambda v: _number(v) and 0 <= v < 1)
-        for name in ("lr", "init_std", "layer_norm_eps"):
-            _check(section, name, getattr(self, name), "a positive number", lambda v: _number(v) and v > 0)
-        _check(section, "valid_users", self.valid_users, "null or an integer >= 0",
-               lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0))
-        _check(section, "seed", self.seed, "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"{section}.num_heads must divide {section}.hidden_size ({self.hidden_size}): "
-                             f"got {self.num_heads}")
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check(section: str, name: str, value, expected: str, ok) -> None:
-    if not ok(value):
-        raise ValueError(f"{section}.{name} must be {expected}: got {value!r}")
-
 
 # --- the transformer --------------------------------------------------------------------------------------
 

@@ -46,7 +46,8 @@ def quickstart(
 def _experiment_config(config: Optional[Path], data: Optional[Path], model: Optional[str], overrides: list[str],
                        default_model: str):
     """Base config of compare/sweep: YAML, then --set, then --data/--model; ``default_model`` if none names one."""
-    from bearrec.config import load_config, read_yaml
+    from bearrec.config import load_config
+    from bearrec.yamlfiles import read_yaml
 
     named = any(o.startswith("model=") for o in overrides)
     raw = read_yaml(config) if config is not None else None  # read once: --config may be a pipe

@@ -66,9 +66,10 @@ def train(
 
     Several GPUs: `accelerate launch -m bearrec.cli train ...` or `torchrun --nproc-per-node N -m bearrec.cli train ...`.
     """
-    from bearrec.config import load_config, read_yaml
+    from bearrec.config import load_config
     from bearrec.objectives import registry
     from bearrec.runs import train_run
+    from bearrec.yamlfiles import read_yaml
 
     if resume:
         cfg = None

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from bearrec.checks import short
 from bearrec.data.dataset import DataError, normalize_title
-from bearrec.data.parsing import _short
 
 PathLike = str | os.PathLike
 
@@ -81,7 +81,7 @@ def clean_catalog(items: pd.DataFrame, path: Path, strict: bool, log: FixLog,
         first_of = items.drop_duplicates("title").set_index("title")
         for item_id, title, line in zip(items.loc[dup, "item_id"], items.loc[dup, "title"], items.loc[dup, "_line"]):
             first_id, first_line = first_of.at[title, "item_id"], int(first_of.at[title, "_line"])
-            message = f"title {_short(title)} is also the title of item {first_id!r} (row {first_line})"
+            message = f"title {short(title)} is also the title of item {first_id!r} (row {first_line})"
             if strict:
                 raise DataError(path, message + " (strict mode)", row=int(line), field="title")
             renamed = f"{message}; renamed to add ' (item {item_id})'"
@@ -107,9 +107,9 @@ def warn_titles_equal_to_ids(items: pd.DataFrame, path: Path, log: FixLog) -> in
     hit = items["title"].isin(owner.keys()) & (items["title"].map(owner) != items["item_id"])
     for item_id, title, line in zip(items.loc[hit, "item_id"], items.loc[hit, "title"], items.loc[hit, "_line"]):
         other = owner[title]
-        message = (f"item {item_id!r} has the title {_short(title)}, which is also the id of item {other!r}; "
-                   f"recommend and serve read {_short(title)} as this title (item {item_id!r}), so item {other!r} is "
-                   f"found by its title {_short(title_of[other])} only")
+        message = (f"item {item_id!r} has the title {short(title)}, which is also the id of item {other!r}; "
+                   f"recommend and serve read {short(title)} as this title (item {item_id!r}), so item {other!r} is "
+                   f"found by its title {short(title_of[other])} only")
         log.warn("titles equal to another item's id", path, message, row=int(line), field="title")
     return int(hit.sum())
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bearrec.checks import short
 from bearrec.data.dataset import DataError
 
 # Unix times in seconds fit comfortably inside +-1e11 (year 5138); larger values are milliseconds or garbage.
@@ -167,7 +168,7 @@ def _id_field(record: dict, name: str, path: Path, line: int) -> str:
     """An id: a non-empty string or an integer (never a bool, float, list or object)."""
     value = _field(record, name, path, line)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise DataError(path, f"expected a string id, got {type(value).__name__} {_short(value)}", row=line, field=name)
+        raise DataError(path, f"expected a string id, got {type(value).__name__} {short(value)}", row=line, field=name)
     return str(value)
 
 
@@ -182,11 +183,5 @@ def _unix_seconds(value, path: Path, line: int, name: str) -> int:
         number = int(value)
     if number is None or abs(number) >= MAX_UNIX_SECONDS:
         hint = " (out of range; milliseconds? divide by 1000)" if number is not None else ""
-        raise DataError(path, f"not a Unix time in seconds: {_short(value)}{hint}", row=line, field=name)
+        raise DataError(path, f"not a Unix time in seconds: {short(value)}{hint}", row=line, field=name)
     return number
-
-
-def _short(value: object, limit: int = 60) -> str:
-    """repr of a value, cut so that an error message stays one readable line."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bearrec.checks import short
 from bearrec.data.cleaning import DataWarning, FixLog, clean_catalog, warn_titles_equal_to_ids
 from bearrec.data.dataset import DataError, RecDataset
-from bearrec.data.parsing import _short
 
 PathLike = str | os.PathLike
 
@@ -102,7 +102,7 @@ def _drop_duplicate_interactions(interactions: pd.DataFrame, path: PathLike) -> 
         stamp = first["timestamp"]
         stamp = int(stamp) if float(stamp).is_integer() else stamp
         message = (f"{count} duplicate interaction(s) dropped, one of each kept (same user, item and timestamp as an "
-                   f"earlier row; first: user {_short(first['user'])}, item {_short(first['item'])}, timestamp "
+                   f"earlier row; first: user {short(first['user'])}, item {short(first['item'])}, timestamp "
                    f"{stamp}); counted in duplicate_interactions_dropped")
         warnings.warn(str(DataError(path, message, row=int(first["_line"]))), DataWarning, stacklevel=4)
         interactions = interactions[~dup.to_numpy()]

@@ -82,6 +82,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bearrec.checks import short
 from bearrec.data.cleaning import (
     FixLog,
     clean_catalog,
@@ -96,7 +97,6 @@ from bearrec.data.parsing import (
     _field,
     _id_field,
     _meta_asin,
-    _short,
     _unix_seconds,
     read_csv,
     read_json_lines,
@@ -225,7 +225,7 @@ def read_amazon(
         meta_ids.append(_id_field(record, "asin", meta_path, line))
         title = record.get("title")
         if title is not None and not isinstance(title, str):
-            raise DataError(meta_path, f"title must be a string, got {type(title).__name__} {_short(title)}",
+            raise DataError(meta_path, f"title must be a string, got {type(title).__name__} {short(title)}",
                             row=line, field="title")
         titles.append(title or "")
         lines.append(line)
@@ -270,7 +270,7 @@ def read_interactions(
     if bad.any():
         k = int(bad.to_numpy().argmax())
         raw = interactions["timestamp"].iat[k]
-        message = "timestamp is missing" if not raw.strip() else f"not a Unix time in seconds: {_short(raw)}"
+        message = "timestamp is missing" if not raw.strip() else f"not a Unix time in seconds: {short(raw)}"
         if np.isfinite(times.iat[k]) and abs(times.iat[k]) >= MAX_UNIX_SECONDS:
             message += " (out of range; milliseconds? divide by 1000)"
         raise DataError(interactions_csv, message, row=int(interactions["_line"].iat[k]), field="timestamp")
@@ -303,7 +303,7 @@ def _read_split(path: Path, known: pd.Index, items_name: str) -> pd.DataFrame:
         except (ValueError, RecursionError):  # RecursionError: a list nested thousands deep
             ids = None
         if not isinstance(ids, list):
-            raise DataError(path, f"not a JSON list of item ids: {_short(raw)}", row=int(line), field="item_ids")
+            raise DataError(path, f"not a JSON list of item ids: {short(raw)}", row=int(line), field="item_ids")
         if len(ids) < 2:
             message = f"history is empty: needs at least 2 ids (history, then target), got {len(ids)}"
             raise DataError(path, message, row=int(line), field="item_ids")

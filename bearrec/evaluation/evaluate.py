@@ -11,9 +11,9 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bearrec.checks import MAX_SEED, check
-from bearrec.config import DecodingConfig
 from bearrec.data.dataset import RecDataset
 from bearrec.decoding import attribute_pruning, decode, exact_target_ranks, item_memory
+from bearrec.decoding.config import DecodingConfig
 from bearrec.decoding.scoring import check_scoring
 from bearrec.distributed import map_users
 from bearrec.evaluation.metrics import exact_ranking_metrics, ranking_metrics, report_ks, retrieved_rank

@@ -36,7 +36,7 @@ class RunSpec:
 def objective_variant(entry: str) -> dict[str, Any]:
     """The overrides of one ``--objectives`` entry: ``bear`` or ``bear:formulation=paper:weight=1`` (fields of
     the objective's section, or ``section.field``); the entry itself is the run's label."""
-    from bearrec.config import parse_value
+    from bearrec.yamlfiles import parse_value
 
     name, *fields = entry.split(":")
     section = registry.get(name.strip()).section
@@ -84,7 +84,7 @@ def parse_grid(entries: list[str], objective: str) -> dict[str, list]:
 
     A name without a section (``weight``) is a field of the swept objective's section.
     """
-    from bearrec.config import parse_value
+    from bearrec.yamlfiles import parse_value
 
     spec = registry.get(objective)
     section = spec.section

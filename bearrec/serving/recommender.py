@@ -33,9 +33,9 @@ import torch
 from rich.progress import Progress
 
 from bearrec.checks import check
-from bearrec.config import DecodingConfig
 from bearrec.data.dataset import normalize_title
 from bearrec.decoding import DECODERS, decode
+from bearrec.decoding.config import DecodingConfig
 from bearrec.decoding.latent import MEMORY_FILE, SIMILARITIES, VARIANTS
 from bearrec.decoding.scoring import SCORINGS
 from bearrec.evaluation.evaluate import timed_item_memory

@@ -25,8 +25,9 @@ from transformers import PrinterCallback, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from bearrec.checks import first_line
-from bearrec.config import DecodingConfig, ExperimentConfig
+from bearrec.config import ExperimentConfig
 from bearrec.data.dataset import RecDataset
+from bearrec.decoding.config import DecodingConfig
 from bearrec.decoding.latent import item_memory
 from bearrec.io import disk_error
 from bearrec.items.prompts import PromptEncoder
