@@ -27,7 +27,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from bearrec import distributed
-from bearrec.checks import first_line
+from bearrec.checks import first_line, short
 from bearrec.config import ExperimentConfig, load_config
 from bearrec.data.dataset import RecDataset
 from bearrec.decoding.latent import MEMORY_FILE
@@ -84,12 +84,15 @@ def dataset_check(run_dir: Path, meta: dict, dataset: RecDataset, purpose: str, 
     recorded = meta.get("dataset_fingerprint")
     if dataset.fingerprint is None or allow_other_data:
         return
+    was = meta.get("dataset_files") or {}
+    if (recorded is not None and not isinstance(recorded, str)) or not isinstance(was, dict):
+        raise ValueError(f"{run_dir / 'run.json'}: dataset_fingerprint or dataset_files damaged ({short(recorded)}); "
+                         "bearrec cannot tell whether the dataset is the one the run was trained on")
     if not recorded:
         warnings.warn(f"{run_dir / 'run.json'}: records no dataset fingerprint (written by an earlier bearrec); "
                       "the dataset is not checked against the one the run was trained on")
         return
     if recorded != dataset.fingerprint:
-        was = meta.get("dataset_files") or {}
         changed = ", ".join(name for name, digest in dataset.file_digests.items() if was.get(name) != digest)
         trained_on = meta.get("dataset_dir")
         same = trained_on and dataset.folder and Path(trained_on).resolve() == Path(dataset.folder).resolve()

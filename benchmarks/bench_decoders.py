@@ -43,9 +43,9 @@ def main() -> None:
     from bearrec.decoding import decode, item_memory
     from bearrec.decoding.latent import build_item_memory
     from bearrec.evaluation.metrics import ranking_metrics
+    from bearrec.items.prompts import encode_split
     from bearrec.lm.forward import left_pad
     from bearrec.runs import item_trie, load_run, prompt_encoder
-    from bearrec.training.collators import encode_split
 
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or _default_run(Path(tmp))

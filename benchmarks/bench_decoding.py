@@ -33,11 +33,11 @@ import transformers
 
 from bearrec.config import ExperimentConfig, TrainConfig
 from bearrec.data.synthetic import generate_synthetic
-from bearrec.decoding import constrained_beam_search, exact_target_ranks, position_ids_from_mask, score_catalog
+from bearrec.decoding import constrained_beam_search, exact_target_ranks, score_catalog
 from bearrec.evaluation.metrics import full_rank
-from bearrec.lm.forward import cache_of, is_encoder_decoder, left_pad, with_cache
+from bearrec.items.prompts import encode_split
+from bearrec.lm.forward import cache_of, is_encoder_decoder, left_pad, position_ids_from_mask, with_cache
 from bearrec.runs import item_trie, load_run, prompt_encoder, train_run
-from bearrec.training.collators import encode_split
 
 
 def timed(fn, repeat: int = 1):

@@ -35,11 +35,12 @@ def main() -> None:
 
     from bearrec.config import load_config
     from bearrec.data.dataset import RecDataset
+    from bearrec.items.prompts import encode_split
     from bearrec.lm.forward import is_encoder_decoder
     from bearrec.lm.models import build_tiny_model, load_model
     from bearrec.objectives import sft_loss
     from bearrec.runs import prompt_encoder
-    from bearrec.training.collators import Collator, encode_split
+    from bearrec.training.collators import Collator
     from bearrec.training.diagnostics import flush_denormals
     from bearrec.training.trainer import RecTrainer
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from reference import EOS, PAD, prefix_scores, random_catalog, random_model, random_prompts, scored_case, tie_free
 
-from bearrec.decoding import constrained_beam_search, position_ids_from_mask
+from bearrec.decoding import constrained_beam_search
 from bearrec.items.trie import ItemTrie
-from bearrec.lm.forward import left_pad
+from bearrec.lm.forward import left_pad, position_ids_from_mask
 from bearrec.objectives import align_thresholds, beam_sim_loss, registry, sft_loss, simulate_thresholds
 
 VOCAB = 48

@@ -11,12 +11,11 @@ from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 from bearrec.decoding import constrained_beam_search, score_catalog
 from bearrec.evaluation.evaluate import evaluate, pruning_scope
 from bearrec.evaluation.metrics import full_rank
-from bearrec.items.prompts import PromptTemplate
+from bearrec.items.prompts import PromptTemplate, encode_split
 from bearrec.items.trie import build_trie
 from bearrec.lm.forward import left_pad
 from bearrec.lm.models import tiny_model_for
 from bearrec.runs import prompt_encoder, tokenizer_corpus
-from bearrec.training.collators import encode_split
 
 USERS = 12
 

@@ -339,9 +339,9 @@ def test_t5_runs_evaluate_with_pr_at_k_and_the_exact_ranking(sid_data, tmp_path)
 
     from bearrec.decoding import score_catalog
     from bearrec.evaluation.metrics import full_rank
+    from bearrec.items.prompts import encode_split
     from bearrec.lm.forward import left_pad
     from bearrec.runs import evaluate_run, item_trie, load_run, prompt_encoder, train_run
-    from bearrec.training.collators import encode_split
 
     run = tmp_path / "run"
     train_run(_t5(_config(sid_data, "sft")), run)
@@ -384,9 +384,10 @@ def test_packed_batches_give_every_example_the_logits_and_losses_of_its_own_forw
     reference), so every objective's loss on a packed batch equals its loss on the same examples unpacked."""
     from reference import item_token_log_probs
 
+    from bearrec.items.prompts import encode_split
     from bearrec.objectives import registry
     from bearrec.runs import item_trie, new_model, prompt_encoder
-    from bearrec.training.collators import Collator, PackedCollator, encode_split, pack_examples
+    from bearrec.training.collators import Collator, PackedCollator, pack_examples
     from bearrec.training.trainer import RecTrainer
 
     config = _config(sid_data, "sft")

@@ -12,15 +12,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bearrec.checks import MAX_SEED, check
 from bearrec.data.dataset import RecDataset
-from bearrec.decoding import attribute_pruning, decode, exact_target_ranks, item_memory
+from bearrec.decoding import decode, exact_target_ranks, item_memory
 from bearrec.decoding.config import DecodingConfig
 from bearrec.decoding.scoring import check_scoring
 from bearrec.distributed import map_users
 from bearrec.evaluation.metrics import exact_ranking_metrics, ranking_metrics, report_ks, retrieved_rank
-from bearrec.items.prompts import PromptEncoder
+from bearrec.evaluation.pruning import attribute_pruning
+from bearrec.items.prompts import PromptEncoder, encode_split
 from bearrec.items.trie import ItemTrie
 from bearrec.lm.forward import left_pad
-from bearrec.training.collators import encode_split
 
 
 @dataclass

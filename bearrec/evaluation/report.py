@@ -7,6 +7,8 @@ from pathlib import Path
 
 from rich.table import Table
 
+from bearrec.io import disk_errors
+
 # Beam search's NDCG/HR@K, the exact ranking's (nothing pruned) and the gap between them on the same users
 # (what pruning costs: the ceiling for BEAR), and PR@K. Short names are the table headers.
 METRIC_COLUMNS = ("NDCG@5", "NDCG@10", "HR@5", "HR@10", "exact_NDCG@10", "exact_HR@10", "gap_NDCG@10", "PR@5", "PR@10")
@@ -130,14 +132,21 @@ def _attribution_bars(ax, labels: list[str], bars: list[tuple[dict, int]]) -> No
 
 
 def _save(fig, path: Path) -> None:
-    """Write a figure atomically (matplotlib picks the format from the suffix, hence .tmp.png)."""
+    """Write a figure atomically (matplotlib picks the format from the suffix, hence .tmp.png); a full or read-only
+    disk is one ``OSError`` naming ``path``, and nothing is left behind."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with disk_errors(path):
+            fig.savefig(tmp, dpi=120)
+            tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
 
 
 def _zero_if_nan(value: float) -> float:

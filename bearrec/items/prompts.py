@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bearrec.data.dataset import RecDataset
 from bearrec.items.trie import tokenize_titles
 
 # domain noun -> (singular, verb used in "the user has ... before")
@@ -96,3 +97,11 @@ class PromptEncoder:
                 self.truncated += 1
             encoded[n] = ids
         return encoded
+
+
+def encode_split(
+    dataset: RecDataset, split: str, encoder: PromptEncoder, limit: int | None = None, seed: int = 0
+) -> tuple[list[list[int]], list[int]]:
+    """(prompt ids, target catalog indices) of a split, optionally a seeded subsample of ``limit`` examples."""
+    histories, targets = dataset.examples(split, limit, seed)
+    return encoder.prompts(histories), targets

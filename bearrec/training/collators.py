@@ -5,18 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from bearrec.data.dataset import RecDataset
-from bearrec.items.prompts import PromptEncoder
 from bearrec.items.trie import ItemTrie
 from bearrec.lm.forward import IGNORE_INDEX, left_pad
-
-
-def encode_split(
-    dataset: RecDataset, split: str, encoder: PromptEncoder, limit: int | None = None, seed: int = 0
-) -> tuple[list[list[int]], list[int]]:
-    """(prompt ids, target catalog indices) of a split, optionally a seeded subsample of ``limit`` examples."""
-    histories, targets = dataset.examples(split, limit, seed)
-    return encoder.prompts(histories), targets
 
 
 class Collator:

@@ -30,7 +30,7 @@ from bearrec.data.dataset import RecDataset
 from bearrec.decoding.config import DecodingConfig
 from bearrec.decoding.latent import item_memory
 from bearrec.io import disk_error
-from bearrec.items.prompts import PromptEncoder
+from bearrec.items.prompts import PromptEncoder, encode_split
 from bearrec.items.trie import ItemTrie
 from bearrec.lm.forward import (
     answer_logits,
@@ -43,7 +43,7 @@ from bearrec.objectives import distinct_prefixes, pruning_margin, sequence_log_p
 from bearrec.objectives.apao import grouped_answer_logits
 from bearrec.training.arguments import training_arguments
 from bearrec.training.callbacks import EarlyStoppingCallback, EpochLog
-from bearrec.training.collators import Collator, PackedCollator, encode_split, pack_examples
+from bearrec.training.collators import Collator, PackedCollator, pack_examples
 from bearrec.training.diagnostics import dump_batch, nonfinite_diagnosis
 
 

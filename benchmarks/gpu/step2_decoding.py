@@ -97,10 +97,9 @@ def bench_model(step: Step, name: str, dataset, args, dtype) -> list[dict]:
     from bench_decoding import bare_forwards, hf_generate
 
     from bearrec.decoding import constrained_beam_search, exact_top_k, item_memory, latent_decode
-    from bearrec.items.prompts import PromptEncoder, PromptTemplate
+    from bearrec.items.prompts import PromptEncoder, PromptTemplate, encode_split
     from bearrec.items.trie import build_trie
     from bearrec.lm.forward import left_pad
-    from bearrec.training.collators import encode_split
 
     start = time.perf_counter()
     model, tokenizer = build(name, dataset, dtype)
