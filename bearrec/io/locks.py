@@ -71,11 +71,20 @@ def _lock_key(folder: Path) -> str:
     return os.path.abspath(folder)
 
 
+def _program() -> str:
+    """``bearrec`` for the installed command and ``python -m bearrec.cli`` alike, else the script's name."""
+    return "bearrec" if "bearrec" in Path(sys.argv[0]).parts or Path(sys.argv[0]).name == "bearrec" else Path(sys.argv[0]).name
+
+
 def _write_owner(fd: int) -> None:
+    """Who holds the lock, for the message a second writer gets; best effort (a full disk keeps the lock unnamed)."""
     owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+             "command": " ".join([_program(), *sys.argv[1:]])[:300]}
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+    except OSError:
+        pass
 
 
 def _read_owner(path: Path) -> dict:
