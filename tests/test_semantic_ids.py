@@ -310,9 +310,8 @@ def test_t5_answer_logits_equal_teacher_forcing(sid_data):
     group of rows) equal one plain forward per (prompt, answer)."""
     from reference import item_token_log_probs
 
-    from bearrec.lm.forward import left_pad, seq2seq_answer_logits
+    from bearrec.lm.forward import IGNORE_INDEX, left_pad, seq2seq_answer_logits
     from bearrec.lm.models import build_tiny_model
-    from bearrec.training.trainer import IGNORE_INDEX
 
     tokenizer = code_tokenizer([[c, c, c] for c in range(8)])
     model = build_tiny_model(tokenizer, _t5(ExperimentConfig()).tiny, seed=3).eval()
