@@ -81,25 +81,33 @@ def new_model(config: ExperimentConfig, dataset: RecDataset, tokenizer=None):
 def dataset_check(run_dir: Path, meta: dict, dataset: RecDataset, purpose: str, allow_other_data: bool = False) -> None:
     """Refuse a dataset whose content differs from the one ``run_dir`` was trained on (``run.json``'s fingerprint),
     unless ``allow_other_data``. ``purpose`` words the way out (how to use another dataset anyway)."""
-    recorded = meta.get("dataset_fingerprint")
-    if dataset.fingerprint is None or allow_other_data:
+    recorded, was = meta.get("dataset_fingerprint"), meta.get("dataset_files") or {}
+    if dataset.fingerprint is None:
         return
-    was = meta.get("dataset_files") or {}
-    if (recorded is not None and not isinstance(recorded, str)) or not isinstance(was, dict):
-        raise ValueError(f"{run_dir / 'run.json'}: dataset_fingerprint or dataset_files damaged ({short(recorded)}); "
-                         "bearrec cannot tell whether the dataset is the one the run was trained on")
+    for name, value, kind in (("dataset_fingerprint", recorded, str), ("dataset_files", was, dict)):
+        if value is not None and not isinstance(value, kind):
+            problem = (f"{run_dir / 'run.json'}: {name} is damaged ({short(value)}); bearrec cannot tell whether the "
+                       "dataset is the one the run was trained on")
+            if not allow_other_data:
+                raise ValueError(problem + " (pass --allow-other-data to use it anyway)")
+            warnings.warn(problem)
+            return
     if not recorded:
         warnings.warn(f"{run_dir / 'run.json'}: records no dataset fingerprint (written by an earlier bearrec); "
                       "the dataset is not checked against the one the run was trained on")
         return
-    if recorded != dataset.fingerprint:
-        changed = ", ".join(name for name, digest in dataset.file_digests.items() if was.get(name) != digest)
-        trained_on = meta.get("dataset_dir")
-        same = trained_on and dataset.folder and Path(trained_on).resolve() == Path(dataset.folder).resolve()
-        what = (f"{changed or 'its content'} changed since {run_dir} was trained on it" if same else
-                f"not the data {run_dir} was trained on ({trained_on}; {changed or 'the content'} differ)")
-        raise ValueError(f"{dataset.folder}: {what}: dataset fingerprint {dataset.fingerprint[:12]}, run.json "
-                         f"records {recorded[:12]}; {purpose}")
+    if recorded == dataset.fingerprint:
+        return
+    changed = ", ".join(name for name, digest in dataset.file_digests.items() if was.get(name) != digest)
+    trained_on = meta.get("dataset_dir")
+    same = trained_on and dataset.folder and Path(trained_on).resolve() == Path(dataset.folder).resolve()
+    what = (f"{changed or 'its content'} changed since {run_dir} was trained on it" if same else
+            f"not the data {run_dir} was trained on ({trained_on}; {changed or 'the content'} differ)")
+    fingerprints = f"dataset fingerprint {dataset.fingerprint[:12]}, run.json records {recorded[:12]}"
+    if allow_other_data:
+        warnings.warn(f"--allow-other-data: {dataset.folder}: {what} ({fingerprints}); using its catalog")
+        return
+    raise ValueError(f"{dataset.folder}: {what}: {fingerprints}; {purpose}")
 
 
 def _check_sequence_length(model, encoder: PromptEncoder, dataset: RecDataset, config: ExperimentConfig) -> None:
@@ -210,7 +218,7 @@ def _run_meta(run_dir: Path) -> dict:
         meta = json.loads((run_dir / "run.json").read_text())
         if not isinstance(meta, dict):
             raise ValueError("not a JSON object")
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         raise ValueError(f"{run_dir / 'run.json'}: unreadable ({first_line(err)})") from None
     return meta
 
@@ -232,9 +240,6 @@ def load_run(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike | None =
     if dataset is None and not source:
         raise ValueError(f"{run_dir / 'run.json'}: names no dataset folder; pass --data")
     dataset = dataset or RecDataset.load(source)
-    if dataset_dir is not None and allow_other_data:
-        warnings.warn(f"--allow-other-data: using the catalog of {dataset.folder or dataset_dir} ({len(dataset.items)} "
-                      f"items), not {meta.get('dataset_dir')} that {run_dir} was trained on")
     dataset_check(run_dir, meta, dataset, "pass --allow-other-data to use it anyway" if dataset_dir is not None else
                   "prepare it again as it was, or pass --data with the dataset the run was trained on",
                   allow_other_data)

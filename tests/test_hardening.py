@@ -118,6 +118,27 @@ def test_the_lock_moves_with_an_atomic_swap(tmp_path):
     assert (out / LOCK).read_text() == ""  # released: no owner left in it
 
 
+def test_a_lock_file_that_is_a_symlink_is_never_written_through(tmp_path):
+    """A planted ``.bearrec.lock`` pointing at a user's file: refused, and the file keeps its content."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".bearrec").write_text('{"kind": "run"}\n')
+    thesis = tmp_path / "thesis.txt"
+    thesis.write_text("four years")
+    (out / LOCK).symlink_to(thesis)
+    with pytest.raises(OSError, match="symbolic link"), folder_lock(out, "run"):
+        pass
+    assert thesis.read_text() == "four years"
+
+
+def test_another_kind_of_folder_is_not_locked(syn):
+    """``train DATA --out DATA``: the command refuses the dataset with its own message; the lock never touches it."""
+    before = {p.name: p.read_bytes() for p in syn.iterdir() if p.is_file()}
+    with folder_lock(syn, "run"):
+        assert {p.name: p.read_bytes() for p in syn.iterdir() if p.is_file()} == before
+    assert {p.name: p.read_bytes() for p in syn.iterdir() if p.is_file()} == before
+
+
 def test_a_refused_folder_gets_no_lock_file(tmp_path):
     """Locking a folder the command then refuses (a user's folder, a dataset as a run's --out) leaves nothing in it,
     and folders made only to hold the lock are removed."""
@@ -184,7 +205,9 @@ def test_other_data_needs_allow_other_data(run, syn, tmp_path):
     assert run_cli("recommend", run, *_first_item(syn), "--top-k", 2, "--data", copy).exit_code == 0
     result = run_cli("recommend", run, *item, "--top-k", 2, "--data", other, "--allow-other-data")
     assert result.exit_code == 0, result.output
-    assert f"warning: --allow-other-data: using the catalog of {other}" in result.stderr
+    warning = " ".join(result.stderr.split())
+    assert f"warning: --allow-other-data: {other}: not the data {run} was trained on" in warning, warning
+    assert "using its catalog" in warning
 
 
 # ------------------------------------------------------------------------------------- damaged checkpoints
@@ -196,13 +219,20 @@ def test_a_damaged_checkpoint_is_moved_aside_and_the_one_before_resumed(run_copy
     newest, older = checkpoints[1], checkpoints[0]
     state = json.loads((newest / "trainer_state.json").read_text())
     for damage, needle in (("", "trainer_state.json"), ('{"global_step": 1', "trainer_state.json"),
-                           (json.dumps({**state, "global_step": "ten"}), "global_step is 'ten'")):
+                           (json.dumps({**state, "global_step": "ten"}), "global_step is 'ten'"),
+                           (json.dumps({**state, "global_step": 10**30}), "global_step is 1000"),
+                           ("[" * 100_000, "trainer_state.json"),  # nested deeper than the JSON reader recurses
+                           (json.dumps(state), "no weights file")):  # intact state, weights deleted below
         (newest / "trainer_state.json").write_text(damage)
         weights = {p.name: p.read_bytes() for p in newest.iterdir() if p.suffix == ".safetensors"}
+        if needle == "no weights file":
+            (newest / "model.safetensors").rename(newest / "model.safetensors.kept")
         with pytest.warns(UserWarning, match=needle) as caught:
             assert last_checkpoint(run_copy / "checkpoints") == str(older)
         aside = run_copy / "checkpoints" / f"damaged-{newest.name}"
         assert any(aside.name in str(w.message) for w in caught)
+        if needle == "no weights file":
+            (aside / "model.safetensors.kept").rename(aside / "model.safetensors")
         assert {p.name: p.read_bytes() for p in aside.iterdir() if p.suffix == ".safetensors"} == weights
         aside.rename(newest)  # put back for the next kind of damage
 

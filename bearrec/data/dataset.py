@@ -149,7 +149,7 @@ class RecDataset:
             raise DataError(folder, "not a bearrec dataset folder (no dataset.json); create one with `bearrec prepare`")
         try:
             meta = json.loads((folder / "dataset.json").read_text())
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:
             raise DataError(folder / "dataset.json", f"unreadable ({err})") from None
         digests = {name: _file_digest(folder / name) for name in FILES}
         items = _read_parquet(folder / "items.parquet")

@@ -48,7 +48,13 @@ def atomic_folder(folder: str | os.PathLike, kind: str) -> Iterator[Path]:
         held = _held.get(_lock_key(folder))
         if held is not None:
             held.move_to(tmp)  # the new folder is locked before it takes the path
-        _swap_into_place(tmp, folder)
+        try:
+            with disk_errors(folder):
+                _swap_into_place(tmp, folder)
+        except BaseException:
+            if held is not None:
+                held.move_back()
+            raise
         if held is not None:
             held.release_old()
     finally:
@@ -70,7 +76,11 @@ def _swap_into_place(new: Path, folder: Path) -> None:
     if _exchange(new, folder):
         return
     aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{_OLD}-{os.getpid()}-", dir=folder.parent))
-    os.replace(folder, aside)  # a kill from here to the next line leaves the old folder aside: recover() restores it
+    try:
+        os.replace(folder, aside)  # a kill from here to the next line leaves the old folder aside: recover() restores it
+    except OSError:
+        aside.rmdir()  # the old folder could not be moved (read-only, immutable): it stays where it was
+        raise
     os.replace(new, folder)
     shutil.rmtree(aside, ignore_errors=True)
 

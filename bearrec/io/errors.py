@@ -13,11 +13,12 @@ from pathlib import Path
 
 # ------------------------------------------------------------------------------------------------ disk errors
 # errno values that mean "this path cannot be written now": no space, no quota, read-only, no permission
-DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO})
 
 
 _HINTS = {errno.ENOSPC: "free some space and run the command again", errno.EDQUOT: "free some space and run the "
-          "command again", errno.EFBIG: "the file system refuses a file this large"}
+          "command again", errno.EFBIG: "the file system refuses a file this large",
+          errno.EIO: "the write was cut short: is the disk full?"}
 
 
 def disk_error(path: str | os.PathLike, err: BaseException) -> OSError | None:
@@ -55,6 +56,8 @@ def _errno_in(err: BaseException) -> int | None:
         for code in DISK_ERRNOS:
             if os.strerror(code).lower() in text.lower():
                 return code
+        if "inline_container" in text and "unexpected pos" in text:  # torch's zip writer wrote less than it was given
+            return errno.EIO
         err = err.__cause__ or err.__context__
     return None
 

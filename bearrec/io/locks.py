@@ -5,6 +5,7 @@ folder (:mod:`bearrec.io.atomic`) hands the lock on, so the folder at the path i
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -34,10 +35,16 @@ class _Lock:
         """Lock ``new_folder``'s own lock file too, before it is swapped in at this lock's path."""
         if self.fd is None:
             return
-        fd = os.open(new_folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(new_folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else knows the new file yet
         _write_owner(fd)
         self.old, self.fd = self.fd, fd
+
+    def move_back(self) -> None:
+        """Undo :meth:`move_to` after a swap that failed: the old folder, still at the path, keeps its lock."""
+        if self.old is not None:
+            os.close(self.fd)
+            self.fd, self.old = self.old, None
 
     def release_old(self) -> None:
         if self.old is not None:
@@ -91,7 +98,7 @@ def _read_owner(path: Path) -> dict:
     try:
         owner = json.loads(path.read_text() or "{}")
         return owner if isinstance(owner, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
 
 
@@ -123,6 +130,9 @@ def folder_lock(folder: str | os.PathLike, kind: str) -> Iterator[None]:
             _held[key].depth -= 1
         return
     check_output(folder)
+    if folder.is_dir() and any(p.name != LOCK for p in folder.iterdir()) and folder_kind(folder) != kind:
+        yield  # not a folder this command may write (a dataset as a run's --out, a user's folder): never touched here;
+        return  # the command refuses it with its own message
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     with disk_errors(folder):
         folder.mkdir(parents=True, exist_ok=True)
@@ -141,8 +151,11 @@ def _acquire(folder: Path) -> int | None:
     path = folder / LOCK
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise OSError(err.errno, "is a symbolic link, which bearrec will not write through (remove it)",
+                              str(path)) from None
             if err.errno not in DISK_ERRNOS:
                 raise
             try:

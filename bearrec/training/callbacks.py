@@ -62,7 +62,7 @@ class EpochLog(TrainerCallback):
                                                 for e in epochs):
                 return epochs
             problem = "not a list of epochs"
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:
             problem = first_line(err, 80)
         aside = next(path for k in range(1, 10_000) if not (path := self.path.with_name(
             f"damaged-{k}-{self.path.name}" if k > 1 else f"damaged-{self.path.name}")).exists())

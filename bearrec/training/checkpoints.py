@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from bearrec.checks import first_line
+from bearrec.checks import INT64_MAX, first_line, short
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
@@ -43,6 +43,9 @@ def _aside(path: Path) -> Path:
     raise FileExistsError(f"{path}: too many damaged checkpoints set aside beside it")
 
 
+# the files of which a checkpoint must hold one: its weights, whole, sharded or LoRA adapters (as the Trainer looks for)
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
+           "pytorch_model.bin.index.json", "adapter_model.bin")
 # trainer_state.json fields the Trainer does arithmetic with on resume, and the types they must have
 _STATE_TYPES = {"global_step": int, "max_steps": int, "num_train_epochs": int, "logging_steps": (int, float),
                 "epoch": (int, float), "log_history": list, "best_metric": (int, float, type(None)),
@@ -61,16 +64,19 @@ def checkpoint_problem(checkpoint: str | os.PathLike) -> str | None:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
     except OSError:
         return "no trainer_state.json: interrupted while saving"
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         return f"trainer_state.json: {first_line(err, 80)}"
     if not isinstance(state, dict):
         return "trainer_state.json: not a JSON object"
     for name, types in _STATE_TYPES.items():
         value = state.get(name)
-        if name in state and (not isinstance(value, types) or isinstance(value, bool)):
-            return f"trainer_state.json: {name} is {value!r}"
-    if not isinstance(state.get("global_step"), int) or state["global_step"] < 0:
+        if name in state and (not isinstance(value, types) or isinstance(value, bool)
+                              or (isinstance(value, int) and not 0 <= value <= INT64_MAX)):
+            return f"trainer_state.json: {name} is {short(value)}"
+    if not isinstance(state.get("global_step"), int):
         return "trainer_state.json: no global_step"
+    if not any((checkpoint / name).is_file() for name in WEIGHTS):
+        return "no weights file (model.safetensors, adapter_model.safetensors, ...)"
     for path in sorted(checkpoint.iterdir()):
         if path.name == "training_args.bin":  # a pickle the Trainer writes for people and never loads
             continue
