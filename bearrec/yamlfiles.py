@@ -95,6 +95,13 @@ class StrictLoader(yaml.SafeLoader):
                                                         f"({reason}): write {value!r}{instead}, or quote it as text")
 
 
+# YAML 1.1 wants a dot in a float, so `lr: 1e-3` would be text; as YAML 1.2 and --set, it is a number here. The
+# resolver lists are copied first: PyYAML's add_implicit_resolver would append to the SafeLoader's own lists.
+StrictLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                   list("-+0123456789"))
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
     """A YAML experiment file, or a pipe such as ``--config <(...)`` (read once), as a dict (see :class:`StrictLoader`);
     one-line errors name the file (and the row of a syntax error, a duplicate key or a YAML 1.1-only number)."""

@@ -74,7 +74,7 @@ def test_yaml11_numbers_are_refused(tmp_path, text, needles):
 @pytest.mark.parametrize("text,value", [
     ("0", 0), ("-3", -3), ("0.5", 0.5), ("-0.5", -0.5), (".5", 0.5), (".inf", float("inf")), ("-.inf", float("-inf")),
     ("0x1f", 31), ("0b11", 3), ("1.0e-4", 1e-4),
-    ("1e-4", "1e-4"), ("-.5", "-.5"),  # text in YAML 1.1, as before (--set reads them as numbers)
+    ("1e-4", 1e-4), ("-.5", "-.5"),  # an exponent is a number (as in --set); -.5 stays text as in YAML 1.1
     ("0o10", "0o10"), ("09", "09"), ("'1:00'", "1:00"), ('"010"', "010"), ("'1_0'", "1_0"), ("1.2.3", "1.2.3"),
 ])
 def test_plain_numbers_and_quoted_text_keep_their_values(tmp_path, text, value):
@@ -216,3 +216,14 @@ def test_cli_one_line_errors(syn, tmp_path, args, needles):
     args = [a.format(dup=tmp_path / "dup.yaml", folder=tmp_path / "folder") for a in args]
     one_line_error(run_cli("train", syn, "--out", tmp_path / "r", *args), *needles)
     assert not (tmp_path / "r").exists()
+
+
+def test_exponent_floats_are_numbers_in_files_too(tmp_path):
+    """YAML 1.1 reads `1e-3` (no dot) as text; a config file, like --set, reads it as the number people mean."""
+    from bearrec.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  weight_decay: 1.5e-2\n")
+    config = load_config(path)
+    assert config.train.lr == 1e-3 and config.train.weight_decay == 0.015
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == 1e-3

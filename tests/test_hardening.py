@@ -339,3 +339,12 @@ def test_a_piped_config_is_read_once(syn, tmp_path):
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["train"]["epochs"] == 1 and saved["train"]["batch_size"] == 16
+
+
+def test_a_new_experiment_that_cannot_write_leaves_nothing(syn, tmp_path):
+    """compare on a full disk before any run finished: one line naming the file, and no experiment folder."""
+    out = tmp_path / "cmp"
+    line = error_line(cli("compare", "--data", syn, "--model", "tiny", "--objectives", "sft", "--baselines", "none",
+                          "--epochs", 1, "--out", out, *SMALL, limit_bytes=3_000))
+    assert f"{out}/experiment.json: file too large" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

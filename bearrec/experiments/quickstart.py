@@ -13,7 +13,7 @@ import torch
 from bearrec.config import ExperimentConfig, TrainConfig
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 from bearrec.evaluation.report import bar_chart, markdown_table, pruning_markdown
-from bearrec.io import check_replaceable, folder_lock, mark, write_json, write_text
+from bearrec.io import check_replaceable, discarded_on_disk_error, folder_lock, mark, write_json, write_text
 from bearrec.lm.models import TINY
 from bearrec.objectives import registry
 from bearrec.objectives.bear import BEARConfig
@@ -39,7 +39,7 @@ class QuickstartConfig:
 def run_quickstart(out_dir: str | Path, config: QuickstartConfig | None = None, console=None) -> dict:
     """Generate data, train every objective from the same seed, evaluate each by beam search with the exact
     ranking beside it (what pruning costs), write the report into ``out_dir``."""
-    with folder_lock(out_dir, "quickstart"):
+    with folder_lock(out_dir, "quickstart"), discarded_on_disk_error(out_dir):  # a rerun makes it anew anyway
         return _run_quickstart(Path(out_dir), config or QuickstartConfig(), console)
 
 

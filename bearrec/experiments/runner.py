@@ -21,7 +21,7 @@ from bearrec.evaluation.evaluate import EvalSettings
 from bearrec.evaluation.metrics import report_ks
 from bearrec.experiments.plan import BASELINE, BASELINES, RunSpec
 from bearrec.experiments.statistics import summarize
-from bearrec.io import check_replaceable, folder_lock, mark, write_json
+from bearrec.io import check_replaceable, discarded_on_disk_error, folder_lock, mark, write_json
 
 
 def _recorded_plan(recorded: dict) -> dict | None:
@@ -45,7 +45,8 @@ def run_experiment(base: ExperimentConfig, specs: list[RunSpec], out_dir: str | 
     """
     if jobs < 1:
         raise ValueError(f"jobs {jobs}: at least 1 run at a time")
-    with folder_lock(out_dir, "experiment"):
+    finished = lambda folder: any(folder.glob("runs/*/*/result.json"))  # noqa: E731
+    with folder_lock(out_dir, "experiment"), discarded_on_disk_error(out_dir, keep=finished):
         return _run_experiment(base, specs, Path(out_dir), settings, kind, console, jobs)
 
 

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bearrec.io.errors import disk_errors
+from bearrec.io.errors import DISK_ERRNOS, disk_errors
 from bearrec.io.locks import _held, _lock_key
-from bearrec.io.markers import check_replaceable, mark
+from bearrec.io.markers import LOCK, MARKER, check_replaceable, mark
 
 _TMP, _OLD = "bearrec-tmp", "bearrec-old"
 
@@ -159,3 +159,21 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, payload: dict) -> None:
     write_text(path, json.dumps(payload, indent=2, default=str))
+
+
+@contextmanager
+def discarded_on_disk_error(folder: str | os.PathLike, keep=lambda folder: False) -> Iterator[None]:
+    """Remove ``folder`` again if the block fails for lack of space or permission and the folder was new (missing,
+    or holding only its lock) when the block began, unless ``keep(folder)``: a new experiment that could not write
+    its first result leaves nothing behind, one with finished runs stays to be resumed."""
+    folder = Path(folder)
+    new = not folder.is_dir() or all(p.name == LOCK for p in folder.iterdir())
+    try:
+        yield
+    except OSError as err:
+        if new and err.errno in DISK_ERRNOS and folder.is_dir() and not keep(folder):
+            for path in folder.iterdir():
+                if path.name != LOCK:
+                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            (folder / MARKER).unlink(missing_ok=True)
+        raise
