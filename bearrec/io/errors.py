@@ -35,9 +35,9 @@ def disk_error(path: str | os.PathLike, err: BaseException) -> OSError | None:
         code = None
     else:
         code = _errno_in(err)
-        if code is None:
+        if code is None or code == errno.EIO:  # a cut-short write: the probe tells a full disk (ENOSPC) apart
             probe = _probe_write(Path(path).parent)
-            code = probe.errno if probe is not None and probe.errno in DISK_ERRNOS else None
+            code = probe.errno if probe is not None and probe.errno in DISK_ERRNOS else code
     if code is None:
         return None
     reason = os.strerror(code).lower()
