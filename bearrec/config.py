@@ -25,7 +25,7 @@ from bearrec.io import write_text
 from bearrec.items.semantic_ids import REPRESENTATIONS
 from bearrec.lm.models import TINY, LoraSettings, TinyConfig
 from bearrec.objectives import registry
-from bearrec.yamlfiles import parse_value, read_yaml
+from bearrec.yamlfiles import parse_assignment, read_yaml
 
 # The largest count that torch (and itertools.islice) take: a batch size, node budget or neighbour count above it
 # overflows where it meets a tensor ("Overflow when unpacking long long", "int too big to convert").
@@ -214,13 +214,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     if path is not None:
         from_dict(raw, str(path))  # the file's own shape and types first, so that their errors name the file
     for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected section.field=value")
-        try:
-            parsed = parse_value(value)
-        except ValueError as err:
-            raise ValueError(f"--set {item[:80]!r}: {err}") from None
+        key, parsed = parse_assignment(item, f"--set {item[:80]!r}", "section.field=value")
         _set(raw, key, parsed)
     config = from_dict(raw, str(path) if path else "config")
     config.validate()

@@ -154,3 +154,15 @@ def parse_value(text: str) -> Any:
     except RecursionError:
         raise ValueError("the value is nested too deeply") from None
     return float(value) if isinstance(value, str) and _DECIMAL.fullmatch(value) else value
+
+
+def parse_assignment(item: str, where: str, expected: str) -> tuple[str, Any]:
+    """``key=value`` as ``(key, parse_value(value))``; a one-line ``ValueError`` starting with ``where`` otherwise
+    (``expected``: the form to write, for an item without ``=`` or key)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"{where}: expected {expected}")
+    try:
+        return key, parse_value(value)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None

@@ -10,6 +10,7 @@ from typing import Any
 
 from bearrec.config import ExperimentConfig, with_overrides
 from bearrec.objectives import registry
+from bearrec.yamlfiles import parse_assignment, parse_value
 
 BASELINES = ("sasrec", "bert4rec")  # conventional recommenders: config section = run label
 
@@ -36,19 +37,11 @@ class RunSpec:
 def objective_variant(entry: str) -> dict[str, Any]:
     """The overrides of one ``--objectives`` entry: ``bear`` or ``bear:formulation=paper:weight=1`` (fields of
     the objective's section, or ``section.field``); the entry itself is the run's label."""
-    from bearrec.yamlfiles import parse_value
-
     name, *fields = entry.split(":")
     section = registry.get(name.strip()).section
     overrides: dict[str, Any] = {"train.objective": name.strip()}
     for item in filter(None, (part.strip() for part in fields)):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"objective {entry!r}: expected name:field=value:... (e.g. bear:formulation=paper)")
-        try:
-            parsed = parse_value(value)
-        except ValueError as err:
-            raise ValueError(f"objective {entry!r}: {err}") from None
+        key, parsed = parse_assignment(item, f"objective {entry!r}", "name:field=value:... (e.g. bear:formulation=paper)")
         if "." not in key and section is None:
             raise ValueError(f"objective {entry!r}: {name.strip()} has no settings; name them as section.field")
         overrides[key if "." in key else f"{section}.{key}"] = parsed
@@ -84,8 +77,6 @@ def parse_grid(entries: list[str], objective: str) -> dict[str, list]:
 
     A name without a section (``weight``) is a field of the swept objective's section.
     """
-    from bearrec.yamlfiles import parse_value
-
     spec = registry.get(objective)
     section = spec.section
     grid: dict[str, list] = {}

@@ -29,7 +29,7 @@ class _Lock:
     """The flock this process holds on ``folder/.bearrec.lock`` (one per folder; nested holders share it)."""
 
     def __init__(self, folder: Path, kind: str, fd: int | None, created: list[Path]):
-        self.folder, self.kind, self.fd, self.created, self.depth, self.old = folder, kind, fd, created, 1, None
+        self.folder, self.kind, self.fd, self.created, self.old = folder, kind, fd, created, None
 
     def move_to(self, new_folder: Path) -> None:
         """Lock ``new_folder``'s own lock file too, before it is swapped in at this lock's path."""
@@ -122,12 +122,8 @@ def folder_lock(folder: str | os.PathLike, kind: str) -> Iterator[None]:
     """
     folder = Path(folder)
     key = _lock_key(folder)
-    if key in _held:
-        _held[key].depth += 1
-        try:
-            yield
-        finally:
-            _held[key].depth -= 1
+    if key in _held:  # an outer block of this process holds it, and releases it
+        yield
         return
     check_output(folder)
     if folder.is_dir() and any(p.name != LOCK for p in folder.iterdir()) and folder_kind(folder) != kind:
