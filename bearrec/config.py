@@ -23,7 +23,7 @@ from bearrec.checks import INT64_MAX, MAX_SEED, check, short
 from bearrec.decoding.config import DecodingConfig
 from bearrec.io import write_text
 from bearrec.items.semantic_ids import REPRESENTATIONS
-from bearrec.lm.models import TINY, LoraSettings, TinyConfig
+from bearrec.lm.models import CHAT_TEMPLATE_DEFAULT, TINY, LoraSettings, TinyConfig
 from bearrec.objectives import registry
 from bearrec.yamlfiles import parse_assignment, read_yaml
 
@@ -126,8 +126,6 @@ class ExperimentConfig:
 
     @property
     def use_chat_template(self) -> bool:
-        from bearrec.lm.models import CHAT_TEMPLATE_DEFAULT
-
         return CHAT_TEMPLATE_DEFAULT.get(self.model, False) if self.chat_template is None else self.chat_template
 
     @property

@@ -22,6 +22,9 @@ import dataclasses
 import os
 
 import torch
+from accelerate import PartialState
+from accelerate.state import AcceleratorState, DistributedType
+from accelerate.utils import broadcast_object_list, gather_object
 
 
 def state():
@@ -29,8 +32,6 @@ def state():
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if not launched and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return None
-    from accelerate import PartialState
-
     # On the CPU (no GPU, or ACCELERATE_USE_CPU as the Trainer reads it) accelerate needs cpu=True for gloo.
     cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
     shared = PartialState(cpu=cpu)
@@ -64,8 +65,6 @@ def on_main(fn):
     shared = state()
     if shared is None:
         return fn()
-    from accelerate.utils import broadcast_object_list
-
     error, result = None, None
     if shared.is_main_process:
         try:
@@ -96,27 +95,37 @@ def map_users(fn, *args, progress=None, **kwargs):
     """``fn(*args, **kwargs)`` over all users, each process taking its :func:`share`; the results are gathered
     on every process in user order.
 
-    Every tensor argument, positional or keyword, is per user (first dimension: the user) and is sliced;
-    the others (model, trie, settings) are passed as they are. ``fn`` returns a tensor or a dataclass of
+    Every tensor argument, positional or keyword, is per user (first dimension: the user) and is sliced, as are
+    :class:`~bearrec.lm.forward.Prompts` (a tuple of such tensors); the others (model, trie, settings) are passed
+    as they are. ``fn`` returns a tensor or a dataclass of
     tensors with the user first, as the decoders do. ``progress`` goes to ``fn`` on the main process only,
     counting each of its users once per process (an estimate of the total).
     """
     shared = state()
     if shared is None or sharded_weights():
         return fn(*args, progress=progress, **kwargs)
-    n = next(a for a in [*args, *kwargs.values()] if isinstance(a, torch.Tensor)).shape[0]
+    n = next(_per_user(a) for a in [*args, *kwargs.values()] if _per_user(a) is not None)
     part = share(n)
 
     def cut(value):
-        return value[part] if isinstance(value, torch.Tensor) else value
+        if isinstance(value, torch.Tensor):
+            return value[part]
+        return value.rows(part) if _per_user(value) is not None else value
 
     counted = None if progress is None or not shared.is_main_process else (lambda k: progress(k * shared.num_processes))
     out = None
     if part.stop > part.start:
         out = fn(*map(cut, args), progress=counted, **{key: cut(value) for key, value in kwargs.items()})
-    from accelerate.utils import gather_object
-
     return _concat([p for p in gather_object([_to_cpu(out)]) if p is not None])
+
+
+def _per_user(value) -> int | None:
+    """The number of users of a per-user argument (a tensor, or prompts with ``rows``), else None."""
+    if isinstance(value, torch.Tensor):
+        return value.shape[0]
+    if isinstance(value, tuple) and hasattr(value, "rows"):
+        return value[0].shape[0]
+    return None
 
 
 def sharded_weights() -> bool:
@@ -124,8 +133,6 @@ def sharded_weights() -> bool:
     all processes must join, so each decodes every user (as one process would) instead of its share."""
     if any(os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true" for name in ("FSDP", "DEEPSPEED")):
         return True
-    from accelerate.state import AcceleratorState, DistributedType
-
     if not AcceleratorState._shared_state:  # no Accelerator (nor Trainer) in this process
         return False
     return AcceleratorState().distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)

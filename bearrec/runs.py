@@ -30,14 +30,17 @@ from bearrec import distributed
 from bearrec.checks import first_line, short
 from bearrec.config import ExperimentConfig, load_config
 from bearrec.data.dataset import RecDataset
+from bearrec.decoding.config import DecodingOverrides
 from bearrec.decoding.latent import MEMORY_FILE
 from bearrec.evaluation.evaluate import EvalSettings, evaluate
 from bearrec.io import DISK_ERRNOS, atomic_file, atomic_folder, check_replaceable, folder_kind, folder_lock, write_json
 from bearrec.items.prompts import PromptEncoder, PromptTemplate
-from bearrec.items.semantic_ids import CodePrompt, code_strings, code_tokenizer, dataset_codes
-from bearrec.items.trie import build_trie
+from bearrec.items.semantic_ids import code_tokenizer, dataset_codes
+from bearrec.items.space import ItemSpace
 from bearrec.lm.models import TINY, build_tiny_model, count_parameters, load_model, save_model, tiny_model_for
 from bearrec.training.checkpoints import last_checkpoint
+from bearrec.training.diagnostics import flush_denormals
+from bearrec.training.trainer import train_model
 
 
 def tokenizer_corpus(dataset: RecDataset, template: PromptTemplate) -> list[str]:
@@ -45,24 +48,11 @@ def tokenizer_corpus(dataset: RecDataset, template: PromptTemplate) -> list[str]
     return dataset.titles + [template.render(dataset.titles[:3])] * 50
 
 
-def item_texts(dataset: RecDataset, config: ExperimentConfig) -> list[str]:
-    """What the model spells for each item: its title, or its semantic ID as code tokens (``representation``)."""
-    if config.representation == "semantic-ids":
-        return code_strings(dataset_codes(dataset))
-    return dataset.titles
-
-
-def item_trie(tokenizer, dataset: RecDataset, config: ExperimentConfig):
-    """The trie a run decodes with (titles or semantic IDs under the run's tokenizer)."""
-    return build_trie(tokenizer, item_texts(dataset, config))
-
-
-def prompt_encoder(tokenizer, dataset: RecDataset, config: ExperimentConfig) -> PromptEncoder:
-    """The prompt encoder a run trains and decodes with (Figure 2 prompt, optionally in the chat template; with
-    semantic IDs the history's codes alone)."""
-    template = CodePrompt() if config.representation == "semantic-ids" else PromptTemplate(dataset.domain)
-    return PromptEncoder(tokenizer, item_texts(dataset, config), template, config.train.max_prompt_tokens,
-                         chat_template=config.use_chat_template)
+def item_space(tokenizer, dataset: RecDataset, config: ExperimentConfig) -> ItemSpace:
+    """The item space a run trains and decodes in (titles or semantic IDs under the run's tokenizer, the Figure 2
+    prompt, optionally in the chat template, or the history's codes), its catalog tokenised once."""
+    return ItemSpace.build(tokenizer, dataset, config.representation, config.train.max_prompt_tokens,
+                           config.use_chat_template)
 
 
 def new_model(config: ExperimentConfig, dataset: RecDataset, tokenizer=None):
@@ -165,9 +155,6 @@ def _train_run(config, out_dir: Path, resume: bool, overwrite: bool, dataset: Re
     data_dir = Path(config.data).resolve()
     if out_dir.resolve() == data_dir or data_dir in out_dir.resolve().parents:
         raise ValueError(f"{out_dir}: is inside the dataset folder {config.data}; choose a run folder outside it")
-    from bearrec.training.diagnostics import flush_denormals
-    from bearrec.training.trainer import train_model
-
     # from before the model is built, so that the threads the run creates inherit the mode (train.py)
     with flush_denormals(config.train.flush_denormal):
         dataset = dataset or RecDataset.load(config.data)
@@ -180,9 +167,8 @@ def _train_run(config, out_dir: Path, resume: bool, overwrite: bool, dataset: Re
             raise ValueError(f"{config.data}: the train split is empty; nothing to train on")
         saved_tokenizer = AutoTokenizer.from_pretrained(out_dir / "tokenizer") if resume and (out_dir / "tokenizer").is_dir() else None
         model, tokenizer = new_model(config, dataset, saved_tokenizer)
-        trie = item_trie(tokenizer, dataset, config)  # fails before anything is written if titles collide
-        encoder = prompt_encoder(tokenizer, dataset, config)
-        _check_sequence_length(model, encoder, dataset, config)
+        space = item_space(tokenizer, dataset, config)  # fails before anything is written if titles collide
+        _check_sequence_length(model, space.encoder, dataset, config)
 
         distributed.barrier()  # several processes: all have checked the folder before the main one writes it
         if not resume:
@@ -197,8 +183,7 @@ def _train_run(config, out_dir: Path, resume: bool, overwrite: bool, dataset: Re
 
             distributed.on_main(start_folder)
         try:
-            log = train_model(model, tokenizer, dataset, encoder, trie, config, out_dir / "checkpoints", checkpoint,
-                              console)
+            log = train_model(model, space, dataset, config, out_dir / "checkpoints", checkpoint, console)
         except OSError as err:
             if not resume and err.errno in DISK_ERRNOS and last_checkpoint(out_dir / "checkpoints") is None:
                 distributed.on_main(lambda: shutil.rmtree(out_dir))  # this command's new run, with nothing to resume
@@ -248,31 +233,26 @@ def load_run(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike | None =
     return model, tokenizer, dataset, config
 
 
-def evaluate_run(run_dir, dataset_dir=None, split: str = "test", beam_width: int = 10, max_users: int | None = None,
-                 pruning_rate: bool = True, seed: int = 0, console=None, dataset: RecDataset | None = None,
-                 pruning_users: int | None = None, pruning_node_budget: int | None = None, scoring: str | None = None,
-                 length_penalty: float | None = None, decoder: str | None = None, node_budget: int | None = None,
-                 latent_variant: str | None = None, latent_similarity: str | None = None,
-                 latent_neighbors: int | None = None, exclude_history: bool = False,
-                 allow_other_data: bool = False) -> dict:
+def evaluate_run(run_dir, settings: EvalSettings, overrides: DecodingOverrides | None = None, data=None,
+                 console=None, allow_other_data: bool = False) -> dict:
     """Evaluate a run folder on a split; written to ``eval_<split>.json`` (and per user to ``eval_<split>_users.csv``),
     or for ``decoder`` ``exact`` / ``latent`` (see :func:`~bearrec.evaluation.evaluate.evaluate`) to ``eval_<split>_<decoder>.json``,
     so that the beam-search evaluation is never overwritten. The latent decoder's item memory is kept in the
     run folder (``latent_memory.safetensors``) and reused while it matches the model and the train split.
 
+    ``settings`` and ``overrides`` arrive checked (their ``validate``, before this loads the model). ``data`` is a
+    dataset folder or an already loaded :class:`~bearrec.data.dataset.RecDataset` (None: the one the run was
+    trained on, see :func:`load_run`).
+
     A run folder that cannot be written (read-only, full disk) raises :class:`ResultNotSaved`, which carries the
     result so that it can still be shown.
 
-    ``scoring``, ``length_penalty``, ``decoder`` and its settings None decode as the run's config says (its
-    ``decoding`` section; the scoring defaults to the objective's: masked for ``msl`` and the official ``bear``,
-    full otherwise); the result records the ones used.
+    The run decodes as its config says (its ``decoding`` section; the scoring defaults to the objective's: masked
+    for ``msl`` and the official ``bear``, full otherwise), with the fields ``overrides`` sets; the result records
+    the ones used.
     """
-    EvalSettings(split, beam_width, max_users, pruning_rate, pruning_users, pruning_node_budget, seed,
-                 exclude_history).validate("evaluate", {"max_users": "--max-users"})  # before loading the model
     with writer_lock(Path(run_dir)):
-        return _evaluate_run(run_dir, dataset_dir, dataset, split, beam_width, max_users, pruning_rate, seed, console,
-                             pruning_users, pruning_node_budget, scoring, length_penalty, decoder, node_budget,
-                             latent_variant, latent_similarity, latent_neighbors, exclude_history, allow_other_data)
+        return _evaluate_run(Path(run_dir), settings, overrides or DecodingOverrides(), data, console, allow_other_data)
 
 
 class ResultNotSaved(OSError):
@@ -284,26 +264,18 @@ class ResultNotSaved(OSError):
         self.result = result
 
 
-def _evaluate_run(run_dir, dataset_dir, dataset, split, beam_width, max_users, pruning_rate, seed, console,
-                  pruning_users, pruning_node_budget, scoring, length_penalty, decoder, node_budget, latent_variant,
-                  latent_similarity, latent_neighbors, exclude_history, allow_other_data) -> dict:
-    model, tokenizer, dataset, config = load_run(run_dir, dataset_dir, dataset, allow_other_data)
-    d = config.decoding
-    decoder = decoder or d.decoder
+def _evaluate_run(run_dir: Path, settings: EvalSettings, overrides: DecodingOverrides, data, console,
+                  allow_other_data: bool) -> dict:
+    loaded = isinstance(data, RecDataset)
+    model, tokenizer, dataset, config = load_run(run_dir, None if loaded else data, data if loaded else None,
+                                                 allow_other_data)
+    split = settings.split
     if len(dataset.splits.get(split, ())) == 0:
         raise ValueError(f"{run_dir}: the dataset's {split} split has no examples to evaluate")
-    encoder = prompt_encoder(tokenizer, dataset, config)
-    trie = item_trie(tokenizer, dataset, config)
-    result = evaluate(model, tokenizer, dataset, encoder, trie, split=split, beam_width=beam_width,
-                      max_users=max_users, seed=seed, pruning_rate=pruning_rate, pruning_users=pruning_users,
-                      pruning_node_budget=pruning_node_budget, console=console,
-                      scoring=scoring or config.scoring,
-                      length_penalty=config.decoding.length_penalty if length_penalty is None else length_penalty,
-                      decoder=decoder, node_budget=d.node_budget if node_budget is None else node_budget,
-                      latent_variant=latent_variant or d.latent_variant,
-                      latent_similarity=latent_similarity or d.latent_similarity,
-                      latent_neighbors=latent_neighbors or d.latent_neighbors,
-                      latent_memory=Path(run_dir) / MEMORY_FILE, exclude_history=exclude_history)
+    decoding = overrides.apply(config.decoding).with_scoring(config.scoring)
+    result = evaluate(model, item_space(tokenizer, dataset, config), dataset, settings, decoding,
+                      latent_memory=run_dir / MEMORY_FILE, console=console)
+    decoder = decoding.decoder
     per_user = result.pop("per_user", None)
 
     def write():

@@ -25,6 +25,7 @@ from bearrec.baselines.configs import BERT4RecConfig, SASRecConfig
 from bearrec.baselines.sasrec import train_sasrec
 from bearrec.baselines.seqrec import evaluate, evaluate_popularity
 from bearrec.data.dataset import RecDataset
+from bearrec.evaluation.evaluate import EvalSettings
 from bearrec.evaluation.report import METRIC_COLUMNS
 from bearrec.yamlfiles import parse_value
 
@@ -37,9 +38,9 @@ def run(dataset: RecDataset, name: str, seed: int, overrides: dict) -> dict:
     config = config_class(seed=seed, **overrides)
     start = time.perf_counter()
     model, log = train(dataset, config)
-    test = evaluate(model, dataset, "test")
+    test = evaluate(model, dataset, EvalSettings(split="test"))
     return {"model": name, "seed": seed, "test": test["metrics"], "users": test["users"],
-            "valid": evaluate(model, dataset, "valid")["metrics"], "wall_seconds": time.perf_counter() - start, **log}
+            "valid": evaluate(model, dataset, EvalSettings(split="valid"))["metrics"], "wall_seconds": time.perf_counter() - start, **log}
 
 
 def table(runs: list[dict], popularity: dict) -> str:

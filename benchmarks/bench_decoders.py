@@ -20,6 +20,7 @@ import json
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -44,25 +45,23 @@ def main() -> None:
     from bearrec.decoding.latent import build_item_memory
     from bearrec.evaluation.metrics import ranking_metrics
     from bearrec.items.prompts import encode_split
-    from bearrec.lm.forward import left_pad
-    from bearrec.runs import item_trie, load_run, prompt_encoder
+    from bearrec.runs import item_space, load_run
 
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or _default_run(Path(tmp))
         model, tokenizer, dataset, config = load_run(run)
-        encoder = prompt_encoder(tokenizer, dataset, config)
-        trie = item_trie(tokenizer, dataset, config)
-        prompts, targets = encode_split(dataset, args.split, encoder, args.users, seed=0)
-        ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+        space = item_space(tokenizer, dataset, config)
+        encoder = space.encoder
+        histories, targets = dataset.examples(args.split, args.users, seed=0)
+        prompts = space.prompts(histories)
         targets = torch.tensor(targets)
-        scoring = args.scoring or config.scoring
-        users = ids.shape[0]
+        decoding = replace(config.decoding, scoring=args.scoring or config.scoring)
+        users = len(histories)
         rows = {}
 
-        def measure(label: str, **kw) -> None:
+        def measure(label: str, memory=None, **kw) -> None:
             start = time.perf_counter()
-            found = decode(model, ids, mask, trie, k=args.k, scoring=scoring, batch_size=args.batch_size,
-                           length_penalty=config.decoding.length_penalty, **kw)
+            found = decode(model, prompts, space.trie, args.k, replace(decoding, **kw), memory, args.batch_size)
             seconds = time.perf_counter() - start
             metrics = ranking_metrics(found.item_ids, targets)
             rows[label] = {"seconds": seconds, "ms_per_user": 1000 * seconds / users,
@@ -88,7 +87,7 @@ def main() -> None:
         for row in rows.values():
             row["vs_beam"] = row["seconds"] / rows["beam"]["seconds"]
         result = {"run": str(args.run or "default tiny synthetic run"), "model": config.model, "users": users,
-                  "items": len(dataset.titles), "k": args.k, "scoring": scoring,
+                  "items": len(dataset.titles), "k": args.k, "scoring": decoding.scoring,
                   "length_penalty": config.decoding.length_penalty, "node_budget": args.node_budget,
                   "memory_seconds": memory_seconds, "memory_prompts": int(memory.targets.numel()),
                   "memory_extrapolated_to": len(dataset.splits["train"]) if args.memory_examples else None, "decoders": rows,

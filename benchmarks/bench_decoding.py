@@ -37,7 +37,7 @@ from bearrec.decoding import constrained_beam_search, exact_target_ranks, score_
 from bearrec.evaluation.metrics import full_rank
 from bearrec.items.prompts import encode_split
 from bearrec.lm.forward import cache_of, is_encoder_decoder, left_pad, position_ids_from_mask, with_cache
-from bearrec.runs import item_trie, load_run, prompt_encoder, train_run
+from bearrec.runs import item_space, load_run, train_run
 
 
 def timed(fn, repeat: int = 1):
@@ -134,8 +134,8 @@ def main() -> None:
         train_run(ExperimentConfig(data=str(tmp / "data"), train=TrainConfig(epochs=1, valid_users=None, select_best=False)), run)
     model, tokenizer, dataset, config = load_run(run)
     model.to(device, dtype=getattr(torch, args.dtype)).eval()
-    encoder = prompt_encoder(tokenizer, dataset, config)  # the run's own prompt format
-    trie = item_trie(tokenizer, dataset, config)  # titles or semantic IDs, as the run decodes
+    space = item_space(tokenizer, dataset, config)  # the run's own prompt format; titles or semantic IDs
+    encoder, trie = space.encoder, space.trie
     seq2seq = is_encoder_decoder(model)
     prompts, positives = encode_split(dataset, "test", encoder, args.users, seed=0)
     ids, mask = (t.to(device) for t in left_pad(prompts, tokenizer.pad_token_id))

@@ -39,7 +39,7 @@ def main() -> None:
     from bearrec.lm.forward import is_encoder_decoder
     from bearrec.lm.models import build_tiny_model, load_model
     from bearrec.objectives import sft_loss
-    from bearrec.runs import prompt_encoder
+    from bearrec.runs import item_space
     from bearrec.training.collators import Collator
     from bearrec.training.diagnostics import flush_denormals
     from bearrec.training.trainer import RecTrainer
@@ -50,7 +50,7 @@ def main() -> None:
     dataset = RecDataset.load(data)
     trained, tokenizer = load_model(weights)
     fresh = build_tiny_model(tokenizer, config.tiny, seed=config.train.seed)
-    encoder = prompt_encoder(tokenizer, dataset, config)
+    encoder = item_space(tokenizer, dataset, config).encoder
     prompts, targets = encode_split(dataset, "train", encoder, args.batches * args.batch_size, seed=0)
     collate = Collator(tokenizer.pad_token_id, with_prompts=is_encoder_decoder(trained))
     examples = [{"prompt": p, "answer": encoder.answers[t], "item": t} for p, t in zip(prompts, targets)]

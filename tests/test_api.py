@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import bearrec
@@ -45,6 +46,7 @@ def test_prefix_allowed_tokens_fn_walks_the_trie():
     assert allowed(0, torch.tensor(prompt + [2])) == [0]  # no item starts with b: EOS only
 
 
+@pytest.mark.slow
 def test_the_docs_examples_run(tmp_path, monkeypatch):
     """docs/api.md's code blocks, in order, in one namespace: BEAR trains inside a plain Trainer (its loss is
     finite and the weights move), and bearrec's constrained beam search returns generate's lists."""

@@ -1,6 +1,7 @@
 """BERT4Rec: masking never touches padding, the loss equals a loop over masked positions, padding never
 changes the scores, and it learns a learnable catalog far above popularity."""
 
+import pytest
 import torch
 
 from bearrec.baselines.bert4rec import BERT4Rec, mask_positions, train_bert4rec
@@ -53,6 +54,7 @@ def test_left_padding_does_not_change_the_scores():
         assert torch.allclose(batch[n], model.scores(alone)[0], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_learns_the_synthetic_catalog_far_above_popularity():
     dataset = generate_synthetic(SyntheticConfig(num_users=200, seed=3, p_successor=0.8, pruning_pressure=0.0))
     popularity = evaluate_popularity(dataset)["metrics"]["NDCG@10"]  # the same metric code, on the same users

@@ -54,6 +54,7 @@ def test_missing_input_folder(tmp_path):
     assert result.exit_code == 2 and "nope" in result.stderr and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_train_evaluate_recommend_on_synthetic(tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
     assert _run("prepare", "synthetic", "--out", data, "--users", 60).exit_code == 0

@@ -24,6 +24,7 @@ import pytest
 from bearrec.config import ExperimentConfig, TrainConfig
 from bearrec.data.dataset import RecDataset
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
+from bearrec.evaluation.evaluate import EvalSettings
 from bearrec.lm.models import TinyConfig
 from bearrec.runs import evaluate_run, train_run
 
@@ -183,7 +184,7 @@ def test_same_config_and_seed_give_bit_identical_weights_and_metrics(syn, tmp_pa
     results = []
     for name in ("a", "b"):
         log = train_run(config, tmp_path / name)
-        metrics = evaluate_run(tmp_path / name, max_users=20, pruning_users=5)
+        metrics = evaluate_run(tmp_path / name, EvalSettings(max_users=20, pruning_users=5))
         results.append((_sha256(tmp_path / name / "model" / "model.safetensors"),
                         [e["NDCG@10"] for e in log["epochs"]], metrics["metrics"], metrics["pruning"]))
     assert results[0] == results[1]

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from bearrec.evaluation.evaluate import EvalSettings
+
 ROOT = Path(__file__).resolve().parents[1]
 # Two CPU processes with gloo. `accelerate launch --cpu --num_processes 2` starts ONE process in accelerate 1.x
 # (its simple launcher spawns several only through mpirun); --multi_gpu launches through torchrun, and
 # ACCELERATE_USE_CPU (what --cpu sets) keeps the Trainer and bearrec on the CPU with the gloo backend.
 LAUNCH = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-EVAL = dict(split="test", beam_width=10, pruning_rate=True, seed=0)
+EVAL = EvalSettings(split="test", beam_width=10, pruning_rate=True, seed=0)
 
 
 def _config(data: Path):
@@ -43,21 +45,21 @@ def _digest(state: dict) -> str:
 
 
 def worker(data: Path, out: Path) -> None:
-    import bearrec.training.trainer
+    import bearrec.runs
     from bearrec import distributed
     from bearrec.runs import evaluate_run, train_run
 
     trained = {}
-    original = bearrec.training.trainer.train_model
+    original = bearrec.runs.train_model
 
-    def spy(model, tokenizer, *args, **kwargs):  # keeps this process's model and tokenizer after training
-        log = original(model, tokenizer, *args, **kwargs)
-        trained.update(model=model, vocab=json.dumps(sorted(tokenizer.get_vocab().items())))
+    def spy(model, space, *args, **kwargs):  # keeps this process's model and tokenizer after training
+        log = original(model, space, *args, **kwargs)
+        trained.update(model=model, vocab=json.dumps(sorted(space.tokenizer.get_vocab().items())))
         return log
 
-    bearrec.training.trainer.train_model = spy
+    bearrec.runs.train_model = spy
     log = train_run(_config(data), out / "run")
-    result = evaluate_run(out / "run", **EVAL)
+    result = evaluate_run(out / "run", EVAL)
     shared = distributed.state()
     share = distributed.share(result["users"])
     record = {"rank": shared.process_index, "world": shared.num_processes, "share": [share.start, share.stop],
@@ -92,6 +94,7 @@ def launched(tmp_path_factory):
     return tmp, ranks
 
 
+@pytest.mark.slow
 def test_both_processes_train_the_same_model(launched):
     tmp, (r0, r1) = launched
     assert (r0["rank"], r1["rank"], r0["world"], r1["world"]) == (0, 1, 2, 2)
@@ -110,24 +113,23 @@ def test_both_processes_train_the_same_model(launched):
     assert sorted(p.name for p in (tmp / "out").iterdir()) == ["rank0.json", "rank1.json", "run"]
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_and_validation_equal_one_process(launched):
     from bearrec.evaluation.evaluate import evaluate
-    from bearrec.items.trie import build_trie
-    from bearrec.runs import evaluate_run, load_run, prompt_encoder
+    from bearrec.runs import evaluate_run, item_space, load_run
 
     tmp, (r0, r1) = launched
     assert r0["metrics"] == r1["metrics"] and r0["retrieved_rank"] == r1["retrieved_rank"]
-    single = evaluate_run(tmp / "out" / "run", **EVAL)
+    single = evaluate_run(tmp / "out" / "run", EVAL)
     assert single["users"] == r0["users"] == 40
     assert single["metrics"] == r0["metrics"]
     assert single["retrieved_rank"] == r0["retrieved_rank"]
     assert single["pruning"]["ranked_users"] == 40  # exact ranks of every user, gathered from both processes
     # validation: the epoch's sharded NDCG/HR@K equal one process decoding the same users with the final model
     model, tokenizer, dataset, config = load_run(tmp / "out" / "run")
-    valid = evaluate(model, tokenizer, dataset, prompt_encoder(tokenizer, dataset, config),
-                     build_trie(tokenizer, dataset.titles), split="valid", max_users=config.train.valid_users,
-                     seed=config.train.seed, pruning_rate=False, scoring=config.scoring,
-                     length_penalty=config.decoding.length_penalty)
+    valid = evaluate(model, item_space(tokenizer, dataset, config), dataset,
+                     EvalSettings(split="valid", max_users=config.train.valid_users, seed=config.train.seed,
+                                  pruning_rate=False), config.decoding.with_scoring(config.scoring))
     logged = r0["valid"][-1]
     for key in ("NDCG@5", "NDCG@10", "HR@5", "HR@10"):
         assert logged[key] == pytest.approx(valid["metrics"][key], abs=1e-12), key

@@ -8,16 +8,24 @@ import torch
 
 from bearrec.config import ExperimentConfig
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
-from bearrec.decoding import constrained_beam_search, score_catalog
-from bearrec.evaluation.evaluate import evaluate, pruning_scope
+from bearrec.decoding import DecodingConfig, constrained_beam_search, score_catalog
+from bearrec.decoding.config import DecodingOverrides
+from bearrec.evaluation.evaluate import EvalSettings, evaluate, pruning_scope
 from bearrec.evaluation.metrics import full_rank
-from bearrec.items.prompts import PromptTemplate, encode_split
-from bearrec.items.trie import build_trie
-from bearrec.lm.forward import left_pad
+from bearrec.items.prompts import PromptTemplate
 from bearrec.lm.models import tiny_model_for
-from bearrec.runs import prompt_encoder, tokenizer_corpus
+from bearrec.runs import item_space, tokenizer_corpus
 
 USERS = 12
+
+
+def run(setup, settings: dict | None = None, latent_memory=None, **decoding):
+    """``evaluate`` on the fixture's model: ``settings`` are EvalSettings fields (USERS users by default),
+    ``decoding`` DecodingConfig fields (no length penalty by default)."""
+    model, space, dataset = setup[:3]
+    eval_settings = EvalSettings(**{"max_users": USERS, **(settings or {})})
+    return evaluate(model, space, dataset, eval_settings, DecodingConfig(**{"length_penalty": 0.0, **decoding}),
+                    latent_memory=latent_memory)
 
 
 @pytest.fixture(scope="module")
@@ -28,18 +36,17 @@ def setup():
     config = ExperimentConfig()
     model, tokenizer = tiny_model_for(tokenizer_corpus(dataset, PromptTemplate(dataset.domain)), config.tiny, seed=3)
     model.eval()
-    encoder = prompt_encoder(tokenizer, dataset, config)
-    trie = build_trie(tokenizer, dataset.titles)
-    prompts, targets = encode_split(dataset, "test", encoder, USERS, 0)
-    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
-    exact = {s: score_catalog(model, ids, mask, trie, scoring=s) for s in ("full", "masked")}
-    return model, tokenizer, dataset, encoder, trie, torch.tensor(targets), exact
+    space = item_space(tokenizer, dataset, config)
+    histories, targets = dataset.examples("test", USERS, 0)
+    ids, mask = space.prompts(histories)
+    exact = {s: score_catalog(model, ids, mask, space.trie, scoring=s) for s in ("full", "masked")}
+    return model, space, dataset, torch.tensor(targets), exact
 
 
 @pytest.mark.parametrize("scoring", ["full", "masked"])
 def test_pr_at_k_ranks_use_the_scoring_of_the_beam_search(setup, scoring):
-    model, tokenizer, dataset, encoder, trie, targets, exact = setup
-    result = evaluate(model, tokenizer, dataset, encoder, trie, max_users=USERS, scoring=scoring, length_penalty=1.0)
+    targets, exact = setup[3:]
+    result = run(setup, scoring=scoring, length_penalty=1.0)
     assert (result["scoring"], result["length_penalty"]) == (scoring, 1.0)
     got = torch.tensor(result["per_user"]["exact_rank"].tolist())
     assert got.tolist() == full_rank(exact[scoring], targets).clamp(max=11).tolist()
@@ -48,9 +55,8 @@ def test_pr_at_k_ranks_use_the_scoring_of_the_beam_search(setup, scoring):
 
 
 def test_node_budget_counts_and_describes_undecided_users(setup):
-    model, tokenizer, dataset, encoder, trie, targets, exact = setup
-    result = evaluate(model, tokenizer, dataset, encoder, trie, max_users=USERS, scoring="masked",
-                      pruning_users=10, pruning_node_budget=4)
+    targets, exact = setup[3:]
+    result = run(setup, {"pruning_users": 10, "pruning_node_budget": 4}, scoring="masked")
     ranks = result["per_user"]["exact_rank"].tolist()
     truth = full_rank(exact["masked"], targets).clamp(max=11).tolist()
     undecided = sum(r == -1 for r in ranks[:10])
@@ -64,10 +70,11 @@ def test_node_budget_counts_and_describes_undecided_users(setup):
     assert "more probable than their positive" in text
 
 
-def test_evaluate_refuses_unknown_scoring(setup):
-    model, tokenizer, dataset, encoder, trie, _, _ = setup
-    with pytest.raises(ValueError, match="scoring"):
-        evaluate(model, tokenizer, dataset, encoder, trie, max_users=2, scoring="vocab")
+def test_decoding_settings_refuse_unknown_scoring():
+    with pytest.raises(ValueError, match="decoding.scoring"):
+        DecodingConfig(scoring="vocab").validate()
+    with pytest.raises(ValueError, match=r"evaluate.scoring .*\(--scoring\)"):
+        DecodingOverrides(scoring="vocab").validate("evaluate", {"scoring": "--scoring"})
 
 
 @pytest.mark.parametrize("objective,formulation,expected", [
@@ -89,8 +96,8 @@ def test_default_scoring_follows_the_objective(objective, formulation, expected)
 
 
 def test_exact_decoder_lists_the_most_probable_items(setup):
-    model, tokenizer, dataset, encoder, trie, targets, exact = setup
-    result = evaluate(model, tokenizer, dataset, encoder, trie, max_users=USERS, scoring="masked", decoder="exact")
+    targets, exact = setup[3:]
+    result = run(setup, scoring="masked", decoder="exact")
     assert (result["decoder"], result["scoring"], result["certified_users"]) == ("exact", "masked", USERS)
     ranks = full_rank(exact["masked"], targets)
     assert result["metrics"]["HR@10"] == pytest.approx(float((ranks <= 10).float().mean()))
@@ -99,8 +106,8 @@ def test_exact_decoder_lists_the_most_probable_items(setup):
 
 def test_beam_results_hold_the_exact_rankings_metrics_on_the_ranked_users(setup):
     """What pruning costs: NDCG/HR@K of the exact ranking, from the ranks PR@K uses, on the same users."""
-    model, tokenizer, dataset, encoder, trie, targets, exact = setup
-    result = evaluate(model, tokenizer, dataset, encoder, trie, max_users=USERS, scoring="full", pruning_users=8)
+    targets, exact = setup[3:]
+    result = run(setup, {"pruning_users": 8}, scoring="full")
     ranks = full_rank(exact["full"], targets)[:8].float()
     ceiling = result["exact_ranking"]
     assert ceiling["users"] == 8 and result["decoder"] == "beam"
@@ -117,12 +124,10 @@ def test_beam_results_hold_the_exact_rankings_metrics_on_the_ranked_users(setup)
 
 
 def test_latent_decoder_builds_its_memory_once(setup, tmp_path):
-    model, tokenizer, dataset, encoder, trie, targets, exact = setup
+    dataset = setup[2]
     path = tmp_path / "latent_memory.safetensors"
-    first = evaluate(model, tokenizer, dataset, encoder, trie, max_users=USERS, decoder="latent",
-                     latent_variant="local", latent_memory=path)
-    second = evaluate(model, tokenizer, dataset, encoder, trie, max_users=USERS, decoder="latent",
-                      latent_variant="local", latent_memory=path)
+    first = run(setup, latent_memory=path, decoder="latent", latent_variant="local")
+    second = run(setup, latent_memory=path, decoder="latent", latent_variant="local")
     assert first["memory_built"] and not second["memory_built"] and path.is_file()
     assert first["metrics"] == second["metrics"] and first["retrieved_rank"] == second["retrieved_rank"]
     assert first["memory_examples"] == len(dataset.splits["train"])
@@ -130,17 +135,19 @@ def test_latent_decoder_builds_its_memory_once(setup, tmp_path):
 
 @pytest.mark.parametrize("kwargs,name", [({"decoder": "greedy"}, "decoder"), ({"node_budget": 0}, "node_budget"),
                                          ({"latent_variant": "nearest"}, "variant")])
-def test_evaluate_refuses_bad_decoder_options(setup, kwargs, name):
-    model, tokenizer, dataset, encoder, trie, _, _ = setup
+def test_decoding_settings_refuse_bad_decoder_options(kwargs, name):
     with pytest.raises(ValueError, match=name):
-        evaluate(model, tokenizer, dataset, encoder, trie, max_users=2, **kwargs)
+        DecodingConfig(**kwargs).validate()
+    with pytest.raises(ValueError, match=name):
+        DecodingOverrides(**kwargs).validate("evaluate")
 
 
 @pytest.mark.parametrize("decoder", ["beam", "exact", "latent"])
 def test_exclude_history_leaves_history_items_out(setup, decoder):
-    model, tokenizer, dataset, encoder, trie, targets, exact = setup
-    result = evaluate(model, tokenizer, dataset, encoder, trie, max_users=USERS, decoder=decoder, exclude_history=True)
-    plain = evaluate(model, tokenizer, dataset, encoder, trie, max_users=USERS, decoder=decoder, pruning_rate=False)
+    targets, exact = setup[3:]
+    model, space, dataset = setup[:3]
+    result = run(setup, {"exclude_history": True}, decoder=decoder)
+    plain = run(setup, {"pruning_rate": False}, decoder=decoder)
     assert result["exclude_history"] is True and "pruning" not in result  # PR@K ranks the whole catalog
     histories = dataset.examples("test", USERS, 0)[0]
     ranks, B = result["retrieved_rank"], result["beam_width"]
@@ -154,10 +161,9 @@ def test_exclude_history_leaves_history_items_out(setup, decoder):
         truth = full_rank(scores, targets).tolist()
         assert ranks == [0 if t in h or r > B else r for r, t, h in zip(truth, targets.tolist(), histories)]
     elif decoder == "beam":  # one user at a time, B + its distinct history items wide, history items dropped
-        prompts = encode_split(dataset, "test", encoder, USERS, 0)[0]
         for user, (history, target) in enumerate(zip(histories, targets.tolist())):
-            ids, mask = left_pad([prompts[user]], tokenizer.pad_token_id)
-            wide = constrained_beam_search(model, ids, mask, trie, beam_width=B + len(set(history)),
+            ids, mask = space.prompts([history])
+            wide = constrained_beam_search(model, ids, mask, space.trie, beam_width=B + len(set(history)),
                                            scoring=result["scoring"], length_penalty=result["length_penalty"])
             kept = [i for i in wide.item_ids[0].tolist() if i >= 0 and i not in set(history)][:B]
             assert ranks[user] == (kept.index(target) + 1 if target in kept else 0)
@@ -168,8 +174,8 @@ def test_exclude_history_leaves_history_items_out(setup, decoder):
 
 
 def test_exact_decoder_equals_sorting_the_catalog(setup):
-    model, tokenizer, dataset, encoder, trie, targets, exact = setup
-    result = evaluate(model, tokenizer, dataset, encoder, trie, max_users=USERS, decoder="exact", scoring="full")
+    targets, exact = setup[3:]
+    result = run(setup, decoder="exact", scoring="full")
     truth = full_rank(exact["full"], targets)
     expected = [int(r) if r <= 10 else 0 for r in truth.tolist()]
     assert result["retrieved_rank"] == expected and result["certified_users"] == USERS

@@ -153,6 +153,7 @@ def test_compare_end_to_end_then_restart_skips_finished_runs(tmp_path):
     assert "different experiment" in _run(*args).stderr
 
 
+@pytest.mark.slow
 def test_compare_jobs_runs_in_parallel_processes_with_the_sequential_results(tmp_path):
     import torch
 

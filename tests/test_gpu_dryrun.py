@@ -129,6 +129,7 @@ def test_step2_decoding_benchmark_on_a_tiny_model(plan):
     assert table.count("\n| tiny bfloat16 |") == 2
 
 
+@pytest.mark.slow
 def test_step3_stops_at_a_safe_point_and_resumes(plan):
     state, out = plan / "state", plan / "out3"
     script = [sys.executable, str(ROOT / "benchmarks" / "gpu" / "step3_reproduce.py"), "--out", str(out), "--state",

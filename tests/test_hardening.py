@@ -161,6 +161,7 @@ def test_the_same_process_may_nest_locks(tmp_path):
 
 
 # --------------------------------------------------------------------------------- runs bound to their data
+@pytest.mark.slow
 def test_resume_evaluate_recommend_refuse_changed_data(run_copy, syn, tmp_path):
     """Re-preparing the dataset folder with other content, or editing its titles, makes every command that
     reads the run refuse it, naming the folder and both fingerprints."""
@@ -191,6 +192,7 @@ def _first_item(data: Path) -> list[str]:
     return [str(pd.read_parquet(data / "items.parquet")["item_id"].iat[0])]
 
 
+@pytest.mark.slow
 def test_other_data_needs_allow_other_data(run, syn, tmp_path):
     """--data with other content is refused without --allow-other-data, and named in a warning with it; the
     same content in another folder is the same data."""
@@ -211,6 +213,7 @@ def test_other_data_needs_allow_other_data(run, syn, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- damaged checkpoints
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_moved_aside_and_the_one_before_resumed(run_copy):
     """A damaged side file (trainer_state.json emptied, truncated, or with a global step that is not a number)
     sets its checkpoint aside with a warning; the run resumes from the newest intact one. Nothing is deleted."""
@@ -237,6 +240,7 @@ def test_a_damaged_checkpoint_is_moved_aside_and_the_one_before_resumed(run_copy
         aside.rename(newest)  # put back for the next kind of damage
 
 
+@pytest.mark.slow
 def test_resume_after_damage_continues_from_the_intact_checkpoint(run_copy):
     """Through the command: a truncated epochs.json and a checkpoint whose global step is 'ten' give warnings,
     not tracebacks, and the run resumes from the checkpoint before (nothing of the user's is deleted)."""
@@ -255,6 +259,7 @@ def test_resume_after_damage_continues_from_the_intact_checkpoint(run_copy):
     assert (run_copy / "checkpoints" / "damaged-epochs.json").is_file() and (run_copy / "model").is_dir()
 
 
+@pytest.mark.slow
 def test_resume_names_what_is_missing(run_copy, tmp_path):
     (run_copy / "config.yaml").unlink()
     one_line_error(run_cli("train", "--resume", "--out", run_copy), str(run_copy / "config.yaml"), "missing")
@@ -300,6 +305,7 @@ def test_a_full_tmpfs_is_one_line(syn, tmp_path):
         subprocess.run(["umount", disk], check=False)
 
 
+@pytest.mark.slow
 def test_evaluate_prints_its_metrics_when_it_cannot_write_them(run, monkeypatch):
     """A read-only run folder: the metrics are shown, then one line names the file that could not be written."""
     import bearrec.runs
@@ -323,6 +329,7 @@ def test_a_symlink_loop_as_out_is_one_line(syn, tmp_path):
     one_line_error(run_cli("prepare", "synthetic", "--out", loop / "x"), str(loop))
 
 
+@pytest.mark.slow
 def test_a_piped_config_is_read_once(syn, tmp_path):
     """``--config <(printf ...)``: a pipe can be read only once, and train (without --objective) and compare used to
     read it twice, silently training with the defaults the second time."""

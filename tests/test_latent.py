@@ -24,7 +24,7 @@ from bearrec.decoding.latent import (
 from bearrec.items.prompts import PromptTemplate
 from bearrec.lm.forward import left_pad
 from bearrec.lm.models import tiny_model_for
-from bearrec.runs import prompt_encoder, tokenizer_corpus
+from bearrec.runs import item_space, tokenizer_corpus
 
 NUM_ITEMS = 9  # items 7 and 8 are never a target
 
@@ -108,7 +108,7 @@ def tiny_run():
     dataset = generate_synthetic(SyntheticConfig(num_users=30, num_categories=3, items_per_category=10))
     config = ExperimentConfig()
     model, tokenizer = tiny_model_for(tokenizer_corpus(dataset, PromptTemplate(dataset.domain)), config.tiny, seed=3)
-    return model.eval(), dataset, prompt_encoder(tokenizer, dataset, config)
+    return model.eval(), dataset, item_space(tokenizer, dataset, config).encoder
 
 
 def test_memory_is_built_saved_and_reused_only_when_it_matches(tiny_run, tmp_path):
@@ -147,7 +147,7 @@ def _refuse_writes(monkeypatch, error: Exception) -> None:
             handle.write(b"\0" * 100)
         raise error
 
-    monkeypatch.setattr("safetensors.torch.save_file", save_file)
+    monkeypatch.setattr("bearrec.decoding.latent.save_file", save_file)
 
 
 @pytest.mark.parametrize("error,reason", [

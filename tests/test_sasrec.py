@@ -1,6 +1,7 @@
 """SASRec: padding never changes a user's state, both losses equal a loop over positions, negatives are never
 the positive, and it learns a learnable catalog far above popularity."""
 
+import pytest
 import torch
 from torch.nn import functional as F
 
@@ -63,6 +64,7 @@ def test_negatives_are_never_the_positive_and_cover_every_other_item():
         assert set(negatives[targets == item].tolist()) == set(range(5)) - {item}
 
 
+@pytest.mark.slow
 def test_learns_the_synthetic_catalog_far_above_popularity():
     dataset = generate_synthetic(SyntheticConfig(num_users=200, seed=3, p_successor=0.8, pruning_pressure=0.0))
     popularity = evaluate_popularity(dataset)["metrics"]["NDCG@10"]  # the same metric code, on the same users

@@ -13,6 +13,7 @@ from bearrec.data.cleaning import DataWarning
 from bearrec.data.dataset import DataError, RecDataset
 from bearrec.data.readers import read_interactions, read_source
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
+from bearrec.evaluation.evaluate import EvalSettings
 from bearrec.items.semantic_ids import (
     attach_semantic_ids,
     code_strings,
@@ -197,6 +198,7 @@ def _trained_objective(log, objective):
     ("apao-pointwise", {}), ("apao-pointwise", {"apao.adaptive": False}),
     ("apao-pairwise", {"apao.eta": 0.5, "train.group_by_length": True, "train.lr_scheduler": "cosine"}),
 ])
+@pytest.mark.slow
 def test_every_objective_trains_over_codes(sid_data, tmp_path, objective, overrides):
     from bearrec.runs import train_run
 
@@ -206,21 +208,23 @@ def test_every_objective_trains_over_codes(sid_data, tmp_path, objective, overri
     assert "<d_1>" in tokenizer_vocab  # the disambiguation level has its own tokens
 
 
+@pytest.mark.slow
 def test_decoders_and_evaluation_over_codes(sid_data, tmp_path):
     from bearrec.decoding import constrained_beam_search, exact_target_ranks, exact_top_k, score_catalog
     from bearrec.evaluation.metrics import full_rank
     from bearrec.lm.forward import left_pad
-    from bearrec.runs import evaluate_run, item_trie, load_run, prompt_encoder, train_run
+    from bearrec.runs import evaluate_run, item_space, load_run, train_run
 
     train_run(_config(sid_data, "sft", **{"train.epochs": 2}), tmp_path / "run")
     model, tokenizer, ds, config = load_run(tmp_path / "run")
     codes = dataset_codes(ds)
-    encoder = prompt_encoder(tokenizer, ds, config)
+    space = item_space(tokenizer, ds, config)
+    encoder = space.encoder
     histories, targets = ds.examples("test", 6)
     prompts = encoder.prompts(histories)
     assert prompts[0] == [t for i in histories[0] for t in encoder.answers[i][:-1]]  # the history's codes, no text
     assert all(len(encoder.answers[i]) == len(codes[i]) + 1 for i in range(len(codes)))
-    trie = item_trie(tokenizer, ds, config)
+    trie = space.trie
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
     targets = torch.tensor(targets)
     scores = score_catalog(model, ids, mask, trie)
@@ -230,7 +234,7 @@ def test_decoders_and_evaluation_over_codes(sid_data, tmp_path):
     assert torch.equal(ranks, full_rank(scores, targets))
     beams = constrained_beam_search(model, ids, mask, trie, beam_width=20, length_penalty=0.0)
     assert torch.allclose(beams.scores[:, 0], scores.gather(1, beams.item_ids[:, :1]).squeeze(1), atol=1e-4)
-    result = evaluate_run(tmp_path / "run", beam_width=20, max_users=6)
+    result = evaluate_run(tmp_path / "run", EvalSettings(beam_width=20, max_users=6))
     assert {"NDCG@20", "HR@20", "PR@20"} <= set(result["metrics"])
 
 
@@ -293,6 +297,7 @@ def _t5(config):
     return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["sft", "msl", "bear", "beam-sim", "apao-pointwise", "apao-pairwise"])
 def test_every_objective_trains_a_t5_over_codes(sid_data, tmp_path, objective):
     """TIGER's backbone: the history's codes to the encoder, the item's codes from the decoder; every objective
@@ -331,6 +336,7 @@ def test_t5_answer_logits_equal_teacher_forcing(sid_data):
         assert got == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_t5_runs_evaluate_with_pr_at_k_and_the_exact_ranking(sid_data, tmp_path):
     """A T5 run's evaluation ranks each positive exactly (PR@K, the beam-vs-exact gap), as a Llama run's does: the
     exact ranks equal the positives' ranks in the fully scored catalog."""
@@ -338,19 +344,18 @@ def test_t5_runs_evaluate_with_pr_at_k_and_the_exact_ranking(sid_data, tmp_path)
 
     from bearrec.decoding import score_catalog
     from bearrec.evaluation.metrics import full_rank
-    from bearrec.items.prompts import encode_split
-    from bearrec.lm.forward import left_pad
-    from bearrec.runs import evaluate_run, item_trie, load_run, prompt_encoder, train_run
+    from bearrec.runs import evaluate_run, item_space, load_run, train_run
 
     run = tmp_path / "run"
     train_run(_t5(_config(sid_data, "sft")), run)
-    result = evaluate_run(run, beam_width=20, max_users=6, pruning_users=6)
+    result = evaluate_run(run, EvalSettings(beam_width=20, max_users=6, pruning_users=6))
     assert {"NDCG@20", "HR@20", "PR@20", "exact_NDCG@20", "gap_NDCG@20"} <= set(result["metrics"])
     assert result["pruning"]["ranked_users"] == 6 and "pruning_skipped" not in result
     model, tokenizer, dataset, config = load_run(run)
-    prompts, targets = encode_split(dataset, "test", prompt_encoder(tokenizer, dataset, config), 6, 0)
-    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
-    catalog = score_catalog(model, ids, mask, item_trie(tokenizer, dataset, config), scoring=result["scoring"])
+    space = item_space(tokenizer, dataset, config)
+    histories, targets = dataset.examples("test", 6, 0)
+    ids, mask = space.prompts(histories)
+    catalog = score_catalog(model, ids, mask, space.trie, scoring=result["scoring"])
     ranks = full_rank(catalog, torch.tensor(targets)).clamp(max=21)  # capped as PR@K's ranks are: 21 = below 20
     assert pd.read_csv(run / "eval_test_users.csv")["exact_rank"].tolist() == ranks.tolist()
 
@@ -385,7 +390,7 @@ def test_packed_batches_give_every_example_the_logits_and_losses_of_its_own_forw
 
     from bearrec.items.prompts import encode_split
     from bearrec.objectives import registry
-    from bearrec.runs import item_trie, new_model, prompt_encoder
+    from bearrec.runs import item_space, new_model
     from bearrec.training.collators import Collator, PackedCollator, pack_examples
     from bearrec.training.trainer import RecTrainer
 
@@ -393,7 +398,8 @@ def test_packed_batches_give_every_example_the_logits_and_losses_of_its_own_forw
     ds = RecDataset.load(sid_data)
     model, tokenizer = new_model(config, ds)
     model.eval()
-    encoder, trie = prompt_encoder(tokenizer, ds, config), item_trie(tokenizer, ds, config)
+    space = item_space(tokenizer, ds, config)
+    encoder, trie = space.encoder, space.trie
     prompts, targets = encode_split(ds, "train", encoder)
     examples = [{"prompt": p, "answer": encoder.answers[t], "item": t} for p, t in zip(prompts, targets)]
     packs = pack_examples(examples)
@@ -421,6 +427,7 @@ def test_packed_batches_give_every_example_the_logits_and_losses_of_its_own_forw
             float(objective.loss(want, packed["labels"], extra)[0]), abs=1e-5), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["sft", "bear", "apao-pointwise"])
 def test_packed_training_runs_and_counts_examples(sid_data, tmp_path, objective):
     from bearrec.runs import train_run
@@ -431,6 +438,7 @@ def test_packed_training_runs_and_counts_examples(sid_data, tmp_path, objective)
     assert log["examples"] == 48 and 0 < log["packs"] < 48
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective,t5,why", [("beam-sim", False, "searches from each prompt"),
                                               ("apao-pairwise", False, "negatives"),
                                               ("sft", True, "encoder-decoder")])

@@ -20,12 +20,12 @@ from hypothesis import HealthCheck, settings
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
 httpx = pytest.importorskip("httpx", reason="the test extra is not installed: pip install -e '.[test]'")
 schemathesis = pytest.importorskip("schemathesis", reason="the test extra is not installed: pip install -e '.[test]'")
+pytestmark = pytest.mark.slow  # every test here serves a trained run
 
 from schemathesis.config import SchemathesisConfig  # noqa: E402
 
 from bearrec.config import ExperimentConfig, TrainConfig  # noqa: E402
 from bearrec.decoding import constrained_beam_search, latent  # noqa: E402
-from bearrec.lm.forward import left_pad  # noqa: E402
 from bearrec.lm.models import TinyConfig  # noqa: E402
 from bearrec.runs import train_run  # noqa: E402
 from bearrec.serving.app import ServeSettings, create_app, running  # noqa: E402
@@ -75,11 +75,11 @@ def _cli_ids(result) -> list[str]:
 def test_answers_equal_beam_search_and_the_cli(run, recommender, url, histories):
     history = histories[2]  # three items
     indices = recommender.resolve(history)
-    ids, mask = left_pad(recommender.encoder.prompts([indices]), recommender.tokenizer.pad_token_id)
+    ids, mask = recommender.space.prompts([indices])
     config = recommender.config
     for exclude in (False, True):
         width = 10 + (len(set(indices)) if exclude else 0)
-        beams = constrained_beam_search(recommender.model, ids, mask, recommender.trie, beam_width=width,
+        beams = constrained_beam_search(recommender.model, ids, mask, recommender.space.trie, beam_width=width,
                                         scoring=config.scoring, length_penalty=config.decoding.length_penalty)
         expected = [(i, s) for i, s in zip(beams.item_ids[0].tolist(), beams.scores[0].tolist())
                     if i >= 0 and not (exclude and i in indices)][:5]

@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 
+from bearrec.evaluation.evaluate import EvalSettings
 from bearrec.lm import models
 from bearrec.lm.models import SMOLLM2, SMOLLM2_INSTALL, smollm2_folder
 
@@ -77,6 +78,7 @@ def test_chat_template_prompt_ends_with_the_assistant_turn(cache):
     assert chat.answers == plain.answers  # the trie and the labels do not depend on the prompt format
 
 
+@pytest.mark.slow
 @needs_wheel
 def test_two_lora_steps_then_evaluate(cache, tmp_path):
     from bearrec.config import load_config
@@ -91,7 +93,7 @@ def test_two_lora_steps_then_evaluate(cache, tmp_path):
     assert log["global_step"] == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in log["log_history"])
     assert 0 < log["parameters"]["trainable"] < 0.01 * log["parameters"]["total"]  # LoRA adapters only
     assert (tmp_path / "run" / "model" / "adapter_config.json").is_file()
-    result = evaluate_run(tmp_path / "run", max_users=2, dataset=dataset)
+    result = evaluate_run(tmp_path / "run", EvalSettings(max_users=2), data=dataset)
     assert result["users"] == 2 and set(result["pruning"]) >= {"PR@10", "top10_positives"}
 
 

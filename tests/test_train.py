@@ -10,6 +10,7 @@ import yaml
 
 from bearrec.config import ExperimentConfig, TrainConfig, load_config
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
+from bearrec.evaluation.evaluate import EvalSettings
 from bearrec.runs import train_run
 from bearrec.training.checkpoints import last_checkpoint
 
@@ -199,18 +200,18 @@ def test_flush_denormals_sets_the_mode_and_restores_the_callers():
 @pytest.mark.slow
 def test_training_runs_in_the_configured_denormal_mode(data_dir, tmp_path, monkeypatch):
     """``train.flush_denormal`` holds while the model trains (off by default) and the caller's mode comes back."""
-    import bearrec.training.trainer as train_module
+    import bearrec.runs
     from bearrec.training.diagnostics import flushing_denormals
 
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU cannot flush subnormal floats")
-    seen, original = [], train_module.train_model
+    seen, original = [], bearrec.runs.train_model
 
     def recording(*args, **kwargs):
         seen.append(flushing_denormals())
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_model", recording)
+    monkeypatch.setattr(bearrec.runs, "train_model", recording)
     assert not TrainConfig().flush_denormal
     for flush in (True, False):
         train_run(_config(data_dir, epochs=1, valid_users=0, flush_denormal=flush), tmp_path / f"flush-{flush}")
@@ -244,10 +245,11 @@ def test_lora_on_a_pretrained_folder_trains_saves_and_reloads(data_dir, tmp_path
     assert log["parameters"]["trainable"] < log["parameters"]["total"] / 5
     model_dir = tmp_path / "run" / "model"
     assert (model_dir / "adapter_model.safetensors").is_file() and not (model_dir / "model.safetensors").exists()
-    result = evaluate_run(tmp_path / "run", split="valid", max_users=5, pruning_rate=False)
+    result = evaluate_run(tmp_path / "run", EvalSettings(split="valid", max_users=5, pruning_rate=False))
     assert result["users"] == 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decoder", ["exact", "latent"])
 def test_validation_decodes_with_the_runs_decoder(data_dir, tmp_path, decoder):
     """Model selection sees the lists the run will serve: with decoding.decoder exact or latent, validation
@@ -259,7 +261,7 @@ def test_validation_decodes_with_the_runs_decoder(data_dir, tmp_path, decoder):
     config.decoding = DecodingConfig(decoder=decoder)
     log = train_run(config, tmp_path / "run")
     assert 0 <= log["epochs"][0]["NDCG@10"] <= 1
-    result = evaluate_run(tmp_path / "run", split="valid", max_users=20)
+    result = evaluate_run(tmp_path / "run", EvalSettings(split="valid", max_users=20))
     assert result["decoder"] == decoder and (tmp_path / "run" / f"eval_valid_{decoder}.json").is_file()
     assert result["metrics"]["NDCG@10"] == pytest.approx(log["epochs"][0]["NDCG@10"])  # the same users, model, lists
 

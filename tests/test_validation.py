@@ -121,6 +121,7 @@ def test_bad_prepare_options(tmp_path, args, needle):
     (["--max-users", -1], "max_users"),
     (["--split", "bogus"], "split"),
 ])
+@pytest.mark.slow
 def test_bad_evaluate_options(run, args, needle):
     before = sorted(p.name for p in run.iterdir())
     one_line_error(run_cli("evaluate", run, *args), needle)
@@ -132,6 +133,7 @@ def test_bad_evaluate_options(run, args, needle):
     (["--top-k", -1], "--top-k"),
     (["--top-k", 11], "--beam-width"),
 ])
+@pytest.mark.slow
 def test_bad_recommend_options(run, syn, args, needle):
     from bearrec.data.dataset import RecDataset
 
@@ -151,6 +153,7 @@ def test_bad_compare_options(syn, tmp_path, args, needle):
 
 
 # ---------------------------------------------------------------------------------- recommend: titles, windows, history
+@pytest.mark.slow
 def test_recommend_normalises_titles_windows_history_and_excludes_it(run, syn):
     from bearrec.data.dataset import RecDataset
 
@@ -169,6 +172,7 @@ def test_recommend_normalises_titles_windows_history_and_excludes_it(run, syn):
     assert result.exit_code == 0 and len(shown) == 10 and not set(shown) & set(history)
 
 
+@pytest.mark.slow
 def test_recommend_matches_decomposed_unicode(tmp_path):
     import unicodedata
 
@@ -186,6 +190,7 @@ def test_recommend_matches_decomposed_unicode(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- damaged artefacts
+@pytest.mark.slow
 def test_truncated_weights_are_one_clear_error(run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
@@ -195,6 +200,7 @@ def test_truncated_weights_are_one_clear_error(run, tmp_path):
     one_line_error(run_cli("recommend", copy, "x"), "damaged")
 
 
+@pytest.mark.slow
 def test_tampered_checkpoints_are_set_aside_unread_on_resume(run, tmp_path):
     """A checkpoint whose optimizer state is a pickle that would run code is never unpickled: it is moved aside
     with a warning naming the file, and with no intact checkpoint left the run starts again from the beginning."""

@@ -23,12 +23,15 @@ from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
 from bearrec.baselines.configs import SeqRecConfig
 from bearrec.data.dataset import RecDataset
-from bearrec.evaluation.metrics import ranking_metrics, retrieved_rank
+from bearrec.evaluation.evaluate import EvalSettings
+from bearrec.evaluation.history import mask_history
+from bearrec.evaluation.metrics import ranking_metrics, report_ks, retrieved_rank
 
 # --- the transformer --------------------------------------------------------------------------------------
 
@@ -180,9 +183,7 @@ def top_items(model: SequentialRecommender, histories: list[list[int]], k: int, 
     for i in range(0, len(rows), batch_size):
         scores = model.scores(rows[i:i + batch_size].to(device))  # [n, num_items]
         if exclude_history:
-            users = [u for u, h in enumerate(histories[i:i + batch_size]) for _ in h]
-            items = [item for h in histories[i:i + batch_size] for item in h]
-            scores[users, items] = -torch.inf
+            mask_history(scores, histories[i:i + batch_size])
         out.append(scores.topk(k, dim=1).indices.cpu())
     return torch.cat(out)
 
@@ -241,12 +242,13 @@ def fit(model: SequentialRecommender, dataset: RecDataset, name: str, console=No
 
 # --- evaluation -------------------------------------------------------------------------------------------
 
-def evaluate(model: SequentialRecommender, dataset: RecDataset, split: str = "test", max_users: int | None = None,
-             seed: int = 0, top_k: int = 10, ks=(5, 10), exclude_history: bool = False) -> dict:
-    """Metrics from the top ``top_k`` of a full catalog ranking, on the same rows as the LM evaluation."""
-    histories, targets = dataset.examples(split, max_users, seed)
-    retrieved = top_items(model, histories, top_k, exclude_history=exclude_history)
-    return _result(retrieved, torch.tensor(targets), dataset, split, ks)
+def evaluate(model: SequentialRecommender, dataset: RecDataset, settings: EvalSettings | None = None) -> dict:
+    """Metrics from the top ``beam_width`` of a full catalog ranking, on the same users as the LM evaluation with
+    the same ``settings`` (split, users, seed, history exclusion; PR@K does not apply: nothing is pruned)."""
+    settings = settings or EvalSettings()
+    histories, targets = dataset.examples(settings.split, settings.max_users, settings.seed)
+    retrieved = top_items(model, histories, settings.beam_width, exclude_history=settings.exclude_history)
+    return _result(retrieved, torch.tensor(targets), dataset, settings.split, report_ks(settings.beam_width))
 
 
 def evaluate_popularity(dataset: RecDataset, split: str = "test", max_users: int | None = None, seed: int = 0,
@@ -265,8 +267,6 @@ def _result(retrieved: torch.Tensor, target: torch.Tensor, dataset: RecDataset, 
 
 def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """Weights as safetensors, written to a temporary file and renamed."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))

@@ -52,7 +52,8 @@ def evaluate(
 
     Other decoders write eval_<split>_<decoder>.json; the latent decoder keeps its item memory in the run folder.
     """
-    from bearrec.evaluation.evaluate import pruning_scope
+    from bearrec.decoding.config import DecodingOverrides
+    from bearrec.evaluation.evaluate import EvalSettings, pruning_scope
     from bearrec.evaluation.report import pruning_figure, pruning_table, rich_table
     from bearrec.runs import ResultNotSaved, evaluate_run
 
@@ -60,12 +61,15 @@ def evaluate(
         raise ValueError("--report needs the exact scores: drop --no-pruning-rate and --exclude-history")
     if report and decoder not in (None, "beam"):
         raise ValueError("--report draws beam search's pruning: it needs --decoder beam")
+    settings = EvalSettings(split, beam_width, max_users, pruning_rate, pruning_users, pruning_node_budget, seed,
+                            exclude_history)
+    settings.validate("evaluate", {"max_users": "--max-users"})
+    overrides = DecodingOverrides(decoder, scoring, length_penalty, node_budget, latent_variant, latent_similarity,
+                                  latent_neighbors)
+    overrides.validate("evaluate", {"decoder": "--decoder", "scoring": "--scoring", "length_penalty": "--length-penalty",
+                                    **DECODER_FLAGS})
     try:
-        result, unsaved = evaluate_run(
-            run, data, split, beam_width, max_users, pruning_rate, seed, console=console, pruning_users=pruning_users,
-            pruning_node_budget=pruning_node_budget, scoring=scoring, length_penalty=length_penalty, decoder=decoder,
-            node_budget=node_budget, latent_variant=latent_variant, latent_similarity=latent_similarity,
-            latent_neighbors=latent_neighbors, exclude_history=exclude_history, allow_other_data=allow_other_data), None
+        result, unsaved = evaluate_run(run, settings, overrides, data, console, allow_other_data), None
     except ResultNotSaved as err:  # shown all the same, then the error names what could not be written
         result, unsaved = err.result, err
     decoder = result["decoder"]
@@ -121,6 +125,7 @@ def recommend(
     Titles are matched after the same normalisation as `prepare` (HTML entities, Unicode NFC, whitespace).
     A history longer than the longest one in the training data keeps its most recent items (with a warning).
     """
+    from bearrec.decoding.config import DecodingOverrides
     from bearrec.serving.recommender import Query, Recommender, RecommenderSettings
 
     if beam_width < 1:
@@ -129,9 +134,9 @@ def recommend(
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
     if top_k > beam_width:
         raise ValueError(f"--top-k {top_k} exceeds --beam-width {beam_width}")
-    settings = RecommenderSettings(beam_width=beam_width, decoders=(decoder,) if decoder else None,
-                                   node_budget=node_budget, latent_variant=latent_variant,
-                                   latent_similarity=latent_similarity, latent_neighbors=latent_neighbors)
+    overrides = DecodingOverrides(node_budget=node_budget, latent_variant=latent_variant,
+                                  latent_similarity=latent_similarity, latent_neighbors=latent_neighbors)
+    settings = RecommenderSettings(beam_width, (decoder,) if decoder else None, overrides)
     settings.validate("recommend", {"decoders": "--decoder", **DECODER_FLAGS})
     with _progress() as progress:
         recommender = Recommender.from_run(run, data, settings, progress, allow_other_data)

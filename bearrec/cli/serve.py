@@ -53,6 +53,7 @@ def serve(
     """
     import torch
 
+    from bearrec.decoding.config import DecodingOverrides
     from bearrec.serving.recommender import Recommender, RecommenderSettings
 
     try:
@@ -60,9 +61,9 @@ def serve(
     except ImportError as err:
         raise ValueError(f"bearrec serve needs FastAPI and uvicorn ({err}): pip install 'bearrec[serve]'") from None
 
-    settings = RecommenderSettings(beam_width=beam_width, decoders=tuple(d.strip() for d in decoders.split(",") if d.strip()),
-                                   node_budget=node_budget, latent_variant=latent_variant,
-                                   latent_similarity=latent_similarity, latent_neighbors=latent_neighbors)
+    overrides = DecodingOverrides(node_budget=node_budget, latent_variant=latent_variant,
+                                  latent_similarity=latent_similarity, latent_neighbors=latent_neighbors)
+    settings = RecommenderSettings(beam_width, tuple(d.strip() for d in decoders.split(",") if d.strip()), overrides)
     settings.validate("serve", {"decoders": "--decoders", **DECODER_FLAGS})
     serving = ServeSettings(batching=batching, batch_wait_ms=batch_wait_ms, max_batch=max_batch,
                             exclude_history=exclude_history, max_history=max_history, max_body_bytes=max_body_bytes)

@@ -267,55 +267,87 @@ def exact_target_ranks(
     check_scoring(scoring)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    is_leaf = trie.node_item >= 0
-    internal = trie.child_count > 0
     tolerance = 1e-3 if dtype == torch.float32 else 5e-2
-    item_leaf = trie.paths.gather(1, (trie.lengths - 1)[:, None])[:, 0]  # the EOS node that ends each item
     ranks = []
     for user in range(input_ids.shape[0]):
-        ids = input_ids[user : user + 1].to(device)
-        mask = attention_mask[user : user + 1].to(device)
-        prompts = EncodedPrompts(model, ids, mask, trie)
-        prefix = torch.full((trie.num_nodes,), float("-inf"))  # log P(prefix | prompt) of scored nodes
-        prefix[0] = 0.0
-        expanded = torch.zeros(trie.num_nodes, dtype=torch.bool)
-
-        def expand(nodes: torch.Tensor, logits: torch.Tensor) -> None:
-            """Score the children of ``nodes`` from their next-token logits ``[1, W, vocab]``."""
-            row, child = _children(trie, nodes)
-            edge = edge_log_probs(logits[0], row.to(device), trie.node_token[child].to(device), scoring).cpu()  # [C]
-            parent_depth = trie.node_depth[nodes[row]]
-            for depth in parent_depth.unique().tolist():  # a parent's score before its children's
-                at = parent_depth == depth
-                prefix[child[at]] = prefix[nodes[row[at]]] + edge[at]
-            expanded[nodes] = True
-
-        expand(torch.zeros(1, dtype=torch.long), prompts.root_logits)
-        path = trie.paths[int(targets[user])]
-        path = path[path >= 0]
-        # The target's internal nodes in order of depth: each one's prefix score comes from its parent.
-        for lo in range(0, path.numel() - 1, nodes_per_forward):
-            window = path[:-1][lo : lo + nodes_per_forward]
-            expand(window, prompts.chunk_logits(_tree_chunk(trie, window), dtype))
-        target_score = float(prefix[path[-1]])
+        prompts = EncodedPrompts(model, input_ids[user : user + 1].to(device),
+                                 attention_mask[user : user + 1].to(device), trie)
+        search = _PrefixSearch(prompts, trie, scoring, dtype, nodes_per_forward)
+        target = int(targets[user])
+        target_score = search.follow(target)
         if known_items is not None:
             items, scores = known_items[user].cpu(), known_scores[user].cpu().float()
-            # Another forward (cached decoding) computed these: trust only clear wins, search the near-ties.
-            keep = (items >= 0) & (items != int(targets[user])) & (scores > target_score + tolerance)
-            prefix[item_leaf[items[keep]]] = scores[keep]
-        while True:
-            above = prefix > target_score  # ties favour the positive, as in full_rank
-            beaten = int((above & is_leaf).sum())
-            frontier = torch.nonzero(above & internal & ~expanded).flatten()
-            if beaten >= max_rank or frontier.numel() == 0:
-                break
-            if max_nodes is not None and int(expanded.sum()) >= max_nodes:
-                beaten = -2  # undecided within the budget: reported as rank -1
-                break
-            window = frontier[prefix[frontier].topk(min(nodes_per_forward, frontier.numel())).indices]
-            window = window[torch.argsort(trie.node_depth[window])]
-            expand(window, prompts.chunk_logits(_tree_chunk(trie, window), dtype))
+            search.add_known(items, scores, target, target_score + tolerance)
+        beaten = search.count_above(target_score, max_rank, max_nodes)
         ranks.append(min(beaten, max_rank) + 1)
         if progress is not None:
             progress(1)
     return torch.tensor(ranks)
+
+
+class _PrefixSearch:
+    """One prompt's best-first walk of the trie for :func:`exact_target_ranks`.
+
+    ``prefix [num_nodes]`` holds log P(prefix | prompt) of every node scored so far (-inf: not yet scored), and
+    ``expanded`` the nodes whose children are scored; the root is expanded on creation. Nodes are expanded
+    ``nodes_per_forward`` at a time by tree attention.
+    """
+
+    def __init__(self, prompts: EncodedPrompts, trie: ItemTrie, scoring: str, dtype, nodes_per_forward: int):
+        self.prompts, self.trie, self.scoring, self.dtype = prompts, trie, scoring, dtype
+        self.nodes_per_forward = nodes_per_forward
+        self.prefix = torch.full((trie.num_nodes,), float("-inf"))  # log P(prefix | prompt) of scored nodes
+        self.prefix[0] = 0.0
+        self.expanded = torch.zeros(trie.num_nodes, dtype=torch.bool)
+        self.is_leaf = trie.node_item >= 0
+        self.internal = trie.child_count > 0
+        self._score_children(torch.zeros(1, dtype=torch.long), prompts.root_logits)
+
+    def _score_children(self, nodes: torch.Tensor, logits: torch.Tensor) -> None:
+        """Score the children of ``nodes [W]`` from their next-token logits ``[1, W, vocab]``."""
+        trie, device = self.trie, logits.device
+        row, child = _children(trie, nodes)  # [C] each
+        token = trie.node_token[child].to(device)
+        edge = edge_log_probs(logits[0], row.to(device), token, self.scoring).cpu()  # [C]
+        parent_depth = trie.node_depth[nodes[row]]
+        for depth in parent_depth.unique().tolist():  # a parent's score before its children's
+            at = parent_depth == depth
+            self.prefix[child[at]] = self.prefix[nodes[row[at]]] + edge[at]
+        self.expanded[nodes] = True
+
+    def expand(self, window: torch.Tensor) -> None:
+        """Score the children of the nodes ``window [W]`` in one forward (the window after its ancestors)."""
+        self._score_children(window, self.prompts.chunk_logits(_tree_chunk(self.trie, window), self.dtype))
+
+    def follow(self, item: int) -> float:
+        """Expand the internal nodes of ``item``'s path, in order of depth (each one's prefix score comes from its
+        parent), and return the item's score."""
+        path = self.trie.paths[item]
+        path = path[path >= 0]
+        for lo in range(0, path.numel() - 1, self.nodes_per_forward):
+            self.expand(path[:-1][lo : lo + self.nodes_per_forward])
+        return float(self.prefix[path[-1]])
+
+    def add_known(self, items: torch.Tensor, scores: torch.Tensor, target: int, above: float) -> None:
+        """Take the scores ``[B]`` of the items ``[B]`` (-1: none) that beat ``above``, the target's score plus a
+        tolerance: another forward (cached decoding) computed them, so trust only clear wins and search the
+        near-ties."""
+        item_leaf = self.trie.paths.gather(1, (self.trie.lengths - 1)[:, None])[:, 0]  # the EOS node of each item
+        keep = (items >= 0) & (items != target) & (scores > above)
+        self.prefix[item_leaf[items[keep]]] = scores[keep]
+
+    def count_above(self, target_score: float, max_rank: int, max_nodes: int | None) -> int:
+        """Items scoring above ``target_score``, found by expanding the most probable unexpanded nodes more probable
+        than it until none is left or ``max_rank`` items beat it; -2 when ``max_nodes`` nodes were expanded first
+        (undecided)."""
+        trie, prefix = self.trie, self.prefix
+        while True:
+            above = prefix > target_score  # ties favour the positive, as in full_rank
+            beaten = int((above & self.is_leaf).sum())
+            frontier = torch.nonzero(above & self.internal & ~self.expanded).flatten()
+            if beaten >= max_rank or frontier.numel() == 0:
+                return beaten
+            if max_nodes is not None and int(self.expanded.sum()) >= max_nodes:
+                return -2  # undecided within the budget: reported as rank -1
+            window = frontier[prefix[frontier].topk(min(self.nodes_per_forward, frontier.numel())).indices]
+            self.expand(window[torch.argsort(trie.node_depth[window])])

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from bearrec.io import atomic_file
 from bearrec.lm.forward import left_pad, position_ids_from_mask, require_decoder_only
@@ -67,8 +69,6 @@ class ItemMemory:
     def save(self, path: str | os.PathLike, fingerprint: str) -> None:
         """Write atomically as safetensors, with ``fingerprint`` in the metadata; an ``OSError`` naming ``path``
         if it cannot be written (nothing is left behind)."""
-        from safetensors.torch import save_file
-
         with atomic_file(path) as tmp:  # safetensors' "(os error 28)" becomes an OSError there
             save_file({"states": self.states.contiguous(), "targets": self.targets.contiguous()}, str(tmp),
                       metadata={"format": _FORMAT, "fingerprint": fingerprint, "num_items": str(self.num_items)})
@@ -77,8 +77,6 @@ class ItemMemory:
     def load(cls, path: str | os.PathLike, fingerprint: str) -> "ItemMemory | None":
         """The memory saved at ``path`` if it exists and was built with ``fingerprint``, else None (a file that
         is unreadable, of another format or of another model/dataset is not trusted, and will be rebuilt)."""
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), framework="pt") as handle:
                 meta = handle.metadata() or {}

@@ -1,5 +1,25 @@
 """Evaluation: the recommendations of a decoder (constrained beam search, exact top-K or L2D latent-space
-matching), and for beam search the positives' exact ranks for PR@K and for what pruning costs."""
+matching), and for beam search the positives' exact ranks for PR@K and for what pruning costs.
+
+With ``pruning_rate`` (the default) the result also holds the pruning attribution (``"pruning"``:
+paper Figure 4 shares and the histogram of pruning steps) and, under ``"per_user"``, one
+:class:`~bearrec.decoding.PruningReport` row per user. ``pruning_users`` limits the exact ranks (and so
+PR@K and the attribution) to the first that many users of the (already random) evaluation sample:
+for a large model on a CPU they cost up to a minute per user whose positive ranks near the top.
+``pruning_node_budget`` caps the trie nodes expanded per user. A user is left undecided when the
+budget runs out while trie prefixes more probable than the positive are still unexpanded and fewer
+than max(K) items were found above it: its rank is unknown, in the top K or not. Such
+users are left out of PR@K and counted in ``pruning["unranked_users"]`` (:func:`pruning_scope`
+says it in words).
+
+What pruning costs: ``metrics`` also holds ``exact_NDCG@K`` and ``exact_HR@K``, the metrics of the exact
+ranking (every item ranked by log P(title + EOS) under ``scoring``, nothing pruned), computed from the
+same exact ranks as PR@K and so over the same users: the first ``pruning_users`` evaluated users that a
+node budget did not leave undecided; ``gap_NDCG@K`` is the exact ranking's NDCG@K minus beam search's on
+those same users (what pruning costs). ``exact_ranking`` repeats them with beam search's NDCG/HR@K on
+exactly those users (``decoded_*``) and their count, so the gap is read on one set of users even when
+PR@K runs on a subset (the top-level NDCG/HR@K cover every evaluated user).
+"""
 
 from __future__ import annotations
 
@@ -14,13 +34,13 @@ from bearrec.checks import MAX_SEED, check
 from bearrec.data.dataset import RecDataset
 from bearrec.decoding import decode, exact_target_ranks, item_memory
 from bearrec.decoding.config import DecodingConfig
-from bearrec.decoding.scoring import check_scoring
 from bearrec.distributed import map_users
+from bearrec.evaluation.history import search_width, without_history
 from bearrec.evaluation.metrics import exact_ranking_metrics, ranking_metrics, report_ks, retrieved_rank
 from bearrec.evaluation.pruning import attribute_pruning
-from bearrec.items.prompts import PromptEncoder, encode_split
+from bearrec.items.space import ItemSpace
 from bearrec.items.trie import ItemTrie
-from bearrec.lm.forward import left_pad
+from bearrec.lm.forward import Prompts
 
 
 @dataclass
@@ -57,34 +77,15 @@ class EvalSettings:
         check(0 <= self.seed <= MAX_SEED, section, "seed", rule("seed", f"in [0, {MAX_SEED}]"), self.seed)
 
 
-def evaluate(
-    model,
-    tokenizer,
-    dataset: RecDataset,
-    encoder: PromptEncoder,
-    trie: ItemTrie,
-    split: str = "test",
-    beam_width: int = 10,
-    ks: tuple[int, ...] | None = None,
-    max_users: int | None = None,
-    seed: int = 0,
-    batch_size: int = 32,
-    pruning_rate: bool = True,
-    length_penalty: float = 0.0,
-    pruning_users: int | None = None,
-    pruning_node_budget: int | None = None,
-    console=None,
-    scoring: str = "full",
-    decoder: str = "beam",
-    node_budget: int | None = None,
-    latent_variant: str = "global",
-    latent_similarity: str = "l2",
-    latent_neighbors: int = 5,
-    latent_memory: str | Path | None = None,
-    exclude_history: bool = False,
-) -> dict:
-    """Metrics of ``model`` on ``split``: NDCG@K and HR@K of the ``decoder``'s top ``beam_width`` items; with
-    beam search, also PR@K from exact ranks and the NDCG/HR@K of the exact ranking.
+def evaluate(model, space: ItemSpace, dataset: RecDataset, settings: EvalSettings, decoding: DecodingConfig,
+             batch_size: int = 32, latent_memory: str | Path | None = None, console=None) -> dict:
+    """Metrics of ``model`` on ``settings.split``: NDCG@K and HR@K of the decoder's top ``beam_width`` items;
+    with beam search, also PR@K from exact ranks and the NDCG/HR@K of the exact ranking.
+
+    Both settings objects arrive checked (their ``validate`` runs where they are built): ``settings``
+    (:class:`EvalSettings`) says which users and what to compute, ``decoding``
+    (:class:`~bearrec.decoding.config.DecodingConfig`, its ``scoring`` filled in from the run's objective) how
+    to decode; the fields named below are theirs. ``space`` is the run's item space (trie and prompts).
 
     ``decoder`` (``decoding/decode.py``; recorded in the result, with its time as ``decode_seconds``):
 
@@ -110,109 +111,136 @@ def evaluate(
     PR@K use the same ``scoring``: "top K by probability" means the probability the search ranks by
     (before length normalisation, as the paper defines PR@K). Both are written into the result.
 
-    With ``pruning_rate`` (the default) the result also holds the pruning attribution (``"pruning"``:
-    paper Figure 4 shares and the histogram of pruning steps) and, under ``"per_user"``, one
-    :class:`~bearrec.decoding.PruningReport` row per user. ``pruning_users`` limits the exact ranks (and so
-    PR@K and the attribution) to the first that many users of the (already random) evaluation sample:
-    for a large model on a CPU they cost up to a minute per user whose positive ranks near the top.
-    ``pruning_node_budget`` caps the trie nodes expanded per user. A user is left undecided when the
-    budget runs out while trie prefixes more probable than the positive are still unexpanded and fewer
-    than max(K) items were found above it: its rank is unknown, in the top K or not. Such
-    users are left out of PR@K and counted in ``pruning["unranked_users"]`` (:func:`pruning_scope`
-    says it in words).
-
-    What pruning costs: ``metrics`` also holds ``exact_NDCG@K`` and ``exact_HR@K``, the metrics of the exact
-    ranking (every item ranked by log P(title + EOS) under ``scoring``, nothing pruned), computed from the
-    same exact ranks as PR@K and so over the same users: the first ``pruning_users`` evaluated users that a
-    node budget did not leave undecided; ``gap_NDCG@K`` is the exact ranking's NDCG@K minus beam search's on
-    those same users (what pruning costs). ``exact_ranking`` repeats them with beam search's NDCG/HR@K on
-    exactly those users (``decoded_*``) and their count, so the gap is read on one set of users even when
-    PR@K runs on a subset (the top-level NDCG/HR@K cover every evaluated user).
+    With ``pruning_rate`` (the default) the result also holds PR@K, the pruning attribution and the exact
+    ranking's metrics: see the module docstring.
     """
-    EvalSettings(split, beam_width, max_users, pruning_rate, pruning_users, pruning_node_budget, seed,
-                 exclude_history).validate("evaluate", {"max_users": "--max-users"})
-    check_scoring(scoring)
-    DecodingConfig(scoring, length_penalty, decoder, node_budget, latent_variant, latent_similarity,
-                   latent_neighbors).validate("evaluate")
-    if split not in dataset.splits:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(dataset.splits)}")
-    ks = ks or report_ks(beam_width)
-    if max(ks) > beam_width:
-        raise ValueError(f"K={max(ks)} exceeds the beam width {beam_width}: the decoder returns only B items")
-    prompts, target_list = encode_split(dataset, split, encoder, max_users, seed)
-    if not prompts:
-        raise ValueError(f"the {split} split is empty")
-    targets = torch.tensor(target_list)
-    input_ids, attention_mask = left_pad(prompts, tokenizer.pad_token_id)
+    if settings.split not in dataset.splits:
+        raise ValueError(f"unknown split {settings.split!r}; choose one of {', '.join(dataset.splits)}")
+    ks = report_ks(settings.beam_width)
+    if max(ks) > settings.beam_width:
+        raise ValueError(f"K={max(ks)} exceeds the beam width {settings.beam_width}: the decoder returns only B items")
+    histories, target_list = dataset.examples(settings.split, settings.max_users, settings.seed)
+    if not histories:
+        raise ValueError(f"the {settings.split} split is empty")
+    prompts, targets = space.prompts(histories), torch.tensor(target_list)  # [N, L], [N]
+    seen = [set(h) for h in histories] if settings.exclude_history else None
+    ranks_wanted = settings.pruning_rate and decoding.decoder == "beam" and not settings.exclude_history
     model.eval()
-    seen = [set(h) for h in dataset.examples(split, max_users, seed)[0]] if exclude_history else None
-    pruning_rate = pruning_rate and decoder == "beam" and not exclude_history
-    result = {"split": split, "users": len(prompts), "of_users": len(dataset.splits[split]), "beam_width": beam_width,
-              "decoder": decoder, "exclude_history": exclude_history}
+    result = {"split": settings.split, "users": len(histories), "of_users": len(dataset.splits[settings.split]),
+              "beam_width": settings.beam_width, "decoder": decoding.decoder,
+              "exclude_history": settings.exclude_history}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         memory = None
-        if decoder == "latent":
-            memory = timed_item_memory(model, encoder, dataset, latent_memory, batch_size, progress, result)
-            result.update(latent_variant=latent_variant, latent_similarity=latent_similarity,
-                          latent_neighbors=latent_neighbors)
-        if decoder != "latent":
-            result.update(scoring=scoring)
-        name = {"beam": f"beam search B={beam_width}", "exact": f"exact top-{beam_width}",
-                "latent": f"L2D {latent_variant} decoding"}[decoder]
-        name += f", {scoring} scoring" if decoder != "latent" else ""
-        name += ", history excluded" if seen else ""
-        task = progress.add_task(f"{name} ({split})", total=len(prompts))
+        if decoding.decoder == "latent":
+            memory = timed_item_memory(model, space.encoder, dataset, latent_memory, batch_size, progress, result)
+        result.update(_decoder_fields(decoding))
+        task = progress.add_task(f"{_decoder_name(settings, decoding)} ({settings.split})", total=len(histories))
+        run = _Decoding(model, space.trie, decoding, memory, batch_size, lambda k: progress.advance(task, k))
         start = time.perf_counter()
-        # Users whose search has the same width share decoder calls: B plus their distinct history items when
-        # those are excluded (as `recommend` and `serve` decode a user), else B. With several processes, each
-        # decodes its share of the users (distributed.py).
-        widths = [min(beam_width + len(s), trie.num_items) for s in seen] if seen else [beam_width] * len(prompts)
-        item_ids = torch.full((len(prompts), beam_width), -1, dtype=torch.long)
-        certified, nodes = torch.ones(len(prompts), dtype=torch.bool), torch.zeros(len(prompts), dtype=torch.long)
-        for width in sorted(set(widths)):
-            rows = torch.tensor([i for i, w in enumerate(widths) if w == width])
-            found = map_users(decode, model, input_ids[rows], attention_mask[rows], trie, k=width, decoder=decoder,
-                              scoring=scoring, length_penalty=length_penalty, node_budget=node_budget, memory=memory,
-                              latent_variant=latent_variant, latent_similarity=latent_similarity,
-                              latent_neighbors=latent_neighbors, batch_size=batch_size,
-                              targets=targets[rows] if pruning_rate else None,
-                              progress=lambda k: progress.advance(task, k))
-            item_ids[rows] = _without(found.item_ids, [seen[i] for i in rows], beam_width) if seen else found.item_ids
-            if decoder == "exact":
-                certified[rows], nodes[rows] = found.certified, found.nodes_expanded
+        item_ids, found = _decode_users(run, prompts, targets if ranks_wanted else None, seen, settings.beam_width,
+                                        result)
         result["decode_seconds"] = time.perf_counter() - start
-        if decoder == "beam":
-            result.update(length_penalty=length_penalty, beam_search_seconds=result["decode_seconds"])
-        elif decoder == "exact":
-            result.update(node_budget=node_budget, certified_users=int(certified.sum()),
-                          nodes_expanded_per_user=float(nodes.float().mean()))
+        if decoding.decoder == "beam":
+            result["beam_search_seconds"] = result["decode_seconds"]
         exact_rank = None
-        if pruning_rate:
-            ranked = len(prompts) if pruning_users is None else min(pruning_users, len(prompts))
-            task = progress.add_task(f"exact ranks of the positives among {trie.num_items} items", total=ranked)
+        if ranks_wanted:
+            ranked = len(histories) if settings.pruning_users is None else min(settings.pruning_users, len(histories))
+            task = progress.add_task(f"exact ranks of the positives among {space.num_items} items", total=ranked)
             start = time.perf_counter()
-            known = found.summed_scores(trie, length_penalty)[:ranked]  # [ranked, B] the beam's items' exact scores
-            exact_rank = torch.full((len(prompts),), -1, dtype=torch.long)  # -1: not ranked
-            exact_rank[:ranked] = map_users(
-                exact_target_ranks, model, input_ids[:ranked], attention_mask[:ranked], trie, targets[:ranked],
-                max_rank=max(ks), known_items=found.item_ids[:ranked], known_scores=known, max_nodes=pruning_node_budget,
-                scoring=scoring, progress=lambda k: progress.advance(task, k))
+            exact_rank = _exact_ranks(run, prompts.rows(slice(0, ranked)), targets[:ranked], found, ranked, ks,
+                                      settings.pruning_node_budget, lambda k: progress.advance(task, k))
+            exact_rank = torch.cat([exact_rank, exact_rank.new_full((len(histories) - ranked,), -1)])  # -1: not ranked
             result["exact_rank_seconds"] = time.perf_counter() - start
     result["metrics"] = ranking_metrics(item_ids, targets, exact_rank, ks)
     result["retrieved_rank"] = retrieved_rank(item_ids, targets).tolist()
-    if pruning_rate:
-        # What pruning costs: the exact ranking's NDCG/HR@K beside beam search's, on the users with an exact rank.
-        ceiling = exact_ranking_metrics(exact_rank, retrieved_rank(found.item_ids, targets), ks)
-        result["metrics"].update({key: value for key, value in ceiling.items() if key.startswith("exact_")})
-        result["metrics"].update({f"gap_NDCG@{k}": ceiling[f"exact_NDCG@{k}"] - ceiling[f"decoded_NDCG@{k}"] for k in ks})
-        result["exact_ranking"] = ceiling
-        report = attribute_pruning(found, exact_rank, targets, ks)
-        # Users whose ranking was attempted but not finished within the node budget (exact rank -1).
-        report.summary.update(pruning_users=ranked, unranked_users=ranked - report.summary["ranked_users"],
-                              node_budget=pruning_node_budget)
-        result.update(pruning=report.summary, per_user=report.per_user)
+    if ranks_wanted:
+        _add_pruning(result, found, exact_rank, targets, ks, ranked, settings.pruning_node_budget)
     return result
+
+
+@dataclass
+class _Decoding:
+    """One evaluation's decoder call, all but the users: what :func:`decode` and the exact ranks take."""
+
+    model: object
+    trie: ItemTrie
+    decoding: DecodingConfig
+    memory: object
+    batch_size: int
+    progress: object
+
+
+def _decoder_fields(decoding: DecodingConfig) -> dict:
+    """The decoding settings an evaluation result records (those its decoder reads)."""
+    if decoding.decoder == "latent":
+        return {"latent_variant": decoding.latent_variant, "latent_similarity": decoding.latent_similarity,
+                "latent_neighbors": decoding.latent_neighbors}
+    fields = {"scoring": decoding.scoring or "full"}
+    if decoding.decoder == "beam":
+        fields["length_penalty"] = decoding.length_penalty
+    else:
+        fields["node_budget"] = decoding.node_budget
+    return fields
+
+
+def _decoder_name(settings: EvalSettings, decoding: DecodingConfig) -> str:
+    """The progress bar's words for the decoder: ``beam search B=10, full scoring, history excluded``."""
+    name = {"beam": f"beam search B={settings.beam_width}", "exact": f"exact top-{settings.beam_width}",
+            "latent": f"L2D {decoding.latent_variant} decoding"}[decoding.decoder]
+    name += f", {decoding.scoring or 'full'} scoring" if decoding.decoder != "latent" else ""
+    return name + (", history excluded" if settings.exclude_history else "")
+
+
+def _decode_users(run: _Decoding, prompts: Prompts, targets: torch.Tensor | None, seen: list[set[int]] | None,
+                  k: int, result: dict):
+    """``(item_ids [N, k], found)``: every user's list, and the decoder's result for the pruning attribution.
+
+    Users whose search has the same width share decoder calls: ``k`` plus their distinct history items when
+    those are excluded (as `recommend` and `serve` decode a user), else ``k``. With several processes, each
+    decodes its share of the users (distributed.py)."""
+    n = len(prompts.input_ids)
+    widths = [search_width(k, s, run.trie.num_items) for s in seen] if seen else [k] * n
+    item_ids = torch.full((n, k), -1, dtype=torch.long)
+    certified, nodes = torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.long)
+    for width in sorted(set(widths)):
+        rows = torch.tensor([i for i, w in enumerate(widths) if w == width])
+        found = map_users(decode, run.model, prompts.rows(rows), run.trie, width, run.decoding, run.memory,
+                          run.batch_size, targets[rows] if targets is not None else None, progress=run.progress)
+        if seen:
+            item_ids[rows] = without_history(found.item_ids, found.scores, [seen[i] for i in rows], k)[0]
+        else:
+            item_ids[rows] = found.item_ids
+        if run.decoding.decoder == "exact":
+            certified[rows], nodes[rows] = found.certified, found.nodes_expanded
+    if run.decoding.decoder == "exact":
+        result.update(certified_users=int(certified.sum()), nodes_expanded_per_user=float(nodes.float().mean()))
+    return item_ids, found
+
+
+def _exact_ranks(run: _Decoding, prompts: Prompts, targets: torch.Tensor, found, ranked: int, ks: tuple[int, ...],
+                 node_budget: int | None, progress) -> torch.Tensor:
+    """``[ranked]`` the exact rank of each of the first ``ranked`` users' positive among all items (-1: left
+    undecided by the node budget), knowing the beam's items and their exact scores."""
+    known = found.summed_scores(run.trie, run.decoding.length_penalty)[:ranked]  # [ranked, B] exact scores
+    return map_users(exact_target_ranks, run.model, prompts.input_ids, prompts.attention_mask, run.trie, targets,
+                     max_rank=max(ks), known_items=found.item_ids[:ranked], known_scores=known, max_nodes=node_budget,
+                     scoring=run.decoding.scoring or "full", progress=progress)
+
+
+def _add_pruning(result: dict, found, exact_rank: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...],
+                 ranked: int, node_budget: int | None) -> None:
+    """What pruning costs, into ``result``: the exact ranking's NDCG/HR@K beside beam search's on the users with
+    an exact rank, their gap, and the pruning attribution (its summary and one row per user)."""
+    ceiling = exact_ranking_metrics(exact_rank, retrieved_rank(found.item_ids, targets), ks)
+    result["metrics"].update({key: value for key, value in ceiling.items() if key.startswith("exact_")})
+    result["metrics"].update({f"gap_NDCG@{k}": ceiling[f"exact_NDCG@{k}"] - ceiling[f"decoded_NDCG@{k}"] for k in ks})
+    result["exact_ranking"] = ceiling
+    report = attribute_pruning(found, exact_rank, targets, ks)
+    # Users whose ranking was attempted but not finished within the node budget (exact rank -1).
+    report.summary.update(pruning_users=ranked, unranked_users=ranked - report.summary["ranked_users"],
+                          node_budget=node_budget)
+    result.update(pruning=report.summary, per_user=report.per_user)
 
 
 def timed_item_memory(model, encoder, dataset, path, batch_size, progress, result: dict):
@@ -229,12 +257,6 @@ def timed_item_memory(model, encoder, dataset, path, batch_size, progress, resul
     result.update(memory_built=built, memory_seconds=time.perf_counter() - start,
                   memory_examples=int(memory.targets.numel()), items_without_memory=int((memory.counts == 0).sum()))
     return memory
-
-
-def _without(item_ids: torch.Tensor, seen: list[set[int]], k: int) -> torch.Tensor:
-    """``[N, k]``: each row of ``item_ids [N, W]`` without its ``seen`` items (and -1 padding), cut to ``k``."""
-    rows = [[i for i in row if i >= 0 and i not in s][:k] for row, s in zip(item_ids.tolist(), seen)]
-    return torch.tensor([row + [-1] * (k - len(row)) for row in rows], dtype=torch.long)
 
 
 def pruning_scope(summary: dict, users: int, ks: tuple[int, ...] = (5, 10)) -> str:

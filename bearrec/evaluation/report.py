@@ -15,6 +15,17 @@ METRIC_COLUMNS = ("NDCG@5", "NDCG@10", "HR@5", "HR@10", "exact_NDCG@10", "exact_
 _PREFIXES = {"NDCG": "N", "HR": "H", "exact_NDCG": "exact N", "exact_HR": "exact H", "gap_NDCG": "gap N", "PR": "PR"}
 
 
+def _plt():
+    """pyplot on the file-only Agg backend, imported with the first figure: matplotlib (+0.4 s) stays out of what
+    only prints tables (`bearrec evaluate` without `--report`, the statistics of `compare` and `sweep`)."""
+    import matplotlib  # heavy, figures only: the one place it is imported
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # heavy, figures only
+
+    return plt
+
+
 def short_name(metric: str) -> str:
     """A metric's table header: ``NDCG@10`` -> ``N@10``, ``exact_HR@20`` -> ``exact H@20``."""
     name, k = metric.split("@")
@@ -66,11 +77,7 @@ def pruning_markdown(runs: dict[str, dict], ks=(5, 10)) -> str:
 
 def bar_chart(runs: dict[str, dict], path: Path, title: str) -> None:
     """Grouped bars: one group per metric, one bar per objective (PR@K: lower is better)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(12, 4.2))
     width = 0.8 / max(len(runs), 1)
     for i, (name, r) in enumerate(runs.items()):
@@ -100,11 +107,7 @@ def pruning_table(summary: dict, ks=(5, 10)) -> Table:
 
 def pruning_figure(summary: dict, path: Path, title: str, ks=(5, 10)) -> None:
     """Left: Figure 4-style bars (pruned top-K positives, violation vs other); right: pruning-step histogram."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     labels = [f"K={k}" for k in ks]
     _attribution_bars(left, labels, [(summary, k) for k in ks])
@@ -134,8 +137,7 @@ def _attribution_bars(ax, labels: list[str], bars: list[tuple[dict, int]]) -> No
 def _save(fig, path: Path) -> None:
     """Write a figure atomically (matplotlib picks the format from the suffix, hence .tmp.png); a full or read-only
     disk is one ``OSError`` naming ``path``, and nothing is left behind."""
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     try:
@@ -198,15 +200,6 @@ def summary_runs(rows: dict[str, dict]) -> dict[str, dict]:
     """Rows as the ``runs`` mapping of :func:`rich_table` / :func:`pruning_markdown` (means only)."""
     return {label: {"metrics": row["mean"], "seconds_per_epoch": row["seconds_per_epoch"], "pruning": row["pruning"]}
             for label, row in rows.items()}
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def pr_figure(rows: dict[str, dict], path: Path, title: str, ks=(5, 10)) -> None:

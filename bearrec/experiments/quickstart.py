@@ -12,6 +12,7 @@ import torch
 
 from bearrec.config import ExperimentConfig, TrainConfig
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
+from bearrec.evaluation.evaluate import EvalSettings
 from bearrec.evaluation.report import bar_chart, markdown_table, pruning_markdown
 from bearrec.io import check_replaceable, discarded_on_disk_error, folder_lock, mark, write_json, write_text
 from bearrec.lm.models import TINY
@@ -57,6 +58,8 @@ def _run_quickstart(out: Path, cfg: QuickstartConfig, console) -> dict:
     synthetic.validate()
     if cfg.eval_users is not None and cfg.eval_users < 1:
         raise ValueError(f"eval_users must be at least 1 (or unset for all), got {cfg.eval_users}")
+    settings = EvalSettings(split="test", beam_width=cfg.beam_width, max_users=cfg.eval_users, seed=cfg.seed)
+    settings.validate("quickstart")
     check_replaceable(out, "quickstart", also=registry.names())  # a new or empty folder, or an earlier quickstart
     started = time.perf_counter()
     dataset = generate_synthetic(synthetic)
@@ -69,8 +72,7 @@ def _run_quickstart(out: Path, cfg: QuickstartConfig, console) -> dict:
     runs: dict[str, dict] = {}
     for objective, config in configs.items():
         log = train_run(config, out / objective, overwrite=True, dataset=dataset, console=console)
-        result = evaluate_run(out / objective, split="test", beam_width=cfg.beam_width, max_users=cfg.eval_users,
-                              seed=cfg.seed, console=console)
+        result = evaluate_run(out / objective, settings, data=dataset, console=console)
         runs[objective] = {**result, "seconds_per_epoch": log["seconds_per_epoch"], "train_log": log["epochs"]}
 
     title = (f"{', '.join(o.upper() for o in cfg.objectives)}, synthetic catalog ({len(dataset.items)} items, pruning "

@@ -8,20 +8,29 @@ a restarted experiment skips finished runs and resumes an interrupted one from i
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import rich
 import torch
+import transformers
 
+from bearrec.baselines.bert4rec import train_bert4rec
+from bearrec.baselines.sasrec import train_sasrec
+from bearrec.baselines.seqrec import evaluate, save_weights
 from bearrec.config import ExperimentConfig, from_dict
 from bearrec.data.dataset import RecDataset
 from bearrec.evaluation.evaluate import EvalSettings
-from bearrec.evaluation.metrics import report_ks
 from bearrec.experiments.plan import BASELINE, BASELINES, RunSpec
 from bearrec.experiments.statistics import summarize
 from bearrec.io import check_replaceable, discarded_on_disk_error, folder_lock, mark, write_json
+from bearrec.runs import evaluate_run, train_run
 
 
 def _recorded_plan(recorded: dict) -> dict | None:
@@ -38,7 +47,8 @@ def _recorded_plan(recorded: dict) -> dict | None:
 
 def run_experiment(base: ExperimentConfig, specs: list[RunSpec], out_dir: str | Path, settings: EvalSettings,
                    kind: str, console=None, jobs: int = 1) -> list[dict]:
-    """Train and evaluate every planned run that is not finished yet; returns one result per spec.
+    """Train and evaluate every planned run that is not finished yet; returns one result per spec. ``base`` and
+    ``settings`` arrive checked (their ``validate``, where the command line builds them).
 
     ``jobs > 1`` trains that many runs at once, each in its own process with an equal share of the CPU threads
     (:func:`_parallel_runs`): for small models on a multi-core CPU, where one run cannot use every core.
@@ -52,8 +62,6 @@ def run_experiment(base: ExperimentConfig, specs: list[RunSpec], out_dir: str | 
 
 def _run_experiment(base: ExperimentConfig, specs: list[RunSpec], out: Path, settings: EvalSettings, kind: str,
                     console, jobs: int) -> list[dict]:
-    base.validate()
-    settings.validate()
     if not base.data:
         raise ValueError("no dataset: pass DATA or set 'data' in the config")
     if not specs:
@@ -127,12 +135,6 @@ def _start_worker(threads: int, parent: int) -> None:
     ends. A killed parent (SIGKILL, a closed terminal) would otherwise leave its workers training on into the run
     folders that a restarted experiment resumes; they stop within a second instead, as if killed themselves,
     which every run survives (tests/test_crash.py)."""
-    import os
-    import threading
-
-    import rich
-    import transformers
-
     torch.set_num_threads(threads)
     transformers.logging.disable_progress_bar()
     rich.reconfigure(stderr=True, force_interactive=False)
@@ -153,10 +155,6 @@ def _parallel_runs(base: ExperimentConfig, specs: list[RunSpec], pending: list[i
     differs, so its numbers can differ from a sequential run's in the last float bits. A failed run stops the
     experiment after the runs in progress end; every finished run keeps its ``result.json``.
     """
-    import multiprocessing
-    import os
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
     threads = max(1, torch.get_num_threads() // jobs)
     if console:
         console.print(f"{len(pending)} runs, {jobs} at a time, {threads} CPU thread(s) each; "
@@ -185,16 +183,11 @@ def _parallel_runs(base: ExperimentConfig, specs: list[RunSpec], pending: list[i
 
 
 def _lm_run(config: ExperimentConfig, dataset: RecDataset, settings: EvalSettings, folder: Path, console) -> dict:
-    from bearrec.runs import evaluate_run, train_run
-
     if (folder / "train_log.json").is_file() and (folder / "model").is_dir():
         log = json.loads((folder / "train_log.json").read_text())  # trained, interrupted while evaluating
     else:
         log = train_run(config, folder, resume=(folder / "config.yaml").is_file(), dataset=dataset, console=console)
-    result = evaluate_run(folder, split=settings.split, beam_width=settings.beam_width, max_users=settings.max_users,
-                          pruning_rate=settings.pruning_rate, seed=settings.seed, console=console, dataset=dataset,
-                          pruning_users=settings.pruning_users, pruning_node_budget=settings.pruning_node_budget,
-                          exclude_history=settings.exclude_history)
+    result = evaluate_run(folder, settings, data=dataset, console=console)
     return {"kind": "lm", "metrics": result["metrics"], "pruning": result.get("pruning"), "users": result["users"],
             "scoring": result.get("scoring"), "length_penalty": result.get("length_penalty"),
             "decoder": result["decoder"],
@@ -212,15 +205,10 @@ def _best_epoch(epochs: list[dict]) -> int | None:
 
 def _baseline_run(name: str, dataset: RecDataset, config, settings: EvalSettings, folder: Path, console) -> dict:
     """Train and evaluate a conventional baseline (``name`` in :data:`BASELINES`) by full catalog ranking."""
-    from bearrec.baselines.bert4rec import train_bert4rec
-    from bearrec.baselines.sasrec import train_sasrec
-    from bearrec.baselines.seqrec import evaluate, save_weights
-
     folder.mkdir(parents=True, exist_ok=True)
     model, log = {"sasrec": train_sasrec, "bert4rec": train_bert4rec}[name](dataset, config, console)
     save_weights(model, folder / "model.safetensors")
-    result = evaluate(model, dataset, settings.split, settings.max_users, settings.seed, top_k=settings.beam_width,
-                      ks=report_ks(settings.beam_width), exclude_history=settings.exclude_history)
+    result = evaluate(model, dataset, settings)
     return {"kind": name, **result, "pruning": None, "seconds_per_epoch": log["seconds_per_epoch"],
             "best_valid_ndcg10": log["best_valid_ndcg10"], "epochs_trained": log["epochs_run"],
             "best_epoch": log["best_epoch"], "train_windows": log["train_windows"],
@@ -253,15 +241,11 @@ def evaluate_chosen_on_test(out_dir: str | Path, results: list[dict], base: Expe
         if saved.is_file():
             result = json.loads(saved.read_text())
         else:
-            from bearrec.runs import evaluate_run
 
             dataset = dataset or RecDataset.load(base.data)
             if console:
                 console.print(f"test split: {r['label']} seed {r['seed']}")
-            result = evaluate_run(folder, split="test", beam_width=test.beam_width, max_users=test.max_users,
-                                  pruning_rate=test.pruning_rate, seed=test.seed, console=console, dataset=dataset,
-                                  pruning_users=test.pruning_users, pruning_node_budget=test.pruning_node_budget,
-                                  exclude_history=test.exclude_history)
+            result = evaluate_run(folder, test, data=dataset, console=console)
         tested.append({"label": r["label"], "seed": r["seed"], "kind": "lm", "metrics": result["metrics"],
                        "pruning": result.get("pruning"), "users": result["users"], "of_users": result["of_users"],
                        "retrieved_rank": result["retrieved_rank"], "seconds_per_epoch": r["seconds_per_epoch"]})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import stats
 
 from bearrec.evaluation.report import METRIC_COLUMNS
 from bearrec.experiments.plan import BASELINE
@@ -61,8 +62,6 @@ def _pool_pruning(summaries: list[dict], ks) -> dict | None:
 
 def _versus(runs: list[dict], baseline: list[dict], mean: dict, base_mean: dict) -> dict:
     """Relative improvement over SFT, a seed-noise test and a paired bootstrap over users (NDCG@10)."""
-    from scipy import stats
-
     relative = {m: (mean[m] - base_mean[m]) / base_mean[m] if base_mean.get(m) else None
                 for m in METRIC_COLUMNS[:4] if m in mean and m in base_mean}
     ours = [r["metrics"]["NDCG@10"] for r in runs]
@@ -93,8 +92,6 @@ def sign_flip_test(gain: np.ndarray, resamples: int = 100_000) -> dict:
     users that differ are flipped: exactly (all ``2^n`` patterns) when ``n <= EXACT_SIGN_FLIPS``, otherwise
     with ``resamples`` random patterns. Two-sided; with no differing user, p = 1.
     """
-    from scipy import stats
-
     differ = gain[gain != 0]
     n = int(differ.size)
     out = {"test": "sign-flip permutation over users", "users": int(gain.size), "users_differ": n,

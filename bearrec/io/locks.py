@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -174,8 +175,6 @@ def _acquire(folder: Path) -> int | None:
         stale = _read_owner(path)
         if stale.get("pid") and stale.get("host", socket.gethostname()) == socket.gethostname() \
                 and stale["pid"] != os.getpid():
-            import warnings
-
             warnings.warn(f"{folder}: taking over the lock of {_describe(stale)}, which ended without releasing it "
                           "(killed?); check the folder's content", stacklevel=3)
         if _writable(fd):

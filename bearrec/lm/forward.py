@@ -9,6 +9,7 @@ positions (``logits_to_keep``).
 from __future__ import annotations
 
 import inspect
+from typing import NamedTuple
 
 import torch
 import transformers
@@ -49,7 +50,19 @@ def cache_of(output):
     return getattr(output, CACHE_KEY)
 
 
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+class Prompts(NamedTuple):
+    """A batch of left-padded prompts, as every decoder takes them: ``input_ids [N, L]`` and ``attention_mask
+    [N, L]`` (1 on tokens, 0 on the left padding)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def rows(self, index) -> "Prompts":
+        """The prompts of the users ``index`` selects (a slice, an index tensor or a boolean mask)."""
+        return Prompts(self.input_ids[index], self.attention_mask[index])
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> Prompts:
     """``(input_ids, attention_mask)`` tensors, padded on the left."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -58,7 +71,7 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
         if seq:
             ids[row, width - len(seq) :] = torch.tensor(seq)
             mask[row, width - len(seq) :] = 1
-    return ids, mask
+    return Prompts(ids, mask)
 
 
 def answer_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, answer_len: int) -> torch.Tensor:

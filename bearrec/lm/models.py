@@ -11,14 +11,20 @@ Hugging Face folder (safetensors); later loads read the cache.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import platformdirs
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from rich.console import Console
+from safetensors import safe_open
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoConfig,
@@ -163,8 +169,6 @@ def cache_dir() -> Path:
     """Where converted models are kept: ``$BEARREC_CACHE`` or the platform's user cache folder."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
-    import platformdirs
-
     return Path(platformdirs.user_cache_dir("bearrec"))
 
 
@@ -186,8 +190,6 @@ def smollm2_folder(console=None) -> Path:
     if importlib.util.find_spec("gguf") is None:
         raise ValueError(f"model {SMOLLM2!r} needs the gguf package to read {gguf.name}: {SMOLLM2_INSTALL}")
     if console is None:
-        from rich.console import Console
-
         console = Console(stderr=True)
     console.print(f"converting {gguf.name} to a Hugging Face folder in {folder} (once, about 30 s)", soft_wrap=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -214,7 +216,7 @@ def _special_tokens_from_gguf(path: Path, tokenizer, config) -> None:
     Some transformers versions read them wrongly (5.17 takes SmolLM2's EOS for ``<|im_start|>``, id 1, where
     the file says ``<|im_end|>``, id 2), and EOS ends every item title: a wrong one breaks training and decoding.
     """
-    from gguf import GGUFReader
+    from gguf import GGUFReader  # optional extra smollm2: not installed without it, read once per conversion
 
     fields = GGUFReader(str(path)).fields
     for name, key in GGUF_SPECIAL_TOKENS.items():
@@ -244,12 +246,11 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if (Path(path) / "adapter_config.json").is_file():
-            from peft import PeftModel
-
             base = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
             if Path(base).name == SMOLLM2 and not Path(base).is_dir():  # the cache moved or was purged: rebuild it
                 base = str(smollm2_folder())
-            model = PeftModel.from_pretrained(_auto_class(base).from_pretrained(base, dtype=dtype), path)
+            with _quiet_peft():
+                model = PeftModel.from_pretrained(_auto_class(base).from_pretrained(base, dtype=dtype), path)
         else:
             model = _auto_class(path).from_pretrained(path, dtype=dtype)
     except Exception as err:  # OSError, safetensors' and pickle's errors share no base class
@@ -283,8 +284,6 @@ def _auto_class(path):
 
 def _damaged_weights(folder: Path) -> str | None:
     """The first safetensors file of ``folder`` whose header or size does not read back, if any."""
-    from safetensors import safe_open
-
     for path in sorted(folder.glob("*.safetensors")):
         try:
             with safe_open(path, framework="pt") as handle:
@@ -297,17 +296,25 @@ def _damaged_weights(folder: Path) -> str | None:
 
 def add_lora(model, settings: LoraSettings | None = None):
     """Wrap ``model`` with trainable LoRA adapters (peft)."""
-    from peft import LoraConfig, get_peft_model
-
     s = settings or LoraSettings()
     config = LoraConfig(
         r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=s.target_modules, task_type="CAUSAL_LM"
     )
-    try:
-        return get_peft_model(model, config)
-    except ValueError:  # architecture unknown to peft's defaults: adapt every linear layer
-        config.target_modules = "all-linear"
-        return get_peft_model(model, config)
+    with _quiet_peft():
+        try:
+            return get_peft_model(model, config)
+        except ValueError:  # architecture unknown to peft's defaults: adapt every linear layer
+            config.target_modules = "all-linear"
+            return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def _quiet_peft():
+    """peft reads ``model.is_gradient_checkpointing``, which transformers 5.x deprecates for
+    ``is_activation_checkpointing``: a warning about peft's code that a bearrec user cannot act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def save_model(model, tokenizer, folder: str | os.PathLike) -> Path:

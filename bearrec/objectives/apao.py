@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from bearrec.checks import check, is_number
+from bearrec.lm.forward import position_ids_from_mask
 from bearrec.objectives.sft import IGNORE_INDEX, sft_loss
 
 
@@ -143,8 +144,6 @@ def grouped_answer_logits(model, prompt_ids: torch.Tensor, prompt_mask: torch.Te
     read is fed: the positive's first A - 1 tokens (its A logits give the cross-entropy), each negative's first
     A - 2 (the prefix scores use tokens 1 .. A - 1); a negative's last logits row is therefore zeros.
     """
-    from bearrec.lm.forward import position_ids_from_mask
-
     n, width = prompt_ids.shape
     _, group, answer = group_labels.shape
     dev = prompt_ids.device

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bearrec.decoding.beam_search import constrained_beam_search
 from bearrec.items.trie import ItemTrie
 from bearrec.objectives.bear import SURROGATES, check_bear_fields
 from bearrec.objectives.sft import IGNORE_INDEX, reduce_tokens, scored_log_probs, sft_loss
@@ -95,8 +96,6 @@ def simulate_thresholds(
     picks the (s+1)-th token; see :class:`BeamResult` for -inf and early-stopped users. Returned on the
     device of ``prompt_ids``.
     """
-    from bearrec.decoding.beam_search import constrained_beam_search  # lazy: the loss functions stay light
-
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:

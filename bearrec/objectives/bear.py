@@ -139,13 +139,24 @@ def bear_loss(
     if temperature <= 0:
         raise ValueError("temperature must be positive")
     if formulation == "paper":
-        if tau != 1.0:
-            raise ValueError(f"tau applies to formulation 'official' only: got tau={tau} with 'paper'")
-        ce, delta, can_prune, mask = pruning_margin(logits, labels, beam_width, allowed)
-        z = delta / temperature
-        reg = F.logsigmoid(z) if surrogate == "paper" else F.softplus(z)
-        reg = torch.where(can_prune, reg, torch.zeros_like(reg))
-        return reduce_tokens(ce + weight * reg, mask, reduction)
+        return _paper_loss(logits, labels, beam_width, temperature, weight, allowed, tau, surrogate, reduction)
+    return _official_loss(logits, labels, beam_width, temperature, weight, allowed, tau, surrogate, reduction)
+
+
+def _paper_loss(logits, labels, beam_width, temperature, weight, allowed, tau, surrogate, reduction) -> torch.Tensor:
+    """``bear_loss(formulation="paper")``: ``ce_t + weight * reg_t`` per scored token, reduced."""
+    if tau != 1.0:
+        raise ValueError(f"tau applies to formulation 'official' only: got tau={tau} with 'paper'")
+    ce, delta, can_prune, mask = pruning_margin(logits, labels, beam_width, allowed)  # [M] each, mask [N, T]
+    z = delta / temperature
+    reg = F.logsigmoid(z) if surrogate == "paper" else F.softplus(z)
+    reg = torch.where(can_prune, reg, torch.zeros_like(reg))
+    return reduce_tokens(ce + weight * reg, mask, reduction)
+
+
+def _official_loss(logits, labels, beam_width, temperature, weight, allowed, tau, surrogate, reduction) -> torch.Tensor:
+    """``bear_loss(formulation="official")``: the masked cross-entropy reweighted by the detached, normalised
+    :func:`official_weights`."""
     if allowed is None:
         raise ValueError("formulation 'official' needs allowed (the trie-valid tokens of each position)")
     if surrogate != "paper":

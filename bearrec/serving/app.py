@@ -1,6 +1,7 @@
 """`bearrec serve`: a trained run behind HTTP (FastAPI on uvicorn), with server-side request batching.
 
-The server only orchestrates; what a recommendation is lives in :mod:`bearrec.serving.recommender`.
+The server only orchestrates; what a recommendation is lives in :mod:`bearrec.serving.recommender`, and the
+JSON it reads and answers (the OpenAPI spec's schemas) in :mod:`bearrec.serving.schemas`.
 
 * ``POST /recommend`` ``{"history": [...], "k": 10, "decoder": "beam", "exclude_history": true}``: the ranked
   items with ids, titles and scores. History entries (item ids or exact titles) are resolved in the request
@@ -25,19 +26,29 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Iterator, Literal, Optional
+from typing import Annotated, Iterator
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi import Query as QueryParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bearrec.checks import check
 from bearrec.serving.page import PAGE
 from bearrec.serving.recommender import Query, Recommendation, Recommender
+from bearrec.serving.schemas import (
+    BatchingStats,
+    Error,
+    Health,
+    Item,
+    Recommendations,
+    RecommendedItem,
+    SearchResult,
+    explain,
+    recommend_request,
+)
 
 
 @dataclass
@@ -183,88 +194,6 @@ class BodyLimit:
 
 
 # ---------------------------------------------------------------------------------------------- the API
-class Error(BaseModel):
-    detail: str = Field(description="what is wrong, in one line")
-
-
-class Item(BaseModel):
-    id: str
-    title: str
-
-
-class RecommendedItem(Item):
-    rank: int = Field(description="1 = best")
-    score: float = Field(description="log p of the title + EOS (beam, exact) or the latent similarity (latent)")
-
-
-class Recommendations(BaseModel):
-    items: list[RecommendedItem]
-    k: int
-    decoder: str
-    score: str = Field(description="what the scores are")
-    scoring: str = Field(description="step scoring of beam and exact: full or masked")
-    exclude_history: bool
-    history: list[str] = Field(description="the history's item ids, oldest first")
-    history_used: int = Field(description="most recent history items the prompt holds")
-    certified: Optional[bool] = Field(None, description="exact decoder: False if the node budget ran out before "
-                                                        "the list was proven exact")
-    warnings: list[str]
-
-
-class SearchResult(BaseModel):
-    items: list[Item]
-
-
-class BatchingStats(BaseModel):
-    enabled: bool
-    wait_ms: float
-    max_batch: int
-    requests: int = Field(description="requests decoded since start-up")
-    batches: int
-    largest_batch: int
-    batch_sizes: dict[str, int] = Field(description="requests per batch -> batches")
-    decoder_calls: dict[str, int] = Field(description="requests per decoder call -> calls (a batch is split by "
-                                                      "decoder and search width)")
-
-
-class Health(BaseModel):
-    status: Literal["ok"]
-    run: str
-    items: int
-    decoders: list[str]
-    beam_width: int
-    scoring: str
-    length_penalty: float
-    exclude_history: bool
-    max_history: int
-    latent_memory: dict[str, float] = Field(description="latent decoder: memory_built, memory_seconds, "
-                                                        "memory_examples, items_without_memory (ranked last)")
-    batching: BatchingStats
-
-
-def _integral(value):
-    """JSON Schema counts 8.0 as an integer: accept it as 8 (other types stay strict: "8" or true are refused)."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def _explain(error: dict, beam_width: int, max_history: int) -> str:
-    """One pydantic/FastAPI validation error as ``field: what is wrong``."""
-    loc = [part for part in error.get("loc", ()) if part not in ("body", "query")]
-    kind, message = error.get("type", ""), error.get("msg", "invalid")
-    if kind == "json_invalid":
-        return f"body: not valid JSON ({error.get('ctx', {}).get('error', 'decode error')})"
-    if loc == ["k"]:
-        return f"k: {message} (k is 1 to {beam_width}, the server's beam width), got {error.get('input')!r}"
-    if loc == ["history"] and kind == "too_short":
-        return "history: empty; give at least one item id or title, oldest first"
-    if loc == ["history"] and kind == "too_long":
-        return f"history: more than {max_history} items, the server's --max-history"
-    name = ".".join(str(part) for part in loc) or "body"
-    if len(loc) >= 2 and loc[0] == "history" and isinstance(loc[1], int):
-        name = f"history item {loc[1] + 1}"
-    return f"{name}: {message}"
-
-
 async def _require_json(request: Request) -> None:
     """415 for a body not sent as JSON: FastAPI parses only ``application/json`` (and ``application/*+json``)
     bodies, and would hand any other one to validation as bytes, to be refused for a reason that hides the cause.
@@ -284,20 +213,8 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None, 
     batcher = Batcher(recommender, settings)
     decoders = recommender.decoders
     width = recommender.settings.beam_width
-    examples = recommender.item_ids[:2]
-
-    class RecommendRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"history": examples, "k": min(10, width)}]})
-
-        history: list[Annotated[str, Field(min_length=1, max_length=2000)]] = Field(
-            min_length=1, max_length=settings.max_history,
-            description="item ids or exact titles the user interacted with, oldest first")
-        k: Annotated[int, BeforeValidator(_integral)] = Field(min(10, width), ge=1, le=width,
-                                                               description="how many items (at most the beam width)")
-        decoder: Literal[decoders] = Field(recommender.default_decoder,
-                                           description="beam: constrained beam search; exact: the k most probable "
-                                                       "items; latent: L2D latent-space matching")
-        exclude_history: bool = Field(settings.exclude_history, description="never recommend an item of the history")
+    RecommendRequest = recommend_request(decoders, recommender.default_decoder, width, settings.max_history,
+                                         settings.exclude_history, recommender.item_ids[:2])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -309,19 +226,7 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None, 
                   description=f"Recommendations of the bearrec run `{name}` ({len(recommender.titles)} items).")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.state.batcher = batcher
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, err: RequestValidationError):
-        text = "; ".join(_explain(e, width, settings.max_history) for e in err.errors())
-        return JSONResponse({"detail": text}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request, err: StarletteHTTPException):
-        detail = err.detail
-        if err.status_code == 400 and detail == "There was an error parsing the body":  # FastAPI's words for bytes
-            detail = "body: cannot be parsed; send a JSON object in UTF-8"  # that are not text, e.g. bad UTF-8
-        return JSONResponse({"detail": detail}, status_code=err.status_code, headers=err.headers)
-
+    _answer_errors_in_one_line(app, width, settings.max_history)
     refused = {422: {"model": Error, "description": "the request is invalid; `detail` says why"}}
 
     @app.post("/recommend", response_model=Recommendations, dependencies=[Depends(_require_json)],
@@ -365,6 +270,22 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None, 
         return PAGE
 
     return app
+
+
+def _answer_errors_in_one_line(app: FastAPI, beam_width: int, max_history: int) -> None:
+    """Answer invalid requests (422) and FastAPI's own HTTP errors with one ``detail`` line."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, err: RequestValidationError):
+        text = "; ".join(explain(e, beam_width, max_history) for e in err.errors())
+        return JSONResponse({"detail": text}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, err: StarletteHTTPException):
+        detail = err.detail
+        if err.status_code == 400 and detail == "There was an error parsing the body":  # FastAPI's words for bytes
+            detail = "body: cannot be parsed; send a JSON object in UTF-8"  # that are not text, e.g. bad UTF-8
+        return JSONResponse({"detail": detail}, status_code=err.status_code, headers=err.headers)
 
 
 # ---------------------------------------------------------------------------------------------- running it

@@ -1,7 +1,7 @@
 """Recommendations for users' histories from a trained run: what `bearrec recommend` prints and `bearrec serve`
 answers, for one history or a batch of them.
 
-A :class:`Recommender` holds a loaded run (model, tokenizer, dataset, config, catalog trie, prompt encoder and,
+A :class:`Recommender` holds a loaded run (model, item space: tokenizer, catalog trie and prompt encoder, dataset, config and,
 for the latent decoder, the item memory). It resolves history entries (item ids or titles, after the same
 normalisation as ``prepare``) to catalog indices, searches the catalog, and decodes a batch of
 :class:`Query` objects with one of the three decoders of :func:`bearrec.decoding.decode`, set up as the run's
@@ -23,10 +23,9 @@ would decode alone (the latent decoder scores users independently, so its querie
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -35,27 +34,22 @@ from rich.progress import Progress
 from bearrec.checks import check
 from bearrec.data.dataset import normalize_title
 from bearrec.decoding import DECODERS, decode
-from bearrec.decoding.config import DecodingConfig
-from bearrec.decoding.latent import MEMORY_FILE, SIMILARITIES, VARIANTS
-from bearrec.decoding.scoring import SCORINGS
+from bearrec.decoding.config import DecodingOverrides
+from bearrec.decoding.latent import MEMORY_FILE
 from bearrec.evaluation.evaluate import timed_item_memory
-from bearrec.lm.forward import left_pad
-from bearrec.runs import item_trie, load_run, prompt_encoder
+from bearrec.evaluation.history import search_width, without_history
+from bearrec.items.space import ItemSpace
+from bearrec.runs import item_space, load_run
 
 
 @dataclass
 class RecommenderSettings:
-    """How a :class:`Recommender` decodes. ``None`` takes the run's ``decoding`` section (as ``evaluate`` does);
-    B = 10 is the paper's."""
+    """How a :class:`Recommender` decodes: B (``beam_width``; 10 is the paper's), the decoders it offers, and what
+    it changes in the run's ``decoding`` section (``overrides``; nothing by default, as ``evaluate``)."""
 
     beam_width: int = 10  # B of beam search, and the largest k a query may ask
     decoders: tuple[str, ...] | None = None  # decoders to offer (latent builds an item memory); None: the run's
-    scoring: str | None = None  # full | masked (beam, exact)
-    length_penalty: float | None = None  # beam
-    node_budget: int | None = None  # exact: trie nodes expanded per query (None in the run too: no limit)
-    latent_variant: str | None = None
-    latent_similarity: str | None = None
-    latent_neighbors: int | None = None
+    overrides: DecodingOverrides = field(default_factory=DecodingOverrides)
 
     def validate(self, section: str = "recommend", flags: dict[str, str] | None = None) -> None:
         """Check every field that is set; ``flags`` names a field's command-line flag in the message."""
@@ -67,22 +61,7 @@ class RecommenderSettings:
         check(self.beam_width >= 1, section, "beam_width", rule("beam_width", "at least 1"), self.beam_width)
         check(self.decoders is None or (len(self.decoders) > 0 and set(self.decoders) <= set(DECODERS)), section,
               "decoders", rule("decoders", f"one or more of {', '.join(DECODERS)}"), self.decoders)
-        for name, ok, text in [
-            ("scoring", self.scoring in SCORINGS, " or ".join(SCORINGS)),
-            ("length_penalty", self.length_penalty is not None and abs(self.length_penalty) < float("inf"),
-             "a finite number"),
-            ("node_budget", self.node_budget is not None and self.node_budget >= 1, "at least 1"),
-            ("latent_variant", self.latent_variant in VARIANTS, " or ".join(VARIANTS)),
-            ("latent_similarity", self.latent_similarity in SIMILARITIES, " or ".join(SIMILARITIES)),
-            ("latent_neighbors", self.latent_neighbors is not None and self.latent_neighbors >= 1, "at least 1"),
-        ]:
-            value = getattr(self, name)
-            check(value is None or ok, section, name, rule(name, text + ", or unset for the run's"), value)
-
-    def decoding(self, run: DecodingConfig) -> DecodingConfig:
-        """The run's decoding section with the fields these settings set."""
-        fields = ("scoring", "length_penalty", "node_budget", "latent_variant", "latent_similarity", "latent_neighbors")
-        return dataclasses.replace(run, **{f: getattr(self, f) for f in fields if getattr(self, f) is not None})
+        self.overrides.validate(section, flags)
 
 
 @dataclass
@@ -114,21 +93,19 @@ class Recommender:
     """A loaded run, ready to recommend. Build it with :meth:`from_run` (the validated loading path of
     ``evaluate``) or from objects already in memory."""
 
-    def __init__(self, model, tokenizer, dataset, config, settings: RecommenderSettings | None = None,
+    def __init__(self, model, space: ItemSpace, dataset, config, settings: RecommenderSettings | None = None,
                  latent_memory: str | os.PathLike | None = None, progress: Progress | None = None):
-        """``latent_memory``: where the latent decoder's item memory is kept (loaded when it matches this
-        model and train split, else built and saved there, with a warning where it cannot be; None: built in
-        memory only). ``progress``: a ``rich.progress.Progress`` for the memory's build."""
+        """``space``: the run's item space (:func:`~bearrec.runs.item_space`); ``settings`` arrive checked
+        (:meth:`RecommenderSettings.validate`). ``latent_memory``: where the latent decoder's item memory is kept
+        (loaded when it matches this model and train split, else built and saved there, with a warning where it
+        cannot be; None: built in memory only). ``progress``: a ``rich.progress.Progress`` for the memory's
+        build."""
         self.settings = settings or RecommenderSettings()
-        self.settings.validate()
-        self.model, self.tokenizer, self.dataset, self.config = model, tokenizer, dataset, config
-        self.decoding = self.settings.decoding(config.decoding)  # the run's decoding, with the settings' overrides
-        self.decoding.validate("decoding")
-        self.scoring = self.decoding.scoring or config.scoring
+        self.model, self.space, self.dataset, self.config = model, space, dataset, config
+        # the run's decoding with the settings' overrides, its scoring the objective's where neither names one
+        self.decoding = self.settings.overrides.apply(config.decoding).with_scoring(config.scoring)
         self.decoders = self.settings.decoders or (self.decoding.decoder,)
         self.default_decoder = self.decoding.decoder if self.decoding.decoder in self.decoders else self.decoders[0]
-        self.trie = item_trie(tokenizer, dataset, config)  # titles or semantic IDs
-        self.encoder = prompt_encoder(tokenizer, dataset, config)
         self.titles = dataset.titles
         self.item_ids = [str(i) for i in dataset.items["item_id"]]
         self._by_title = {t: i for i, t in enumerate(self.titles)}
@@ -138,7 +115,7 @@ class Recommender:
         self.window = max((len(h) for h in histories), default=0) or None  # longest history trained on
         self.memory, self.memory_info = None, {}  # memory_built, memory_seconds, items_without_memory, ...
         if "latent" in self.decoders:
-            self.memory = timed_item_memory(model, self.encoder, dataset, latent_memory, 32,
+            self.memory = timed_item_memory(model, space.encoder, dataset, latent_memory, 32,
                                          progress or Progress(disable=True), self.memory_info)
 
     @classmethod
@@ -150,7 +127,13 @@ class Recommender:
         trained on; ``data`` with other content than that needs ``allow_other_data``)."""
         (settings or RecommenderSettings()).validate()  # before the model is loaded
         model, tokenizer, dataset, config = load_run(run_dir, data, allow_other_data=allow_other_data)
-        return cls(model, tokenizer, dataset, config, settings, Path(run_dir) / MEMORY_FILE, progress)
+        space = item_space(tokenizer, dataset, config)
+        return cls(model, space, dataset, config, settings, Path(run_dir) / MEMORY_FILE, progress)
+
+    @property
+    def scoring(self) -> str:
+        """The step scoring of beam and exact decoding (the run's, or the settings' override)."""
+        return self.decoding.scoring
 
     # ------------------------------------------------------------------ the catalog
     def resolve(self, history: list[str]) -> list[int]:
@@ -195,9 +178,8 @@ class Recommender:
 
     def width(self, query: Query) -> int:
         """How many items the query's search returns before its history is dropped."""
-        seen = len(set(query.history)) if query.exclude_history else 0
-        base = self.settings.beam_width if query.decoder == "beam" else query.k
-        return min(base + seen, len(self.titles))
+        seen = set(query.history) if query.exclude_history else set()
+        return search_width(self.settings.beam_width if query.decoder == "beam" else query.k, seen, len(self.titles))
 
     def groups(self, queries: list[Query]) -> dict[tuple[str, int | None], list[int]]:
         """The decoder calls :meth:`recommend` makes for ``queries``: (decoder, search width or None for
@@ -221,13 +203,14 @@ class Recommender:
                 used.append(len(history))
                 notes.append(note)
             width = width or max(self.width(queries[n]) for n in members)
-            ids, mask = left_pad(self.encoder.prompts(prompts), self.tokenizer.pad_token_id)
-            items, scores, certified = self._decode(decoder, ids, mask, width)
+            found = decode(self.model, self.space.prompts(prompts), self.space.trie, width,
+                           replace(self.decoding, decoder=decoder), self.memory, batch_size=64)
+            seen = [set(queries[n].history) if queries[n].exclude_history else set() for n in members]
+            items, scores = without_history(found.item_ids, found.scores, seen, width)
+            certified = getattr(found, "certified", None)
             for row, n in enumerate(members):
-                query = queries[n]
-                seen = set(query.history) if query.exclude_history else set()
                 ranked = [(i, s) for i, s in zip(items[row].tolist(), scores[row].tolist())
-                          if i >= 0 and s > float("-inf") and i not in seen][: query.k]
+                          if i >= 0 and s > float("-inf")][: queries[n].k]
                 answers[n] = Recommendation([i for i, _ in ranked], [s for _, s in ranked], used[row],
                                             None if certified is None else bool(certified[row]), notes[row])
         return answers
@@ -239,15 +222,6 @@ class Recommender:
             return history, []
         return history[-self.window :], [f"the history has {len(history)} items; the model was trained on at most "
                                          f"{self.window}: using the {self.window} most recent"]
-
-    def _decode(self, decoder: str, ids: torch.Tensor, mask: torch.Tensor, width: int):
-        """``(item_ids [N, width], scores [N, width], certified [N] or None)`` of one decoder call."""
-        d = self.decoding
-        found = decode(self.model, ids, mask, self.trie, k=width, decoder=decoder, scoring=self.scoring,
-                       length_penalty=d.length_penalty, node_budget=d.node_budget, memory=self.memory,
-                       latent_variant=d.latent_variant, latent_similarity=d.latent_similarity,
-                       latent_neighbors=d.latent_neighbors, batch_size=64)
-        return found.item_ids, found.scores, getattr(found, "certified", None)
 
     def describe_scores(self, decoder: str) -> str:
         """What a score means for ``decoder``, in a few words (``log p``: of the title + EOS, ``scoring``'s)."""

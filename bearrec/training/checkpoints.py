@@ -11,6 +11,8 @@ import warnings
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+from transformers.trainer_pt_utils import safe_globals  # the numpy types of the RNG state the Trainer allows
 
 from bearrec.checks import INT64_MAX, first_line, short
 
@@ -56,9 +58,6 @@ def checkpoint_problem(checkpoint: str | os.PathLike) -> str | None:
     """Why a checkpoint cannot be resumed from, or None. Its ``trainer_state.json`` (written last) must parse
     with the types the Trainer needs, and every weight and state file must load the safe way (safetensors,
     ``torch.load(weights_only=True)``): a truncated or tampered file is found here, never unpickled."""
-    from safetensors.torch import load_file
-    from transformers.trainer_pt_utils import safe_globals  # the numpy types of the RNG state the Trainer allows
-
     checkpoint = Path(checkpoint)
     try:
         state = json.loads((checkpoint / "trainer_state.json").read_text())

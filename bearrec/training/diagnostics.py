@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors.torch import save_file
 
 if TYPE_CHECKING:
     from bearrec.training.trainer import RecTrainer
@@ -57,8 +58,6 @@ DUMP_MAX_WEIGHTS = 50_000_000  # trainable values kept with a non-finite batch (
 def dump_batch(model, inputs: dict, path: Path) -> Path:
     """The batch (``input.<key>``) and, up to :data:`DUMP_MAX_WEIGHTS` values, the trainable weights
     (``weight.<name>``) as they were for that forward, in one safetensors file."""
-    from safetensors.torch import save_file
-
     tensors = {f"input.{k}": v.detach().cpu().contiguous() for k, v in inputs.items() if torch.is_tensor(v)}
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if sum(p.numel() for p in trainable.values()) <= DUMP_MAX_WEIGHTS:

@@ -22,25 +22,26 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import PrinterCallback, Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from bearrec.checks import first_line
 from bearrec.config import ExperimentConfig
 from bearrec.data.dataset import RecDataset
+from bearrec.decoding import decode
 from bearrec.decoding.config import DecodingConfig
 from bearrec.decoding.latent import item_memory
+from bearrec.distributed import map_users
+from bearrec.evaluation.metrics import ranking_metrics
 from bearrec.io import disk_error
-from bearrec.items.prompts import PromptEncoder, encode_split
+from bearrec.items.prompts import encode_split
+from bearrec.items.space import ItemSpace
 from bearrec.items.trie import ItemTrie
-from bearrec.lm.forward import (
-    answer_logits,
-    is_encoder_decoder,
-    left_pad,
-    position_ids_from_mask,
-    seq2seq_answer_logits,
-)
+from bearrec.lm.forward import Prompts, answer_logits, is_encoder_decoder, position_ids_from_mask, seq2seq_answer_logits
+from bearrec.lm.models import load_model
 from bearrec.objectives import distinct_prefixes, pruning_margin, sequence_log_probs
 from bearrec.objectives.apao import grouped_answer_logits
+from bearrec.objectives.beam_sim import align_thresholds, simulate_thresholds
 from bearrec.training.arguments import training_arguments
 from bearrec.training.callbacks import EarlyStoppingCallback, EpochLog
 from bearrec.training.collators import Collator, PackedCollator, pack_examples
@@ -52,14 +53,15 @@ class RecTrainer(Trainer):
 
     loss_is_scaled_for_ga = False  # our loss is a per-batch mean: let the Trainer divide by the accumulation steps
 
-    def __init__(self, *args, objective, trie: ItemTrie, valid: tuple[list, list] | None, beam_width: int,
-                 scoring: str = "full", decoding: DecodingConfig | None = None, memory_builder=None, reference=None,
+    def __init__(self, *args, objective, trie: ItemTrie, valid: Prompts | None, valid_targets: list[int] | None,
+                 beam_width: int, decoding: DecodingConfig | None = None, memory_builder=None, reference=None,
                  group_by_length: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.group_by_length = group_by_length
-        self.objective, self.valid, self.beam_width = objective, valid, beam_width
-        # decoded as evaluation will decode; the latent decoder's item memory is rebuilt from the current weights
-        self.scoring, self.decoding, self.memory_builder = scoring, decoding or DecodingConfig(), memory_builder
+        self.objective, self.valid, self.valid_targets, self.beam_width = objective, valid, valid_targets, beam_width
+        # decoded as evaluation will decode (``decoding``: the run's, its scoring resolved); the latent decoder's
+        # item memory is rebuilt from the current weights
+        self.decoding, self.memory_builder = decoding or DecodingConfig(), memory_builder
         self.trie = trie.to(self.args.device)  # once, not on every decoding call
         self.prefix_counts = distinct_prefixes(self.trie)  # P_t of APAO's pairwise rescaling
         self.reference = reference.to(self.args.device).eval() if reference is not None else None
@@ -133,8 +135,6 @@ class RecTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if not self.group_by_length:
             return super()._get_train_sampler(train_dataset)
-        from transformers.trainer_pt_utils import LengthGroupedSampler
-
         return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                     lengths=[len(e["ids"]) if "ids" in e else len(e["prompt"]) + len(e["answer"])
                                              for e in dataset])
@@ -180,8 +180,6 @@ class RecTrainer(Trainer):
         labels = inputs["labels"]
         extra = {"step": self.state.global_step}
         if self.objective.needs_search:
-            from bearrec.objectives.beam_sim import align_thresholds, simulate_thresholds
-
             raw = simulate_thresholds(model, inputs["prompt_ids"], inputs["prompt_mask"], self.trie,
                                       beam_width=self.objective.beam_width)
             extra["thresholds"] = align_thresholds(raw, labels)
@@ -246,24 +244,16 @@ class RecTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """NDCG@K and HR@K of the run's decoder (``decoding.decoder``, beam search by default) on the validation
         subsample."""
-        from bearrec.decoding import decode
-        from bearrec.distributed import map_users
-        from bearrec.evaluation.metrics import ranking_metrics
-
-        prompts, targets = self.valid
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
-        ids, mask = left_pad(prompts, self.processing_class.pad_token_id)
-        d = self.decoding
-        memory = self.memory_builder(model) if d.decoder == "latent" else None
+        memory = self.memory_builder(model) if self.decoding.decoder == "latent" else None
         # each process decodes its share of the users; every process gets every user's list (distributed.py)
-        found = map_users(decode, model, ids, mask, self.trie, k=self.beam_width, decoder=d.decoder,
-                          scoring=self.scoring, length_penalty=d.length_penalty, node_budget=d.node_budget,
-                          memory=memory, latent_variant=d.latent_variant, latent_similarity=d.latent_similarity,
-                          latent_neighbors=d.latent_neighbors, batch_size=self.args.per_device_eval_batch_size)
+        found = map_users(decode, model, self.valid, self.trie, self.beam_width, self.decoding, memory,
+                          self.args.per_device_eval_batch_size)
         model.train(was_training)
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in ranking_metrics(found.item_ids, torch.tensor(targets)).items()}
+        found_metrics = ranking_metrics(found.item_ids, torch.tensor(self.valid_targets))
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in found_metrics.items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
@@ -274,8 +264,6 @@ def load_reference(objective, model, tokenizer):
 
     The run's tokenizer must be the one this run trains with (for the tiny model: the same dataset).
     """
-    from bearrec.lm.models import load_model
-
     folder = objective.reference
     if not folder or not (Path(folder) / "model").is_dir():
         raise ValueError(f"sdpo.reference must be a finished run folder (with model/): got {folder!r}")
@@ -307,17 +295,17 @@ def _packs(examples: list[dict], model, pack: str, name: str, objective, prefix_
 
 def train_model(
     model,
-    tokenizer,
+    space: ItemSpace,
     dataset: RecDataset,
-    encoder: PromptEncoder,
-    trie: ItemTrie,
     config: ExperimentConfig,
     checkpoint_dir: Path,
     resume_from: str | None = None,
     console=None,
 ) -> dict:
-    """Fine-tune ``model`` on the train split; returns the training log. The best (or last) model stays in ``model``."""
+    """Fine-tune ``model`` on the train split of ``dataset`` in the run's item ``space``; returns the training log.
+    The best (or last) model stays in ``model``."""
     tc = config.train
+    tokenizer, encoder, trie = space.tokenizer, space.encoder, space.trie
     prompts, targets = encode_split(dataset, "train", encoder, tc.max_train_examples, tc.seed)
     if not prompts:
         raise ValueError("the train split is empty")
@@ -326,7 +314,7 @@ def train_model(
     objective_negatives = getattr(objective, "prefix_negatives", 0)  # APAO pairwise
     packs = _packs(examples, model, tc.pack, tc.objective, objective, objective_negatives)
     has_valid = len(dataset.splits["valid"]) > 0 and tc.valid_users != 0  # valid_users: 0 turns validation off
-    valid = encode_split(dataset, "valid", encoder, tc.valid_users, tc.seed) if has_valid else None
+    valid = dataset.examples("valid", tc.valid_users, tc.seed) if has_valid else None  # (histories, targets)
     reference = load_reference(objective, model, tokenizer) if objective.negatives else None
     select = tc.select_best and valid is not None
     # packed: as many packs per batch as hold batch_size examples on average
@@ -346,8 +334,9 @@ def train_model(
                           trie if objective.needs_candidates else None, objective.negatives,
                           encoder.answers if objective.negatives or objective_negatives else None, tc.seed,
                           objective_negatives),
-            processing_class=tokenizer, callbacks=callbacks, objective=objective, trie=trie, valid=valid,
-            beam_width=tc.valid_beam_width, scoring=config.scoring, decoding=config.decoding, reference=reference,
+            processing_class=tokenizer, callbacks=callbacks, objective=objective, trie=trie,
+            valid=space.prompts(valid[0]) if valid else None, valid_targets=valid[1] if valid else None,
+            beam_width=tc.valid_beam_width, decoding=config.decoding.with_scoring(config.scoring), reference=reference,
             memory_builder=lambda m: item_memory(m, encoder, dataset, None, 64)[0], group_by_length=tc.group_by_length,
         )
         trainer.remove_callback(PrinterCallback)  # our progress bar and per-epoch lines replace its raw dicts

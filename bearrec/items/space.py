@@ -1,0 +1,60 @@
+"""The item space of a run: one catalog under one tokenizer, tokenised once.
+
+Training, validation, ``evaluate``, ``recommend`` and ``serve`` all decode in the same space, built here from the
+dataset and the run's representation:
+
+* ``titles``: each item is spelled by its title, and the prompt is the paper's Figure 2 text
+  (:class:`~bearrec.items.prompts.PromptTemplate`);
+* ``semantic-ids``: each item is spelled by its codes as code tokens (``<a_12><b_3>...``), and the prompt is the
+  history's codes (:class:`~bearrec.items.semantic_ids.CodePrompt`).
+
+The answers (item text + EOS as token ids) are tokenised once and shared by the prompt encoder (training labels)
+and the trie (constrained decoding), so both always agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bearrec.data.dataset import RecDataset
+from bearrec.items.prompts import PromptEncoder, PromptTemplate
+from bearrec.items.semantic_ids import CodePrompt, code_strings, dataset_codes
+from bearrec.items.trie import ItemTrie
+from bearrec.lm.forward import Prompts, left_pad
+
+
+def item_texts(dataset: RecDataset, representation: str) -> list[str]:
+    """What the model spells for each item: its title, or its semantic ID as code tokens."""
+    return code_strings(dataset_codes(dataset)) if representation == "semantic-ids" else dataset.titles
+
+
+@dataclass(frozen=True)
+class ItemSpace:
+    """A catalog under a tokenizer: the ``tokenizer``, the prompt ``encoder`` (whose ``answers`` are every item's
+    token ids, text + EOS) and the ``trie`` over those same answers."""
+
+    tokenizer: object
+    encoder: PromptEncoder
+    trie: ItemTrie
+
+    @classmethod
+    def build(cls, tokenizer, dataset: RecDataset, representation: str = "titles", max_prompt_tokens: int = 1024,
+              chat_template: bool = False) -> ItemSpace:
+        """Tokenise ``dataset``'s catalog once; a ``ValueError`` when two items tokenise alike (the trie could not
+        tell them apart) or the tokenizer cannot end an item (no EOS)."""
+        template = CodePrompt() if representation == "semantic-ids" else PromptTemplate(dataset.domain)
+        encoder = PromptEncoder(tokenizer, item_texts(dataset, representation), template, max_prompt_tokens,
+                                chat_template=chat_template)
+        try:
+            trie = ItemTrie.from_sequences(encoder.answers, tokenizer.eos_token_id)
+        except ValueError as err:
+            raise ValueError(f"catalog cannot be decoded with this tokenizer: {err}") from None
+        return cls(tokenizer, encoder, trie)
+
+    @property
+    def num_items(self) -> int:
+        return self.trie.num_items
+
+    def prompts(self, histories: list[list[int]]) -> Prompts:
+        """Left-padded prompts ``[N, L]`` for histories of catalog indices (oldest first)."""
+        return left_pad(self.encoder.prompts(histories), self.tokenizer.pad_token_id)
