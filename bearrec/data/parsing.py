@@ -119,10 +119,12 @@ def read_csv(path: Path, columns: tuple[str, ...], aliases: dict[str, str] | Non
         if column not in frame.columns:
             raise DataError(path, f"missing column (header: {','.join(frame.columns)})", row=1, field=column)
     # Fast path: one line per record. Otherwise quoted newlines or blank lines: ask the csv module.
-    if _count_lines(text) == len(frame) + 1:
-        frame["_line"] = np.arange(2, len(frame) + 2)
-    else:
-        frame["_line"] = _record_starts(text)[1:]
+    starts = None if _count_lines(text) == len(frame) + 1 else _record_starts(text)[1:]
+    if starts is None or len(starts) != len(frame):
+        # The csv module and pandas can disagree on what a record is in a few malformed files (hypothesis found
+        # one); the line numbers, which only word error messages, then count records instead of lines.
+        starts = np.arange(2, len(frame) + 2)
+    frame["_line"] = starts
     return frame
 
 

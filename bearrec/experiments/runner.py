@@ -134,7 +134,7 @@ def _start_worker(threads: int, parent: int) -> None:
     (two processes redrawing live bars on one terminal garble both), and an end when the experiment's process
     ends. A killed parent (SIGKILL, a closed terminal) would otherwise leave its workers training on into the run
     folders that a restarted experiment resumes; they stop within a second instead, as if killed themselves,
-    which every run survives (tests/test_crash.py)."""
+    which every run survives (tests/training/test_crash.py)."""
     torch.set_num_threads(threads)
     transformers.logging.disable_progress_bar()
     rich.reconfigure(stderr=True, force_interactive=False)

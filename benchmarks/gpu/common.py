@@ -40,7 +40,7 @@ def parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="results folder (on the GPU machine: $OUT)")
     p.add_argument("--state", type=Path, default=DEFAULT_STATE, help="the machine's state folder, kept between calls")
     p.add_argument("--dry-run", action="store_true",
-                   help="CPU-sized: tiny models, few users and steps, the same code paths (tests/test_gpu_dryrun.py)")
+                   help="CPU-sized: tiny models, few users and steps, the same code paths (tests/benchmarks/test_gpu_dryrun.py)")
     return p
 
 

@@ -1,4 +1,4 @@
-"""Step 1, on the GPU machine: the CUDA tests (tests/test_cuda.py), then the whole CPU test suite on the image's
+"""Step 1, on the GPU machine: the CUDA tests (tests/decoding/test_cuda.py), then the whole CPU test suite on the image's
 versions (torch 2.11, transformers 5.17, ...) with the GPU hidden, in parallel workers, within the time left.
 
 The CUDA tests compare, on the GPU: beam search (shared-prompt and standard cache; bf16 and fp32; full and
@@ -39,13 +39,13 @@ def main(argv: list[str] | None = None) -> dict:
     step = Step("step1", args)
     py = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider"]
     cuda_xml = step.out / "step1_cuda.xml"
-    report = {"cuda": run_until(py + ["tests/test_cuda.py", f"--junitxml={cuda_xml}"], step, args.budget_s)}
+    report = {"cuda": run_until(py + ["tests/decoding/test_cuda.py", f"--junitxml={cuda_xml}"], step, args.budget_s)}
     report["cuda"] |= counts(cuda_xml)
     if args.suite != "none":
         suite_xml = step.out / "step1_suite.xml"
         workers = ["-n", str(args.workers)] if args.workers else []
         step.env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU suite, on the image's library versions
-        report["suite"] = run_until(py + workers + [args.suite, "--ignore=tests/test_cuda.py", f"--junitxml={suite_xml}"],
+        report["suite"] = run_until(py + workers + [args.suite, "--ignore=tests/decoding/test_cuda.py", f"--junitxml={suite_xml}"],
                                     step, args.budget_s)
         report["suite"] |= counts(suite_xml)
     step.write(report)

@@ -437,7 +437,7 @@ def test_page_in_headless_chromium(url, recommender):
 
 # ---------------------------------------------------------------------------------------- load, bounded
 def _bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_serve.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_serve.py"
     spec = importlib.util.spec_from_file_location("bench_serve", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

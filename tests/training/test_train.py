@@ -219,7 +219,7 @@ def test_training_runs_in_the_configured_denormal_mode(data_dir, tmp_path, monke
     assert seen == [True, False]
 
 
-@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").glob("*.yaml")),
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[2] / "configs").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     config = load_config(path)
@@ -304,7 +304,7 @@ def test_a_nonfinite_step_is_skipped_and_diagnosed(data_dir, tmp_path, monkeypat
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("nan_probe", Path(__file__).parents[1] / "benchmarks/gpu/nan_probe.py")
+    spec = importlib.util.spec_from_file_location("nan_probe", Path(__file__).parents[2] / "benchmarks/gpu/nan_probe.py")
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
     report = probe.main(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "probe")])

@@ -247,7 +247,7 @@ def test_semantic_ids_config_checks(tmp_path):
         load_config(None, ["train.lr_scheduler=step"])
     with pytest.raises(ValueError, match="apao.num_negatives"):
         load_config(None, ["train.objective=apao-pairwise", "apao.num_negatives=0"])
-    apao_llama = load_config(Path(__file__).parent.parent / "configs" / "office-semantic-ids-apao-llama.yaml")
+    apao_llama = load_config(Path(__file__).parents[2] / "configs" / "office-semantic-ids-apao-llama.yaml")
     from bearrec.lm.models import build_tiny_model
 
     model = build_tiny_model(code_tokenizer([[c, c, c, c] for c in range(256)]), apao_llama.tiny)  # 1,028 tokens

@@ -13,7 +13,7 @@ from bearrec.data.cleaning import DataWarning
 from bearrec.data.dataset import DataError
 from bearrec.data.readers import read_amazon, read_interactions, read_processed, read_source
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def assert_names(err: pytest.ExceptionInfo | Warning | str, file: str, row: int | None, field: str | None) -> None:

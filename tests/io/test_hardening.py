@@ -24,7 +24,7 @@ from bearrec.lm.models import TinyConfig
 from bearrec.runs import train_run
 from bearrec.training.checkpoints import last_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from bearrec.cli import app
 
-OFFICE = Path(__file__).resolve().parents[2] / "shared" / "data" / "office"
+OFFICE = Path(__file__).resolve().parents[3] / "shared" / "data" / "office"
 pytestmark = pytest.mark.skipif(not OFFICE.is_dir(), reason=f"real data not found at {OFFICE} (../shared/data/office)")
 
 

@@ -231,7 +231,7 @@ def test_usage_errors_of_the_command_are_one_line(tmp_path):
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     for args, needle in ((["train", "--epochs", "abc"], "--epochs"), (["trian"], "No such command"),
                          (["prepare", "bogus"], "bogus")):
         done = subprocess.run([sys.executable, "-m", "bearrec.cli", *args], cwd=tmp_path, capture_output=True,

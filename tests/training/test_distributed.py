@@ -20,7 +20,7 @@ import pytest
 
 from bearrec.evaluation.evaluate import EvalSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Two CPU processes with gloo. `accelerate launch --cpu --num_processes 2` starts ONE process in accelerate 1.x
 # (its simple launcher spawns several only through mpirun); --multi_gpu launches through torchrun, and
 # ACCELERATE_USE_CPU (what --cpu sets) keeps the Trainer and bearrec on the CPU with the gloo backend.

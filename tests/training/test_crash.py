@@ -29,7 +29,7 @@ from bearrec.lm.models import TinyConfig
 from bearrec.runs import evaluate_run, train_run
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--set", "tiny.hidden_size=32", "--set", "tiny.num_hidden_layers=1", "--set", "train.valid_users=10",
          "--set", "train.batch_size=16"]
 TIMEOUT = 240
