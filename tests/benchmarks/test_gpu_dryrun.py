@@ -106,7 +106,7 @@ def test_cuda_tests_hold_on_the_cpu():
     """The CUDA tests' own logic (references, tolerances, tie handling) on the CPU (BEARREC_TEST_DEVICE=cpu), so
     that a wrong test is found here and not in a GPU lease. Skipped here: the bf16 training steps (the Trainer's bf16
     needs a GPU) and the shared-prompt cases of T5, which skip on the GPU too."""
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_cuda.py")],
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "decoding" / "test_cuda.py")],
                           cwd=ROOT, env={**os.environ, "BEARREC_TEST_DEVICE": "cpu"}, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-3000:]
