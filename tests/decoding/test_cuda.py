@@ -126,6 +126,7 @@ def synthetic(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["sft", "msl", "bear", "bear:formulation=paper"])
 def test_training_runs_on_cuda_in_bf16(synthetic, tmp_path, objective):
     """One epoch through the Trainer in bf16 (autocast), validation by beam search on the GPU, finite losses."""
