@@ -1,10 +1,11 @@
 """Folders written before the redesign still load and behave the same (the redesign issue: "Folders written before
 the change still load, and a test keeps one of each").
 
-``tests/fixtures/pre-redesign`` holds a dataset, a finished run (with the old code's evaluation) and a finished
-``compare`` experiment, all written by commit a5f373f; its README.md names the exact commands. Each test works on
-a copy in ``tmp_path`` (the folders use relative paths from the fixture root, hence ``monkeypatch.chdir``); nothing
-is written into the repository.
+The code of commit a5f373f (the last before dataset fingerprints, folder locks and the package redesign) is taken
+from the repository's history (``git archive``) and writes, once per test session, a dataset, a finished run (with
+its own evaluation and ``recommend`` output) and a finished ``compare`` experiment: the commands are ``OLD_COMMANDS``.
+No weights are shipped. Each test works on a copy in ``tmp_path`` (the folders use relative paths, hence
+``monkeypatch.chdir``). Without the history (an sdist, a shallow clone) the tests skip, saying so.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import csv
 import hashlib
 import json
 import math
+import os
 import shutil
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -23,16 +26,28 @@ from typer.testing import CliRunner
 
 from bearrec.cli import app
 
-FIXTURE = Path(__file__).parent / "fixtures" / "pre-redesign"
+pytestmark = pytest.mark.slow  # the old code trains its run and its experiment (in a subprocess)
+
+ROOT = Path(__file__).resolve().parents[1]
+OLD_COMMIT = "a5f373f"
 TINY = ["--set", "tiny.hidden_size=32", "--set", "tiny.intermediate_size=64", "--set", "tiny.num_hidden_layers=1",
         "--set", "tiny.num_attention_heads=2", "--set", "tiny.vocab_size=600"]
-# The exact commands of the fixture's README.md (minus `bearrec`), run again by the current code.
+# The commands the old code ran after writing its folders (minus `bearrec`), run again by the current code.
 EVALUATE = ["evaluate", "run", "--data", "data", "--max-users", "40"]
 HISTORY = ["i00029", "i00022", "i00029", "i00016", "i00057"]
 RECOMMEND = ["recommend", "run", *HISTORY, "--data", "data", "--top-k", "10"]
 COMPARE = ["compare", "--data", "data", "--objectives", "sft", "--model", "tiny", "--seeds", "1", "--baselines", "none",
            "--max-train-examples", "100", "--max-eval-users", "10", "--epochs", "1", "--no-pruning-rate", *TINY,
            "--set", "train.valid_users=8", "--out", "exp"]
+
+# What a5f373f ran, from an empty folder, to write the folders (relative paths, so that a copy works anywhere).
+OLD_COMMANDS = [
+    ["prepare", "synthetic", "--users", 100, "--pruning-pressure", 0.3, "--seed", 0, "--out", "data"],
+    ["train", "data", "--out", "run", "--model", "tiny", "--objective", "sft", "--epochs", 8, "--lr", 0.005,
+     "--batch-size", 16, "--seed", 0, *TINY, "--set", "train.valid_users=16", "--set", "train.patience=0"],
+    EVALUATE,
+    COMPARE,
+]
 
 runner = CliRunner()
 
@@ -41,11 +56,41 @@ def run_cli(args):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.fixture(scope="session")
+def written_before(tmp_path_factory) -> Path:
+    """The folders a5f373f writes (``OLD_COMMANDS``), its ``recommend`` output in ``recommend_expected.txt``, and
+    no checkpoints (a finished run loads without them)."""
+    tmp = tmp_path_factory.mktemp("pre-redesign")
+    code, root = tmp / "code", tmp / "folders"
+    code.mkdir()
+    root.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", OLD_COMMIT, "bearrec"], capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip(f"commit {OLD_COMMIT} is not in this checkout's history (git archive: "
+                    f"{archive.stderr.decode(errors='replace').strip()[:120]})")
+    subprocess.run(["tar", "-x", "-C", str(code)], input=archive.stdout, check=True)
+    env = {**os.environ, "PYTHONPATH": str(code)}
+
+    def old_cli(args) -> str:
+        done = subprocess.run([sys.executable, "-m", "bearrec.cli", *map(str, args)], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return done.stdout
+
+    for args in OLD_COMMANDS[:3]:
+        old_cli(args)
+    (root / "recommend_expected.txt").write_text(old_cli(RECOMMEND))
+    old_cli(OLD_COMMANDS[3])
+    for folder in [root / "run" / "checkpoints", *root.glob("exp/runs/*/*/checkpoints")]:
+        shutil.rmtree(folder)
+    return root
+
+
 @pytest.fixture
-def old(tmp_path, monkeypatch) -> Path:
-    """A copy of the fixture, the working directory."""
+def old(written_before, tmp_path, monkeypatch) -> Path:
+    """A copy of the folders a5f373f wrote, the working directory."""
     root = tmp_path / "pre-redesign"
-    shutil.copytree(FIXTURE, root)
+    shutil.copytree(written_before, root)
     monkeypatch.chdir(root)
     return root
 
@@ -65,10 +110,8 @@ def rows(text: str) -> list[list[str]]:
     return list(csv.reader(text.splitlines()))
 
 
-def test_fixture_is_small_and_has_no_locks_or_checkpoints():
-    files = [p for p in FIXTURE.rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) < 1_500_000
-    assert not [p for p in files if p.name == ".bearrec.lock" or "checkpoints" in p.parts]
+def test_the_old_code_wrote_no_locks(written_before):
+    assert not list(written_before.rglob(".bearrec.lock"))  # a5f373f had no folder locks
 
 
 def test_dataset_folder_loads(old):
@@ -88,7 +131,7 @@ def test_dataset_folder_loads(old):
     # a5f373f predates fingerprints: its run.json records none, so there is nothing to compare it with.
     meta = json.loads((old / "run" / "run.json").read_text())
     assert "dataset_fingerprint" not in meta
-    assert Path(meta["dataset_dir"]).is_absolute()  # where the fixture was made: the tests pass the copy's data
+    assert Path(meta["dataset_dir"]).is_absolute()  # where the old code wrote it: the tests pass the copy's data
 
 
 def test_run_loads(old):
