@@ -61,19 +61,6 @@ def _experiment_config(config: Optional[Path], data: Optional[Path], model: Opti
     return base
 
 
-def _cpu_budget(base) -> int:
-    """compare with smollm2-135m on a CPU: a full office epoch would take about a day, so train one epoch on
-    a subsample and evaluate 100 users (measured on office: 27 min of training and under 30 min of
-    evaluation per objective on one core of a loaded 2-core machine). Returns the user count."""
-    base.train.max_train_examples, base.train.epochs, base.train.valid_users = 512, 1, 0  # one epoch: nothing to select
-    base.train.batch_size = min(base.train.batch_size, 8)
-    base.train.lr = base.train.lr or 3e-4  # 64 LoRA steps: the paper's 1e-4 barely moves the adapters
-    console.print("[yellow]note:[/yellow] smollm2-135m on a CPU: 1 epoch on 512 training examples (batch 8, lr "
-                  f"{base.train.lr:g}), 100 evaluation users per run, PR@K on 30 of them (at most 512 trie nodes expanded each); pass --max-train-examples, --epochs or "
-                  "--max-eval-users to choose your own budget", soft_wrap=True)
-    return 100
-
-
 def torch_cuda() -> bool:
     import torch
 
@@ -144,9 +131,8 @@ def compare(
 
     Interrupted (Ctrl-C)? Run the same command again: finished runs are kept, the current one resumes.
     """
-    from bearrec.config import TrainConfig
     from bearrec.evaluation.evaluate import EvalSettings
-    from bearrec.experiments.plan import compare_plan, parse_baselines
+    from bearrec.experiments.plan import compare_plan, cpu_budget, parse_baselines
     from bearrec.lm.models import SMOLLM2
     from bearrec.objectives import registry
 
@@ -159,13 +145,12 @@ def compare(
                        "decoding.scoring": scoring, "decoding.length_penalty": length_penalty,
                        "decoding.decoder": decoder}) + list(overrides or [])
     base = _experiment_config(config, data, model, sets, SMOLLM2)
-    defaults = TrainConfig()
-    untouched = all(getattr(base.train, f) == getattr(defaults, f)
-                    for f in ("epochs", "max_train_examples", "valid_users", "batch_size", "lr"))
-    if base.model == SMOLLM2 and not torch_cuda() and max_eval_users is None and untouched:
-        max_eval_users = _cpu_budget(base)
-        pruning_users = pruning_users or 30
-        pruning_node_budget = pruning_node_budget or 512
+    budget = cpu_budget(base, gpu=torch_cuda(), max_eval_users=max_eval_users, pruning_users=pruning_users,
+                        pruning_node_budget=pruning_node_budget)
+    if budget is not None:
+        console.print(f"[yellow]note:[/yellow] {budget.note}", soft_wrap=True)
+        base, max_eval_users = budget.config, budget.max_eval_users
+        pruning_users, pruning_node_budget = budget.pruning_users, budget.pruning_node_budget
     unknown = [n for n in names if n.split(":")[0] not in registry.REGISTRY]
     if unknown:
         raise ValueError(f"unknown objective(s) {', '.join(unknown)}; choose from {', '.join(registry.names())}")

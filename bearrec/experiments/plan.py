@@ -1,5 +1,6 @@
 """The plan of an experiment: one :class:`RunSpec` per (label, seed). ``compare`` plans each objective (and
-conventional baseline) per seed, seed-major; ``sweep`` one run per grid point plus the SFT baseline."""
+conventional baseline) per seed, seed-major; ``sweep`` one run per grid point plus the SFT baseline.
+:func:`cpu_budget` shrinks ``compare`` of smollm2-135m to what a CPU finishes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from bearrec.config import ExperimentConfig, with_overrides
+from bearrec.config import ExperimentConfig, TrainConfig, with_overrides
+from bearrec.lm.models import SMOLLM2
 from bearrec.objectives import registry
 from bearrec.yamlfiles import parse_assignment, parse_value
 
@@ -110,3 +112,46 @@ def sweep_plan(objective: str, grid: dict[str, list], seeds: int, base_seed: int
             point = dict(zip(grid, values))
             specs.append(RunSpec(grid_label(objective, point), seed, {"train.objective": objective, **point}))
     return specs
+
+
+# The train fields that size a run: cpu_budget applies only while all of them are at their defaults.
+CPU_BUDGET_TRAIN_FIELDS = ("epochs", "max_train_examples", "valid_users", "batch_size", "lr")
+
+
+@dataclass(frozen=True)
+class CpuBudget:
+    """What :func:`cpu_budget` chose: the config to train with, the evaluation's user counts and a note that says so
+    (plain text: the caller prints it)."""
+
+    config: ExperimentConfig
+    max_eval_users: int
+    pruning_users: int
+    pruning_node_budget: int
+    note: str
+
+
+def cpu_budget(base: ExperimentConfig, gpu: bool, max_eval_users: int | None, pruning_users: int | None,
+               pruning_node_budget: int | None) -> CpuBudget | None:
+    """The budget of ``compare`` with smollm2-135m on a CPU, where a full office epoch would take about a day.
+
+    The rule: when the model is smollm2-135m, there is no GPU, no evaluation subsample was asked for
+    (``max_eval_users`` is None) and the train fields that size a run (:data:`CPU_BUDGET_TRAIN_FIELDS`) are all at
+    their defaults, train one epoch on 512 training examples with no validation users (one epoch: nothing to
+    select), batch size at most 8 and lr 3e-4 (64 LoRA steps: the paper's 1e-4 barely moves the adapters); evaluate
+    100 users, PR@K on the first 30 of them (or ``pruning_users``) with at most 512 trie nodes expanded each (or
+    ``pruning_node_budget``). Measured on office: 27 min of training and under 30 min of evaluation per objective
+    on one core of a loaded 2-core machine. Otherwise None: the caller keeps its config and values.
+
+    ``base`` is left as it is; the budget's config is a copy.
+    """
+    defaults = TrainConfig()
+    untouched = all(getattr(base.train, f) == getattr(defaults, f) for f in CPU_BUDGET_TRAIN_FIELDS)
+    if base.model != SMOLLM2 or gpu or max_eval_users is not None or not untouched:
+        return None
+    lr = base.train.lr or 3e-4
+    config = with_overrides(base, {"train.max_train_examples": 512, "train.epochs": 1, "train.valid_users": 0,
+                                   "train.batch_size": min(base.train.batch_size, 8), "train.lr": lr})
+    note = (f"smollm2-135m on a CPU: 1 epoch on 512 training examples (batch 8, lr {lr:g}), 100 evaluation users per "
+            "run, PR@K on 30 of them (at most 512 trie nodes expanded each); pass --max-train-examples, --epochs or "
+            "--max-eval-users to choose your own budget")
+    return CpuBudget(config, 100, pruning_users or 30, pruning_node_budget or 512, note)

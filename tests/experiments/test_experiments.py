@@ -232,6 +232,29 @@ def test_compare_defaults_to_smollm2_with_a_cpu_budget(tmp_path, monkeypatch):
     result = _run("compare", "--data", data, "--baselines", "sasrec,gru4rec", "--out", tmp_path / "c3")
     assert result.exit_code == 2 and "gru4rec" in result.stderr
 
+def test_cpu_budget_applies_only_to_an_untouched_smollm2_run_on_a_cpu():
+    """The rule of plan.cpu_budget, field by field; the caller's config is never changed."""
+    from bearrec.config import ExperimentConfig, with_overrides
+    from bearrec.experiments.plan import CPU_BUDGET_TRAIN_FIELDS, cpu_budget
+
+    base = with_overrides(ExperimentConfig(), {"model": "smollm2-135m"})
+    budget = cpu_budget(base, gpu=False, max_eval_users=None, pruning_users=None, pruning_node_budget=None)
+    assert (budget.max_eval_users, budget.pruning_users, budget.pruning_node_budget) == (100, 30, 512)
+    assert (budget.config.train.epochs, budget.config.train.max_train_examples, budget.config.train.valid_users) == (1, 512, 0)
+    assert budget.config.train.batch_size <= 8 and "512 training examples" in budget.note
+    assert base.train.max_train_examples != 512  # a copy
+    kept = cpu_budget(base, gpu=False, max_eval_users=None, pruning_users=7, pruning_node_budget=64)
+    assert (kept.pruning_users, kept.pruning_node_budget) == (7, 64)
+    assert cpu_budget(base, gpu=True, max_eval_users=None, pruning_users=None, pruning_node_budget=None) is None
+    assert cpu_budget(base, gpu=False, max_eval_users=50, pruning_users=None, pruning_node_budget=None) is None
+    tiny = with_overrides(base, {"model": "tiny"})
+    assert cpu_budget(tiny, gpu=False, max_eval_users=None, pruning_users=None, pruning_node_budget=None) is None
+    changed = {"epochs": 5, "max_train_examples": 64, "valid_users": 5, "batch_size": 4, "lr": 1e-3}
+    assert set(changed) == set(CPU_BUDGET_TRAIN_FIELDS)
+    for name, value in changed.items():
+        touched = with_overrides(base, {f"train.{name}": value})
+        assert cpu_budget(touched, gpu=False, max_eval_users=None, pruning_users=None, pruning_node_budget=None) is None, name
+
 
 
 def test_compare_beam_width_comes_from_the_config_unless_given(tmp_path, monkeypatch):
