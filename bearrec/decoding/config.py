@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from bearrec.checks import INT64_MAX, check
@@ -10,6 +11,20 @@ from bearrec.decoding.latent import SIMILARITIES, VARIANTS
 from bearrec.decoding.scoring import SCORINGS
 
 DECODERS = ("beam", "exact", "latent")
+
+# What each decoding field must be, for a run's section and for one command's overrides alike: field -> (test of a
+# value that is set, the words of the rule).
+RULES = {
+    "decoder": (lambda v: v in DECODERS, " | ".join(DECODERS)),
+    "scoring": (lambda v: v in SCORINGS, " or ".join(SCORINGS)),
+    "length_penalty": (math.isfinite, "a finite number"),
+    "node_budget": (lambda v: 1 <= v <= INT64_MAX, f"in [1, {INT64_MAX}]"),
+    "latent_variant": (lambda v: v in VARIANTS, " | ".join(VARIANTS)),
+    "latent_similarity": (lambda v: v in SIMILARITIES, " | ".join(SIMILARITIES)),
+    "latent_neighbors": (lambda v: 1 <= v <= INT64_MAX, f"in [1, {INT64_MAX}]"),
+}
+# The fields of a run's section that may be null, and what null means there.
+NULLABLE = {"scoring": "the objective's", "node_budget": "no limit"}
 
 
 @dataclass
@@ -35,16 +50,12 @@ class DecodingConfig:
     latent_neighbors: int = 5  # latent local: M
 
     def validate(self, section: str = "decoding") -> None:
-        check(self.scoring is None or self.scoring in SCORINGS, section, "scoring", "full, masked or null (the objective's)",
-              self.scoring)
-        check(self.decoder in DECODERS, section, "decoder", " | ".join(DECODERS), self.decoder)
-        check(self.node_budget is None or 1 <= self.node_budget <= INT64_MAX, section, "node_budget",
-              f"in [1, {INT64_MAX}], or null", self.node_budget)
-        check(self.latent_variant in VARIANTS, section, "latent_variant", " | ".join(VARIANTS), self.latent_variant)
-        check(self.latent_similarity in SIMILARITIES, section, "latent_similarity", " | ".join(SIMILARITIES),
-              self.latent_similarity)
-        check(1 <= self.latent_neighbors <= INT64_MAX, section, "latent_neighbors", f"in [1, {INT64_MAX}]",
-              self.latent_neighbors)
+        """Check every field against :data:`RULES` (null allowed where :data:`NULLABLE` says what it means)."""
+        for name, (ok, text) in RULES.items():
+            value = getattr(self, name)
+            nullable = name in NULLABLE
+            check((value is None and nullable) or (value is not None and ok(value)), section, name,
+                  f"{text}, or null ({NULLABLE[name]})" if nullable else text, value)
 
     def with_scoring(self, scoring: str) -> "DecodingConfig":
         """This section with ``scoring`` filled in where it is null (the objective's, from the run's config)."""
@@ -66,22 +77,13 @@ class DecodingOverrides:
     latent_neighbors: int | None = None
 
     def validate(self, section: str, flags: dict[str, str] | None = None) -> None:
-        """Check every field that is set; ``flags`` names a field's command-line flag in the message."""
+        """Check every field that is set against :data:`RULES`; ``flags`` names a field's command-line flag in the
+        message."""
         flags = flags or {}
-        for name, ok, text in [
-            ("decoder", self.decoder in DECODERS, " | ".join(DECODERS)),
-            ("scoring", self.scoring in SCORINGS, " or ".join(SCORINGS)),
-            ("length_penalty", self.length_penalty is not None and abs(self.length_penalty) < float("inf"),
-             "a finite number"),
-            ("node_budget", self.node_budget is not None and 1 <= self.node_budget <= INT64_MAX, f"in [1, {INT64_MAX}]"),
-            ("latent_variant", self.latent_variant in VARIANTS, " or ".join(VARIANTS)),
-            ("latent_similarity", self.latent_similarity in SIMILARITIES, " or ".join(SIMILARITIES)),
-            ("latent_neighbors", self.latent_neighbors is not None and 1 <= self.latent_neighbors <= INT64_MAX,
-             f"in [1, {INT64_MAX}]"),
-        ]:
+        for name, (ok, text) in RULES.items():
             value = getattr(self, name)
             text += ", or unset for the run's"
-            check(value is None or ok, section, name, f"{text} ({flags[name]})" if name in flags else text, value)
+            check(value is None or ok(value), section, name, f"{text} ({flags[name]})" if name in flags else text, value)
 
     def apply(self, run: DecodingConfig) -> DecodingConfig:
         """The run's decoding section with the fields these overrides set."""

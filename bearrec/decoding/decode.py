@@ -39,7 +39,7 @@ def decode(
     ``targets [N]`` (beam only) are followed through the search for the pruning attribution. ``progress(n)``
     is called with the number of users finished.
     """
-    scoring = decoding.scoring or "full"
+    scoring = decoding.with_scoring("full").scoring
     if decoding.decoder == "beam":
         return constrained_beam_search(model, prompts.input_ids, prompts.attention_mask, trie, beam_width=k,
                                        batch_size=batch_size, length_penalty=decoding.length_penalty, targets=targets,

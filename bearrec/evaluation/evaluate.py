@@ -116,6 +116,7 @@ def evaluate(model, space: ItemSpace, dataset: RecDataset, settings: EvalSetting
     """
     if settings.split not in dataset.splits:
         raise ValueError(f"unknown split {settings.split!r}; choose one of {', '.join(dataset.splits)}")
+    decoding = decoding.with_scoring("full")  # null where no objective names one
     ks = report_ks(settings.beam_width)
     if max(ks) > settings.beam_width:
         raise ValueError(f"K={max(ks)} exceeds the beam width {settings.beam_width}: the decoder returns only B items")
@@ -176,7 +177,7 @@ def _decoder_fields(decoding: DecodingConfig) -> dict:
     if decoding.decoder == "latent":
         return {"latent_variant": decoding.latent_variant, "latent_similarity": decoding.latent_similarity,
                 "latent_neighbors": decoding.latent_neighbors}
-    fields = {"scoring": decoding.scoring or "full"}
+    fields = {"scoring": decoding.scoring}
     if decoding.decoder == "beam":
         fields["length_penalty"] = decoding.length_penalty
     else:
@@ -188,7 +189,7 @@ def _decoder_name(settings: EvalSettings, decoding: DecodingConfig) -> str:
     """The progress bar's words for the decoder: ``beam search B=10, full scoring, history excluded``."""
     name = {"beam": f"beam search B={settings.beam_width}", "exact": f"exact top-{settings.beam_width}",
             "latent": f"L2D {decoding.latent_variant} decoding"}[decoding.decoder]
-    name += f", {decoding.scoring or 'full'} scoring" if decoding.decoder != "latent" else ""
+    name += f", {decoding.scoring} scoring" if decoding.decoder != "latent" else ""
     return name + (", history excluded" if settings.exclude_history else "")
 
 
@@ -225,7 +226,7 @@ def _exact_ranks(run: _Decoding, prompts: Prompts, targets: torch.Tensor, found,
     known = found.summed_scores(run.trie, run.decoding.length_penalty)[:ranked]  # [ranked, B] exact scores
     return map_users(exact_target_ranks, run.model, prompts.input_ids, prompts.attention_mask, run.trie, targets,
                      max_rank=max(ks), known_items=found.item_ids[:ranked], known_scores=known, max_nodes=node_budget,
-                     scoring=run.decoding.scoring or "full", progress=progress)
+                     scoring=run.decoding.scoring, progress=progress)
 
 
 def _add_pruning(result: dict, found, exact_rank: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...],

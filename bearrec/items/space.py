@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from bearrec.data.dataset import RecDataset
 from bearrec.items.prompts import PromptEncoder, PromptTemplate
 from bearrec.items.semantic_ids import CodePrompt, code_strings, dataset_codes
-from bearrec.items.trie import ItemTrie
+from bearrec.items.trie import ItemTrie, catalog_trie
 from bearrec.lm.forward import Prompts, left_pad
 
 
@@ -45,11 +45,7 @@ class ItemSpace:
         template = CodePrompt() if representation == "semantic-ids" else PromptTemplate(dataset.domain)
         encoder = PromptEncoder(tokenizer, item_texts(dataset, representation), template, max_prompt_tokens,
                                 chat_template=chat_template)
-        try:
-            trie = ItemTrie.from_sequences(encoder.answers, tokenizer.eos_token_id)
-        except ValueError as err:
-            raise ValueError(f"catalog cannot be decoded with this tokenizer: {err}") from None
-        return cls(tokenizer, encoder, trie)
+        return cls(tokenizer, encoder, catalog_trie(encoder.answers, tokenizer.eos_token_id))
 
     @property
     def num_items(self) -> int:

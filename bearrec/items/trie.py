@@ -224,12 +224,18 @@ def tokenize_titles(tokenizer, titles: Sequence[str]) -> list[list[int]]:
     return [list(ids) + [tokenizer.eos_token_id] for ids in encoded]
 
 
-def build_trie(tokenizer, titles: Sequence[str]) -> ItemTrie:
-    """Trie of a catalog's titles under ``tokenizer``."""
+def catalog_trie(answers: Sequence[Sequence[int]], eos_token_id: int) -> ItemTrie:
+    """Trie of a catalog's tokenised answers (item tokens + EOS); a ``ValueError`` naming the tokenizer when two
+    items tokenise alike (the trie could not tell them apart)."""
     try:
-        return ItemTrie.from_sequences(tokenize_titles(tokenizer, titles), tokenizer.eos_token_id)
+        return ItemTrie.from_sequences(answers, eos_token_id)
     except ValueError as err:
         raise ValueError(f"catalog cannot be decoded with this tokenizer: {err}") from None
+
+
+def build_trie(tokenizer, titles: Sequence[str]) -> ItemTrie:
+    """Trie of a catalog's titles under ``tokenizer``."""
+    return catalog_trie(tokenize_titles(tokenizer, titles), tokenizer.eos_token_id)
 
 
 def _lexicographic(sequences: torch.Tensor) -> torch.Tensor:
