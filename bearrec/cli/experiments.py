@@ -70,6 +70,7 @@ def torch_cuda() -> bool:
 def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: bool, grid=None, jobs: int = 1) -> None:
     import shlex
 
+    from bearrec.data.dataset import RecDataset
     from bearrec.evaluation.report import rich_table, summary_runs
     from bearrec.experiments.report import write_report
     from bearrec.experiments.runner import evaluate_chosen_on_test, run_experiment
@@ -77,19 +78,22 @@ def _run_experiment(kind: str, base, specs, out_dir: Path, settings, overwrite: 
     from bearrec.io import check_replaceable, empty_folder, folder_lock
 
     settings.validate()
+    # Loaded once, for the runs, the test evaluation of a sweep and the report (no data: run_experiment says so).
+    dataset = RecDataset.load(base.data) if base.data else None
     with folder_lock(out_dir, "experiment"):
         if overwrite and out_dir.exists():
             check_replaceable(out_dir, "experiment")  # --overwrite deletes only an earlier bearrec experiment
             empty_folder(out_dir)
         try:
-            results = run_experiment(base, specs, out_dir, settings, kind, console, jobs)
+            results = run_experiment(base, specs, out_dir, settings, kind, console, jobs, dataset)
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted:[/yellow] finished runs are kept in {out_dir}; "
                           "run the same command again to resume", soft_wrap=True)
             raise typer.Exit(130) from None
-        selection = evaluate_chosen_on_test(out_dir, results, base, settings, console) if kind == "sweep" else None
+        selection = (evaluate_chosen_on_test(out_dir, results, base, settings, console, dataset) if kind == "sweep"
+                     else None)
         rows = write_report(out_dir, results, base, settings, kind, shlex.join(["bearrec", *sys.argv[1:]]), grid,
-                            selection)
+                            selection, dataset)
     out.print(rich_table(summary_runs(rows), f"{kind}: {len(results)} runs (mean over seeds, {settings.split} split)"))
     for label, row in rows.items():
         if "vs_sft" in row:

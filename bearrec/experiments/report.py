@@ -43,13 +43,15 @@ def environment() -> dict:
 
 
 def write_report(out_dir: str | Path, results: list[dict], base: ExperimentConfig, settings: EvalSettings,
-                 kind: str, command: str, grid: dict[str, list] | None = None, selection: dict | None = None) -> dict:
+                 kind: str, command: str, grid: dict[str, list] | None = None, selection: dict | None = None,
+                 dataset: RecDataset | None = None) -> dict:
     """``results.json``, ``results.md`` and the figures of an experiment folder; returns the summary rows.
 
-    ``selection`` (a sweep's :func:`evaluate_chosen_on_test`) adds the chosen point and its test results."""
+    ``selection`` (a sweep's :func:`evaluate_chosen_on_test`) adds the chosen point and its test results.
+    ``dataset`` is ``base.data`` already loaded; None loads it."""
     out = Path(out_dir)
     rows = summarize(results)
-    dataset = RecDataset.load(base.data)
+    dataset = dataset if dataset is not None else RecDataset.load(base.data)
     users = results[0]["users"] if results else 0
     title = (f"{kind}: {Path(base.data).name}, model {base.model}, {users} {settings.split} users, "
              f"B={settings.beam_width}")

@@ -46,9 +46,11 @@ def _recorded_plan(recorded: dict) -> dict | None:
 
 
 def run_experiment(base: ExperimentConfig, specs: list[RunSpec], out_dir: str | Path, settings: EvalSettings,
-                   kind: str, console=None, jobs: int = 1) -> list[dict]:
+                   kind: str, console=None, jobs: int = 1, dataset: RecDataset | None = None) -> list[dict]:
     """Train and evaluate every planned run that is not finished yet; returns one result per spec. ``base`` and
-    ``settings`` arrive checked (their ``validate``, where the command line builds them).
+    ``settings`` arrive checked (their ``validate``, where the command line builds them). ``dataset`` is
+    ``base.data`` already loaded (the command line loads it once for the runs, the test evaluation and the
+    report); None loads it here.
 
     ``jobs > 1`` trains that many runs at once, each in its own process with an equal share of the CPU threads
     (:func:`_parallel_runs`): for small models on a multi-core CPU, where one run cannot use every core.
@@ -57,11 +59,11 @@ def run_experiment(base: ExperimentConfig, specs: list[RunSpec], out_dir: str | 
         raise ValueError(f"jobs {jobs}: at least 1 run at a time")
     finished = lambda folder: any(folder.glob("runs/*/*/result.json"))  # noqa: E731
     with folder_lock(out_dir, "experiment"), discarded_on_disk_error(out_dir, keep=finished):
-        return _run_experiment(base, specs, Path(out_dir), settings, kind, console, jobs)
+        return _run_experiment(base, specs, Path(out_dir), settings, kind, console, jobs, dataset)
 
 
 def _run_experiment(base: ExperimentConfig, specs: list[RunSpec], out: Path, settings: EvalSettings, kind: str,
-                    console, jobs: int) -> list[dict]:
+                    console, jobs: int, dataset: RecDataset | None) -> list[dict]:
     if not base.data:
         raise ValueError("no dataset: pass DATA or set 'data' in the config")
     if not specs:
@@ -72,7 +74,7 @@ def _run_experiment(base: ExperimentConfig, specs: list[RunSpec], out: Path, set
     if len(set(folders)) != len(folders):
         raise ValueError(f"two planned runs share a folder ({next(f for f in folders if folders.count(f) > 1)}): "
                          "repeated grid values?")
-    dataset = RecDataset.load(base.data)
+    dataset = dataset if dataset is not None else RecDataset.load(base.data)
     for spec in specs:  # fail on a bad override before hours of training, not after (baselines: base.validate)
         if spec.label not in BASELINES:
             spec.config(base)
@@ -216,10 +218,11 @@ def _baseline_run(name: str, dataset: RecDataset, config, settings: EvalSettings
 
 
 def evaluate_chosen_on_test(out_dir: str | Path, results: list[dict], base: ExperimentConfig,
-                            settings: EvalSettings, console=None) -> dict:
+                            settings: EvalSettings, console=None, dataset: RecDataset | None = None) -> dict:
     """A sweep's model selection: the grid point with the best mean *validation* NDCG@10 over seeds is chosen,
     then it and the SFT baseline (every seed) are evaluated on the test split, once: their ``eval_test.json``
     is reused on a restart. The grid itself is never evaluated on test, so the choice cannot see test data.
+    ``dataset`` is ``base.data`` already loaded; None loads it the first time a test result is not saved yet.
     """
     if settings.split != "valid":
         raise ValueError("a sweep selects on the valid split; its grid is never evaluated on test")
@@ -231,7 +234,6 @@ def evaluate_chosen_on_test(out_dir: str | Path, results: list[dict], base: Expe
         return {}
     chosen = max(valid, key=lambda label: float(np.mean(valid[label])))
     test = replace(settings, split="test")
-    dataset = None  # loaded once, and only if some test result is not saved yet
     tested = []
     for r in results:
         if r["label"] not in (BASELINE, chosen):
@@ -241,8 +243,7 @@ def evaluate_chosen_on_test(out_dir: str | Path, results: list[dict], base: Expe
         if saved.is_file():
             result = json.loads(saved.read_text())
         else:
-
-            dataset = dataset or RecDataset.load(base.data)
+            dataset = dataset if dataset is not None else RecDataset.load(base.data)
             if console:
                 console.print(f"test split: {r['label']} seed {r['seed']}")
             result = evaluate_run(folder, test, data=dataset, console=console)

@@ -184,13 +184,20 @@ def test_compare_jobs_runs_in_parallel_processes_with_the_sequential_results(tmp
 
 
 @pytest.mark.slow
-def test_sweep_end_to_end(tmp_path):
+def test_sweep_end_to_end(tmp_path, monkeypatch):
+    from bearrec.data.dataset import RecDataset
+
     data, out = tmp_path / "data", tmp_path / "sweep"
     assert _run("prepare", "synthetic", "--out", data, "--users", 40).exit_code == 0
     args = ["sweep", "--data", data, "--grid", "weight=0.1,1", "temperature=1", "--epochs", 1, "--max-eval-users", 8,
             "--set", "train.valid_users=0", "--out", out]
+    loads = []
+    load = RecDataset.load.__func__
+    monkeypatch.setattr(RecDataset, "load", classmethod(lambda cls, *a, **k: loads.append(a) or load(cls, *a, **k)))
     result = _run(*args)
     assert result.exit_code == 0, result.output
+    assert len(loads) == 1  # once for the runs, the test evaluation and the report
+    monkeypatch.undo()
     report = json.loads((out / "results.json").read_text())
     assert set(report["summary"]) == {"sft", "bear weight=0.1 temperature=1", "bear weight=1 temperature=1"}
     assert report["grid"] == {"bear.weight": [0.1, 1], "bear.temperature": [1]}
@@ -214,7 +221,7 @@ def test_compare_defaults_to_smollm2_with_a_cpu_budget(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_run(base, specs, out_dir, settings, kind, console=None, jobs=1):
+    def fake_run(base, specs, out_dir, settings, kind, console=None, jobs=1, dataset=None):
         seen.update(base=base, specs=specs, settings=settings)
         raise KeyboardInterrupt  # stop before any training; also exercises the Ctrl-C message
 
@@ -264,7 +271,7 @@ def test_compare_beam_width_comes_from_the_config_unless_given(tmp_path, monkeyp
 
     seen = {}
 
-    def fake_run(base, specs, out_dir, settings, kind, console=None, jobs=1):
+    def fake_run(base, specs, out_dir, settings, kind, console=None, jobs=1, dataset=None):
         seen.update(base=base, settings=settings)
         raise KeyboardInterrupt
 
