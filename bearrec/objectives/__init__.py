@@ -1,30 +1,30 @@
 """Training objectives: pure functions of aligned ``logits [N, T, V]`` and ``labels [N, T]`` (-100 = unscored),
-each with its config dataclass in the same file; :mod:`bearrec.objectives.registry` lists them."""
+each with its config dataclass in the same file; :mod:`bearrec.objectives.registry` lists them.
 
-from bearrec.objectives.apao import adaptive_weights, apao_pairwise_loss, apao_pointwise_loss, distinct_prefixes
-from bearrec.objectives.beam_sim import align_thresholds, beam_sim_loss, simulate_thresholds
-from bearrec.objectives.bear import bear_loss, bear_regulariser, pruning_margin
-from bearrec.objectives.msl import ats_temperature, masked_log_softmax, msl_loss
-from bearrec.objectives.sdpo import sdpo_bear_loss, sdpo_loss, sequence_log_probs
-from bearrec.objectives.sft import IGNORE_INDEX, sft_loss
+The loss functions below are imported on first use (PEP 562), so that ``bearrec.objectives.registry``, which
+names the objectives for the command line's help, does not import torch.
+"""
 
-__all__ = [
-    "IGNORE_INDEX",
-    "adaptive_weights",
-    "apao_pairwise_loss",
-    "apao_pointwise_loss",
-    "align_thresholds",
-    "ats_temperature",
-    "beam_sim_loss",
-    "bear_loss",
-    "bear_regulariser",
-    "distinct_prefixes",
-    "masked_log_softmax",
-    "msl_loss",
-    "pruning_margin",
-    "sdpo_bear_loss",
-    "sdpo_loss",
-    "sequence_log_probs",
-    "sft_loss",
-    "simulate_thresholds",
-]
+import importlib
+
+_WHERE = {
+    "apao": ("adaptive_weights", "apao_pairwise_loss", "apao_pointwise_loss", "distinct_prefixes"),
+    "beam_sim": ("align_thresholds", "beam_sim_loss", "simulate_thresholds"),
+    "bear": ("bear_loss", "bear_regulariser", "pruning_margin"),
+    "msl": ("ats_temperature", "masked_log_softmax", "msl_loss"),
+    "sdpo": ("sdpo_bear_loss", "sdpo_loss", "sequence_log_probs"),
+    "sft": ("IGNORE_INDEX", "sft_loss"),
+}
+_MODULE = {name: module for module, names in _WHERE.items() for name in names}
+
+__all__ = sorted(_MODULE)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULE[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE))
