@@ -3,11 +3,21 @@
 The fast lane, ``pytest -m "not slow"``, trains nothing: a test (or a fixture it uses) that starts a training loop
 must be marked ``slow``. The guard below enforces it while the test is set up and run, for the Hugging Face
 Trainer (every LM objective) and the baselines' loop; a test that trains in a subprocess is marked by hand.
+
+Shared fixtures: ``tiny_data`` (a small synthetic dataset, read only) and ``tiny_run`` (a tiny Llama trained on
+it once per session, handed to each test module as its own copy).
 """
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
+from cli_helpers import small_synthetic
+
+from bearrec.config import ExperimentConfig, TinyConfig, TrainConfig
+from bearrec.runs import train_run
 
 
 class TrainingInFastLane(AssertionError):
@@ -53,3 +63,26 @@ class _guard:
     def __exit__(self, *exc):
         self.patch.undo()
         return False
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A small synthetic dataset (30 users, 20 items), shared by the test files that only read it."""
+    return small_synthetic(tmp_path_factory.mktemp("tiny-data") / "syn")
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_data, tmp_path_factory) -> Path:
+    """A finished tiny run on ``tiny_data``: 2 epochs, so two checkpoints, and the last epoch kept (no best-epoch
+    selection). Trained once per session; tests take it through :func:`tiny_run`."""
+    folder = tmp_path_factory.mktemp("tiny-trained") / "run"
+    train_run(ExperimentConfig(data=str(tiny_data), tiny=TinyConfig(hidden_size=32, num_hidden_layers=1),
+                               train=TrainConfig(epochs=2, batch_size=16, valid_users=8, select_best=False)), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_trained, tmp_path_factory) -> Path:
+    """This test module's copy of the session's tiny run: what the module writes into it (an evaluation, an item
+    memory) is not seen by another. A test using it trains (once per session), so it is marked slow."""
+    return Path(shutil.copytree(tiny_trained, tmp_path_factory.mktemp("run") / "run"))

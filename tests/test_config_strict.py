@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from cli_helpers import one_line_error, run_cli, small_synthetic
+from cli_helpers import one_line_error, run_cli
 
 from bearrec.config import INT64_MAX, ExperimentConfig, TrainConfig, load_config
 from bearrec.yamlfiles import MAX_CONFIG_BYTES, parse_value, read_yaml
@@ -19,8 +19,8 @@ needs_dev_fd = pytest.mark.skipif(not Path("/dev/fd").is_dir(), reason="needs /d
 
 
 @pytest.fixture(scope="module")
-def syn(tmp_path_factory) -> Path:
-    return small_synthetic(tmp_path_factory.mktemp("syn") / "syn")
+def syn(tiny_data) -> Path:
+    return tiny_data
 
 
 def _error(tmp_path, text: str) -> str:

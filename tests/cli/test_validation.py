@@ -6,26 +6,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli_helpers import SMALL, one_line_error, run_cli, small_synthetic
-
-from bearrec.config import ExperimentConfig, TrainConfig
-from bearrec.lm.models import TinyConfig
-from bearrec.runs import train_run
+from cli_helpers import SMALL, one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
-def syn(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("syn") / "syn"
-    return small_synthetic(folder)
+def syn(tiny_data) -> Path:
+    return tiny_data
 
 
 @pytest.fixture(scope="module")
-def run(syn, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("run") / "run"
-    config = ExperimentConfig(data=str(syn), tiny=TinyConfig(hidden_size=32, num_hidden_layers=1),
-                              train=TrainConfig(epochs=2, batch_size=16, valid_users=8, select_best=False))
-    train_run(config, folder)
-    return folder
+def run(tiny_run) -> Path:
+    return tiny_run
 
 
 # ---------------------------------------------------------------------------------- train: checked before writing

@@ -15,13 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import SMALL, one_line_error, run_cli, small_synthetic
+from cli_helpers import SMALL, one_line_error, run_cli
 
-from bearrec.config import ExperimentConfig, TrainConfig
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
 from bearrec.io import LOCK, folder_lock
-from bearrec.lm.models import TinyConfig
-from bearrec.runs import train_run
 from bearrec.training.checkpoints import last_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,21 +47,14 @@ def error_line(process: subprocess.Popen, timeout: float = 300) -> str:
 
 
 @pytest.fixture(scope="module")
-def syn(tmp_path_factory) -> Path:
-    return small_synthetic(tmp_path_factory.mktemp("syn") / "syn")
-
-
-def _config(data: Path, epochs: int = 2) -> ExperimentConfig:
-    return ExperimentConfig(data=str(data), tiny=TinyConfig(hidden_size=32, num_hidden_layers=1),
-                            train=TrainConfig(epochs=epochs, batch_size=16, valid_users=8, select_best=False))
+def syn(tiny_data) -> Path:
+    return tiny_data
 
 
 @pytest.fixture(scope="module")
-def run(syn, tmp_path_factory) -> Path:
+def run(tiny_run) -> Path:
     """A finished run with two checkpoints (one per epoch)."""
-    folder = tmp_path_factory.mktemp("run") / "run"
-    train_run(_config(syn), folder)
-    return folder
+    return tiny_run
 
 
 @pytest.fixture

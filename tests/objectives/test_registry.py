@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import yaml
-from cli_helpers import SMALL, one_line_error, run_cli, small_synthetic
+from cli_helpers import SMALL, one_line_error, run_cli
 
 from bearrec.checks import check, is_number
 from bearrec.config import ExperimentConfig, load_config
@@ -43,8 +43,8 @@ def toy():
 
 
 @pytest.fixture(scope="module")
-def syn(tmp_path_factory):
-    return small_synthetic(tmp_path_factory.mktemp("syn") / "syn")
+def syn(tiny_data):
+    return tiny_data
 
 
 def test_a_registered_objective_is_a_config_section(toy):

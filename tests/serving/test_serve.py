@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from cli_helpers import one_line_error, run_cli, small_synthetic
+from cli_helpers import one_line_error, run_cli
 from hypothesis import HealthCheck, settings
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
@@ -24,10 +24,7 @@ pytestmark = pytest.mark.slow  # every test here serves a trained run
 
 from schemathesis.config import SchemathesisConfig  # noqa: E402
 
-from bearrec.config import ExperimentConfig, TrainConfig  # noqa: E402
 from bearrec.decoding import constrained_beam_search, latent  # noqa: E402
-from bearrec.lm.models import TinyConfig  # noqa: E402
-from bearrec.runs import train_run  # noqa: E402
 from bearrec.serving.app import ServeSettings, create_app, running  # noqa: E402
 from bearrec.serving.recommender import Query, Recommender, RecommenderSettings  # noqa: E402
 
@@ -35,13 +32,8 @@ ALL = ("beam", "exact", "latent")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    syn = small_synthetic(tmp_path_factory.mktemp("syn") / "syn")
-    folder = tmp_path_factory.mktemp("run") / "run"
-    config = ExperimentConfig(data=str(syn), tiny=TinyConfig(hidden_size=32, num_hidden_layers=1),
-                              train=TrainConfig(epochs=1, batch_size=16, valid_users=8, select_best=False))
-    train_run(config, folder)
-    return folder
+def run(tiny_run) -> Path:
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
