@@ -7,6 +7,7 @@ import functools
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -80,6 +81,9 @@ def _setup() -> None:
         os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 
 
+# The run and its data, as `evaluate`, `recommend` and `serve` take them.
+RunFolder = Annotated[Path, typer.Argument(help="run folder from `bearrec train`")]
+RunData = Annotated[Optional[Path], typer.Option(help="dataset folder [default: the one the run was trained on]")]
 # Decoder options shared by `evaluate`, `recommend` and `serve` (unset: the run's decoding section).
 DecoderNodeBudget = Annotated[Optional[int], typer.Option("--node-budget", help="--decoder exact: trie nodes expanded per user (history); a list not proven exact within it is the best found so far, reported uncertified [default: the run's, no limit]")]
 LatentVariant = Annotated[Optional[str], typer.Option("--latent-variant", help="--decoder latent: global (each item = mean of its training states) or local (mean of the --latent-neighbors states nearest the user) [default: the run's, global]")]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -16,6 +15,8 @@ from bearrec.cli.app import (
     LatentNeighbors,
     LatentSimilarity,
     LatentVariant,
+    RunData,
+    RunFolder,
     _cli_errors,
     _progress,
     app,
@@ -27,8 +28,8 @@ from bearrec.cli.app import (
 @app.command()
 @_cli_errors
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="run folder from `bearrec train`")],
-    data: Annotated[Optional[Path], typer.Option(help="dataset folder [default: the one the run was trained on]")] = None,
+    run: RunFolder,
+    data: RunData = None,
     split: Annotated[str, typer.Option(help="valid or test")] = "test",
     beam_width: Annotated[int, typer.Option(help="beam width B of constrained beam search (paper: 10)")] = 10,
     max_users: Annotated[Optional[int], typer.Option(help="evaluate a seeded random subsample of the split")] = None,
@@ -107,9 +108,9 @@ def evaluate(
 @app.command()
 @_cli_errors
 def recommend(
-    run: Annotated[Path, typer.Argument(help="run folder from `bearrec train`")],
+    run: RunFolder,
     history: Annotated[list[str], typer.Argument(help="items the user interacted with, oldest first: item ids or exact titles")],
-    data: Annotated[Optional[Path], typer.Option(help="dataset folder [default: the one the run was trained on]")] = None,
+    data: RunData = None,
     top_k: Annotated[int, typer.Option(help="how many items to print")] = 10,
     beam_width: Annotated[int, typer.Option(help="beam width B (at least top-k)")] = 10,
     exclude_history: Annotated[bool, typer.Option("--exclude-history/--include-history", help="leave out items already in the history (the search then keeps B + len(history) beams, or finds top-k + len(history) items, so that k items remain)")] = False,

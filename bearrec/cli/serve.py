@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -15,6 +14,8 @@ from bearrec.cli.app import (
     LatentNeighbors,
     LatentSimilarity,
     LatentVariant,
+    RunData,
+    RunFolder,
     _cli_errors,
     _progress,
     app,
@@ -26,8 +27,8 @@ from bearrec.cli.app import (
 @app.command()
 @_cli_errors
 def serve(
-    run: Annotated[Path, typer.Argument(help="run folder from `bearrec train`")],
-    data: Annotated[Optional[Path], typer.Option(help="dataset folder [default: the one the run was trained on]")] = None,
+    run: RunFolder,
+    data: RunData = None,
     host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on (0: any free port, printed at start-up)")] = 8000,
     beam_width: Annotated[int, typer.Option(help="beam width B of the beam decoder, and the largest k a request may ask (paper: 10)")] = 10,
