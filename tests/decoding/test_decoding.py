@@ -265,3 +265,37 @@ def test_exact_target_ranks_node_budget_leaves_undecided_users_unranked(case):
             break
     else:
         pytest.fail(f"no budget of {budgets} decides some users and leaves others undecided")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "t5"])
+def test_decoding_with_the_installed_transformers_warns_nothing(arch):
+    """Beam search, the exact top K and the exact ranks use transformers' current cache API: no deprecation (or
+    other) warning under the installed version, neither a Python warning nor a line of transformers' logger (its
+    deprecations go there, and printed once per batch before)."""
+    import logging
+    import warnings
+
+    import transformers
+
+    from bearrec.decoding import exact_top_k
+
+    model = random_model(arch, VOCAB, seed=3)
+    items = random_catalog(20, VOCAB, seed=4)
+    trie = ItemTrie.from_sequences(items, EOS)
+    ids, mask = left_pad(random_prompts(3, VOCAB, seed=5), PAD)
+    logged: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: logged.append(record.getMessage())
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()  # a CLI test may have set errors only
+    transformers.logging.add_handler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            beams = constrained_beam_search(model, ids, mask, trie, beam_width=4, batch_size=2)
+            exact_top_k(model, ids, mask, trie, k=4)
+            exact_target_ranks(model, ids, mask, trie, beams.item_ids[:, 0], max_rank=4)
+    finally:
+        transformers.logging.remove_handler(handler)
+        transformers.logging.set_verbosity(verbosity)
+    assert not logged
