@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import sys
 import threading
 import time
@@ -67,6 +68,7 @@ class Deadline:
     def __init__(self, budget_s: float, margin_s: float):
         self.budget, self.margin, self.start = budget_s, margin_s, time.perf_counter()
         self._timer: threading.Timer | None = None
+        self._sigint = None  # the SIGINT handler before __enter__
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -83,6 +85,11 @@ class Deadline:
                           f"(+ {self.margin:.0f} s margin)")
 
     def __enter__(self) -> Deadline:
+        # interrupt_main goes through the SIGINT handler, and a process started in the background by a shell
+        # inherits SIGINT ignored: Python's own handler is put back for the step, so that the backstop still fires.
+        self._sigint = signal.getsignal(signal.SIGINT)
+        if self._sigint is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         self._timer = threading.Timer(max(self.left(), 0.0), _thread.interrupt_main)
         self._timer.daemon = True
         self._timer.start()
@@ -91,6 +98,8 @@ class Deadline:
     def __exit__(self, *exc) -> bool:
         if self._timer is not None:
             self._timer.cancel()
+        if self._sigint is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         return False
 
 
