@@ -1,11 +1,24 @@
-"""Training throughput (examples/s) of from-scratch models over semantic IDs, in one run: batch size, length
-grouping, the objectives and the backbone shape side by side.
+"""Semantic IDs, two benchmarks in one script.
 
-Each variant trains in its own process for one epoch on the same seeded subsample of the train split, without
-validation; examples/s = examples / seconds of the epoch. The ratio column compares with the first variant.
+1. Training throughput (examples/s) of from-scratch models over semantic IDs, in one run: batch size, length
+   grouping, the objectives and the backbone shape side by side. Each variant trains in its own process for one
+   epoch on the same seeded subsample of the train split, without validation; examples/s = examples / seconds of
+   the epoch. The ratio column compares with the first variant.
 
-Usage (the APAO setting of ../shared/data/office, see docs/results.md for `prepare`):
-    python benchmarks/bench_semantic_ids.py --data data/office-sid --max-train-examples 3000
+       python benchmarks/bench_semantic_ids.py --data data/office-sid --max-train-examples 3000
+
+2. ``--quantiser``: building the codes (RQ-KMeans, :mod:`bearrec.items.rq_kmeans`), one process per case for its
+   wall time and peak RSS, and the share of items sharing all codes before disambiguation. Workloads: ``random``
+   (uniform 384-d unit vectors, for timing), ``clustered`` (title-like, :mod:`bearrec.items.synthetic_embeddings`)
+   or ``npy:PATH`` (saved embeddings, e.g. MiniLM over a catalog's titles). Variants: ``before`` (the settings of
+   bearrec <= 0.1: raw residuals, nearest last level), ``unit`` (unit residuals only), ``unique`` (the unique last
+   level only), ``default`` (both), ``balanced`` (default + balanced) and ``balanced-plain`` (balanced, raw
+   residuals, nearest last level).
+
+       python benchmarks/bench_semantic_ids.py --quantiser --workload random --items 100000,1000000 \
+           --backends faiss,sklearn --variants default
+       python benchmarks/bench_semantic_ids.py --quantiser --workload clustered --items 10000,100000 \
+           --backends faiss --variants before,unit,default,balanced-plain,balanced
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -45,6 +59,72 @@ VARIANTS = {
     "sft-tiger-b256-grouped": ("sft", {"train.batch_size": 256, "train.group_by_length": True, **TIGER}),
 }
 DEFAULT = ",".join(VARIANTS)
+# quantiser variant -> SemanticIdConfig fields over the defaults (3 levels of 256)
+QUANTISERS = {
+    "before": {"normalize_residuals": False, "unique_last_level": False},
+    "unit": {"unique_last_level": False},
+    "unique": {"normalize_residuals": False},
+    "default": {},
+    "balanced-plain": {"balanced": True, "normalize_residuals": False, "unique_last_level": False},
+    "balanced": {"balanced": True},
+}
+
+
+def embeddings_of(workload: str, items: int):
+    """``[items, 384]`` float32 unit rows of the workload (``npy:PATH`` ignores ``items``)."""
+    import numpy as np
+
+    from bearrec.items.synthetic_embeddings import clustered_embeddings
+
+    if workload.startswith("npy:"):
+        return np.load(workload[4:])
+    if workload == "clustered":
+        return clustered_embeddings(items, seed=1)
+    x = np.random.default_rng(0).standard_normal(size=(items, 384), dtype=np.float32)
+    x /= np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+    return x
+
+
+def quantise_one(args) -> dict:
+    from bearrec.items.rq_kmeans import rq_kmeans
+    from bearrec.items.sid_config import SemanticIdConfig
+    from bearrec.items.sid_quality import sid_quality
+
+    x = embeddings_of(args.workload, args.items_one)
+    config = SemanticIdConfig(backend=args.backend, levels=args.levels, codebook_size=args.codebook_size,
+                              **QUANTISERS[args.quantiser_variant]).validate()
+    start = time.perf_counter()
+    codes = rq_kmeans(x, config)
+    seconds = time.perf_counter() - start
+    report = sid_quality(codes, config.codebook_size)
+    return {"workload": args.workload, "items": len(x), "backend": args.backend, "variant": args.quantiser_variant,
+            "seconds": seconds, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "shared_share": report["shared_share"], "items_sharing_codes": report["items_sharing_codes"],
+            "largest_group": report["largest_group"],
+            "max_items_per_code": [level["max_items_per_code"] for level in report["per_level"]],
+            "normalised_entropy": [round(level["normalised_entropy"], 3) for level in report["per_level"]]}
+
+
+def quantiser_main(args) -> None:
+    sizes = [int(float(n)) for n in args.items.split(",")]
+    results = []
+    for items in sizes:
+        for backend in args.backends.split(","):
+            for variant in args.variants.split(","):
+                cmd = [sys.executable, __file__, "--quantiser", "--one", "--workload", args.workload, "--items",
+                       str(items), "--backends", backend, "--variants", variant, "--levels", str(args.levels),
+                       "--codebook-size", str(args.codebook_size)]
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode:
+                    sys.exit(f"{items} items, {backend}, {variant} failed:\n{done.stderr[-2000:]}")
+                r = json.loads(done.stdout.strip().splitlines()[-1])
+                results.append(r)
+                print(f"{r['workload'][:24]:<24} {r['items']:>8} {backend:<8} {variant:<15} {r['seconds']:8.1f} s "
+                      f"{r['peak_rss_gb']:6.2f} GB  shared {100 * r['shared_share']:6.2f} % "
+                      f"({r['items_sharing_codes']}, largest {r['largest_group']})  max/code {r['max_items_per_code']}"
+                      f"  H/log2K {r['normalised_entropy']}", file=sys.stderr, flush=True)
+    print(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "results": results},
+                     indent=2))
 
 
 def run_one(args) -> dict:
@@ -66,11 +146,33 @@ def run_one(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="a dataset folder with semantic IDs")
+    parser.add_argument("--data", type=Path, help="a dataset folder with semantic IDs (training throughput)")
     parser.add_argument("--max-train-examples", type=int, default=3000, help="per variant (apao-pairwise: a tenth)")
-    parser.add_argument("--variants", default=DEFAULT, help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", help=f"comma-separated, from {', '.join(VARIANTS)} (training, all by default) "
+                        f"or, with --quantiser, from {', '.join(QUANTISERS)} (default: default)")
     parser.add_argument("--variant", choices=list(VARIANTS), help="run one variant in this process (internal)")
+    parser.add_argument("--quantiser", action="store_true", help="benchmark building the codes instead")
+    parser.add_argument("--workload", default="random", help="--quantiser: random, clustered or npy:PATH")
+    parser.add_argument("--items", default="100000,1000000", help="--quantiser: catalog sizes, comma-separated")
+    parser.add_argument("--backends", default="faiss,sklearn", help="--quantiser: k-means backends, comma-separated")
+    parser.add_argument("--levels", type=int, default=3, help="--quantiser: code levels")
+    parser.add_argument("--codebook-size", type=int, default=256, help="--quantiser: codes per level")
+    parser.add_argument("--one", action="store_true", help="--quantiser: run one case in this process (internal)")
     args = parser.parse_args()
+    if args.quantiser:
+        args.variants = args.variants or "default"
+        unknown = [v for v in args.variants.split(",") if v not in QUANTISERS]
+        if unknown:
+            parser.error(f"unknown quantiser variant(s) {', '.join(unknown)}")
+        if args.one:
+            args.items_one, args.backend, args.quantiser_variant = int(args.items), args.backends, args.variants
+            print(json.dumps(quantise_one(args)))
+        else:
+            quantiser_main(args)
+        return
+    if args.data is None:
+        parser.error("--data is required (or --quantiser)")
+    args.variants = args.variants or DEFAULT
     if args.variant:
         print(json.dumps(run_one(args)))
         return

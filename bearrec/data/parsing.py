@@ -176,6 +176,13 @@ def _id_field(record: dict, name: str, path: Path, line: int) -> str:
 
 def _unix_seconds(value, path: Path, line: int, name: str) -> int:
     """A Unix time in seconds: an integer (or a string of one) within +-MAX_UNIX_SECONDS."""
+    return _unix_time(value, path, line, name, limit=MAX_UNIX_SECONDS, unit="seconds",
+                      hint=" (out of range; milliseconds? divide by 1000)")
+
+
+def _unix_time(value, path: Path, line: int, name: str, *, limit: int, unit: str, hint: str = "") -> int:
+    """An integer (or a string of one) within +-``limit``: a Unix time in ``unit``; ``hint`` follows an
+    out-of-range number in the error."""
     number = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -183,7 +190,7 @@ def _unix_seconds(value, path: Path, line: int, name: str) -> int:
         number = int(value)
     elif isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,30}\s*", value):
         number = int(value)
-    if number is None or abs(number) >= MAX_UNIX_SECONDS:
-        hint = " (out of range; milliseconds? divide by 1000)" if number is not None else ""
-        raise DataError(path, f"not a Unix time in seconds: {short(value)}{hint}", row=line, field=name)
+    if number is None or abs(number) >= limit:
+        raise DataError(path, f"not a Unix time in {unit}: {short(value)}{hint if number is not None else ''}",
+                        row=line, field=name)
     return number

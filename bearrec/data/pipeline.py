@@ -1,158 +1,214 @@
-"""From interactions to examples: exact duplicates dropped, the iterative k-core, sliding windows of history, and
-the split (8:1:1 by target time, or leave-one-out per user)."""
+"""From interactions to examples, in SQL: exact duplicates dropped, the catalog cleaned, the iterative k-core, sliding
+windows of history, and the split (8:1:1 by target time, or leave-one-out per user).
+
+The input is the table ``raw(user VARCHAR, item VARCHAR, ts DOUBLE, line BIGINT)`` in a scratch duckdb database
+(:mod:`bearrec.data.engine`), one row per interaction, ``line`` its row in the file (unique, in file order), and
+the items of the format as a pandas frame (``item_id, title, _line``: a catalog fits in memory, the interactions
+need not). Every step is a set operation or a window function, so that duckdb streams and spills it:
+
+* duplicates: ``GROUP BY user, item, ts`` keeping the first line (one warning with the count and the first row
+  dropped);
+* the k-core: users and items with at least k interactions, counted on the same table, repeated until the
+  count of rows stops changing (dropping a user can push an item below k and vice versa);
+* windows: each user's interactions ordered by (time, line), the history the ``lag`` of up to ``history_len``
+  previous items (a framed ``list`` window beyond 64), every position but the first a target;
+* the split: ``ORDER BY`` target time, then the user's first line, then the line (examples with equal times
+  keep the order of users' first appearance), cut at n*8//10 and n*9//10; or, per user, the last example test,
+  the one before it valid, the rest train.
+
+The result, :class:`Prepared`, is either written as parquet straight from duckdb (``write``, what ``bearrec
+prepare`` does: the splits never enter Python) or loaded as a :class:`RecDataset` (``to_dataset``).
+"""
 
 from __future__ import annotations
 
-import os
+import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import duckdb
 import pandas as pd
 
 from bearrec.checks import short
 from bearrec.data.cleaning import DataWarning, FixLog, clean_catalog, warn_titles_equal_to_ids
-from bearrec.data.dataset import DataError, RecDataset
+from bearrec.data.config import PrepareConfig
+from bearrec.data.dataset import FILES, SPLITS, DataError, RecDataset, _file_digest
+from bearrec.data.engine import Steps, table_rows
+from bearrec.io import atomic_folder
 
-PathLike = str | os.PathLike
+MAX_LAGS = 64  # histories up to this length are built from lag(); longer ones from a framed list() window
 
 
-SPLIT_MODES = ("time", "leave-one-out")  # 8:1:1 by target time | per user: last test, second-to-last valid
+@dataclass
+class Prepared:
+    """The examples of a prepared dataset, still in duckdb (table ``examples``), with the catalog and meta."""
+
+    con: duckdb.DuckDBPyConnection
+    catalog: pd.DataFrame  # item_id, title: the catalog in order
+    domain: str
+    meta: dict
+
+    def _split_sql(self, name: str) -> str:
+        return f"SELECT user_id, history, target FROM examples WHERE split = '{name}' ORDER BY ord"
+
+    def summary(self) -> dict:
+        counts = dict(self.con.execute("SELECT split, count(*) FROM examples GROUP BY split").fetchall())
+        return {"items": len(self.catalog), **{f"{name}_examples": int(counts.get(name, 0)) for name in SPLITS}}
+
+    def to_dataset(self) -> RecDataset:
+        """The whole dataset in memory (the splits as pandas frames, histories as lists)."""
+        splits = {}
+        for name in SPLITS:
+            frame = self.con.execute(self._split_sql(name)).df()
+            splits[name] = frame.assign(history=frame["history"].map(list))
+        dataset = RecDataset(items=self.catalog, splits=splits, domain=self.domain, meta=self.meta)
+        dataset.validate(source=self.meta["source"]["paths"][0])
+        return dataset
+
+    def write(self, folder: str | Path, steps: Steps | None = None) -> dict:
+        """Write the dataset folder (the layout of :meth:`RecDataset.save`) atomically, the splits straight from
+        duckdb; returns the summary. Every item of a split is in the catalog by construction."""
+        steps = steps or Steps()
+        summary = self.summary()
+        with atomic_folder(folder, "dataset") as tmp:
+            self.catalog.to_parquet(tmp / "items.parquet", index=False)
+            for name in SPLITS:
+                with steps.step(f"writing {name}.parquet", self.con):
+                    path = str(tmp / f"{name}.parquet").replace("'", "''")
+                    self.con.execute(f"COPY ({self._split_sql(name)}) TO '{path}' (FORMAT parquet)")
+            meta = {"domain": self.domain, **self.meta, "summary": summary}
+            (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str))
+            [_file_digest(tmp / name) for name in FILES]  # every file readable before the swap
+        return summary
 
 
-# ---------------------------------------------------------------------------------- raw pipeline
-def build_from_interactions(
-    interactions: pd.DataFrame,
-    items: pd.DataFrame,
-    items_path: Path,
-    domain: str,
-    strict: bool,
-    min_interactions: int,
-    history_len: int,
-    source: dict,
-    split: str = "time",
-    keep_untitled: bool = False,
-) -> RecDataset:
-    """Clean the catalog, k-core filter, build sliding-window examples and split them 8:1:1 by time (or
-    leave-one-out per user).
-
-    ``interactions`` has columns user, item, timestamp, _line (file order); ``items`` item_id, title, _line.
-    """
+def build(con: duckdb.DuckDBPyConnection, items: pd.DataFrame, items_path: Path, config: PrepareConfig,
+          source: dict, steps: Steps | None = None) -> Prepared:
+    """Clean the catalog, deduplicate, k-core filter, build the windows and split them (module docstring).
+    ``config`` is validated; ``source`` holds the format and the paths for ``meta["source"]``."""
+    steps = steps or Steps()
     log = FixLog()
-    read = len(interactions)
-    interactions, duplicates = _drop_duplicate_interactions(interactions, source["paths"][0])
-    # Only reviewed items can reach a k-core catalog; cleaning the rest of a category-wide metadata
-    # dump would only add noise to the counts and warnings.
-    items = items[items["item_id"].isin(interactions["item"])]
-    items, cleaning = clean_catalog(items, items_path, strict, log, keep_untitled)
-    unique = len(interactions)
-    interactions = interactions[interactions["item"].isin(items["item_id"])]
-    without_title = unique - len(interactions)
-    interactions = _k_core(interactions, min_interactions)
-    if interactions.empty:
-        log.flush()
-        kept = f", {duplicates} of them exact duplicates" if duplicates else ""
-        raise DataError(items_path if without_title == unique else source["paths"][0],
-                        f"no interaction is left after cleaning and the {min_interactions}-core filter ({read} read"
-                        f"{kept}, {unique - without_title} distinct ones with a titled item); lower --min-interactions "
-                        "or add data")
-    examples = _sliding_window(interactions, history_len)
-    if split == "leave-one-out":
-        splits = _leave_one_out(examples.drop(columns="timestamp"))
-    else:
-        # Integer cut points: 8:1:1 exactly when the count divides, never a float rounding surprise.
-        examples = examples.iloc[np.argsort(examples["timestamp"].to_numpy(), kind="stable")].drop(columns="timestamp")
-        n = len(examples)
-        cuts = {"train": (0, n * 8 // 10), "valid": (n * 8 // 10, n * 9 // 10), "test": (n * 9 // 10, n)}
-        splits = {name: examples.iloc[a:b].reset_index(drop=True) for name, (a, b) in cuts.items()}
+    read = table_rows(con, "raw")
+    with steps.step("dropping duplicate interactions", con):
+        # Users and items become integer codes (i = 1.. in any order): every later group, join and window runs on
+        # integers, and the ids come back as text only in the output.
+        con.execute("CREATE TABLE user_codes AS SELECT user, (row_number() OVER ())::INTEGER AS u "
+                    "FROM (SELECT DISTINCT user FROM raw)")
+        con.execute("CREATE TABLE item_codes AS SELECT item, (row_number() OVER ())::INTEGER AS i "
+                    "FROM (SELECT DISTINCT item FROM raw)")
+        con.execute("CREATE TABLE inter AS SELECT u, i, ts, min(line) AS line, count(*) AS copies "
+                    "FROM raw JOIN user_codes USING (user) JOIN item_codes USING (item) GROUP BY u, i, ts")
+    duplicates = read - table_rows(con, "inter")
+    if duplicates:
+        _warn_duplicates(con, duplicates, source["paths"][0])
 
-    catalog = items[items["item_id"].isin(interactions["item"])]
+    # Only reviewed items can reach a k-core catalog; cleaning the rest of a category-wide metadata dump would
+    # only add noise to the counts and warnings.
+    con.register("items_frame", items[["item_id"]])
+    reviewed = con.execute("SELECT list(item_id) FROM items_frame WHERE item_id IN (SELECT item FROM item_codes)"
+                           ).fetchall()[0][0]
+    con.unregister("items_frame")
+    items = items[items["item_id"].isin(set(reviewed or ()))]
+    items, cleaning = clean_catalog(items, items_path, config.strict, log, config.keep_untitled)
+    con.register("titled_frame", pd.DataFrame({"item": items["item_id"].astype(str)}))
+    con.execute("CREATE TABLE titled AS SELECT i FROM item_codes WHERE item IN (SELECT item FROM titled_frame)")
+    con.unregister("titled_frame")
+
+    unique = read - duplicates
+    with steps.step(f"{config.min_interactions}-core filter", con):
+        con.execute("CREATE TABLE core AS SELECT u, i, ts, line FROM inter WHERE i IN (SELECT i FROM titled)")
+        without_title = unique - table_rows(con, "core")
+        _k_core(con, config.min_interactions)
+    kept = table_rows(con, "core")
+    if kept == 0:
+        log.flush()
+        also = f", {duplicates} of them exact duplicates" if duplicates else ""
+        raise DataError(items_path if without_title == unique else source["paths"][0],
+                        f"no interaction is left after cleaning and the {config.min_interactions}-core filter ({read} "
+                        f"read{also}, {unique - without_title} distinct ones with a titled item); lower "
+                        "--min-interactions or add data")
+    with steps.step("sliding windows and split", con):
+        _examples(con, config.history_len, config.split)
+
+    in_core = {row[0] for row in con.execute(
+        "SELECT item FROM item_codes WHERE i IN (SELECT DISTINCT i FROM core)").fetchall()}
+    catalog = items[items["item_id"].isin(in_core)]
     cleaning["titles_equal_to_other_ids"] = warn_titles_equal_to_ids(catalog, items_path, log)
     log.flush()
-    catalog = catalog[["item_id", "title"]]
+    users = int(con.execute("SELECT count(DISTINCT u) FROM core").fetchall()[0][0])
     source = {
         **source,
-        "min_interactions": min_interactions,
-        "history_len": history_len,
-        "split": split,
+        "min_interactions": config.min_interactions,
+        "history_len": config.history_len,
+        "split": config.split,
         "interactions_read": read,
         "interactions_without_titled_item": without_title,
-        "interactions_after_k_core": len(interactions),
-        "users": int(interactions["user"].nunique()),
+        "interactions_after_k_core": kept,
+        "users": users,
     }
-    dataset = RecDataset(
-        items=catalog,
-        splits=splits,
-        domain=domain,
-        meta={"source": source, "cleaning": {**cleaning, "examples_dropped": 0, "history_entries_removed": 0,
-                                             "duplicate_interactions_dropped": duplicates}},
-    )
-    dataset.validate(source=source["paths"][0])
-    return dataset
+    meta = {"source": source, "cleaning": {**cleaning, "examples_dropped": 0, "history_entries_removed": 0,
+                                           "duplicate_interactions_dropped": duplicates}}
+    prepared = Prepared(con, catalog[["item_id", "title"]].reset_index(drop=True), config.domain, meta)
+    if prepared.summary()["train_examples"] == 0:
+        raise DataError(source["paths"][0], "no training examples: the train split is empty")
+    return prepared
 
 
-def _drop_duplicate_interactions(interactions: pd.DataFrame, path: PathLike) -> tuple[pd.DataFrame, int]:
-    """Drop rows whose (user, item, timestamp) an earlier row already has, keeping the first; one
-    :class:`DataWarning` naming ``path``, the first dropped row and the count. The same user and item at
-    another time (a repeat purchase) is not a duplicate. Returns the rows left and the count."""
-    dup = interactions.duplicated(["user", "item", "timestamp"], keep="first")
-    count = int(dup.sum())
-    if count:
-        first = interactions[dup].iloc[0]
-        stamp = first["timestamp"]
-        stamp = int(stamp) if float(stamp).is_integer() else stamp
-        message = (f"{count} duplicate interaction(s) dropped, one of each kept (same user, item and timestamp as an "
-                   f"earlier row; first: user {short(first['user'])}, item {short(first['item'])}, timestamp "
-                   f"{stamp}); counted in duplicate_interactions_dropped")
-        warnings.warn(str(DataError(path, message, row=int(first["_line"]))), DataWarning, stacklevel=4)
-        interactions = interactions[~dup.to_numpy()]
-    return interactions, count
+def _warn_duplicates(con: duckdb.DuckDBPyConnection, count: int, path: str) -> None:
+    """One warning: the count and the first dropped row (the second line of a repeated interaction)."""
+    user, item, ts, line = con.execute(
+        "SELECT user, item, ts, line FROM (SELECT r.*, row_number() OVER (PARTITION BY r.user, r.item, r.ts "
+        "ORDER BY r.line) AS k FROM raw r SEMI JOIN (SELECT user, item, ts FROM inter JOIN user_codes USING (u) "
+        "JOIN item_codes USING (i) WHERE copies > 1) d ON r.user = d.user AND r.item = d.item AND r.ts = d.ts) "
+        "WHERE k = 2 ORDER BY line LIMIT 1").fetchall()[0]
+    stamp = int(ts) if float(ts).is_integer() else ts
+    message = (f"{count} duplicate interaction(s) dropped, one of each kept (same user, item and timestamp as an "
+               f"earlier row; first: user {short(user)}, item {short(item)}, timestamp {stamp}); counted in "
+               "duplicate_interactions_dropped")
+    warnings.warn(str(DataError(path, message, row=int(line))), DataWarning, stacklevel=4)
 
 
-def _k_core(interactions: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Keep users and items with at least ``k`` interactions, repeating until nothing changes
-    (dropping a user can push an item below ``k`` and vice versa)."""
-    while len(interactions):
-        user_counts = interactions.groupby("user")["item"].transform("size")
-        item_counts = interactions.groupby("item")["user"].transform("size")
-        keep = (user_counts >= k) & (item_counts >= k)
-        if keep.all():
+def _k_core(con: duckdb.DuckDBPyConnection, k: int) -> None:
+    """Keep users and items with at least ``k`` interactions in ``core``, until nothing changes."""
+    rows = table_rows(con, "core")
+    while rows:
+        con.execute(f"""CREATE OR REPLACE TABLE core AS SELECT * FROM core
+            WHERE u IN (SELECT u FROM core GROUP BY u HAVING count(*) >= {k})
+              AND i IN (SELECT i FROM core GROUP BY i HAVING count(*) >= {k})""")
+        now = table_rows(con, "core")
+        if now == rows:
             break
-        interactions = interactions[keep]
-    return interactions
+        rows = now
 
 
-def _leave_one_out(examples: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per user (rows grouped by user, in time order): the last example test, the one before valid, the rest train.
-    A user with one example gives a test row only, with two a valid and a test row."""
-    from_end = examples.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()  # 0 = the user's last
-    parts = {"train": from_end >= 2, "valid": from_end == 1, "test": from_end == 0}
-    return {name: examples[keep].reset_index(drop=True) for name, keep in parts.items()}
-
-
-def _sliding_window(interactions: pd.DataFrame, history_len: int) -> pd.DataFrame:
-    """One example per position i >= 1 of each user's time-sorted sequence."""
-    codes, _ = pd.factorize(interactions["user"])  # users in order of first appearance
-    # np.lexsort is stable: interactions at the same time keep their file order.
-    order = np.lexsort((interactions["timestamp"].to_numpy(), codes))
-    codes = codes[order]
-    users = interactions["user"].to_numpy()[order]
-    items = interactions["item"].to_numpy()[order].tolist()
-    times = interactions["timestamp"].to_numpy()[order]
-
-    keep, histories, start = [], [], 0
-    for i in range(len(items)):
-        if i == 0 or codes[i] != codes[i - 1]:
-            start = i  # first interaction of a user: history only, never a target
-            continue
-        keep.append(i)
-        histories.append(items[max(start, i - history_len) : i])
-    keep = np.array(keep, dtype=np.int64)
-    return pd.DataFrame(
-        {
-            "user_id": users[keep].astype(str),
-            "history": pd.Series(histories, dtype=object),
-            "target": np.array(items, dtype=object)[keep].astype(str),
-            "timestamp": times[keep],
-        }
-    )
+def _examples(con: duckdb.DuckDBPyConnection, history_len: int, split: str) -> None:
+    """Table ``examples(user_id, history, target, split, ord)``: one row per position >= 2 of each user's
+    sequence, ``ord`` the row's place in its split."""
+    if history_len <= MAX_LAGS:
+        lags = ", ".join(f"lag(c.item, {k}) OVER w" for k in range(history_len, 0, -1))
+        history = f"list_filter([{lags}], lambda x: x IS NOT NULL)"
+    else:
+        history = (f"list(c.item) OVER (PARTITION BY c.u ORDER BY c.ts, c.line ROWS BETWEEN {history_len} "
+                   "PRECEDING AND 1 PRECEDING)")
+    con.execute(f"""CREATE TABLE windows AS
+        SELECT c.user AS user_id, {history} AS history, c.item AS target, c.ts, c.line, f.first_line, f.n,
+               row_number() OVER w AS pos
+        FROM (core JOIN item_codes USING (i) JOIN user_codes USING (u)) c
+            JOIN (SELECT u, min(line) AS first_line, count(*) AS n FROM core GROUP BY u) f USING (u)
+        WINDOW w AS (PARTITION BY c.u ORDER BY c.ts, c.line)
+        QUALIFY pos >= 2""")
+    if split == "leave-one-out":
+        con.execute("""CREATE TABLE examples AS
+            SELECT user_id, history, target, split,
+                   row_number() OVER (PARTITION BY split ORDER BY first_line, pos) AS ord
+            FROM (SELECT *, CASE n - pos WHEN 0 THEN 'test' WHEN 1 THEN 'valid' ELSE 'train' END AS split
+                  FROM windows)""")
+    else:
+        n = table_rows(con, "windows")
+        con.execute(f"""CREATE TABLE examples AS
+            SELECT user_id, history, target,
+                   CASE WHEN k < {n * 8 // 10} THEN 'train' WHEN k < {n * 9 // 10} THEN 'valid' ELSE 'test' END
+                       AS split, k AS ord
+            FROM (SELECT *, row_number() OVER (ORDER BY ts, first_line, line) - 1 AS k FROM windows)""")
+    con.execute("DROP TABLE windows")

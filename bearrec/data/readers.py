@@ -12,8 +12,14 @@ Formats
   Python dict literals (2014 release). Either file may be gzipped (``.gz``).
 * ``interactions`` (:func:`read_interactions`): ``interactions.csv`` (``user,item,timestamp``,
   Unix seconds) plus ``items.csv`` (``item,title``).
+* ``amazon2023``, ``movielens``, ``recbole``, ``lcrec``: the field's formats (:mod:`bearrec.data.amazon`,
+  :mod:`bearrec.data.tables`, :mod:`bearrec.data.catalogs`, :mod:`bearrec.data.lcrec`). Parquet is accepted
+  wherever CSV is.
 
-The two raw formats go through the pipeline of the BEAR / BIGRec papers: exact duplicate interactions
+Every raw format is read as a stream into duckdb and goes through :mod:`bearrec.data.pipeline` in SQL
+(:mod:`bearrec.data.prepare`); settings travel as one :class:`~bearrec.data.config.PrepareConfig`.
+
+The raw formats go through the pipeline of the BEAR / BIGRec papers: exact duplicate interactions
 (the same user, item and timestamp as an earlier line, as the 2018 Amazon dumps repeat) are dropped, one
 of each kept, with one :class:`DataWarning` naming the file, the first repeated line and the count
 (``meta["cleaning"]["duplicate_interactions_dropped"]``); the same user and item at *different* times is a
@@ -75,7 +81,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,69 +95,39 @@ from bearrec.data.cleaning import (
     refuse_duplicate_ids,
     warn_titles_equal_to_ids,
 )
+from bearrec.data.config import PrepareConfig
 from bearrec.data.dataset import SPLITS, DataError, RecDataset
-from bearrec.data.parsing import (
-    _ID_ALIASES,
-    MAX_UNIX_SECONDS,
-    _field,
-    _id_field,
-    _meta_asin,
-    _unix_seconds,
-    read_csv,
-    read_json_lines,
-)
-from bearrec.data.pipeline import SPLIT_MODES, build_from_interactions
+from bearrec.data.parsing import read_csv
+from bearrec.data.prepare import read_raw
 
 PathLike = str | os.PathLike
 
 
-_FORMATS = {
-    "processed": ("folder",),
-    "amazon": ("reviews", "meta"),
-    "interactions": ("interactions.csv", "items.csv"),
-}
-
-
 # ---------------------------------------------------------------------------------- public API
+def read_dataset(config: PrepareConfig) -> RecDataset:
+    """The dataset a validated ``config`` describes, in memory (``bearrec prepare`` writes raw formats without
+    this: :func:`bearrec.data.prepare.prepare_folder`)."""
+    if config.format == "processed":
+        return read_processed(config.inputs[0], domain=config.domain, strict=config.strict,
+                              keep_untitled=config.keep_untitled)
+    return read_raw(config)
+
+
 def read_source(
     fmt: str,
     inputs: Sequence[PathLike],
-    domain: str = "products",
+    domain: str | None = None,
     strict: bool = False,
     min_interactions: int = 5,
     history_len: int | None = None,
     split: str | None = None,
     keep_untitled: bool = False,
 ) -> RecDataset:
-    """Read ``inputs`` in format ``fmt``: "processed" (folder), "amazon" (reviews, meta) or
-    "interactions" (interactions.csv, items.csv). ``history_len`` (default 10) and ``split`` (default "time")
-    apply to the raw formats only: a processed folder brings its own split and histories."""
-    where = ", ".join(map(str, inputs)) or "<no input>"
-    if isinstance(min_interactions, bool) or not isinstance(min_interactions, int) or min_interactions < 1:
-        raise ValueError(f"min_interactions (--min-interactions) must be an integer of at least 1, got {min_interactions!r}")
-    if history_len is not None and (isinstance(history_len, bool) or not isinstance(history_len, int) or history_len < 1):
-        raise ValueError(f"history_len (--max-history) must be an integer of at least 1, got {history_len!r}")
-    if split is not None and split not in SPLIT_MODES:
-        raise ValueError(f"split (--split) must be one of {', '.join(SPLIT_MODES)}, got {split!r}")
-    if not re.fullmatch(r"[^\W\d_][\w -]*", domain or ""):
-        raise ValueError(f"domain (--domain) must be a plural noun for the prompt, such as products or books: got {domain!r}")
-    if fmt not in _FORMATS:
-        raise DataError(where, f"unknown format {fmt!r}; expected one of {', '.join(_FORMATS)}", field="format")
-    expected = _FORMATS[fmt]
-    if len(inputs) != len(expected):
-        raise DataError(
-            where,
-            f"format {fmt!r} takes {len(expected)} input(s) ({', '.join(expected)}), got {len(inputs)}",
-            field="inputs",
-        )
-    if fmt == "processed":
-        if history_len is not None or split is not None:
-            raise ValueError("--max-history and --split apply to the raw formats (amazon, interactions); a processed "
-                             "folder brings its own split and histories")
-        return read_processed(inputs[0], domain=domain, strict=strict, keep_untitled=keep_untitled)
-    reader = read_amazon if fmt == "amazon" else read_interactions
-    return reader(*inputs, domain=domain, strict=strict, min_interactions=min_interactions,
-                  history_len=history_len or 10, split=split or "time", keep_untitled=keep_untitled)
+    """Read ``inputs`` in format ``fmt`` (:data:`bearrec.data.config.FORMATS`); the keywords are the fields of
+    :class:`PrepareConfig`, checked once. ``history_len`` (default 10) and ``split`` (default "time") apply to the
+    raw formats only: a processed folder brings its own split and histories."""
+    config = PrepareConfig(fmt, tuple(inputs), domain, strict, min_interactions, history_len, split, keep_untitled)
+    return read_dataset(config.validated())
 
 
 def read_processed(folder: PathLike, domain: str = "products", strict: bool = False,
@@ -187,109 +162,22 @@ def read_processed(folder: PathLike, domain: str = "products", strict: bool = Fa
     return dataset
 
 
-def read_amazon(
-    reviews_path: PathLike,
-    meta_path: PathLike,
-    domain: str = "products",
-    strict: bool = False,
-    min_interactions: int = 5,
-    history_len: int = 10,
-    split: str = "time",
-    keep_untitled: bool = False,
-) -> RecDataset:
-    """Read raw Amazon reviews plus metadata and build the k-core, sliding-window dataset (8:1:1 by time, or
-    leave-one-out per user)."""
-    reviews_path, meta_path = Path(reviews_path), Path(meta_path)
-    users, item_ids, times, review_lines = [], [], [], []
-    for line, record in read_json_lines(reviews_path):
-        user, item = (_id_field(record, key, reviews_path, line) for key in ("reviewerID", "asin"))
-        times.append(_unix_seconds(_field(record, "unixReviewTime", reviews_path, line), reviews_path, line, "unixReviewTime"))
-        users.append(user)
-        item_ids.append(item)
-        review_lines.append(line)
-    if not users:
-        raise DataError(reviews_path, "no reviews: the file holds no JSON line")
-    interactions = pd.DataFrame({"user": users, "item": item_ids, "timestamp": np.array(times, dtype=np.int64),
-                                 "_line": np.array(review_lines, dtype=np.int64)})
-
-    # A metadata dump covers a whole category; parsing (slow for Python literals) only the lines of
-    # reviewed items keeps reading fast. Lines whose asin the regex cannot see are parsed anyway.
-    reviewed = set(item_ids)
-
-    def unreviewed(text: str) -> bool:
-        asin = _meta_asin(text)
-        return asin is not None and asin not in reviewed
-
-    meta_ids, titles, lines = [], [], []
-    for line, record in read_json_lines(meta_path, skip=unreviewed):
-        meta_ids.append(_id_field(record, "asin", meta_path, line))
-        title = record.get("title")
-        if title is not None and not isinstance(title, str):
-            raise DataError(meta_path, f"title must be a string, got {type(title).__name__} {short(title)}",
-                            row=line, field="title")
-        titles.append(title or "")
-        lines.append(line)
-    if not meta_ids:
-        raise DataError(meta_path, "no metadata line for any reviewed item: no item has a title")
-    # The 2018 metadata repeats some lines; the first one wins.
-    items = pd.DataFrame({"item_id": pd.Series(meta_ids, dtype=object), "title": pd.Series(titles, dtype=object),
-                          "_line": lines}).drop_duplicates("item_id")
-
-    source = {"format": "amazon", "paths": [str(reviews_path), str(meta_path)]}
-    return build_from_interactions(
-        interactions, items, meta_path, domain, strict, min_interactions, history_len, source, split,
-        keep_untitled)
+def read_amazon(reviews_path: PathLike, meta_path: PathLike, domain: str = "products", strict: bool = False,
+                min_interactions: int = 5, history_len: int = 10, split: str = "time",
+                keep_untitled: bool = False) -> RecDataset:
+    """Read raw Amazon reviews plus metadata (2014 or 2018) and build the k-core, sliding-window dataset (8:1:1 by
+    time, or leave-one-out per user)."""
+    return read_source("amazon", [reviews_path, meta_path], domain, strict, min_interactions, history_len, split,
+                       keep_untitled)
 
 
-def read_interactions(
-    interactions_csv: PathLike,
-    items_csv: PathLike,
-    domain: str = "products",
-    strict: bool = False,
-    min_interactions: int = 5,
-    history_len: int = 10,
-    split: str = "time",
-    keep_untitled: bool = False,
-) -> RecDataset:
+def read_interactions(interactions_csv: PathLike, items_csv: PathLike, domain: str = "products",
+                      strict: bool = False, min_interactions: int = 5, history_len: int = 10, split: str = "time",
+                      keep_untitled: bool = False) -> RecDataset:
     """Read a generic interactions.csv (user,item,timestamp) plus items.csv (item,title); the columns may also
-    be called ``user_id`` and ``item_id`` (as in ``../shared/data/office``)."""
-    interactions_csv, items_csv = Path(interactions_csv), Path(items_csv)
-    items = read_csv(items_csv, ("item", "title"), _ID_ALIASES).rename(columns={"item": "item_id"})
-    refuse_duplicate_ids(items, "item", items_csv)
-    interactions = read_csv(interactions_csv, ("user", "item", "timestamp"), _ID_ALIASES)
-    if interactions.empty:
-        raise DataError(interactions_csv, "no interactions: the file has a header but no rows", row=1)
-    for column in ("user", "item"):
-        empty = interactions[column].str.strip() == ""
-        if empty.any():
-            k = int(empty.to_numpy().argmax())
-            raise DataError(interactions_csv, f"{column} id is empty", row=int(interactions["_line"].iat[k]), field=column)
-
-    times = pd.to_numeric(interactions["timestamp"], errors="coerce")
-    bad = times.isna() | ~np.isfinite(times) | (times.abs() >= MAX_UNIX_SECONDS)
-    if bad.any():
-        k = int(bad.to_numpy().argmax())
-        raw = interactions["timestamp"].iat[k]
-        message = "timestamp is missing" if not raw.strip() else f"not a Unix time in seconds: {short(raw)}"
-        if np.isfinite(times.iat[k]) and abs(times.iat[k]) >= MAX_UNIX_SECONDS:
-            message += " (out of range; milliseconds? divide by 1000)"
-        raise DataError(interactions_csv, message, row=int(interactions["_line"].iat[k]), field="timestamp")
-    unknown = ~interactions["item"].isin(items["item_id"])
-    if unknown.any():
-        k = int(unknown.to_numpy().argmax())
-        raise DataError(
-            interactions_csv,
-            f"unknown item id {interactions['item'].iat[k]!r} (not in {items_csv.name})",
-            row=int(interactions["_line"].iat[k]),
-            field="item",
-        )
-    interactions = pd.DataFrame({"user": interactions["user"], "item": interactions["item"], "timestamp": times,
-                                 "_line": interactions["_line"]})
-
-    source = {"format": "interactions", "paths": [str(interactions_csv), str(items_csv)]}
-    return build_from_interactions(
-        interactions, items, items_csv, domain, strict, min_interactions, history_len, source, split,
-        keep_untitled)
+    be called ``user_id`` and ``item_id`` (as in ``../shared/data/office``); either may be parquet."""
+    return read_source("interactions", [interactions_csv, items_csv], domain, strict, min_interactions, history_len,
+                       split, keep_untitled)
 
 
 def _read_split(path: Path, known: pd.Index, items_name: str) -> pd.DataFrame:

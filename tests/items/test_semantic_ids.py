@@ -21,7 +21,6 @@ from bearrec.items.semantic_ids import (
     dataset_codes,
     disambiguate,
     read_semantic_ids,
-    rq_kmeans,
     with_semantic_ids,
 )
 
@@ -71,21 +70,9 @@ def test_code_tokenizer_gives_each_level_its_own_tokens(tmp_path):
     assert [again(t)["input_ids"] for t in texts] == ids and again.padding_side == "left"
 
 
-def test_rq_kmeans_levels_refine_residuals():
-    rng = np.random.default_rng(0)
-    centers = rng.normal(size=(4, 8)) * 10
-    sub = rng.normal(size=(3, 8))
-    emb = np.concatenate([c + s + rng.normal(size=(5, 8)) * 0.01 for c in centers for s in sub])  # 4 x 3 x 5 points
-    codes = rq_kmeans(emb, levels=2, codebook_size=4, seed=0)
-    group = np.repeat(np.arange(4), 15)
-    assert all(len(set(codes[group == g, 0])) == 1 for g in range(4))  # level 1 finds the big clusters
-    assert len({tuple(c) for c in codes}) >= 10  # level 2 splits them further
-    assert rq_kmeans(emb[:3], levels=1, codebook_size=256).max() <= 2  # codebook capped at the points
-
-
 def test_embed_texts_with_minilm():
     # the wheel is part of the README's test install (and so of CI): no skip
-    from bearrec.items.semantic_ids import embed_texts
+    from bearrec.items.embeddings import embed_texts
 
     emb = embed_texts(["red stapler", "blue stapler", "printer ink cartridge"])
     assert emb.shape == (3, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)

@@ -1,0 +1,156 @@
+"""The Amazon review dumps: ``amazon`` (2014 and 2018 releases: ``reviewerID``, ``asin``, ``unixReviewTime`` in
+seconds; metadata lines of JSON or, in 2014, Python dict literals with ``asin`` and ``title``) and ``amazon2023``
+(McAuley Lab's Amazon Reviews 2023: ``user_id``, ``parent_asin``, ``timestamp`` in milliseconds; metadata with
+``parent_asin`` and ``title``). Either file may be gzipped.
+
+Each reader fills the table ``raw`` of :mod:`bearrec.data.pipeline` and returns the items of reviewed products
+(``item_id, title, _line``). duckdb reads the files as a stream; a file it cannot read plainly, or with a value
+the checks below find suspect, is read by the Python reader, which words the error (:mod:`bearrec.data.streams`).
+A metadata dump covers a whole category: only the lines of reviewed items are checked (in ``amazon`` the lines
+whose ``asin`` a regex sees as unreviewed are not even parsed, as before).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from bearrec.checks import short
+from bearrec.data.dataset import DataError
+from bearrec.data.engine import Steps
+from bearrec.data.parsing import _field, _id_field, _meta_asin, _unix_seconds, _unix_time, read_json_lines
+from bearrec.data.streams import VISIBLE, load_json_lines
+
+MAX_UNIX_MILLIS = 10**14  # year 5138 in milliseconds; Amazon 2023 timestamps are about 1.6e12
+
+
+# (user, item, time, time check) per format; the check is SQL over a JSON value ``v``
+REVIEW_FIELDS = {
+    "amazon": ("reviewerID", "asin", "unixReviewTime", 11),
+    "amazon2023": ("user_id", "parent_asin", "timestamp", 14),
+}
+META_ID = {"amazon": "asin", "amazon2023": "parent_asin"}
+
+
+def _id_ok(column: str) -> str:
+    """SQL: the JSON value is an id the Python reader reads the same way (a visible string or a plain integer)."""
+    return (f"((json_type({column}) = 'VARCHAR' AND regexp_matches({column} ->> '$', '{VISIBLE}')) OR "
+            f"(json_type({column}) IN ('BIGINT', 'UBIGINT') AND regexp_full_match({column}::VARCHAR, '0|-?[1-9][0-9]*')))")
+
+
+def _time_ok(column: str, digits: int) -> str:
+    """SQL: an integer (or a string of one) of at most ``digits`` digits, below the format's bound."""
+    pattern = f"'-?[0-9]{{1,{digits}}}'"
+    return (f"((json_type({column}) IN ('BIGINT', 'UBIGINT') AND regexp_full_match({column}::VARCHAR, {pattern})) OR "
+            f"(json_type({column}) = 'VARCHAR' AND regexp_full_match({column} ->> '$', {pattern})))")
+
+
+def load(con: duckdb.DuckDBPyConnection, fmt: str, reviews: Path, meta: Path, steps: Steps) -> pd.DataFrame:
+    """Fill ``raw`` from the reviews and return the reviewed items of the metadata (see the module docstring)."""
+    user, item, stamp, digits = REVIEW_FIELDS[fmt]
+    with steps.step(f"reading {reviews.name}", con):
+        fast = load_json_lines(con, reviews, "reviews_json", (user, item, stamp))
+        if fast:
+            ok = f"{_id_ok(_q(user))} AND {_id_ok(_q(item))} AND {_time_ok(_q(stamp), digits)}"
+            # at most `digits` digits: below 1e11 s (amazon) and 1e14 ms (amazon2023), the Python readers' bounds
+            bad = con.execute(f"SELECT count(*) FILTER (WHERE NOT coalesce({ok}, false)), count(*) FROM reviews_json").fetchall()[0]
+            fast = bad[0] == 0 and bad[1] > 0
+        if fast:
+            con.execute(f"""CREATE TABLE raw AS SELECT {_q(user)} ->> '$' AS user, {_q(item)} ->> '$' AS item,
+                ({_q(stamp)} ->> '$')::DOUBLE AS ts, rowid + 1 AS line FROM reviews_json""")
+        else:
+            con.register("raw_frame", _python_reviews(fmt, reviews))
+            con.execute("CREATE TABLE raw AS SELECT user, item, ts::DOUBLE AS ts, line FROM raw_frame")
+            con.unregister("raw_frame")
+        con.execute("DROP TABLE IF EXISTS reviews_json")
+    with steps.step(f"reading {meta.name}", con):
+        items = _fast_meta(con, fmt, meta)
+        if items is None:
+            reviewed = {row[0] for row in con.execute("SELECT DISTINCT item FROM raw").fetchall()}
+            items = _python_meta(fmt, meta, reviewed)
+    return items
+
+
+def _q(name: str) -> str:
+    return '"' + name + '"'
+
+
+def _fast_meta(con: duckdb.DuckDBPyConnection, fmt: str, meta: Path) -> pd.DataFrame | None:
+    """The reviewed items of the metadata read by duckdb, or ``None`` when the Python reader must read it."""
+    key = META_ID[fmt]
+    if not load_json_lines(con, meta, "meta_json", (key, "title")):
+        return None
+    k = _q(key)
+    # The lines the Python reader parses: those whose id is not a plain string (it words their error) and those
+    # of reviewed items. In `amazon` a regex finds the asin in the raw line, so the id must read the same raw.
+    plain = f"json_type({k}) = 'VARCHAR' AND regexp_full_match({k} ->> '$', '[^\"''\\\\]*')"
+    if fmt == "amazon":
+        plain += f" AND {k}::VARCHAR = '\"' || ({k} ->> '$') || '\"'"
+    try:
+        con.execute(f"""CREATE TABLE meta_rows AS SELECT {k} AS id, title, rowid + 1 AS line FROM meta_json
+            WHERE NOT coalesce({plain}, false) OR ({k} ->> '$') IN (SELECT item FROM raw)""")
+        bad, rows = con.execute(f"""SELECT count(*) FILTER (WHERE NOT coalesce({_id_ok('id')} AND
+            (title IS NULL OR json_type(title) IN ('VARCHAR', 'NULL')), false)), count(*) FROM meta_rows""").fetchall()[0]
+        if bad or not rows:
+            return None
+        return con.execute("""SELECT id ->> '$' AS item_id, coalesce(title ->> '$', '') AS title, line AS _line
+            FROM meta_rows QUALIFY row_number() OVER (PARTITION BY id ->> '$' ORDER BY line) = 1
+            ORDER BY line""").df().astype({"item_id": object, "title": object})
+    finally:
+        con.execute("DROP TABLE IF EXISTS meta_rows")
+        con.execute("DROP TABLE IF EXISTS meta_json")
+
+
+# ---------------------------------------------------------------------------------- the Python readers
+def _python_reviews(fmt: str, path: Path) -> pd.DataFrame:
+    """Reviews read line by line in Python: the reference, which words every error (file, row, field)."""
+    user_key, item_key, stamp_key, _ = REVIEW_FIELDS[fmt]
+    users, items, times, lines = [], [], [], []
+    for line, record in read_json_lines(path):
+        user, item = (_id_field(record, key, path, line) for key in (user_key, item_key))
+        value = _field(record, stamp_key, path, line)
+        times.append(_unix_seconds(value, path, line, stamp_key) if fmt == "amazon"
+                     else _unix_millis(value, path, line, stamp_key))
+        users.append(user)
+        items.append(item)
+        lines.append(line)
+    if not users:
+        raise DataError(path, "no reviews: the file holds no JSON line")
+    return pd.DataFrame({"user": pd.Series(users, dtype=object), "item": pd.Series(items, dtype=object),
+                         "ts": pd.Series(times, dtype="float64"), "line": pd.Series(lines, dtype="int64")})
+
+
+def _python_meta(fmt: str, path: Path, reviewed: set[str]) -> pd.DataFrame:
+    """The reviewed items of a metadata file read in Python (2014's Python literals, or a file duckdb refused)."""
+    key = META_ID[fmt]
+
+    def unreviewed(text: str) -> bool:
+        if fmt != "amazon":
+            return False
+        asin = _meta_asin(text)
+        return asin is not None and asin not in reviewed
+
+    ids, titles, lines = [], [], []
+    for line, record in read_json_lines(path, skip=unreviewed):
+        value = record.get(key)
+        if fmt == "amazon2023" and isinstance(value, str) and value.strip() and value not in reviewed:
+            continue
+        ids.append(_id_field(record, key, path, line))
+        title = record.get("title")
+        if title is not None and not isinstance(title, str):
+            raise DataError(path, f"title must be a string, got {type(title).__name__} {short(title)}", row=line,
+                            field="title")
+        titles.append(title or "")
+        lines.append(line)
+    if not ids:
+        raise DataError(path, "no metadata line for any reviewed item: no item has a title")
+    # The metadata dumps repeat some lines; the first one wins.
+    return pd.DataFrame({"item_id": pd.Series(ids, dtype=object), "title": pd.Series(titles, dtype=object),
+                         "_line": lines}).drop_duplicates("item_id")
+
+
+def _unix_millis(value, path: Path, line: int, name: str) -> int:
+    """A Unix time in milliseconds: an integer (or a string of one) within +-MAX_UNIX_MILLIS."""
+    return _unix_time(value, path, line, name, limit=MAX_UNIX_MILLIS, unit="milliseconds")

@@ -1,0 +1,80 @@
+"""One entry for the raw formats: a :class:`PrepareConfig` in, a dataset folder (:func:`prepare_folder`, what
+``bearrec prepare`` does, the splits written from duckdb without entering Python) or a :class:`RecDataset`
+(:func:`read_raw`) out. Each format's files are loaded into the table ``raw`` plus an items frame
+(:mod:`bearrec.data.amazon`, :mod:`bearrec.data.tables`, :mod:`bearrec.data.lcrec`), then
+:mod:`bearrec.data.pipeline` does the rest in SQL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from bearrec.data.amazon import load as load_amazon
+from bearrec.data.catalogs import read_items, register_ids
+from bearrec.data.config import RAW_FORMATS, PrepareConfig
+from bearrec.data.dataset import RecDataset
+from bearrec.data.engine import Steps, scratch_database
+from bearrec.data.lcrec import load_interactions as load_lcrec
+from bearrec.data.lcrec import read_items as read_lcrec_items
+from bearrec.data.pipeline import Prepared, build
+from bearrec.data.tables import INTERACTIONS, MOVIELENS_CSV, MOVIELENS_DAT, RECBOLE, Layout, load_interactions
+
+
+@contextmanager
+def prepared(config: PrepareConfig, progress=None) -> Iterator[Prepared]:
+    """The prepared examples of a validated raw-format ``config``, in a scratch database removed on exit;
+    ``progress`` a rich ``Progress`` for the steps' bars, or ``None``."""
+    if config.format not in RAW_FORMATS:
+        raise ValueError(f"format {config.format!r} is not a raw format ({', '.join(RAW_FORMATS)})")
+    steps = Steps(progress)
+    with scratch_database() as con:
+        items, items_path = _load(con, config, steps)
+        source = {"format": config.format, "paths": [str(p) for p in config.inputs]}
+        yield build(con, items, items_path, config, source, steps)
+
+
+def read_raw(config: PrepareConfig, progress=None) -> RecDataset:
+    """The dataset of a validated raw-format ``config``, in memory."""
+    with prepared(config, progress) as result:
+        return result.to_dataset()
+
+
+def prepare_folder(config: PrepareConfig, out: str | os.PathLike, progress=None) -> dict:
+    """Write the dataset of a validated raw-format ``config`` to ``out`` (atomically); returns its summary."""
+    with prepared(config, progress) as result:
+        summary = result.write(out, Steps(progress))
+        return {"summary": summary, "cleaning": result.meta["cleaning"]}
+
+
+def _load(con: duckdb.DuckDBPyConnection, config: PrepareConfig, steps: Steps) -> tuple[pd.DataFrame, Path]:
+    """Fill ``raw`` and return the items frame and the path that names it in messages."""
+    paths = [Path(p) for p in config.inputs]
+    fmt = config.format
+    if fmt in ("amazon", "amazon2023"):
+        return load_amazon(con, fmt, paths[0], paths[1], steps), paths[1]
+    if fmt == "lcrec":
+        with steps.step(f"reading {paths[1].name}"):
+            items = read_lcrec_items(paths[1])
+        with steps.step(f"reading {paths[0].name}"):
+            load_lcrec(con, paths[0], set(items["item_id"]), paths[1])
+        return items, paths[1]
+    with steps.step(f"reading {paths[1].name}"):
+        items = read_items(con, fmt, paths[1])
+        register_ids(con, items)
+    with steps.step(f"reading {paths[0].name}", con):
+        load_interactions(con, paths[0], _layout(fmt, paths[0]), paths[1])
+    return items, paths[1]
+
+
+def _layout(fmt: str, path: Path) -> Layout:
+    if fmt == "interactions":
+        return INTERACTIONS
+    if fmt == "recbole":
+        return RECBOLE
+    plain = path.suffix not in (".csv", ".parquet") and not path.name.endswith(".csv.gz")
+    return MOVIELENS_DAT if plain else MOVIELENS_CSV
