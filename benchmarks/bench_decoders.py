@@ -6,7 +6,8 @@ For one trained run (or, by default, the tiny model trained one epoch on the qui
   L2D decoding (``decoding/latent.py``), whose item memory build (one forward per training prompt, once per
   model) is timed apart;
 * the ratio of each to beam search, measured in the same process on the same prompts;
-* NDCG@10 / HR@10 of each list on those users (the exact decoder's list is the ceiling of beam search).
+* NDCG@10 / HR@10 of each list on those users (the exact decoder's list holds the K items of highest
+  summed log-probability; with a length penalty beam search orders its list differently, so it is no ceiling).
 
 Usage:
     python benchmarks/bench_decoders.py --users 200

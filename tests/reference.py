@@ -196,3 +196,54 @@ def hf_beam_search(model, ids, mask, trie, beam_width: int, length_penalty: floa
         node = trie.node_of(seq[: seq.index(eos) + 1] if eos in seq else seq)
         items.append(int(trie.node_item[node]) if node >= 0 else -1)
     return torch.tensor(items).view(-1, beam_width), out.sequences_scores.float().cpu().view(-1, beam_width)
+
+
+# --- metrics: loops over users and list positions, following RecBole's recbole/evaluator/metrics.py ---------------
+
+def loop_rank_metrics(ranked_lists: list[list[int]], targets: list[int], k: int) -> dict[str, float]:
+    """NDCG@K, HR@K and MRR@K with one positive per user, one user and one position at a time."""
+    ndcg = hr = mrr = 0.0
+    for items, target in zip(ranked_lists, targets):
+        for position, item in enumerate(items[:k], start=1):
+            if item == target:
+                ndcg, hr, mrr = ndcg + 1 / math.log2(position + 1), hr + 1, mrr + 1 / position
+                break
+    n = len(targets)
+    return {"NDCG": ndcg / n, "HR": hr / n, "MRR": mrr / n}
+
+
+def loop_beyond_accuracy(ranked_lists: list[list[int]], num_items: int, train_counts: list[int], k: int,
+                         tail_ratio: float = 0.1) -> dict[str, float]:
+    """RecBole's ItemCoverage, GiniIndex and TailPercentage (``tail_ratio`` <= 1) for full lists, by loops:
+    its ``get_coverage``, ``get_gini`` (only recommended items, ranked from ``num_items - m + 1``) and ``get_tail``
+    (``count_items`` holds only items seen in train, sorted by (count, id), the first ``max(int(n * ratio), 1)``)."""
+    tops = [items[:k] for items in ranked_lists]
+    recommended: dict[int, int] = {}
+    for top in tops:
+        for item in top:
+            recommended[item] = recommended.get(item, 0) + 1
+    coverage = len(recommended) / num_items
+    sorted_count = sorted(recommended.values())
+    m, total = len(sorted_count), len(tops) * k
+    gini = sum((2 * idx - num_items - 1) * c for idx, c in zip(range(num_items - m + 1, num_items + 1), sorted_count))
+    gini = gini / total / num_items
+    count_items = sorted(((i, c) for i, c in enumerate(train_counts) if c > 0), key=lambda kv: (kv[1], kv[0]))
+    tail = {i for i, _ in count_items[:max(int(len(count_items) * tail_ratio), 1)]}
+    share = sum(sum(item in tail for item in top) / k for top in tops) / len(tops)
+    return {"ItemCoverage": coverage, "GiniIndex": gini, "TailPercentage": share}
+
+
+def brute_force_gap(item_scores: list[float], beam_items: list[int], target: int, k: int) -> dict[str, float]:
+    """One user's exact-minus-beam NDCG@K in parts, from every catalog item's exact score (summed log-probability)
+    and the beam list (best first, length_penalty 0): lost = the exact NDCG@K if the positive is not in the list;
+    gained = NDCG@K at (exact rank - catalog items above the positive that the list lacks) minus the exact NDCG@K,
+    if it is. Ties favour the positive."""
+    def gain(rank: int) -> float:
+        return 1 / math.log2(rank + 1) if rank <= k else 0.0
+
+    above = [i for i, s in enumerate(item_scores) if s > item_scores[target]]
+    exact = gain(len(above) + 1)
+    if target not in beam_items:
+        return {"lost": exact, "gained": 0.0}
+    pruned_above = [i for i in above if i not in beam_items]
+    return {"lost": 0.0, "gained": gain(len(above) + 1 - len(pruned_above)) - exact}

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from bearrec.baselines.configs import SeqRecConfig
 from bearrec.data.dataset import RecDataset
-from bearrec.evaluation.evaluate import EvalSettings
+from bearrec.evaluation.evaluate import EvalSettings, train_item_counts
 from bearrec.evaluation.history import mask_history
 from bearrec.evaluation.metrics import ranking_metrics, report_ks, retrieved_rank
 
@@ -261,7 +261,9 @@ def evaluate_popularity(dataset: RecDataset, split: str = "test", max_users: int
 
 
 def _result(retrieved: torch.Tensor, target: torch.Tensor, dataset: RecDataset, split: str, ks) -> dict:
-    return {"metrics": ranking_metrics(retrieved, target, ks=ks), "split": split, "users": len(target),
+    """The LM evaluation's contract: the same metrics (MRR and the beyond-accuracy ones included), users, ranks."""
+    metrics = ranking_metrics(retrieved, target, ks=ks, item_counts=train_item_counts(dataset))
+    return {"metrics": metrics, "split": split, "users": len(target),
             "of_users": len(dataset.splits[split]), "retrieved_rank": retrieved_rank(retrieved, target).tolist()}
 
 

@@ -49,7 +49,8 @@ def evaluate(
     allow_other_data: AllowOtherData = False,
 ):
     """NDCG@K and HR@K (K = 5, 10) of a decoder (default: constrained beam search); with beam search, also PR@K,
-    the exact ranking's NDCG/HR@K (what pruning costs) and why positives were pruned, from exact scores.
+    the exact ranking's NDCG/HR@K (and the gap's parts: lost, gained, reordered) and why positives were pruned,
+    from exact scores.
 
     Other decoders write eval_<split>_<decoder>.json; the latent decoder keeps its item memory in the run folder.
     """
@@ -88,10 +89,10 @@ def evaluate(
     title = f"{run.name}, {split}: {result['users']} users, {how}; decoding {result['decode_seconds']:.1f} s"
     out.print(rich_table({run.name: result}, title))
     if "exact_ranking" in result:
-        ceiling = result["exact_ranking"]
-        out.print(f"what pruning costs, on the {ceiling['users']} users with an exact rank: " + ", ".join(
-            f"NDCG@{k} {ceiling[f'decoded_NDCG@{k}']:.4f} (beam) vs {ceiling[f'exact_NDCG@{k}']:.4f} (exact), "
-            f"HR@{k} {ceiling[f'decoded_HR@{k}']:.4f} vs {ceiling[f'exact_HR@{k}']:.4f}" for k in (5, 10)), soft_wrap=True)
+        exact = result["exact_ranking"]
+        out.print(f"beam search against the exact ranking, on the {exact['users']} users with an exact rank: " + ", ".join(
+            f"NDCG@{k} {exact[f'decoded_NDCG@{k}']:.4f} (beam) vs {exact[f'exact_NDCG@{k}']:.4f} (exact), "
+            f"HR@{k} {exact[f'decoded_HR@{k}']:.4f} vs {exact[f'exact_HR@{k}']:.4f}" for k in (5, 10)), soft_wrap=True)
     if "pruning" in result:
         out.print(pruning_scope(result["pruning"], result["users"]), soft_wrap=True)
         out.print(pruning_table(result["pruning"]))

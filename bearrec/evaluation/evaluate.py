@@ -1,5 +1,6 @@
 """Evaluation: the recommendations of a decoder (constrained beam search, exact top-K or L2D latent-space
-matching), and for beam search the positives' exact ranks for PR@K and for what pruning costs.
+matching), and for beam search the positives' exact ranks for PR@K and for the gap between beam search and the
+exact ranking.
 
 With ``pruning_rate`` (the default) the result also holds the pruning attribution (``"pruning"``:
 paper Figure 4 shares and the histogram of pruning steps) and, under ``"per_user"``, one
@@ -16,9 +17,16 @@ What pruning costs: ``metrics`` also holds ``exact_NDCG@K`` and ``exact_HR@K``, 
 ranking (every item ranked by log P(title + EOS) under ``scoring``, nothing pruned), computed from the
 same exact ranks as PR@K and so over the same users: the first ``pruning_users`` evaluated users that a
 node budget did not leave undecided; ``gap_NDCG@K`` is the exact ranking's NDCG@K minus beam search's on
-those same users (what pruning costs). ``exact_ranking`` repeats them with beam search's NDCG/HR@K on
+those same users. It is no ceiling and no pure cost: ``gap = lost - gained - reordered``
+(``lost_NDCG@K``: positives beam search pruned; ``gained_NDCG@K``: positives it kept, lifted above the
+higher-scored negatives it pruned; ``reordered_NDCG@K``: its list ordered by ``log P / length **
+length_penalty`` where the exact ranking orders by ``log P``; :func:`~bearrec.evaluation.metrics.gap_parts`),
+and ``per_user`` holds the parts of each user. ``exact_ranking`` repeats them with beam search's NDCG/HR@K on
 exactly those users (``decoded_*``) and their count, so the gap is read on one set of users even when
 PR@K runs on a subset (the top-level NDCG/HR@K cover every evaluated user).
+
+Every decoder's metrics also hold MRR@K and, from the train split's item counts (:func:`train_item_counts`),
+ItemCoverage@K, GiniIndex@K and TailPercentage@K (RecBole's definitions, ``metrics.py``).
 """
 
 from __future__ import annotations
@@ -36,7 +44,14 @@ from bearrec.decoding import decode, exact_target_ranks, item_memory
 from bearrec.decoding.config import DecodingConfig
 from bearrec.distributed import map_users
 from bearrec.evaluation.history import search_width, without_history
-from bearrec.evaluation.metrics import exact_ranking_metrics, ranking_metrics, report_ks, retrieved_rank
+from bearrec.evaluation.metrics import (
+    exact_ranking_metrics,
+    gap_parts,
+    log_prob_rank,
+    ranking_metrics,
+    report_ks,
+    retrieved_rank,
+)
 from bearrec.evaluation.pruning import attribute_pruning
 from bearrec.items.space import ItemSpace
 from bearrec.items.trie import ItemTrie
@@ -98,8 +113,6 @@ def evaluate(model, space: ItemSpace, dataset: RecDataset, settings: EvalSetting
       loaded from ``latent_memory`` (a file path) when it matches the model and train split, else built from
       the train split (and saved there); ``memory_seconds`` is that time, apart from ``decode_seconds``.
 
-    The exact ranks, PR@K and the pruning attribution judge beam search and are computed for ``"beam"`` only.
-
     ``exclude_history`` leaves each user's history items out of its list, as ``recommend`` and ``serve`` do:
     the decoder retrieves ``beam_width`` plus the user's distinct history items (beam search runs with that
     wider beam), they are dropped, and the list is cut back to ``beam_width``. PR@K and the exact ranking rank
@@ -107,12 +120,12 @@ def evaluate(model, space: ItemSpace, dataset: RecDataset, settings: EvalSetting
 
     ``scoring`` is the step scoring of the beam search (``"full"``: full-vocabulary log-softmax;
     ``"masked"``: renormalised over the trie children, see ``decoding/scoring.py``) and
-    ``length_penalty`` Hugging Face's (0.0: none; 1.0: ``generate``'s default). The exact ranks behind
-    PR@K use the same ``scoring``: "top K by probability" means the probability the search ranks by
-    (before length normalisation, as the paper defines PR@K). Both are written into the result.
+    ``length_penalty`` Hugging Face's (0.0: none; 1.0: ``generate``'s default; it orders the finished list).
+    The exact ranks use the same ``scoring`` and no length penalty: "top K by probability" is by log P(title +
+    EOS), before length normalisation, as the paper defines PR@K. Both are written into the result.
 
-    With ``pruning_rate`` (the default) the result also holds PR@K, the pruning attribution and the exact
-    ranking's metrics: see the module docstring.
+    With ``pruning_rate`` (the default) and the ``"beam"`` decoder, whose pruning they judge, the result also holds
+    PR@K, the pruning attribution and the exact ranking's metrics: see the module docstring.
     """
     if settings.split not in dataset.splits:
         raise ValueError(f"unknown split {settings.split!r}; choose one of {', '.join(dataset.splits)}")
@@ -153,11 +166,31 @@ def evaluate(model, space: ItemSpace, dataset: RecDataset, settings: EvalSetting
                                       settings.pruning_node_budget, lambda k: progress.advance(task, k))
             exact_rank = torch.cat([exact_rank, exact_rank.new_full((len(histories) - ranked,), -1)])  # -1: not ranked
             result["exact_rank_seconds"] = time.perf_counter() - start
-    result["metrics"] = ranking_metrics(item_ids, targets, exact_rank, ks)
+    result["metrics"] = ranking_metrics(item_ids, targets, exact_rank, ks, train_item_counts(dataset))
     result["retrieved_rank"] = retrieved_rank(item_ids, targets).tolist()
-    if ranks_wanted:
-        _add_pruning(result, found, exact_rank, targets, ks, ranked, settings.pruning_node_budget)
+    if ranks_wanted:  # the list's items' log-probabilities [N, B] attribute the gap
+        _add_pruning(result, found, exact_rank, targets, ks, ranked, settings.pruning_node_budget,
+                     found.summed_scores(space.trie, decoding.length_penalty))
     return result
+
+
+def train_item_counts(dataset: RecDataset) -> torch.Tensor:
+    """``[num_items]`` each catalog item's number of train interactions, the popularity RecBole's TailPercentage
+    reads (its ``item_counter`` of the train interactions). A user's train rows are chained back into the user's
+    train sequence (a row whose history ends the way the sequence so far ends adds its target, any other row starts
+    a new sequence with its history), so an interaction counts once however many windows hold it."""
+    frame = dataset.splits["train"]
+    interactions: list[int] = []
+    sequences: dict = {}
+    for user, history, target in zip(frame["user_id"], frame["history"], frame["target"]):
+        items = [dataset.item_index(i) for i in history]
+        sequence = sequences.get(user)
+        if sequence is None or not items or sequence[-len(items):] != items:
+            sequence = sequences[user] = list(items)
+            interactions += items  # a new sequence: its history's items are interactions too
+        sequence.append(dataset.item_index(target))
+        interactions.append(sequence[-1])
+    return torch.bincount(torch.tensor(interactions, dtype=torch.long), minlength=len(dataset.items))
 
 
 @dataclass
@@ -230,14 +263,20 @@ def _exact_ranks(run: _Decoding, prompts: Prompts, targets: torch.Tensor, found,
 
 
 def _add_pruning(result: dict, found, exact_rank: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...],
-                 ranked: int, node_budget: int | None) -> None:
-    """What pruning costs, into ``result``: the exact ranking's NDCG/HR@K beside beam search's on the users with
-    an exact rank, their gap, and the pruning attribution (its summary and one row per user)."""
-    ceiling = exact_ranking_metrics(exact_rank, retrieved_rank(found.item_ids, targets), ks)
-    result["metrics"].update({key: value for key, value in ceiling.items() if key.startswith("exact_")})
-    result["metrics"].update({f"gap_NDCG@{k}": ceiling[f"exact_NDCG@{k}"] - ceiling[f"decoded_NDCG@{k}"] for k in ks})
-    result["exact_ranking"] = ceiling
-    report = attribute_pruning(found, exact_rank, targets, ks)
+                 ranked: int, node_budget: int | None, summed: torch.Tensor) -> None:
+    """The exact ranking beside beam search, into ``result``: its NDCG/HR@K and beam search's on the users with an
+    exact rank, the gap and its parts (``summed [N, B]``: the list's items' log-probabilities), and the pruning
+    attribution (its summary and one row per user, the gap's parts among its columns)."""
+    got = retrieved_rank(found.item_ids, targets)
+    by_log_prob = log_prob_rank(found.item_ids, summed, targets)  # [N]
+    parts = {k: gap_parts(exact_rank, got, by_log_prob, k) for k in ks}
+    exact = exact_ranking_metrics(exact_rank, got, ks, parts)
+    result["metrics"].update({key: value for key, value in exact.items() if key.startswith("exact_")})
+    for k in ks:
+        result["metrics"][f"gap_NDCG@{k}"] = exact[f"exact_NDCG@{k}"] - exact[f"decoded_NDCG@{k}"]
+        result["metrics"].update({f"{name}_NDCG@{k}": exact[f"{name}_NDCG@{k}"] for name in parts[k]})
+    result["exact_ranking"] = exact
+    report = attribute_pruning(found, exact_rank, targets, ks, summed)
     # Users whose ranking was attempted but not finished within the node budget (exact rank -1).
     report.summary.update(pruning_users=ranked, unranked_users=ranked - report.summary["ranked_users"],
                           node_budget=node_budget)

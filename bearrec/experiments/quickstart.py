@@ -1,5 +1,5 @@
-"""The quickstart: SFT, MSL and BEAR on a synthetic catalog where beam search prunes, with the exact-decoding
-ceiling beside them; the tiny model, end to end on a laptop CPU."""
+"""The quickstart: SFT, MSL and BEAR on a synthetic catalog where beam search prunes, with the exact ranking (every
+item ranked by its probability, nothing pruned) beside them; the tiny model, end to end on a laptop CPU."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class QuickstartConfig:
 
 def run_quickstart(out_dir: str | Path, config: QuickstartConfig | None = None, console=None) -> dict:
     """Generate data, train every objective from the same seed, evaluate each by beam search with the exact
-    ranking beside it (what pruning costs), write the report into ``out_dir``."""
+    ranking beside it (the gap and its parts), write the report into ``out_dir``."""
     with folder_lock(out_dir, "quickstart"), discarded_on_disk_error(out_dir):  # a rerun makes it anew anyway
         return _run_quickstart(Path(out_dir), config or QuickstartConfig(), console)
 
@@ -88,9 +88,13 @@ def _run_quickstart(out: Path, cfg: QuickstartConfig, console) -> dict:
     }
     write_json(out / "results.json", results)
     md = (f"# {title}\n\n{markdown_table(runs)}\n"
-          "N/H: NDCG/HR of beam search; exact N/H: of the exact ranking (every item ranked by its probability, "
-          "nothing pruned: the ceiling); gap N@10: exact minus beam on the same users (what pruning costs); "
-          "PR@K: share of top-K positives (by exact probability) that beam search pruned; lower is better. "
+          "N/H/MRR: of beam search (its list ordered by log P / length ** length_penalty); exact N/H: of the exact "
+          "ranking (every item ranked by log P, nothing pruned); gap N@10: exact minus beam on the same users, "
+          "which is no ceiling: gap = lost - gained - reordered (lost: positives beam search pruned; gained: "
+          "positives it kept, lifted above higher-scored negatives it pruned; reordered: its length-normalised "
+          "order); PR@K: share of top-K positives (by exact probability) that beam search pruned, lower is better; "
+          "Cov, Gini, Tail: RecBole's ItemCoverage, GiniIndex and TailPercentage@10 (tail: the 10 % least popular "
+          "train items). "
           "Decoding scoring per objective: " + ", ".join(f"{o} {r['scoring']}" for o, r in runs.items()) + ".\n\n"
           f"## Pruning attribution (paper Figure 4)\n\n{pruning_markdown(runs)}")
     write_text(out / "results.md", md)

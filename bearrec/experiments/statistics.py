@@ -1,4 +1,5 @@
-"""An experiment's statistics: mean and spread over seeds, the seed-noise test (Welch), the per-user paired
+"""An experiment's statistics: mean and spread over seeds, the seed-noise tests (Welch over seeds, and paired by
+seed: runs of one seed share initial weights and batch order), the per-seed differences, the per-user paired
 tests (bootstrap, sign flips) against the SFT baseline, and the verdict sentence of each comparison."""
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def _pool_pruning(summaries: list[dict], ks) -> dict | None:
 
 
 def _versus(runs: list[dict], baseline: list[dict], mean: dict, base_mean: dict) -> dict:
-    """Relative improvement over SFT, a seed-noise test and a paired bootstrap over users (NDCG@10)."""
+    """Relative improvement over SFT, the seed-noise tests (Welch; paired by seed, with the per-seed differences)
+    and the paired tests over users (NDCG@10)."""
     relative = {m: (mean[m] - base_mean[m]) / base_mean[m] if base_mean.get(m) else None
                 for m in METRIC_COLUMNS[:4] if m in mean and m in base_mean}
     ours = [r["metrics"]["NDCG@10"] for r in runs]
@@ -71,6 +73,7 @@ def _versus(runs: list[dict], baseline: list[dict], mean: dict, base_mean: dict)
         test = stats.ttest_ind(ours, theirs, equal_var=False)
         p = float(test.pvalue) if not math.isnan(test.pvalue) else 1.0
         out["seed_test"] = {"test": "Welch t-test over seeds", "p_value": p, "exceeds_seed_noise": p < 0.05}
+    out.update(paired_seed_test(runs, baseline))
     # Users are the same rows in every run: resample them, with both sides averaged over their seeds.
     gain = _per_user_ndcg(runs) - _per_user_ndcg(baseline)
     rng = np.random.default_rng(0)
@@ -78,6 +81,26 @@ def _versus(runs: list[dict], baseline: list[dict], mean: dict, base_mean: dict)
     low, high = np.percentile(boot, [2.5, 97.5])
     out["user_bootstrap"] = {"ci95": [float(low), float(high)], "excludes_zero": bool(low > 0 or high < 0)}
     out["paired_test"] = sign_flip_test(gain)
+    return out
+
+
+def paired_seed_test(runs: list[dict], baseline: list[dict], metric: str = "NDCG@10") -> dict:
+    """The per-seed differences of ``metric`` (``runs``' minus ``baseline``'s run of the same seed, keyed by seed as
+    a string for JSON) and, with at least 2 shared seeds, a paired t-test over them (scipy ``ttest_rel``: is the
+    mean per-seed difference further from 0 than their spread makes it?). Two-sided; equal differences everywhere
+    give p = 0 when they are not 0 and p = 1 when they are."""
+    ours = {r["seed"]: r["metrics"][metric] for r in runs if metric in r["metrics"]}
+    theirs = {r["seed"]: r["metrics"][metric] for r in baseline if metric in r["metrics"]}
+    seeds = sorted(set(ours) & set(theirs))
+    out: dict = {"seed_differences": {str(seed): float(ours[seed] - theirs[seed]) for seed in seeds}}
+    if len(seeds) > 1:
+        diffs = np.array([ours[s] - theirs[s] for s in seeds])
+        if np.ptp(diffs) <= 1e-12 * max(1.0, float(np.abs(diffs).max())):  # no spread: t is infinite, or 0/0
+            p = 0.0 if np.abs(diffs).max() > 1e-12 else 1.0
+        else:
+            p = float(stats.ttest_rel([ours[s] for s in seeds], [theirs[s] for s in seeds]).pvalue)
+        out["paired_seed_test"] = {"test": "paired t-test over seeds", "seeds": len(seeds), "metric": metric,
+                                   "p_value": p, "exceeds_seed_noise": p < 0.05}
     return out
 
 
@@ -118,20 +141,39 @@ def p_text(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
+def seed_noise_text(vs: dict, seeds: int) -> str:
+    """Whether a difference is beyond the seed noise, plainly, by both tests (Welch over seeds; paired by seed)."""
+    welch, paired = vs.get("seed_test"), vs.get("paired_seed_test")
+    if not welch and not paired:
+        return "one seed only, so the seed noise is unknown (use --seeds 3)"
+    verdicts = [t["exceeds_seed_noise"] for t in (welch, paired) if t]
+    plain = ("beyond the seed noise" if all(verdicts) else "within the seed noise" if not any(verdicts)
+             else "beyond the seed noise by one test only")
+    tests = []
+    if paired:
+        tests.append(f"paired t-test over {paired['seeds']} seeds p {p_text(paired['p_value'])}")
+    if welch:
+        tests.append(f"Welch t-test over {seeds} seeds, p {p_text(welch['p_value'])}")
+    return f"{plain} ({'; '.join(tests)})"
+
+
+def seed_differences_text(vs: dict) -> str:
+    """The per-seed differences: ``seed 0 +0.0050, seed 1 -0.0010``."""
+    return ", ".join(f"seed {seed} {diff:+.4f}" for seed, diff in vs.get("seed_differences", {}).items())
+
+
 def verdict(label: str, row: dict) -> str:
-    """One sentence on whether ``label`` beats SFT beyond the noise."""
+    """One sentence on whether ``label`` beats SFT beyond the noise: the seed noise (both tests, the per-seed
+    differences) and the users (bootstrap interval, sign flips)."""
     vs = row["vs_sft"]
     diff = vs["ndcg10_difference"]
     if diff == 0:
         parts = [f"{label}: the same NDCG@10 as SFT"]
     else:
         parts = [f"{label}: NDCG@10 {abs(diff):.4f} {'higher' if diff > 0 else 'lower'} than SFT"]
-    seed = vs.get("seed_test")
-    if seed:
-        parts.append(f"{'exceeds' if seed['exceeds_seed_noise'] else 'within'} the seed noise "
-                     f"(Welch t-test over {len(row['seeds'])} seeds, p {p_text(seed['p_value'])})")
-    else:
-        parts.append("one seed only, so the seed noise is unknown (use --seeds 3)")
+    parts.append(seed_noise_text(vs, len(row["seeds"])))
+    if len(vs.get("seed_differences", {})) > 1:
+        parts.append(f"per-seed differences {seed_differences_text(vs)}")
     low, high = vs["user_bootstrap"]["ci95"]
     parts.append(f"95% user-bootstrap interval of the difference [{low:+.4f}, {high:+.4f}]"
                  + (" excludes 0" if vs["user_bootstrap"]["excludes_zero"] else " includes 0"))

@@ -94,8 +94,10 @@ def test_report_tables_at_k_equal_b_and_training_epochs():
     rows = summarize(runs)
     assert rows["sft"]["mean"]["NDCG@20"] == pytest.approx(0.32) and rows["sft"]["std"]["NDCG@20"] == pytest.approx(0.02 * 2 ** 0.5)
     table = summary_markdown(rows, ks=(20,))
-    assert "| | N@20 | H@20 | exact N@20 | exact H@20 | gap N@20 | PR@20 | seeds | train s/epoch |" in table
-    assert "| sft | 0.3200 ± 0.0283 | 0.5000 ± 0.0000 | n/a | n/a | n/a | 0.1000 ± 0.0000 | 2 | 2.0 |" in table
+    assert ("| | N@20 | H@20 | MRR@20 | exact N@20 | exact H@20 | gap N@20 | lost N@20 | gained N@20 | reordered N@20 "
+            "| PR@20 | Cov@20 | Gini@20 | Tail@20 | seeds | train s/epoch |") in table
+    assert ("| sft | 0.3200 ± 0.0283 | 0.5000 ± 0.0000 | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 0.1000 ± 0.0000 "
+            "| n/a | n/a | n/a | 2 | 2.0 |") in table  # metrics these results predate show as n/a
     assert "| sft | 0, 1 | 4, 6 | 7, 9 | 2.0 |" in training_markdown(rows)
 
 
@@ -116,7 +118,8 @@ def test_compare_end_to_end_then_restart_skips_finished_runs(tmp_path):
             "--set", "sasrec.epochs=2", "--set", "bert4rec.epochs=2", "--pruning-users", 8, "--out", out]
     result = _run(*args)
     assert result.exit_code == 0, result.output
-    for name in ("results.json", "results.md", "pr_at_k.png", "pruning.png", "efficiency.png", "experiment.json"):
+    for name in ("results.json", "results.md", "pr_at_k.png", "pruning.png", "efficiency.png", "beam_vs_exact.png",
+                 "experiment.json"):
         assert (out / name).is_file(), name
     report = json.loads((out / "results.json").read_text())
     assert set(report["summary"]) == {"sft", "bear", "sasrec", "bert4rec"} and len(report["runs"]) == 8
@@ -127,6 +130,10 @@ def test_compare_end_to_end_then_restart_skips_finished_runs(tmp_path):
     assert report["summary"]["bear"]["pruning"]["ranked_users"] == 2 * 8  # two seeds, 8 of 12 users ranked
     md = (out / "results.md").read_text()
     assert "| bear vs sft |" in md and "Welch t-test over 2 seeds" in md and "seeds" in md
+    assert "paired t-test over 2 seeds" in md and "| | seed 0 | seed 1 | mean | paired t-test | Welch t-test | |" in md
+    for r in report["runs"]:  # the LM runs and the baselines report the same metrics (one contract)
+        assert {"MRR@10", "ItemCoverage@10", "GiniIndex@10", "TailPercentage@10"} <= set(r["metrics"]), r["label"]
+    assert set(report["summary"]["bear"]["vs_sft"]["seed_differences"]) == {"0", "1"}
     assert "## Training" in md and "| bear | 0, 1 | 1, 1 | 1, 1 |" in md  # one epoch: best = trained = 1
 
     # Simulate Ctrl-C during the last run: its result is missing, its training half done.
