@@ -21,6 +21,9 @@ from bearrec.data.dataset import DataError, normalize_title
 from bearrec.data.readers import read_amazon, read_interactions, read_processed
 from bearrec.items.semantic_ids import read_semantic_ids
 
+# The readers warn of what they clean (duplicates dropped, empty titles named): part of reading, not a failure.
+pytestmark = pytest.mark.filterwarnings("ignore::bearrec.data.cleaning.DataWarning")
+
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 titles = st.one_of(

@@ -151,8 +151,11 @@ def test_unknown_scoring_is_refused(call):
         run()
 
 
+# The grids with one to three nodes per forward cost 2 to 10 s per model (hundreds of forwards): the slow lane
+# runs them; the fast lane keeps small batches through (2, 4, 6, 1.0).
 @pytest.mark.parametrize("nodes_per_forward,max_rank,beam_width,length_penalty", [
-    (1, 4, 0, 0.0), (3, 50, 0, 0.0), (64, 1, 0, 0.0), (64, 10, 0, 0.0), (2, 4, 6, 0.0), (64, 10, 10, 0.0),
+    pytest.param(1, 4, 0, 0.0, marks=pytest.mark.slow), pytest.param(3, 50, 0, 0.0, marks=pytest.mark.slow),
+    (64, 1, 0, 0.0), (64, 10, 0, 0.0), pytest.param(2, 4, 6, 0.0, marks=pytest.mark.slow), (64, 10, 10, 0.0),
     (2, 4, 6, 1.0), (64, 10, 10, 2.0)])
 def test_exact_target_ranks_equal_brute_force_ranks(case, nodes_per_forward, max_rank, beam_width, length_penalty):
     """Every item as the target of every prompt: the pruned search gives the capped rank by enumeration,

@@ -258,6 +258,7 @@ def test_resume_names_what_is_missing(run_copy, tmp_path):
 
 
 # ------------------------------------------------------------------------------- full disks, read-only folders
+@pytest.mark.slow  # trains an epoch in a subprocess
 def test_a_failed_checkpoint_save_leaves_no_half_checkpoint(syn, tmp_path):
     """A write that fails mid-checkpoint (here a file size limit: the kernel refuses the write, EFBIG, as a full
     disk refuses it with ENOSPC) is one line naming the checkpoint; a new run with nothing to resume is gone."""
@@ -275,6 +276,7 @@ def test_prepare_on_a_full_disk_names_the_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # trains in a subprocess
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a tmpfs needs root")
 def test_a_full_tmpfs_is_one_line(syn, tmp_path):
     """The real thing where the machine allows it: a 3 MB tmpfs."""
@@ -338,6 +340,7 @@ def test_a_piped_config_is_read_once(syn, tmp_path):
     assert saved["train"]["epochs"] == 1 and saved["train"]["batch_size"] == 16
 
 
+@pytest.mark.slow  # a compare in a subprocess (5 s: torch, transformers and the plan)
 def test_a_new_experiment_that_cannot_write_leaves_nothing(syn, tmp_path):
     """compare on a full disk before any run finished: one line naming the file, and no experiment folder."""
     out = tmp_path / "cmp"

@@ -43,6 +43,7 @@ def cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.mark.slow  # converts the 135M GGUF file to safetensors once per module (25 s)
 @needs_wheel
 def test_conversion_is_cached_and_reloads(cache):
     assert (cache / "model.safetensors").stat().st_size > 400e6
@@ -62,6 +63,7 @@ def test_conversion_is_cached_and_reloads(cache):
     assert forward < backward - 2
 
 
+@pytest.mark.slow  # the conversion
 @needs_wheel
 def test_chat_template_prompt_ends_with_the_assistant_turn(cache):
     from bearrec.items.prompts import PromptEncoder, PromptTemplate
@@ -97,6 +99,7 @@ def test_two_lora_steps_then_evaluate(cache, tmp_path):
     assert result["users"] == 2 and set(result["pruning"]) >= {"PR@10", "top10_positives"}
 
 
+@pytest.mark.slow  # the conversion
 @needs_wheel
 def test_special_tokens_come_from_the_gguf_metadata(cache):
     """transformers 5.17 reads SmolLM2's EOS as <|im_start|> (id 1); the conversion takes EOS, BOS and padding
