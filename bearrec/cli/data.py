@@ -46,11 +46,11 @@ def prepare(
     """Turn raw or processed data into a bearrec dataset folder (catalog + train/valid/test)."""
     import tempfile
 
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress
 
     from bearrec.data.config import PrepareConfig
     from bearrec.data.dataset import DataError
-    from bearrec.data.lcrec import read_index
+    from bearrec.data.lcrec import index_as_codes_csv
     from bearrec.data.prepare import prepare_folder
     from bearrec.data.readers import read_dataset
     from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
@@ -63,37 +63,26 @@ def prepare(
 
         sid_config = SemanticIdConfig(levels=levels, codebook_size=codebook_size, seed=seed, balanced=balanced,
                                       backend=kmeans_backend, embedding_model=embedding_model).validate()
-    for source in inputs or []:
-        if source.resolve() == out_dir.resolve() or out_dir.resolve() in source.resolve().parents:
-            raise ValueError(f"--out {out_dir}: holds the input {source}; write the dataset to another folder")
+    _check_inputs(fmt, inputs or [], out_dir, split, max_history)
     codes_index = fmt is Format.lcrec and len(inputs or []) == 3 and semantic_ids is None
     config = None
     if fmt is not Format.synthetic:
         config = PrepareConfig(fmt.value, tuple(inputs or ()), domain, strict, min_interactions, max_history, split,
                                keep_untitled=semantic_ids is not None or codes_index).validated()
 
-    def bars() -> Progress:
-        return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                        console=out, transient=True)
-
     with folder_lock(out_dir, "dataset"), tempfile.TemporaryDirectory(prefix="bearrec-codes-") as scratch:
         if codes_index:  # LC-Rec's NAME.index.json: its codes are the semantic IDs
-            semantic_ids = str(Path(scratch) / "codes.csv")
-            codes = read_index(inputs[2])
-            lines = ["item_id,codes"] + [f'"{item.replace(chr(34), chr(34) * 2)}","{row}"' for item, row in codes.items()]
-            Path(semantic_ids).write_text("\n".join(lines) + "\n")
+            semantic_ids = str(index_as_codes_csv(inputs[2], Path(scratch)))
         if fmt is Format.synthetic:
-            if inputs or split is not None or max_history is not None:
-                raise ValueError("prepare synthetic takes no input files, --split or --max-history")
             dataset = generate_synthetic(SyntheticConfig(seed=seed, num_users=users, pruning_pressure=pruning_pressure))
         elif semantic_ids is None and fmt is not Format.processed:
-            with bars() as progress:  # the splits go from duckdb to parquet without entering Python
+            with _bars() as progress:  # the splits go from duckdb to parquet without entering Python
                 written = prepare_folder(config, out_dir, progress)
             cleaning = written["cleaning"]
             out.print(f"wrote {out_dir}: {written['summary']}" + (f"; cleaning: {cleaning}" if cleaning else ""))
             return
         else:
-            with bars() as progress:
+            with _bars() as progress:
                 task = progress.add_task(f"reading {', '.join(str(p) for p in inputs or [])}", total=None)
                 dataset = read_dataset(config)
                 progress.update(task, total=1, completed=1)
@@ -114,3 +103,20 @@ def prepare(
         from bearrec.cli.sids import quality_table
 
         out.print(quality_table(dataset.meta["semantic_ids"]["quality"], "semantic IDs before disambiguation"))
+
+
+def _check_inputs(fmt: Format, inputs: list[Path], out_dir: Path, split: str | None, max_history: int | None) -> None:
+    """Before anything is read: no input inside --out, and synthetic data takes no input or split options."""
+    for source in inputs:
+        if source.resolve() == out_dir.resolve() or out_dir.resolve() in source.resolve().parents:
+            raise ValueError(f"--out {out_dir}: holds the input {source}; write the dataset to another folder")
+    if fmt is Format.synthetic and (inputs or split is not None or max_history is not None):
+        raise ValueError("prepare synthetic takes no input files, --split or --max-history")
+
+
+def _bars():
+    """A progress display for the steps of reading: a spinner, the step, a bar and the time it took."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                    console=out, transient=True)

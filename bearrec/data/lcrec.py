@@ -91,3 +91,11 @@ def read_index(path: Path) -> dict[str, list[int]]:
             row.append(int(match.group(2)))
         codes[key] = row
     return codes
+
+
+def index_as_codes_csv(path: Path, folder: Path) -> Path:
+    """``NAME.index.json`` written as the ``item_id,codes`` CSV that ``--semantic-ids FILE`` reads, in ``folder``."""
+    rows = [f'"{item.replace(chr(34), chr(34) * 2)}","{codes}"' for item, codes in read_index(path).items()]
+    written = folder / "codes.csv"
+    written.write_text("\n".join(["item_id,codes", *rows]) + "\n")
+    return written

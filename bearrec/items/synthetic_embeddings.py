@@ -16,22 +16,37 @@ With the defaults the nearest-neighbour cosines of 2,420 items (5/25/50/75/95 % 
 0.92, 0.97) and the mean pairwise cosine (0.21) are close to all-MiniLM-L6-v2 on the Office titles (0.56, 0.75,
 0.85, 0.93, 0.98; 0.22), and plain RQ-KMeans (3 x 256) leaves 19 % of 2,420 and 35 % of 10^4 items sharing all
 codes: between the real catalogs (Office 2,420 titles: 37 %, Books 6,344: 4 %; the issue's 11,758 toys: 17 %).
-Isotropic item noise (``isotropic=1``) is far harder: 94 % at 10^4, since no codebook resolves random directions.
+Isotropic item noise (``EmbeddingShape(isotropic=1)``) is far harder: 94 % at 10^4, since no codebook resolves random directions.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class EmbeddingShape:
+    """The knobs of the model above; the defaults match all-MiniLM-L6-v2 on the Office titles."""
+
+    shared: float = 0.2  # w_g
+    topic: float = 0.3  # w_t
+    per_topic: int = 40  # items per topic
+    family_mean: float = 4.0  # mean items per family
+    noise_high: float = 0.3  # w_n ~ U(0.02, noise_high)
+    attributes: int = 48  # directions the item noise mostly lies in
+    isotropic: float = 0.2  # share of the item noise in a random direction of the whole space
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def clustered_embeddings(n: int, dim: int = 384, seed: int = 0, shared: float = 0.2, topic: float = 0.3,
-                         per_topic: int = 40, family_mean: float = 4.0, noise_high: float = 0.3, attributes: int = 48,
-                         isotropic: float = 0.2) -> np.ndarray:
+def clustered_embeddings(n: int, dim: int = 384, seed: int = 0, shape: EmbeddingShape = EmbeddingShape()) -> np.ndarray:
     """``[n, dim]`` float32 unit rows in a random order (see the module docstring for the model)."""
+    shared, topic, per_topic, family_mean = shape.shared, shape.topic, shape.per_topic, shape.family_mean
+    noise_high, attributes, isotropic = shape.noise_high, shape.attributes, shape.isotropic
     rng = np.random.default_rng(seed)
     g = _unit(rng.normal(size=dim))  # [dim]
     n_topics = max(1, n // per_topic)
