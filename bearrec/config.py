@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import math
 import os
 import types
@@ -26,6 +27,10 @@ from bearrec.items.semantic_ids import REPRESENTATIONS
 from bearrec.lm.models import CHAT_TEMPLATE_DEFAULT, TINY, LoraSettings, TinyConfig
 from bearrec.objectives import registry
 from bearrec.yamlfiles import parse_assignment, read_yaml
+
+# train.report_to: the Trainer's integrations a run logs to -> the package an optional one needs (None: a dependency
+# of bearrec, or nothing to log to)
+TRACKERS = {"tensorboard": None, "mlflow": "mlflow-skinny", "wandb": "wandb", "none": None}
 
 # The largest count that torch (and itertools.islice) take: a batch size, node budget or neighbour count above it
 # overflows where it meets a tensor ("Overflow when unpacking long long", "int too big to convert").
@@ -69,6 +74,9 @@ class TrainConfig:
     select_best: bool = True  # keep the checkpoint with the best validation NDCG@10
     save_total_limit: int = 2  # checkpoints kept on disk (the best one is always kept)
     logging_steps: int = 10
+    # where the Trainer logs: tensorboard (RUN/checkpoints/runs), mlflow (./mlruns unless MLFLOW_TRACKING_URI is set),
+    # wandb (offline unless WANDB_MODE or WANDB_API_KEY is set), or [none] (README, "Experiment tracking")
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
 
     def validate(self, section: str = "train") -> None:
         check(self.epochs >= 1, section, "epochs", "at least 1", self.epochs)
@@ -92,6 +100,19 @@ class TrainConfig:
               "at least 0 (0: no validation; null: all)", self.valid_users)
         check(self.patience >= 0, section, "patience", "at least 0", self.patience)
         check(0 <= self.min_epochs <= self.epochs, section, "min_epochs", f"in [0, epochs = {self.epochs}]", self.min_epochs)
+        _check_report_to(self.report_to, section)
+
+
+def _check_report_to(report_to: list[str], section: str) -> None:
+    """Known trackers, ``none`` alone, and the optional packages of the ones asked for installed."""
+    known = ", ".join(TRACKERS)
+    check(bool(report_to) and set(report_to) <= set(TRACKERS), section, "report_to", f"a list of {known}", report_to)
+    check(len(set(report_to)) == len(report_to), section, "report_to", "a list without repeats", report_to)
+    check("none" not in report_to or len(report_to) == 1, section, "report_to", "[none] alone or a list without none",
+          report_to)
+    for name in report_to:
+        if TRACKERS[name] and importlib.util.find_spec(name) is None:
+            raise ValueError(f"{section}.report_to: {name} is not installed; pip install {TRACKERS[name]}")
 
 
 @dataclass

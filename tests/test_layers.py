@@ -110,6 +110,7 @@ LAZY_IMPORTS = {
     "bearrec/items/rq_kmeans.py": {"scipy"},
     "bearrec/lm/models.py": {"gguf"},  # optional extra smollm2: absent without it
     "bearrec/evaluation/report.py": {"matplotlib"},  # figures only (+0.4 s over the tables)
+    "bearrec/training/tracking.py": {"mlflow", "wandb"},  # optional extra tracking, and wandb: only where report_to asks
 }
 LAZY_FOLDERS = {"cli"}
 

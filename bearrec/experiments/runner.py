@@ -31,6 +31,7 @@ from bearrec.experiments.plan import BASELINE, BASELINES, RunSpec
 from bearrec.experiments.statistics import summarize
 from bearrec.io import check_replaceable, discarded_on_disk_error, folder_lock, mark, write_json
 from bearrec.runs import evaluate_run, train_run
+from bearrec.training.tracking import log_result
 
 
 def _recorded_plan(recorded: dict) -> dict | None:
@@ -124,11 +125,19 @@ def _one_run(base: ExperimentConfig, spec: RunSpec, dataset: RecDataset | None, 
         config = replace(getattr(base, spec.label), seed=spec.seed)
         result = _baseline_run(spec.label, dataset, config, settings, folder, console)
     else:
-        result = _lm_run(spec.config(base), dataset, settings, folder, console)
+        config = spec.config(base)
+        result = _lm_run(config, dataset, settings, folder, console)
+        log_result(result["trackers"], {"objective": config.train.objective, "seed": str(spec.seed), "run": spec.label},
+                   _split_metrics(settings.split, result["metrics"]))
     result.update(label=spec.label, seed=spec.seed, overrides=spec.overrides, folder=spec.folder,
                   wall_seconds=time.perf_counter() - run_start)
     write_json(folder / "result.json", result)
     return result
+
+
+def _split_metrics(split: str, metrics: dict) -> dict:
+    """A run's final metrics as its trackers get them, named by their split: ``test/NDCG@10``."""
+    return {f"{split}/{name}": value for name, value in metrics.items()}
 
 
 def _start_worker(threads: int, parent: int) -> None:
@@ -196,7 +205,8 @@ def _lm_run(config: ExperimentConfig, dataset: RecDataset, settings: EvalSetting
             "of_users": result["of_users"], "retrieved_rank": result["retrieved_rank"],
             "seconds_per_epoch": log["seconds_per_epoch"], "best_valid_ndcg10": log.get("best_valid_ndcg10"),
             "epochs_trained": len(log["epochs"]), "best_epoch": _best_epoch(log["epochs"]), "parameters": log.get("parameters"),
-            "train_examples": log.get("examples"), "config": config.to_dict()}
+            "train_examples": log.get("examples"), "config": config.to_dict(),
+            "trackers": log.get("trackers", {})}  # the MLflow / W&B runs of its training (train.report_to)
 
 
 def _best_epoch(epochs: list[dict]) -> int | None:
@@ -247,6 +257,7 @@ def evaluate_chosen_on_test(out_dir: str | Path, results: list[dict], base: Expe
             if console:
                 console.print(f"test split: {r['label']} seed {r['seed']}")
             result = evaluate_run(folder, test, data=dataset, console=console)
+            log_result(r.get("trackers", {}), {}, _split_metrics("test", result["metrics"]))
         tested.append({"label": r["label"], "seed": r["seed"], "kind": "lm", "metrics": result["metrics"],
                        "pruning": result.get("pruning"), "users": result["users"], "of_users": result["of_users"],
                        "retrieved_rank": result["retrieved_rank"], "seconds_per_epoch": r["seconds_per_epoch"]})

@@ -44,7 +44,8 @@ def training_arguments(config: ExperimentConfig, checkpoint_dir: Path, batch_siz
         greater_is_better=True,
         logging_strategy="steps",
         logging_steps=tc.logging_steps,
-        report_to=["tensorboard"],
+        report_to=list(tc.report_to),
+        run_name=str(checkpoint_dir.parent),  # the run folder: the MLflow / W&B run's name
         remove_unused_columns=False,
         disable_tqdm=True,
         dataloader_num_workers=0,

@@ -1,8 +1,9 @@
 """Fine-tuning through the Hugging Face ``Trainer``: only the loss and the model selection are ours.
 
 The Trainer brings gradient accumulation, bf16, checkpoints with optimizer/scheduler/RNG state
-(``resume_from_checkpoint``), TensorBoard logging, and multi-GPU training under ``accelerate launch``
-or ``torchrun`` (DDP, FSDP or DeepSpeed through their standard configs) with no code of our own.
+(``resume_from_checkpoint``), logging to TensorBoard, MLflow or W&B (``train.report_to``), and multi-GPU
+training under ``accelerate launch`` or ``torchrun`` (DDP, FSDP or DeepSpeed through their standard configs)
+with no code of our own.
 
 Batches are left-padded so that every answer (title + EOS) ends at the last position: the model then
 computes logits for the answer positions only (``logits_to_keep``), which is all the objectives need.
@@ -46,6 +47,7 @@ from bearrec.training.arguments import training_arguments
 from bearrec.training.callbacks import EarlyStoppingCallback, EpochLog
 from bearrec.training.collators import Collator, PackedCollator, pack_examples
 from bearrec.training.diagnostics import dump_batch, nonfinite_diagnosis
+from bearrec.training.tracking import tracker_environment, tracker_runs
 
 
 class RecTrainer(Trainer):
@@ -319,6 +321,7 @@ def train_model(
     select = tc.select_best and valid is not None
     # packed: as many packs per batch as hold batch_size examples on average
     batch_size = max(1, round(tc.batch_size * len(packs) / len(examples))) if packs else tc.batch_size
+    tracker_environment(tc.report_to)
     args = training_arguments(config, checkpoint_dir, batch_size, validate=valid is not None, select=select)
     columns = (TextColumn(f"{tc.objective} {{task.description}}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
@@ -356,4 +359,5 @@ def train_model(
         "log_history": history,
         "nonfinite_skipped": sum(h.get("nonfinite_skipped", 0) for h in history),
         "nonfinite_first": trainer.nonfinite,
+        "trackers": tracker_runs(tc.report_to),  # the MLflow / W&B runs it logged to
     }
