@@ -22,6 +22,7 @@ FORMATS = {
 }
 RAW_FORMATS = tuple(name for name in FORMATS if name != "processed")
 DEFAULT_DOMAIN = {"movielens": "movies"}  # a format's domain noun when --domain is not given
+DEFAULT_SPLIT = {"lcrec": "leave-one-out"}  # a format's --split when not given: LC-Rec's lists have no times
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class PrepareConfig:
     """What to read and how to turn it into a dataset.
 
     ``history_len`` (``--max-history``, default 10) and ``split`` (``--split``: "time" 8:1:1 by target time, or
-    "leave-one-out", default "time") apply to the raw formats only; ``None`` means the default. ``keep_untitled``
+    "leave-one-out"; default "time", "leave-one-out" for lcrec) apply to the raw formats only; ``None`` means the default. ``keep_untitled``
     keeps items without a title (named ``(untitled item <id>)``: semantic IDs name them). ``domain`` ``None``
     is the format's default (movies for movielens, products otherwise).
     """
@@ -73,4 +74,5 @@ class PrepareConfig:
                 raise ValueError("--max-history and --split apply to the raw formats (amazon, interactions, ...); a "
                                  "processed folder brings its own split and histories")
             return replace(self, domain=domain, inputs=tuple(self.inputs))
-        return replace(self, domain=domain, inputs=tuple(self.inputs), history_len=h or 10, split=self.split or "time")
+        return replace(self, domain=domain, inputs=tuple(self.inputs), history_len=h or 10,
+                       split=self.split or DEFAULT_SPLIT.get(self.format, "time"))

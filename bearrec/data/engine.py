@@ -10,6 +10,7 @@ the same SQL runs unchanged on a cluster engine.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -19,7 +20,16 @@ from pathlib import Path
 
 import duckdb
 
-MEMORY_LIMIT = os.environ.get("BEARREC_PREPARE_MEMORY", "1536MB")  # duckdb's own buffers; it spills beyond them
+MEMORY_ENV = "BEARREC_PREPARE_MEMORY"  # duckdb's own buffers (default 1536MB); it spills beyond them
+
+
+def memory_limit() -> str:
+    """duckdb's ``memory_limit`` from ``$BEARREC_PREPARE_MEMORY`` (default 1536MB), checked: a size such as 800MB
+    or 4GB."""
+    value = os.environ.get(MEMORY_ENV, "1536MB").strip()
+    if not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", value, flags=re.IGNORECASE):
+        raise ValueError(f"{MEMORY_ENV} must be a size such as 800MB or 4GB, got {value!r}")
+    return value
 
 
 class Steps:
@@ -28,9 +38,11 @@ class Steps:
 
     def __init__(self, progress=None) -> None:
         self.progress = progress
+        self.current = "preparing"  # the step running now, for an error's line
 
     @contextmanager
     def step(self, label: str, con: duckdb.DuckDBPyConnection | None = None) -> Iterator[None]:
+        self.current = label
         if self.progress is None:
             yield
             return
@@ -66,8 +78,8 @@ def scratch_database() -> Iterator[duckdb.DuckDBPyConnection]:
         # A database file: its tables leave memory under the limit (an in-memory database kept 8 GB at 10^7).
         con = duckdb.connect(str(folder / "prepare.duckdb"))
         try:
-            con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
-            con.execute(f"SET temp_directory = '{folder / 'spill'}'")
+            con.execute("SET memory_limit = $1", [memory_limit()])
+            con.execute("SET temp_directory = $1", [str(folder / "spill")])
             # rowid is the record's place in its file; also, at 10^7 interactions, turning this off took 8 GB, not 2
             con.execute("SET preserve_insertion_order = true")
             yield con

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +18,8 @@ import pandas as pd
 from bearrec.data.amazon import load as load_amazon
 from bearrec.data.catalogs import read_items, register_ids
 from bearrec.data.config import RAW_FORMATS, PrepareConfig
-from bearrec.data.dataset import RecDataset
-from bearrec.data.engine import Steps, scratch_database
+from bearrec.data.dataset import DataError, RecDataset
+from bearrec.data.engine import MEMORY_ENV, Steps, scratch_database
 from bearrec.data.lcrec import load_interactions as load_lcrec
 from bearrec.data.lcrec import read_items as read_lcrec_items
 from bearrec.data.pipeline import Prepared, build
@@ -33,9 +34,17 @@ def prepared(config: PrepareConfig, progress=None) -> Iterator[Prepared]:
         raise ValueError(f"format {config.format!r} is not a raw format ({', '.join(RAW_FORMATS)})")
     steps = Steps(progress)
     with scratch_database() as con:
-        items, items_path = _load(con, config, steps)
-        source = {"format": config.format, "paths": [str(p) for p in config.inputs]}
-        yield build(con, items, items_path, config, source, steps)
+        try:
+            items, items_path, timed = _load(con, config, steps)
+            if config.split == "time" and not timed:
+                raise DataError(config.inputs[0], "has no times: a time split would cut the users in file order, not "
+                                                  "by time; use --split leave-one-out", field="split")
+            source = {"format": config.format, "paths": [str(p) for p in config.inputs]}
+            yield build(con, items, items_path, config, source, steps)
+        except duckdb.Error as err:  # a full disk while spilling, memory: one line naming the step, not a traceback
+            reason = (str(err).strip().splitlines() or [""])[0][:200]
+            raise ValueError(f"prepare failed while {steps.current}: {type(err).__name__}: {reason} (scratch space "
+                             f"under {tempfile.gettempdir()}; memory cap ${MEMORY_ENV})") from None
 
 
 def read_raw(config: PrepareConfig, progress=None) -> RecDataset:
@@ -51,24 +60,25 @@ def prepare_folder(config: PrepareConfig, out: str | os.PathLike, progress=None)
         return {"summary": summary, "cleaning": result.meta["cleaning"]}
 
 
-def _load(con: duckdb.DuckDBPyConnection, config: PrepareConfig, steps: Steps) -> tuple[pd.DataFrame, Path]:
-    """Fill ``raw`` and return the items frame and the path that names it in messages."""
+def _load(con: duckdb.DuckDBPyConnection, config: PrepareConfig, steps: Steps) -> tuple[pd.DataFrame, Path, bool]:
+    """Fill ``raw``; return the items frame, the path that names it in messages and whether the interactions have
+    times (LC-Rec's lists and a RecBole file without a time column have only an order)."""
     paths = [Path(p) for p in config.inputs]
     fmt = config.format
     if fmt in ("amazon", "amazon2023"):
-        return load_amazon(con, fmt, paths[0], paths[1], steps), paths[1]
+        return load_amazon(con, fmt, paths[0], paths[1], steps), paths[1], True
     if fmt == "lcrec":
         with steps.step(f"reading {paths[1].name}"):
             items = read_lcrec_items(paths[1])
         with steps.step(f"reading {paths[0].name}"):
             load_lcrec(con, paths[0], set(items["item_id"]), paths[1])
-        return items, paths[1]
+        return items, paths[1], False
     with steps.step(f"reading {paths[1].name}"):
         items = read_items(con, fmt, paths[1])
         register_ids(con, items)
     with steps.step(f"reading {paths[0].name}", con):
-        load_interactions(con, paths[0], _layout(fmt, paths[0]), paths[1])
-    return items, paths[1]
+        timed = load_interactions(con, paths[0], _layout(fmt, paths[0]), paths[1])
+    return items, paths[1], timed
 
 
 def _layout(fmt: str, path: Path) -> Layout:

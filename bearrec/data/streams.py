@@ -35,6 +35,23 @@ def sql_string(text: str | Path) -> str:
     return "'" + str(text).replace("'", "''") + "'"
 
 
+GLOB = frozenset("*?[]{}")  # characters duckdb's readers take as a file pattern, not as part of a name
+
+
+def file_literal(con: duckdb.DuckDBPyConnection, path: Path) -> str:
+    """``path`` as the SQL string duckdb's readers take. A name with a glob character would be read as a pattern
+    (``inter[1].parquet`` matches ``inter1.parquet``): such a file is linked under a plain name in the scratch
+    folder first, its suffixes (``.jsonl.gz``) kept."""
+    if not GLOB & set(str(path)):
+        return sql_string(path)
+    scratch = Path(con.execute("SELECT current_setting('temp_directory')").fetchall()[0][0]).parent / "inputs"
+    scratch.mkdir(exist_ok=True)
+    suffixes = "".join(s for s in path.suffixes if not GLOB & set(s))
+    link = scratch / f"input{sum(1 for _ in scratch.iterdir())}{suffixes}"
+    link.symlink_to(path.resolve())
+    return sql_string(link)
+
+
 def scan_lines(path: Path) -> tuple[int, bool]:
     """(lines, has a lone CR) of a text file, gzip or not, read in chunks: lines end at LF, CRLF or CR, and a last
     line without an end counts. Raises ``OSError``/``EOFError``/``zlib.error`` on an unreadable gzip file."""
@@ -101,7 +118,7 @@ def load_delimited(con: duckdb.DuckDBPyConnection, path: Path, table: str, names
     select = ", ".join(f"coalesce(c{i}, '') AS {_ident(name)}" for i, name in enumerate(names))
     with in_file_order(con, path) as scan:
         try:
-            con.execute(f"""CREATE TABLE {table} AS SELECT {select} FROM read_csv({sql_string(path)},
+            con.execute(f"""CREATE TABLE {table} AS SELECT {select} FROM read_csv({file_literal(con, path)},
                 header = {str(header).lower()}, auto_detect = false, columns = {columns},
                 delim = {sql_string(delimiter)}, {quoting}, strict_mode = true, null_padding = false,
                 encoding = {sql_string(encoding)})""")
@@ -126,7 +143,7 @@ def load_json_lines(con: duckdb.DuckDBPyConnection, path: Path, table: str, fiel
         try:
             # duckdb's default maximum_object_size (16 MB a line): 256 MB took the peak RSS at 10^7 reviews from
             # 2.0 GB to 8.3 GB; a longer line makes duckdb refuse the file, and the Python reader reads it
-            con.execute(f"""CREATE TABLE {table} AS SELECT {select} FROM read_json({sql_string(path)},
+            con.execute(f"""CREATE TABLE {table} AS SELECT {select} FROM read_json({file_literal(con, path)},
                 format = 'newline_delimited', columns = {columns})""")
         except duckdb.Error:
             con.execute(f"DROP TABLE IF EXISTS {table}")
@@ -144,7 +161,7 @@ def load_parquet(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> list
         raise DataError(path, "file not found")
     try:
         con.execute(f"CREATE TABLE {table} AS SELECT *, file_row_number + 1 AS line "
-                    f"FROM read_parquet({sql_string(path)}, file_row_number = true)")
+                    f"FROM read_parquet({file_literal(con, path)}, file_row_number = true)")
     except duckdb.Error as err:
         reason = str(err).strip().splitlines()[0][:160]
         raise DataError(path, f"not a readable parquet file ({reason})") from None

@@ -64,9 +64,10 @@ def _recbole_name(field: str) -> str:
     return field.rsplit(":", 1)[0] if ":" in field else field
 
 
-def load_interactions(con: duckdb.DuckDBPyConnection, path: Path, layout: Layout, items_path: Path) -> None:
+def load_interactions(con: duckdb.DuckDBPyConnection, path: Path, layout: Layout, items_path: Path) -> bool:
     """Fill ``raw`` from ``path``; every item must be in the table ``catalog_ids(item_id)`` (read from
-    ``items_path``, named in the error)."""
+    ``items_path``, named in the error). Returns whether the file has times (a RecBole file may have none: its
+    order is then each user's order, and ``ts`` the row number)."""
     if path.suffix == ".parquet":
         return _load_parquet(con, path, layout, items_path)
     header = None if layout.names else header_fields(path, layout.delimiter, layout.encoding)
@@ -75,11 +76,7 @@ def load_interactions(con: duckdb.DuckDBPyConnection, path: Path, layout: Layout
         con, path, "inter_text", names, header=layout.names is None, delimiter=layout.delimiter, quote=layout.quote,
         encoding=layout.encoding)
     if not fast:
-        frame = _checked(_python_table(path, layout), path, layout, items_path, con)
-        con.register("raw_frame", frame)
-        con.execute("CREATE TABLE raw AS SELECT user, item, ts::DOUBLE AS ts, line FROM raw_frame")
-        con.unregister("raw_frame")
-        return None
+        return _load_python(con, path, layout, items_path)
     offset = 1 if layout.names else 2
     user, item = _q(layout.user), _q(layout.item)
     time = _q(layout.time) if layout.time and layout.time in names else None
@@ -94,16 +91,23 @@ def load_interactions(con: duckdb.DuckDBPyConnection, path: Path, layout: Layout
         if len(bad) < 1000:  # all the suspects: the first error among them is the file's first error
             _checked(bad.astype(str), path, layout, items_path, con)
         con.execute("DROP TABLE inter_text")  # a row the SQL suspected but Python accepts: Python reads it all
-        frame = _checked(_python_table(path, layout), path, layout, items_path, con)
-        con.register("raw_frame", frame)
-        con.execute("CREATE TABLE raw AS SELECT user, item, ts::DOUBLE AS ts, line FROM raw_frame")
-        con.unregister("raw_frame")
-        return None
+        return _load_python(con, path, layout, items_path)
     ts = f"CAST({time} AS DOUBLE)" if time else f"(rowid + {offset})::DOUBLE"
     con.execute(f"CREATE TABLE raw AS SELECT {user} AS user, {item} AS item, {ts} AS ts, rowid + {offset} AS line "
                 "FROM inter_text")
     con.execute("DROP TABLE inter_text")
-    return None
+    return time is not None
+
+
+def _load_python(con: duckdb.DuckDBPyConnection, path: Path, layout: Layout, items_path: Path) -> bool:
+    """``raw`` from the reference reader (the whole file in Python); whether the file has times."""
+    table = _python_table(path, layout)
+    timed = bool(layout.time) and layout.time in table.columns
+    frame = _checked(table, path, layout, items_path, con)
+    con.register("raw_frame", frame)
+    con.execute("CREATE TABLE raw AS SELECT user, item, ts::DOUBLE AS ts, line FROM raw_frame")
+    con.unregister("raw_frame")
+    return timed
 
 
 def _has_columns(names: list[str], layout: Layout) -> bool:
@@ -114,7 +118,7 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _load_parquet(con: duckdb.DuckDBPyConnection, path: Path, layout: Layout, items_path: Path) -> None:
+def _load_parquet(con: duckdb.DuckDBPyConnection, path: Path, layout: Layout, items_path: Path) -> bool:
     """Parquet: columns of any type (ids as their text, times as numbers); errors name the row (1-based)."""
     columns = load_parquet(con, path, "inter_parquet")
     names = layout.column_names(columns)
@@ -144,6 +148,7 @@ def _load_parquet(con: duckdb.DuckDBPyConnection, path: Path, layout: Layout, it
                               **({layout.time: bad["ts"].map(lambda t: "" if pd.isna(t) else repr(float(t)))}
                                  if time else {}), "_line": bad["line"]})
         _checked(frame, path, layout, items_path, con)  # raises the first bad row's error; suspects may be fine
+    return time is not None
 
 
 def _python_table(path: Path, layout: Layout) -> pd.DataFrame:

@@ -237,3 +237,62 @@ def test_cli_prepares_each_format(tmp_path: Path) -> None:
             assert [list(h) for h in ds.splits["test"]["history"]] == [EXPECTED["test"][0][1]], fmt
     codes = RecDataset.load(tmp_path / "out-lcrec").items["codes"].map(list).tolist()
     assert codes == [[1, 1], [2, 2], [0, 3], [1, 4]]  # A B C D: <a_n%3>, <b_n>, n their place in TITLES
+
+
+def test_files_without_times_split_leave_one_out(tmp_path: Path) -> None:
+    """LC-Rec's lists and a RecBole file without a time column have an order but no times: a time split would put
+    the first users of the file in train and the last ones in test. lcrec defaults to leave-one-out; an explicit
+    time split (or RecBole's default one on such a file) is one line naming the file."""
+    lcrec = write_lcrec(tmp_path / "lcrec")
+    default = read_source("lcrec", lcrec, min_interactions=2, history_len=2)
+    loo = read_source("lcrec", lcrec, min_interactions=2, history_len=2, split="leave-one-out")
+    assert all(split_rows(default, s) == split_rows(loo, s) for s in ("train", "valid", "test"))
+    assert {row[0] for row in split_rows(default, "test")} == {row[0] for row in split_rows(default, "valid")}
+    with pytest.raises(DataError, match="no times.*--split leave-one-out") as err:
+        read_source("lcrec", lcrec, min_interactions=2, split="time")
+    assert_names(err, lcrec[0].name, None, "split")
+    inter, item = write_recbole(tmp_path / "recbole")
+    rows = [line.split("\t") for line in inter.read_text().splitlines()]
+    inter.write_text("\n".join("\t".join(r[:2]) for r in rows) + "\n")  # user and item only, in time order
+    with pytest.raises(DataError, match="no times") as err:
+        read_source("recbole", (inter, item), min_interactions=2)
+    assert_names(err, inter.name, None, "split")
+    read_source("recbole", (inter, item), min_interactions=2, split="leave-one-out")
+
+
+def test_names_with_glob_characters_and_quotes_read_that_file(tmp_path: Path, monkeypatch) -> None:
+    """duckdb reads ``inter[1].parquet`` as a pattern (it would match a sibling ``inter1.parquet``); a quote in the
+    scratch folder's path must not break its SQL either."""
+    inter, items = write_interactions(tmp_path / "csv")
+    want = read_source("interactions", (inter, items), min_interactions=2, history_len=2)
+    odd = tmp_path / "odd"  # (a folder with brackets too makes duckdb take the name literally)
+    odd.mkdir()
+    wanted = to_parquet(inter).rename(odd / "inter[1].parquet")
+    decoy = pd.read_parquet(wanted).iloc[:3]  # fewer rows: another dataset if it were read
+    decoy.to_parquet(odd / "inter1.parquet")
+    (odd / "items.csv").write_bytes(items.read_bytes())
+    scratch = tmp_path / "tmp'dir"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    got = read_source("interactions", (wanted, odd / "items.csv"), min_interactions=2, history_len=2)
+    assert all(split_rows(got, s) == split_rows(want, s) for s in ("train", "valid", "test"))
+    assert list(scratch.iterdir()) == []  # the scratch database and the link are gone
+
+
+def test_a_bad_memory_cap_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("BEARREC_PREPARE_MEMORY", "lots")
+    with pytest.raises(ValueError, match="BEARREC_PREPARE_MEMORY must be a size such as 800MB or 4GB, got 'lots'"):
+        read_source("interactions", write_interactions(tmp_path), min_interactions=2)
+
+
+def test_a_duckdb_failure_is_one_line_naming_the_step(tmp_path: Path, monkeypatch) -> None:
+    """Out of memory (here a 1 KB cap), a full scratch disk: duckdb's error as one line naming the step, and the
+    scratch folder is gone."""
+    inter, items = write_interactions(tmp_path / "data")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    monkeypatch.setenv("BEARREC_PREPARE_MEMORY", "1KB")
+    with pytest.raises(ValueError, match=r"^prepare failed while .*: \w+Exception: ") as err:
+        read_source("interactions", (inter, items), min_interactions=2)
+    assert "\n" not in str(err.value) and list(scratch.iterdir()) == []
