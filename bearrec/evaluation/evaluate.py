@@ -175,22 +175,11 @@ def evaluate(model, space: ItemSpace, dataset: RecDataset, settings: EvalSetting
 
 
 def train_item_counts(dataset: RecDataset) -> torch.Tensor:
-    """``[num_items]`` each catalog item's number of train interactions, the popularity RecBole's TailPercentage
-    reads (its ``item_counter`` of the train interactions). A user's train rows are chained back into the user's
-    train sequence (a row whose history ends the way the sequence so far ends adds its target, any other row starts
-    a new sequence with its history), so an interaction counts once however many windows hold it."""
-    frame = dataset.splits["train"]
-    interactions: list[int] = []
-    sequences: dict = {}
-    for user, history, target in zip(frame["user_id"], frame["history"], frame["target"]):
-        items = [dataset.item_index(i) for i in history]
-        sequence = sequences.get(user)
-        if sequence is None or not items or sequence[-len(items):] != items:
-            sequence = sequences[user] = list(items)
-            interactions += items  # a new sequence: its history's items are interactions too
-        sequence.append(dataset.item_index(target))
-        interactions.append(sequence[-1])
-    return torch.bincount(torch.tensor(interactions, dtype=torch.long), minlength=len(dataset.items))
+    """``[num_items]`` each catalog item's number of train examples it is the target of: the popularity RecBole's
+    TailPercentage reads for a sequential model (``item_counter`` of the train split after its data augmentation,
+    one row per target; a user's first item is never a target and is not counted)."""
+    targets = [dataset.item_index(t) for t in dataset.splits["train"]["target"]]
+    return torch.bincount(torch.tensor(targets, dtype=torch.long), minlength=len(dataset.items))
 
 
 @dataclass

@@ -19,11 +19,13 @@ over the top-K lists ``R_K(u)`` of all users U and the catalog I:
   id too (|I| + 1); here |I| is the catalog.
 * ``GiniIndex@K = sum_{i=1}^{|I|} (2i - |I| - 1) P_(i) / (|I| sum_i P_(i))``, with ``P_(i)`` the number of lists
   that hold item i, sorted non-decreasing (items never recommended count 0): 0 when every item is recommended
-  equally often, (|I| - 1) / |I| when one item fills every list. Lower is more even.
+  equally often, (|I| - K) / |I| when the same K items fill every list (its largest value). Lower is more even.
+  RecBole's |I| is again its ``num_items``, padding included; here the catalog.
 * ``TailPercentage@K = mean_u |R_K(u) & T| / K``, with T the long tail: RecBole's default ``tail_ratio`` 0.1, i.e.
   the ``max(floor(0.1 n), 1)`` least popular of the n items that occur in the *train split* (ties by catalog
-  index). Popularity is an item's number of train interactions (RecBole's ``data.count_items``, the train
-  dataset's ``item_counter``): items that never occur in train are not in RecBole's counter, so not in T.
+  index). Popularity is an item's number of train examples it is the target of (RecBole's ``data.count_items``,
+  the train dataset's ``item_counter`` after a sequential dataset's augmentation: one row per target): items that
+  are never a train target are not in RecBole's counter, so not in T.
 
 A list padded with -1 (fewer than K items found) counts only its items in coverage and Gini, and its padding as
 no tail item (the division is by K, as RecBole's lists are always full).

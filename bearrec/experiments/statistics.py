@@ -87,21 +87,24 @@ def _versus(runs: list[dict], baseline: list[dict], mean: dict, base_mean: dict)
 def paired_seed_test(runs: list[dict], baseline: list[dict], metric: str = "NDCG@10") -> dict:
     """The per-seed differences of ``metric`` (``runs``' minus ``baseline``'s run of the same seed, keyed by seed as
     a string for JSON) and, with at least 2 shared seeds, a paired t-test over them (scipy ``ttest_rel``: is the
-    mean per-seed difference further from 0 than their spread makes it?). Two-sided; equal differences everywhere
-    give p = 0 when they are not 0 and p = 1 when they are."""
-    ours = {r["seed"]: r["metrics"][metric] for r in runs if metric in r["metrics"]}
-    theirs = {r["seed"]: r["metrics"][metric] for r in baseline if metric in r["metrics"]}
+    mean per-seed difference further from 0 than their spread makes it?). Two-sided. A seed whose metric is NaN on
+    either side is left out. Equal differences on every seed leave the test undefined (t is 0/0 or infinite): p is
+    then ``None`` and the difference is not called beyond the seed noise (2 seeds that agree prove nothing)."""
+    ours = {r["seed"]: r["metrics"][metric] for r in runs if not _missing(r["metrics"].get(metric))}
+    theirs = {r["seed"]: r["metrics"][metric] for r in baseline if not _missing(r["metrics"].get(metric))}
     seeds = sorted(set(ours) & set(theirs))
     out: dict = {"seed_differences": {str(seed): float(ours[seed] - theirs[seed]) for seed in seeds}}
     if len(seeds) > 1:
         diffs = np.array([ours[s] - theirs[s] for s in seeds])
-        if np.ptp(diffs) <= 1e-12 * max(1.0, float(np.abs(diffs).max())):  # no spread: t is infinite, or 0/0
-            p = 0.0 if np.abs(diffs).max() > 1e-12 else 1.0
-        else:
-            p = float(stats.ttest_rel([ours[s] for s in seeds], [theirs[s] for s in seeds]).pvalue)
+        spread = np.ptp(diffs) > 1e-12 * max(1.0, float(np.abs(diffs).max()))  # else t is infinite, or 0/0
+        p = float(stats.ttest_rel([ours[s] for s in seeds], [theirs[s] for s in seeds]).pvalue) if spread else None
         out["paired_seed_test"] = {"test": "paired t-test over seeds", "seeds": len(seeds), "metric": metric,
-                                   "p_value": p, "exceeds_seed_noise": p < 0.05}
+                                   "p_value": p, "exceeds_seed_noise": p is not None and p < 0.05}
     return out
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 EXACT_SIGN_FLIPS = 18  # users that differ: up to 2^18 sign patterns are enumerated, more are sampled
@@ -136,8 +139,11 @@ def _per_user_ndcg(runs: list[dict]) -> np.ndarray:
         return np.where((ranks >= 1) & (ranks <= 10), 1 / np.log2(ranks + 1), 0.0).mean(axis=0)
 
 
-def p_text(p: float) -> str:
-    """A p-value as a report prints it: three decimals, or "< 0.001" (a sampled test's p is never 0)."""
+def p_text(p: float | None) -> str:
+    """A p-value as a report prints it: three decimals, or "< 0.001" (a sampled test's p is never 0); ``None``
+    (a test left undefined by data without spread) as "undefined"."""
+    if p is None:
+        return "undefined (no spread)"
     return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 

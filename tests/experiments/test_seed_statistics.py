@@ -48,7 +48,8 @@ def test_verdict_says_plainly_which_test_finds_the_difference_and_gives_each_see
 def test_only_shared_seeds_are_paired():
     out = paired_seed_test([_run("bear", s, 0.2) for s in (0, 1, 2)], [_run("sft", s, 0.1) for s in (1, 2, 5)])
     assert out["seed_differences"] == pytest.approx({"1": 0.1, "2": 0.1}) and out["paired_seed_test"]["seeds"] == 2
-    assert out["paired_seed_test"]["p_value"] == 0.0  # the same difference on every seed: no seed noise at all
+    # the same difference on every seed: the t-test is undefined (0 spread), and 2 agreeing seeds prove nothing
+    assert out["paired_seed_test"]["p_value"] is None and not out["paired_seed_test"]["exceeds_seed_noise"]
     assert "paired_seed_test" not in paired_seed_test([_run("bear", 0, 0.2)], [_run("sft", 0, 0.1)])
 
 
@@ -75,3 +76,11 @@ def test_results_from_before_the_new_metrics_still_make_tables():
         del rows["bear"]["vs_sft"][key]
     assert "per-seed" not in verdict("bear", rows["bear"]) and "(Welch t-test over 3 seeds" in verdict("bear", rows["bear"])
     assert "| bear |" in summary_markdown(rows)
+
+
+def test_a_seed_with_a_nan_metric_is_left_out_of_the_pairs():
+    nan = float("nan")
+    out = paired_seed_test([_run("bear", s, v) for s, v in enumerate([0.2, nan, 0.25, 0.22])],
+                           [_run("sft", s, v) for s, v in enumerate([0.1, 0.1, nan, 0.15])])
+    assert out["seed_differences"] == pytest.approx({"0": 0.1, "3": 0.07})
+    assert out["paired_seed_test"]["seeds"] == 2 and math.isfinite(out["paired_seed_test"]["p_value"])
