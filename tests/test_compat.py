@@ -115,6 +115,14 @@ def kept(before, after, where: str = "") -> list[str]:
     return [] if same(before, after) else [f"{where}: {before!r} -> {after!r}"]
 
 
+def added(before, after, where: str = "") -> set[str]:
+    """The paths of the keys ``after`` has and ``before`` has not, in nested dicts."""
+    if not (isinstance(before, dict) and isinstance(after, dict)):
+        return set()
+    return {f"{where}/{key}" for key in after if key not in before} | {
+        path for key in before if key in after for path in added(before[key], after[key], f"{where}/{key}")}
+
+
 def rows(text: str) -> list[list[str]]:
     return list(csv.reader(text.splitlines()))
 
@@ -201,7 +209,11 @@ def test_compare_resumes_the_old_experiment(old, monkeypatch):
     assert "epoch 1" not in result.output  # nothing trained again
     assert (old / "exp" / "runs" / "sft" / "seed0" / "result.json").read_text() == finished
     after = json.loads((old / "exp" / "experiment.json").read_text())
-    assert after == before
+    # the recorded plan is read through today's config fields: every old value kept, and the fields added since
+    # (train.report_to) written with their defaults, which are the old behaviour
+    assert not kept(before, after), kept(before, after)
+    assert added(before, after) == {"/base_config/train/report_to"}
+    assert after["base_config"]["train"]["report_to"] == ["tensorboard"]
     assert (old / "exp" / "efficiency.png").is_file()
     # the report is written again from the kept run: results.json keeps every old value (versions, platform and
     # threads of the machine that writes it aside) beside the metrics added since; results.md has new columns, so
