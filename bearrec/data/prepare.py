@@ -27,12 +27,11 @@ from bearrec.data.tables import INTERACTIONS, MOVIELENS_CSV, MOVIELENS_DAT, RECB
 
 
 @contextmanager
-def prepared(config: PrepareConfig, progress=None) -> Iterator[Prepared]:
+def prepared(config: PrepareConfig, steps: Steps) -> Iterator[Prepared]:
     """The prepared examples of a validated raw-format ``config``, in a scratch database removed on exit;
-    ``progress`` a rich ``Progress`` for the steps' bars, or ``None``."""
+    ``steps`` shows each step's bar and names the step in a duckdb failure's line, writing included."""
     if config.format not in RAW_FORMATS:
         raise ValueError(f"format {config.format!r} is not a raw format ({', '.join(RAW_FORMATS)})")
-    steps = Steps(progress)
     with scratch_database() as con:
         try:
             items, items_path, timed = _load(con, config, steps)
@@ -49,14 +48,15 @@ def prepared(config: PrepareConfig, progress=None) -> Iterator[Prepared]:
 
 def read_raw(config: PrepareConfig, progress=None) -> RecDataset:
     """The dataset of a validated raw-format ``config``, in memory."""
-    with prepared(config, progress) as result:
+    with prepared(config, Steps(progress)) as result:
         return result.to_dataset()
 
 
 def prepare_folder(config: PrepareConfig, out: str | os.PathLike, progress=None) -> dict:
     """Write the dataset of a validated raw-format ``config`` to ``out`` (atomically); returns its summary."""
-    with prepared(config, progress) as result:
-        summary = result.write(out, Steps(progress))
+    steps = Steps(progress)
+    with prepared(config, steps) as result:
+        summary = result.write(out, steps)
         return {"summary": summary, "cleaning": result.meta["cleaning"]}
 
 

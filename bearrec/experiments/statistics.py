@@ -26,7 +26,7 @@ def summarize(results: list[dict], ks=(5, 10)) -> dict:
         metrics = list(METRIC_COLUMNS) + sorted({m for r in runs for m in r["metrics"]} - set(METRIC_COLUMNS))
         for metric in metrics:
             values = [r["metrics"][metric] for r in runs if metric in r["metrics"]]
-            values = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+            values = [v for v in values if _number(v)]
             if values:
                 row["mean"][metric] = float(np.mean(values))
                 row["std"][metric] = float(np.std(values, ddof=1)) if len(values) > 1 else None
@@ -90,8 +90,8 @@ def paired_seed_test(runs: list[dict], baseline: list[dict], metric: str = "NDCG
     mean per-seed difference further from 0 than their spread makes it?). Two-sided. A seed whose metric is NaN on
     either side is left out. Equal differences on every seed leave the test undefined (t is 0/0 or infinite): p is
     then ``None`` and the difference is not called beyond the seed noise (2 seeds that agree prove nothing)."""
-    ours = {r["seed"]: r["metrics"][metric] for r in runs if not _missing(r["metrics"].get(metric))}
-    theirs = {r["seed"]: r["metrics"][metric] for r in baseline if not _missing(r["metrics"].get(metric))}
+    ours = {r["seed"]: r["metrics"][metric] for r in runs if _number(r["metrics"].get(metric))}
+    theirs = {r["seed"]: r["metrics"][metric] for r in baseline if _number(r["metrics"].get(metric))}
     seeds = sorted(set(ours) & set(theirs))
     out: dict = {"seed_differences": {str(seed): float(ours[seed] - theirs[seed]) for seed in seeds}}
     if len(seeds) > 1:
@@ -103,8 +103,9 @@ def paired_seed_test(runs: list[dict], baseline: list[dict], metric: str = "NDCG
     return out
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+def _number(value) -> bool:
+    """A metric value that counts: a number, not NaN (nor None, absent)."""
+    return isinstance(value, (int, float)) and not math.isnan(value)
 
 
 EXACT_SIGN_FLIPS = 18  # users that differ: up to 2^18 sign patterns are enumerated, more are sampled
