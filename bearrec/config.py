@@ -24,6 +24,7 @@ from bearrec.checks import INT64_MAX, MAX_SEED, check, short
 from bearrec.decoding.config import DecodingConfig
 from bearrec.io import write_text
 from bearrec.items.semantic_ids import REPRESENTATIONS
+from bearrec.lm.code_tokens import CodeTokenSettings
 from bearrec.lm.models import CHAT_TEMPLATE_DEFAULT, TINY, LoraSettings, TinyConfig
 from bearrec.objectives import registry
 from bearrec.yamlfiles import parse_assignment, read_yaml
@@ -43,7 +44,7 @@ class TrainConfig:
 
     objective: str = "sft"  # a name of bearrec.objectives.registry: sft, bear, msl, ...
     epochs: int = 3
-    lr: float | None = None  # None: 1e-3 for the tiny model trained from scratch, 1e-4 with LoRA
+    lr: float | None = None  # None: 1e-3 for the tiny model trained from scratch, 1e-4 with LoRA (learning_rate)
     batch_size: int = 32  # per device
     grad_accum_steps: int = 1  # effective batch = batch_size * grad_accum_steps * devices
     weight_decay: float = 0.0
@@ -64,6 +65,9 @@ class TrainConfig:
     # 1.31x faster at epoch 16 (docs/benchmarks.md). Off by default: IEEE floats, every earlier result bit for bit
     flush_denormal: bool = False
     max_prompt_tokens: int = 1024  # longer prompts drop their oldest history items
+    # semantic IDs on a pretrained LM with titles (LC-Rec, MiniOneRec): title -> codes and codes -> title examples
+    # drawn per next-item example, trained with plain cross-entropy beside the objective (0: none)
+    alignment_ratio: float = 0.0
     max_train_examples: int | None = None  # seeded subsample of the train split
     valid_users: int | None = 200  # seeded valid subsample for model selection (None: all; 0: no validation)
     valid_beam_width: int = 10
@@ -94,6 +98,7 @@ class TrainConfig:
         check(self.bf16 in ("auto", "true", "false"), section, "bf16", "auto, true or false", self.bf16)
         check(self.pack in ("auto", "true", "false"), section, "pack", "auto, true or false", self.pack)
         check(self.max_prompt_tokens >= 16, section, "max_prompt_tokens", "at least 16", self.max_prompt_tokens)
+        check(0 <= self.alignment_ratio <= 100, section, "alignment_ratio", "in [0, 100]", self.alignment_ratio)
         check(self.max_train_examples is None or self.max_train_examples >= 1, section, "max_train_examples",
               "at least 1 (or null for all)", self.max_train_examples)
         check(self.valid_users is None or self.valid_users >= 0, section, "valid_users",
@@ -125,10 +130,11 @@ class ExperimentConfig:
     model: str = TINY  # "tiny", "smollm2-135m" or a Hugging Face model folder / hub name
     lora: bool | None = None  # None: LoRA for pretrained models, full fine-tuning for tiny
     chat_template: bool | None = None  # wrap the prompt in the tokenizer's chat template (None: the model's default)
-    representation: str = "titles"  # titles (the Figure 2 prompt) | semantic-ids (the dataset's codes; tiny models)
+    representation: str = "titles"  # titles (the Figure 2 prompt) | semantic-ids (the dataset's codes as new tokens)
     train: TrainConfig = field(default_factory=TrainConfig)
     sections: dict[str, Any] = field(default_factory=registry.default_sections)  # the objectives' settings
     lora_settings: LoraSettings = field(default_factory=LoraSettings)
+    code_tokens: CodeTokenSettings = field(default_factory=CodeTokenSettings)  # semantic IDs on a pretrained LM
     tiny: TinyConfig = field(default_factory=TinyConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)  # the conventional baselines of `bearrec compare`
@@ -160,8 +166,22 @@ class ExperimentConfig:
         return objective.scoring(self.sections.get(objective.section))
 
     @property
+    def sid_prompt(self) -> str:
+        """The semantic-ID prompt (``code_tokens.prompt``, ``auto`` resolved: codes for the tiny model, an
+        instruction for a pretrained one)."""
+        if self.code_tokens.prompt != "auto":
+            return self.code_tokens.prompt
+        return "codes" if self.model == TINY else "instruction"
+
+    @property
     def learning_rate(self) -> float:
-        return self.train.lr if self.train.lr is not None else (1e-4 if self.use_lora else 1e-3)
+        """``train.lr``, else 1e-3 where weights start fresh (the tiny model; new code rows alone, as MiniOneRec's
+        freeze_LLM) or without LoRA over titles (as before), 1e-4 with LoRA or fully fine-tuning over codes."""
+        if self.train.lr is not None:
+            return self.train.lr
+        codes = self.representation == "semantic-ids" and self.model != TINY
+        fresh = self.model == TINY or self.code_tokens.only_new_rows or not (self.use_lora or codes)
+        return 1e-3 if fresh else 1e-4
 
     def objective_config(self):
         """The config object of the chosen objective (it computes the loss)."""
@@ -180,9 +200,22 @@ class ExperimentConfig:
             raise ValueError("LoRA needs a pretrained model; the tiny model is trained from scratch (lora: false)")
         check(self.representation in REPRESENTATIONS, "config", "representation", " or ".join(REPRESENTATIONS),
               self.representation)
-        if self.representation == "semantic-ids" and self.model != TINY:
-            raise ValueError("representation semantic-ids trains a model from scratch over code tokens: set model: tiny "
-                             "(its shape in the 'tiny' section)")
+        self._validate_codes()
+
+    def _validate_codes(self) -> None:
+        """Settings that only semantic IDs on a pretrained model use."""
+        codes, pretrained = self.representation == "semantic-ids", self.model != TINY
+        if self.train.alignment_ratio and not (codes and pretrained):
+            raise ValueError("train.alignment_ratio: alignment examples teach a pretrained model the codes' titles; "
+                             "they need representation: semantic-ids and a pretrained model")
+        if self.code_tokens.only_new_rows and not (codes and pretrained):
+            raise ValueError("code_tokens.only_new_rows trains the new code tokens of a pretrained model; it needs "
+                             "representation: semantic-ids and a pretrained model")
+        if self.code_tokens.only_new_rows and self.use_lora:
+            raise ValueError("code_tokens.only_new_rows trains the new rows alone, without LoRA: set lora: false")
+        if codes and not pretrained and self.sid_prompt != "codes":
+            raise ValueError(f"code_tokens.prompt: {self.sid_prompt} has words, and the tiny model's vocabulary is the "
+                             "code tokens alone; use codes (or auto), or a pretrained model")
 
     def to_dict(self) -> dict:
         """Nested plain dicts, the objectives' sections after ``train`` as in a YAML file."""

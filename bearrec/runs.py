@@ -24,6 +24,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import torch
 from transformers import AutoTokenizer
 
 from bearrec import distributed
@@ -35,8 +36,9 @@ from bearrec.decoding.latent import MEMORY_FILE
 from bearrec.evaluation.evaluate import EvalSettings, evaluate
 from bearrec.io import DISK_ERRNOS, atomic_file, atomic_folder, check_replaceable, folder_kind, folder_lock, write_json
 from bearrec.items.prompts import PromptEncoder, PromptTemplate
-from bearrec.items.semantic_ids import code_tokenizer, dataset_codes
+from bearrec.items.semantic_ids import code_tokenizer, code_tokens, dataset_codes
 from bearrec.items.space import ItemSpace
+from bearrec.lm.code_tokens import adapt_for_codes, add_code_tokens
 from bearrec.lm.models import TINY, build_tiny_model, count_parameters, load_model, save_model, tiny_model_for
 from bearrec.training.checkpoints import last_checkpoint
 from bearrec.training.diagnostics import flush_denormals
@@ -50,22 +52,56 @@ def tokenizer_corpus(dataset: RecDataset, template: PromptTemplate) -> list[str]
 
 def item_space(tokenizer, dataset: RecDataset, config: ExperimentConfig) -> ItemSpace:
     """The item space a run trains and decodes in (titles or semantic IDs under the run's tokenizer, the Figure 2
-    prompt, optionally in the chat template, or the history's codes), its catalog tokenised once."""
+    prompt, optionally in the chat template, or the history's codes, bare or after an instruction), its catalog
+    tokenised once."""
     return ItemSpace.build(tokenizer, dataset, config.representation, config.train.max_prompt_tokens,
-                           config.use_chat_template)
+                           config.use_chat_template, config.sid_prompt)
 
 
 def new_model(config: ExperimentConfig, dataset: RecDataset, tokenizer=None):
-    """(model, tokenizer) to fine-tune: the tiny default built for ``dataset``, or a pretrained LM (+ LoRA)."""
-    if config.representation == "semantic-ids":  # validate() allows the tiny model only
+    """(model, tokenizer) to fine-tune: the tiny default built for ``dataset``, or a pretrained LM (+ LoRA), over
+    titles or over the dataset's semantic IDs as new tokens. ``tokenizer``: the one a resumed run saved."""
+    if config.representation == "semantic-ids" and config.model == TINY:
         tokenizer = tokenizer or code_tokenizer(dataset_codes(dataset))
         return build_tiny_model(tokenizer, config.tiny, config.train.seed), tokenizer
+    if config.representation == "semantic-ids":
+        return _code_model(config, dataset, tokenizer)
     if config.model == TINY:
         if tokenizer is not None:
             return build_tiny_model(tokenizer, config.tiny, config.train.seed), tokenizer
         return tiny_model_for(tokenizer_corpus(dataset, PromptTemplate(dataset.domain)), config.tiny, config.train.seed)
     model, loaded_tokenizer = load_model(config.model, lora=config.lora_settings if config.use_lora else None)
     return model, tokenizer or loaded_tokenizer
+
+
+def _code_model(config: ExperimentConfig, dataset: RecDataset, saved_tokenizer=None):
+    """A pretrained LM with the catalog's code tokens added (their rows as ``code_tokens.init`` says), wrapped for
+    what trains (:func:`~bearrec.lm.code_tokens.adapt_for_codes`). The tokens are added the same way on every
+    start, so a resumed run checks that they are the ones its saved tokenizer holds."""
+    torch.manual_seed(config.train.seed)  # LoRA's initial weights
+    model, tokenizer = load_model(config.model)
+    codes = dataset_codes(dataset)
+    tokens = code_tokens(codes)
+    title_ids = _title_ids(tokenizer, dataset, codes) if config.code_tokens.init == "titles" else None
+    new_ids = add_code_tokens(model, tokenizer, tokens, config.code_tokens.init, title_ids)
+    if saved_tokenizer is not None and saved_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"model {config.model!r}: its tokenizer with the code tokens differs from the one the run "
+                         "saved (tokenizer/); resume with the model and data the run started with")
+    lora = config.lora_settings if config.use_lora else None
+    return adapt_for_codes(model, new_ids, lora, config.code_tokens), tokenizer
+
+
+def _title_ids(tokenizer, dataset: RecDataset, codes: list[list[int]]) -> dict[str, list[list[int]]]:
+    """``code_tokens.init: titles``: code token -> the title token ids of the titled items carrying it."""
+    titled = [i for i, has in enumerate(dataset.titled) if has]
+    if not titled:
+        raise ValueError("code_tokens.init: titles needs item titles, and this catalog has none (use mean)")
+    encoded = tokenizer([dataset.titles[i] for i in titled], add_special_tokens=False)["input_ids"]
+    out: dict[str, list[list[int]]] = {}
+    for i, ids in zip(titled, encoded):
+        for token in code_tokens([codes[i]]):  # this item's tokens (one per level)
+            out.setdefault(token, []).append(ids)
+    return out
 
 
 def dataset_check(run_dir: Path, meta: dict, dataset: RecDataset, purpose: str, allow_other_data: bool = False) -> None:
@@ -108,11 +144,12 @@ def _check_sequence_length(model, encoder: PromptEncoder, dataset: RecDataset, c
     lengths = [len(a) for a in encoder.answers]
     longest = max(range(len(lengths)), key=lengths.__getitem__)
     if lengths[longest] + config.train.max_prompt_tokens > limit:
-        item = dataset.items["item_id"].iat[longest]
-        raise ValueError(f"item {item!r}: its title is {lengths[longest]} tokens; with train.max_prompt_tokens="
+        item, what = dataset.items["item_id"].iat[longest], ("codes" if config.representation == "semantic-ids"
+                                                              else "title")
+        raise ValueError(f"item {item!r}: its {what} + EOS are {lengths[longest]} tokens; with train.max_prompt_tokens="
                          f"{config.train.max_prompt_tokens} a training sequence can reach "
                          f"{lengths[longest] + config.train.max_prompt_tokens} tokens, beyond the model's {limit} "
-                         "positions (shorten that title, or lower train.max_prompt_tokens)")
+                         f"positions (lower train.max_prompt_tokens{', or shorten that title' if what == 'title' else ''})")
 
 
 def train_run(config: ExperimentConfig, out_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False,

@@ -78,7 +78,9 @@ def train(
         # the objective's own flags go to the section of the objective trained, which --config may name
         if objective is not None and objective not in registry.REGISTRY:
             raise ValueError(f"--objective {objective!r}: unknown; choose one of {', '.join(registry.names())}")
-        name = objective or load_config(config, list(overrides or []), raw).train.objective
+        # (with the model flags, which decide what the --set values may be)
+        name = objective or load_config(config, _flag_sets({"model": model, "lora": lora}) + list(overrides or []),
+                                        raw).train.objective
         section = registry.get(name).section
         own = {"beam_width": beam_width, "weight": weight, "temperature": temperature,
                "surrogate": surrogate.value if surrogate else None,

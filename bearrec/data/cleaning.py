@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from bearrec.checks import short
-from bearrec.data.dataset import DataError, normalize_title
+from bearrec.data.dataset import DataError, normalize_title, untitled_name
 
 PathLike = str | os.PathLike
 
@@ -71,7 +71,7 @@ def clean_catalog(items: pd.DataFrame, path: Path, strict: bool, log: FixLog,
     for item_id, line in zip(items.loc[empty, "item_id"], items.loc[empty, "_line"]):
         log.warn("empty-title items", path, f"title is empty; item {item_id!r} {fix}", row=int(line), field="title")
     if keep_untitled:
-        items.loc[empty, "title"] = "(untitled item " + items.loc[empty, "item_id"] + ")"
+        items.loc[empty, "title"] = items.loc[empty, "item_id"].map(untitled_name)
     else:
         items = items[~empty].copy()
 

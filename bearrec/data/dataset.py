@@ -52,6 +52,11 @@ class DataError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
+def untitled_name(item_id: str) -> str:
+    """The title ``prepare`` gives an item without one when semantic IDs name it (``--semantic-ids``)."""
+    return f"(untitled item {item_id})"
+
+
 @dataclass
 class RecDataset:
     items: pd.DataFrame
@@ -75,6 +80,11 @@ class RecDataset:
     @property
     def titles(self) -> list[str]:
         return self.items["title"].tolist()
+
+    @property
+    def titled(self) -> list[bool]:
+        """Per item, whether it has a title of its own (not the name ``prepare`` gives an untitled item)."""
+        return [title != untitled_name(item) for item, title in zip(self.items["item_id"], self.items["title"])]
 
     def item_index(self, item_id: str) -> int:
         """Catalog index of an item id (KeyError if the item is not in the catalog)."""

@@ -59,18 +59,20 @@ class PromptTemplate:
 class PromptEncoder:
     """Token ids of prompts and answers for one catalog, tokenizer and template.
 
-    Answers are the catalog's title sequences (title + EOS, as in the trie). Prompts longer than
+    Answers are the catalog's title sequences (title + EOS, as in the trie); the prompt shows each history item as
+    ``history_texts`` says (default: its title). Prompts longer than
     ``max_prompt_tokens`` drop their oldest history items until they fit; ``truncated`` counts them.
     With ``chat_template`` the Figure 2 text is the user message of the tokenizer's chat template and
     the prompt ends with the template's assistant header.
     """
 
     def __init__(self, tokenizer, titles: list[str], template: PromptTemplate, max_prompt_tokens: int = 1024,
-                 chat_template: bool = False):
+                 chat_template: bool = False, history_texts: list[str] | None = None):
         if chat_template and not getattr(tokenizer, "chat_template", None):
             raise ValueError("chat_template: the tokenizer has no chat template (set chat_template: false)")
         self.tokenizer = tokenizer
         self.titles = titles
+        self.history_texts = history_texts or titles  # how the prompt shows each item (semantic IDs: with titles)
         self.template = template
         self.max_prompt_tokens = max_prompt_tokens
         self.chat_template = chat_template
@@ -78,7 +80,7 @@ class PromptEncoder:
         self.truncated = 0
 
     def _encode(self, history: list[int]) -> list[int]:
-        titles = [self.titles[i] for i in history]
+        titles = [self.history_texts[i] for i in history]
         if not self.chat_template:
             return self.tokenizer(self.template.render(titles))["input_ids"]
         text = self.tokenizer.apply_chat_template([{"role": "user", "content": self.template.render(titles, False)}],

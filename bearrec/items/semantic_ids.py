@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from bearrec.data.dataset import DataError, RecDataset
 from bearrec.data.parsing import read_csv
 from bearrec.items.embeddings import cached_embeddings
 from bearrec.items.kmeans import resolve_backend
+from bearrec.items.prompts import PromptTemplate
 from bearrec.items.rq_kmeans import rq_kmeans
 from bearrec.items.sid_config import SemanticIdConfig
 from bearrec.items.sid_quality import sid_quality
@@ -181,16 +183,19 @@ def code_strings(codes: Sequence[Sequence[int]]) -> list[str]:
     return ["".join(_token(level, c) for level, c in enumerate(row)) for row in codes]
 
 
+def code_tokens(codes: Sequence[Sequence[int]]) -> list[str]:
+    """One token per (level, code) seen in ``codes``: level by level, codes ascending."""
+    depth = max(len(row) for row in codes)
+    return [_token(level, code) for level in range(depth)
+            for code in sorted({row[level] for row in codes if len(row) > level})]
+
+
 def code_tokenizer(codes: Sequence[Sequence[int]]):
     """A word-level tokenizer with one token per (level, code) seen in ``codes``, after the special tokens
     ``<pad> <s> </s> <unk>``; level by level, codes ascending. Adds no special tokens when encoding."""
     from transformers import PreTrainedTokenizerFast  # heavy (+0.9 s), as in items/embeddings; training has it loaded
 
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS.values())}
-    depth = max(len(row) for row in codes)
-    for level in range(depth):
-        for code in sorted({row[level] for row in codes if len(row) > level}):
-            vocab[_token(level, code)] = len(vocab)
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS.values(), *code_tokens(codes)])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"<[^>]*>"), behavior="isolated")
     return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="left", **SPECIAL_TOKENS)
@@ -208,3 +213,47 @@ class CodePrompt:
 
     def render(self, history_titles: list[str], response_header: bool = True) -> str:
         return "".join(history_titles)
+
+
+@dataclass(frozen=True)
+class CodeInstructionPrompt:
+    """The prompt of a pretrained LM over semantic IDs (``code_tokens.prompt: instruction``): one instruction, then
+    the history's codes, oldest first, which the answer continues::
+
+        ### Instruction:
+        Below are the semantic IDs of the products the user has bought, oldest first. Write the semantic ID of
+        the next product the user will buy.
+
+        ### History:
+        <a_159><b_42><c_1><d_0><a_12><b_7><c_200><d_3>
+        (the answer: its codes + EOS)
+
+    The codes follow each other with nothing between them, so a user's successive examples continue each other and
+    ``train.pack`` packs them. With ``instruction-titles`` each history item is a line of its codes and its title
+    (``<a_159><b_42><c_1><d_0> Pilot G2 Gel Pens``), and the answer starts a new line. :func:`history_line` writes
+    one item.
+    """
+
+    domain: str = "products"
+
+    def render(self, history_lines: list[str], response_header: bool = True) -> str:
+        template = PromptTemplate(self.domain)
+        return (f"### Instruction:\nBelow are the semantic IDs of the {self.domain} the user has {template.verb}, "
+                f"oldest first. Write the semantic ID of the next {template.singular} the user will "
+                f"{_present(template.verb)}.\n\n### History:\n" + "".join(history_lines))
+
+
+def _present(verb: str) -> str:
+    """``bought`` -> ``buy``: the verb of the instruction's last sentence."""
+    return {"bought": "buy", "watched": "watch", "read": "read", "played": "play", "listened to": "listen to",
+            "interacted with": "interact with"}.get(verb, verb)
+
+
+def history_line(codes: str, title: str | None = None) -> str:
+    """One history item of :class:`CodeInstructionPrompt`: its codes alone (packable), or its codes, its title and a
+    new line. A code token spelled inside a title is broken with a zero-width space, so that the title never reads
+    as codes."""
+    if title is None:
+        return codes
+    shown = re.sub(r"<(?=[a-z]_[0-9])", "<\u200b", title)
+    return f"{codes} {shown}\n"

@@ -6,7 +6,8 @@ dataset and the run's representation:
 * ``titles``: each item is spelled by its title, and the prompt is the paper's Figure 2 text
   (:class:`~bearrec.items.prompts.PromptTemplate`);
 * ``semantic-ids``: each item is spelled by its codes as code tokens (``<a_12><b_3>...``), and the prompt is the
-  history's codes (:class:`~bearrec.items.semantic_ids.CodePrompt`).
+  history's codes (:class:`~bearrec.items.semantic_ids.CodePrompt`, the tiny model's), or an instruction followed
+  by them, optionally with titles (:class:`~bearrec.items.semantic_ids.CodeInstructionPrompt`, a pretrained LM's).
 
 The answers (item text + EOS as token ids) are tokenised once and shared by the prompt encoder (training labels)
 and the trie (constrained decoding), so both always agree.
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from bearrec.data.dataset import RecDataset
 from bearrec.items.prompts import PromptEncoder, PromptTemplate
-from bearrec.items.semantic_ids import CodePrompt, code_strings, dataset_codes
+from bearrec.items.semantic_ids import CodeInstructionPrompt, CodePrompt, code_strings, dataset_codes, history_line
 from bearrec.items.trie import ItemTrie, catalog_trie
 from bearrec.lm.forward import Prompts, left_pad
 
@@ -39,12 +40,26 @@ class ItemSpace:
 
     @classmethod
     def build(cls, tokenizer, dataset: RecDataset, representation: str = "titles", max_prompt_tokens: int = 1024,
-              chat_template: bool = False) -> ItemSpace:
+              chat_template: bool = False, sid_prompt: str = "codes") -> ItemSpace:
         """Tokenise ``dataset``'s catalog once; a ``ValueError`` when two items tokenise alike (the trie could not
-        tell them apart) or the tokenizer cannot end an item (no EOS)."""
-        template = CodePrompt() if representation == "semantic-ids" else PromptTemplate(dataset.domain)
-        encoder = PromptEncoder(tokenizer, item_texts(dataset, representation), template, max_prompt_tokens,
-                                chat_template=chat_template)
+        tell them apart) or the tokenizer cannot end an item (no EOS). ``sid_prompt`` (semantic IDs): ``codes``
+        (:class:`~bearrec.items.semantic_ids.CodePrompt`), ``instruction`` or ``instruction-titles``
+        (:class:`~bearrec.items.semantic_ids.CodeInstructionPrompt`, the second with each history item's title)."""
+        texts = item_texts(dataset, representation)
+        history = None
+        if representation != "semantic-ids":
+            template = PromptTemplate(dataset.domain)
+        elif sid_prompt == "codes":
+            template = CodePrompt()
+        else:
+            template = CodeInstructionPrompt(dataset.domain)
+            shown = dataset.titled if sid_prompt == "instruction-titles" else [False] * len(texts)
+            if sid_prompt == "instruction-titles" and not any(shown):
+                raise ValueError("code_tokens.prompt: instruction-titles shows titles, and this catalog has none "
+                                 "(use instruction)")
+            history = [history_line(c, t if s else None) for c, t, s in zip(texts, dataset.titles, shown)]
+        encoder = PromptEncoder(tokenizer, texts, template, max_prompt_tokens, chat_template=chat_template,
+                                history_texts=history)
         return cls(tokenizer, encoder, catalog_trie(encoder.answers, tokenizer.eos_token_id))
 
     @property

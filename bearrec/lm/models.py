@@ -249,8 +249,11 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None
             base = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
             if Path(base).name == SMOLLM2 and not Path(base).is_dir():  # the cache moved or was purged: rebuild it
                 base = str(smollm2_folder())
-            with _quiet_peft():
-                model = PeftModel.from_pretrained(_auto_class(base).from_pretrained(base, dtype=dtype), path)
+            model = _auto_class(base).from_pretrained(base, dtype=dtype)
+            if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # semantic-ID tokens added to the base's
+                model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows written by the adapter
+            with quiet_peft():
+                model = PeftModel.from_pretrained(model, path)
         else:
             model = _auto_class(path).from_pretrained(path, dtype=dtype)
     except Exception as err:  # OSError, safetensors' and pickle's errors share no base class
@@ -300,7 +303,7 @@ def add_lora(model, settings: LoraSettings | None = None):
     config = LoraConfig(
         r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=s.target_modules, task_type="CAUSAL_LM"
     )
-    with _quiet_peft():
+    with quiet_peft():
         try:
             return get_peft_model(model, config)
         except ValueError:  # architecture unknown to peft's defaults: adapt every linear layer
@@ -309,7 +312,7 @@ def add_lora(model, settings: LoraSettings | None = None):
 
 
 @contextlib.contextmanager
-def _quiet_peft():
+def quiet_peft():
     """peft reads ``model.is_gradient_checkpointing``, which transformers 5.x deprecates for
     ``is_activation_checkpointing``: a warning about peft's code that a bearrec user cannot act on."""
     with warnings.catch_warnings():
@@ -318,9 +321,12 @@ def _quiet_peft():
 
 
 def save_model(model, tokenizer, folder: str | os.PathLike) -> Path:
-    """Save weights (safetensors; only the adapters for a LoRA model) and tokenizer, atomically."""
+    """Save weights (safetensors; for a peft model only what trained) and tokenizer, atomically."""
+    # a peft model keeps only what trained: its adapters, and new token rows as trainable tokens or modules to save
+    # (never peft's automatic copy of a resized embedding, which load_model rebuilds from the base and the tokenizer)
+    extra = {"save_embedding_layers": False} if isinstance(model, PeftModel) else {}
     with atomic_folder(folder, "model") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **extra)
         tokenizer.save_pretrained(tmp)
     return Path(folder)
 

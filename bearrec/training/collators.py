@@ -9,6 +9,33 @@ from bearrec.items.trie import ItemTrie
 from bearrec.lm.forward import IGNORE_INDEX, left_pad
 
 
+class AlignmentDraw:
+    """``train.alignment_ratio``: about ``ratio`` alignment examples (:mod:`bearrec.items.alignment`) per next-item
+    example of a batch, drawn uniformly with replacement (the fraction by a coin), as ``align_ids`` /
+    ``align_mask [M, L]`` and answer-aligned ``align_labels [M, A]``."""
+
+    def __init__(self, examples: list[dict], ratio: float, pad_id: int):
+        self.examples, self.ratio, self.pad_id = examples, ratio, pad_id
+
+    def __call__(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        wanted = self.ratio * n
+        count = int(wanted) + int(torch.rand((), generator=generator) < wanted - int(wanted))
+        if count == 0:
+            return {}
+        drawn = [self.examples[i] for i in torch.randint(0, len(self.examples), (count,), generator=generator).tolist()]
+        ids, mask = left_pad([e["prompt"] + e["answer"] for e in drawn], self.pad_id)
+        return {"align_ids": ids, "align_mask": mask, "align_labels": answer_labels([e["answer"] for e in drawn])}
+
+
+def answer_labels(answers: list[list[int]]) -> torch.Tensor:
+    """``[R, A]``: each answer right-aligned (it ends the left-padded row), -100 before it."""
+    longest = max(len(a) for a in answers)
+    labels = torch.full((len(answers), longest), IGNORE_INDEX, dtype=torch.long)
+    for row, answer in enumerate(answers):
+        labels[row, longest - len(answer):] = torch.tensor(answer)
+    return labels
+
+
 class Collator:
     """Left-padded ``input_ids``/``attention_mask`` and answer-aligned ``labels [R, A]``, plus what the
     objective asks for:
@@ -22,14 +49,17 @@ class Collator:
       then K uniformly drawn other items' (left-aligned, -100 padded), and the prompts alone, so that one
       forward scores all of them after one copy of the prompt.
 
+    * ``alignment``: alignment examples beside the batch (:class:`AlignmentDraw`).
+
     ``labels[:, j]`` is the token at position ``L - A + j``: the logits of the last ``A + 1`` positions,
     minus the final one, predict exactly these tokens.
     """
 
     def __init__(self, pad_id: int, with_prompts: bool = False, trie: ItemTrie | None = None, negatives: int = 0,
-                 answers: list[list[int]] | None = None, seed: int = 0, prefix_negatives: int = 0):
+                 answers: list[list[int]] | None = None, seed: int = 0, prefix_negatives: int = 0,
+                 alignment: AlignmentDraw | None = None):
         self.pad_id, self.with_prompts, self.trie, self.negatives, self.answers = pad_id, with_prompts, trie, negatives, answers
-        self.prefix_negatives = prefix_negatives
+        self.prefix_negatives, self.alignment = prefix_negatives, alignment
         if (negatives or prefix_negatives) and not answers:
             raise ValueError("sampling negatives needs the catalog's answers")
         self.generator = torch.Generator().manual_seed(seed)
@@ -60,11 +90,10 @@ class Collator:
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         rows = self._rows(examples)
         input_ids, attention_mask = left_pad([e["prompt"] + e["answer"] for e in rows], self.pad_id)
-        longest = max(len(e["answer"]) for e in rows)
-        labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
-        for row, e in enumerate(rows):
-            labels[row, longest - len(e["answer"]) :] = torch.tensor(e["answer"])
+        labels = answer_labels([e["answer"] for e in rows])
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if self.alignment is not None:
+            batch.update(self.alignment(len(examples), self.generator))
         if self.with_prompts or self.prefix_negatives:
             batch["prompt_ids"], batch["prompt_mask"] = left_pad([e["prompt"] for e in examples], self.pad_id)
         if self.prefix_negatives:
@@ -114,11 +143,13 @@ def pack_examples(examples: list[dict]) -> list[dict]:
 
 class PackedCollator:
     """Batches of packs (:func:`pack_examples`): left-padded ``input_ids``/``attention_mask`` of the packs, and per
-    example, in the :class:`Collator`'s layout, ``labels [N, A]``, ``candidates [N, A, C]`` (with ``trie``) and
-    ``pack_index [N, A]``: where in the flattened ``[P * L]`` logits of the packs each label's logits are."""
+    example, in the :class:`Collator`'s layout, ``labels [N, A]``, ``candidates [N, A, C]`` (with ``trie``),
+    ``pack_index [N, A]``: where in the flattened ``[P * L]`` logits of the packs each label's logits are, and
+    alignment examples (``alignment``)."""
 
-    def __init__(self, pad_id: int, trie: ItemTrie | None = None):
-        self.pad_id, self.trie = pad_id, trie
+    def __init__(self, pad_id: int, trie: ItemTrie | None = None, alignment: AlignmentDraw | None = None, seed: int = 0):
+        self.pad_id, self.trie, self.alignment = pad_id, trie, alignment
+        self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, packs: list[dict]) -> dict[str, torch.Tensor]:
         input_ids, attention_mask = left_pad([p["ids"] for p in packs], self.pad_id)  # [P, L]
@@ -132,6 +163,8 @@ class PackedCollator:
             labels[n, longest - len(answer):] = torch.tensor(answer)
             index[n, longest - len(answer):] = torch.arange(end - 1, end - 1 + len(answer))  # position t predicts t + 1
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "pack_index": index}
+        if self.alignment is not None:
+            batch.update(self.alignment(len(members), self.generator))
         if self.trie is not None:
             batch["candidates"] = self.trie.label_candidates(labels)  # [N, A, C]
         return batch

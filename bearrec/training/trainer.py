@@ -14,6 +14,7 @@ without improvement.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -21,6 +22,8 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from peft import PeftModel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import PrinterCallback, Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -35,17 +38,25 @@ from bearrec.decoding.latent import item_memory
 from bearrec.distributed import map_users
 from bearrec.evaluation.metrics import ranking_metrics
 from bearrec.io import disk_error
+from bearrec.items.alignment import alignment_examples
 from bearrec.items.prompts import encode_split
 from bearrec.items.space import ItemSpace
 from bearrec.items.trie import ItemTrie
-from bearrec.lm.forward import Prompts, answer_logits, is_encoder_decoder, position_ids_from_mask, seq2seq_answer_logits
+from bearrec.lm.forward import (
+    IGNORE_INDEX,
+    Prompts,
+    answer_logits,
+    is_encoder_decoder,
+    position_ids_from_mask,
+    seq2seq_answer_logits,
+)
 from bearrec.lm.models import load_model
 from bearrec.objectives import distinct_prefixes, pruning_margin, sequence_log_probs
 from bearrec.objectives.apao import grouped_answer_logits
 from bearrec.objectives.beam_sim import align_thresholds, simulate_thresholds
 from bearrec.training.arguments import training_arguments
 from bearrec.training.callbacks import EarlyStoppingCallback, EpochLog
-from bearrec.training.collators import Collator, PackedCollator, pack_examples
+from bearrec.training.collators import AlignmentDraw, Collator, PackedCollator, pack_examples
 from bearrec.training.diagnostics import dump_batch, nonfinite_diagnosis
 from bearrec.training.tracking import tracker_environment, tracker_runs
 
@@ -68,6 +79,8 @@ class RecTrainer(Trainer):
         self.prefix_counts = distinct_prefixes(self.trie)  # P_t of APAO's pairwise rescaling
         self.reference = reference.to(self.args.device).eval() if reference is not None else None
         self.nonfinite: dict | None = None  # the first non-finite step's diagnosis
+        if isinstance(self.model, PeftModel):  # checkpoints keep what trains, as save_model does
+            self.model.save_pretrained = functools.partial(self.model.save_pretrained, save_embedding_layers=False)
         self._reset_parts()
 
     def _issue_warnings_after_load(self, load_result):
@@ -169,7 +182,8 @@ class RecTrainer(Trainer):
         return loss
 
     def _reset_parts(self) -> None:
-        self._parts = {"sft": 0.0, "reg": 0.0, "violated": 0.0, "seen": 0, "batches": 0, "skipped": 0}
+        self._parts = {"sft": 0.0, "reg": 0.0, "violated": 0.0, "seen": 0, "batches": 0, "skipped": 0, "align": 0.0,
+                       "steps": 0}
         self._since = time.perf_counter()
 
     def _logging_step(self) -> bool:
@@ -192,6 +206,7 @@ class RecTrainer(Trainer):
             group = inputs["group_labels"].shape[1]
             labels = inputs["group_labels"].flatten(0, 1)  # [N(1+K), A], rows grouped 1 + K per example
             extra["prefix_counts"] = self.prefix_counts
+        examples = labels.shape[0] // group  # next-item examples of the batch (before any alignment examples)
         logits = self._answer_logits(model, inputs, labels, group)
         if self.reference is not None:
             with torch.no_grad():  # the frozen reference's sequence log-probabilities, [N, 1 + K]
@@ -199,9 +214,16 @@ class RecTrainer(Trainer):
                 extra["reference"] = sequence_log_probs(ref_logits, labels).view(-1, group)
                 del ref_logits
         loss, reg = self.objective.loss(logits, labels, extra)
+        if "align_ids" in inputs:  # train.alignment_ratio: the batch's share of alignment examples, plain cross-entropy
+            align_labels = inputs["align_labels"]  # [M, A]
+            align_logits = answer_logits(model, inputs["align_ids"], inputs["align_mask"], align_labels.shape[1])
+            align = F.cross_entropy(align_logits.flatten(0, 1).float(), align_labels.flatten(), ignore_index=IGNORE_INDEX)
+            loss = (examples * loss + len(align_labels) * align) / (examples + len(align_labels))
+            self._parts["align"] += float(align.detach()) if model.training else 0.0
         if model.training:
             p = self._parts
             p["seen"] += inputs["attention_mask"].sum()  # a device tensor: no host sync on ordinary steps
+            p["steps"] += 1
             if self._logging_step():
                 with torch.no_grad():  # what the logs show: SFT and regulariser parts, share of tokens beam search would prune
                     positive = labels[::group]  # S-DPO: the positives' rows
@@ -240,6 +262,8 @@ class RecTrainer(Trainer):
             elapsed = time.perf_counter() - self._since
             logs.update({"nonfinite_skipped": p["skipped"], "loss_sft": p["sft"] / p["batches"], "loss_regulariser": p["reg"] / p["batches"],
                          "violated_token_share": p["violated"] / p["batches"], "tokens_per_second": float(p["seen"]) / elapsed})
+            if p["align"]:
+                logs["loss_alignment"] = p["align"] / p["steps"]
             self._reset_parts()
         super().log(logs, *args, **kwargs)
 
@@ -295,6 +319,16 @@ def _packs(examples: list[dict], model, pack: str, name: str, objective, prefix_
     return None if why else pack_examples(examples)
 
 
+def _alignment(model, space: ItemSpace, dataset: RecDataset, ratio: float) -> AlignmentDraw | None:
+    """``train.alignment_ratio``'s draw of title <-> codes examples (None at 0)."""
+    if not ratio:
+        return None
+    if is_encoder_decoder(model):
+        raise ValueError("train.alignment_ratio: alignment examples train causal LMs; this model is an encoder-decoder")
+    examples = alignment_examples(space.tokenizer, dataset, space.encoder.titles)
+    return AlignmentDraw(examples, ratio, space.tokenizer.pad_token_id)
+
+
 def train_model(
     model,
     space: ItemSpace,
@@ -315,6 +349,7 @@ def train_model(
     objective = config.objective_config()
     objective_negatives = getattr(objective, "prefix_negatives", 0)  # APAO pairwise
     packs = _packs(examples, model, tc.pack, tc.objective, objective, objective_negatives)
+    alignment = _alignment(model, space, dataset, tc.alignment_ratio)
     has_valid = len(dataset.splits["valid"]) > 0 and tc.valid_users != 0  # valid_users: 0 turns validation off
     valid = dataset.examples("valid", tc.valid_users, tc.seed) if has_valid else None  # (histories, targets)
     reference = load_reference(objective, model, tokenizer) if objective.negatives else None
@@ -332,11 +367,12 @@ def train_model(
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.patience, min_epochs=tc.min_epochs))
         trainer = RecTrainer(
             model=model, args=args, train_dataset=packs or examples, eval_dataset=valid[0] if valid else None,
-            data_collator=PackedCollator(tokenizer.pad_token_id, trie if objective.needs_candidates else None) if packs
+            data_collator=PackedCollator(tokenizer.pad_token_id, trie if objective.needs_candidates else None,
+                                         alignment, tc.seed) if packs
             else Collator(tokenizer.pad_token_id, objective.needs_search or is_encoder_decoder(model),
                           trie if objective.needs_candidates else None, objective.negatives,
                           encoder.answers if objective.negatives or objective_negatives else None, tc.seed,
-                          objective_negatives),
+                          objective_negatives, alignment),
             processing_class=tokenizer, callbacks=callbacks, objective=objective, trie=trie,
             valid=space.prompts(valid[0]) if valid else None, valid_targets=valid[1] if valid else None,
             beam_width=tc.valid_beam_width, decoding=config.decoding.with_scoring(config.scoring), reference=reference,

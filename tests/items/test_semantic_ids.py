@@ -228,8 +228,13 @@ def test_decoders_and_evaluation_over_codes(sid_data, tmp_path):
 def test_semantic_ids_config_checks(tmp_path):
     with pytest.raises(ValueError, match="representation"):
         load_config(None, ["representation=codes"])
-    with pytest.raises(ValueError, match="model: tiny"):
-        load_config(None, ["representation=semantic-ids", "model=gpt2"])
+    assert load_config(None, ["representation=semantic-ids", "model=gpt2"]).sid_prompt == "instruction"
+    with pytest.raises(ValueError, match="code_tokens.prompt: instruction has words"):
+        load_config(None, ["representation=semantic-ids", "code_tokens.prompt=instruction"])
+    with pytest.raises(ValueError, match="code_tokens.only_new_rows .* set lora: false"):
+        load_config(None, ["representation=semantic-ids", "model=gpt2", "code_tokens.only_new_rows=true"])
+    with pytest.raises(ValueError, match="train.alignment_ratio: .* need representation: semantic-ids"):
+        load_config(None, ["model=gpt2", "train.alignment_ratio=1"])
     with pytest.raises(ValueError, match="train.lr_scheduler"):
         load_config(None, ["train.lr_scheduler=step"])
     with pytest.raises(ValueError, match="apao.num_negatives"):
