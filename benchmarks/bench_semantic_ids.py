@@ -1,11 +1,15 @@
 """Semantic IDs, two benchmarks in one script.
 
-1. Training throughput (examples/s) of from-scratch models over semantic IDs, in one run: batch size, length
-   grouping, the objectives and the backbone shape side by side. Each variant trains in its own process for one
+1. Training throughput (examples/s) of models over semantic IDs, in one run: batch size, length grouping, the
+   objectives and the backbone shape side by side; the ``smollm2-*`` variants (not run by default) train
+   SmolLM2-135M over the codes as new tokens (LoRA with the new rows as trainable tokens or modules to save, full
+   fine-tuning, the new rows alone, packed, with titles in the prompt) and over titles. Each variant trains in its own process for one
    epoch on the same seeded subsample of the train split, without validation; examples/s = examples / seconds of
    the epoch. The ratio column compares with the first variant.
 
        python benchmarks/bench_semantic_ids.py --data data/office-sid --max-train-examples 3000
+       python benchmarks/bench_semantic_ids.py --data data/office-sid --max-train-examples 256 \
+           --variants smollm2-codes,smollm2-codes-modules-to-save,smollm2-codes-packed,smollm2-titles
 
 2. ``--quantiser``: building the codes (RQ-KMeans, :mod:`bearrec.items.rq_kmeans`), one process per case for its
    wall time and peak RSS, and the share of items sharing all codes before disambiguation. Workloads: ``random``
@@ -58,7 +62,18 @@ VARIANTS = {
                                          "tiny.architecture": "t5"}),
     "sft-tiger-b256-grouped": ("sft", {"train.batch_size": 256, "train.group_by_length": True, **TIGER}),
 }
-DEFAULT = ",".join(VARIANTS)
+# SmolLM2-135M (issue 31): over the codes as new tokens, how the new rows train, packing, against titles
+SMOLLM2 = {"model": "smollm2-135m", "train.batch_size": 16, "train.group_by_length": True}
+VARIANTS.update({
+    "smollm2-codes": ("sft", SMOLLM2),
+    "smollm2-codes-modules-to-save": ("sft", {**SMOLLM2, "code_tokens.rows": "modules-to-save"}),
+    "smollm2-codes-packed": ("sft", {**SMOLLM2, "train.pack": "true"}),
+    "smollm2-codes-titles-prompt": ("sft", {**SMOLLM2, "code_tokens.prompt": "instruction-titles"}),
+    "smollm2-codes-full": ("sft", {**SMOLLM2, "lora": False}),
+    "smollm2-codes-new-rows": ("sft", {**SMOLLM2, "lora": False, "code_tokens.only_new_rows": True}),
+    "smollm2-titles": ("sft", {**SMOLLM2, "representation": "titles"}),
+})
+DEFAULT = ",".join(v for v in VARIANTS if not v.startswith("smollm2"))
 # quantiser variant -> SemanticIdConfig fields over the defaults (3 levels of 256)
 QUANTISERS = {
     "before": {"normalize_residuals": False, "unique_last_level": False},
@@ -141,7 +156,9 @@ def run_one(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         log = train_run(config, Path(tmp) / "run")
     return {"variant": args.variant, "examples": log["examples"], "seconds": log["seconds_per_epoch"],
-            "examples_per_second": log["examples"] / log["seconds_per_epoch"], "parameters": log["parameters"]["total"]}
+            "examples_per_second": log["examples"] / log["seconds_per_epoch"], "parameters": log["parameters"]["total"],
+            "trainable": log["parameters"]["trainable"],
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 def main() -> None:
@@ -189,7 +206,8 @@ def main() -> None:
         r = results[-1]
         r["vs_first"] = r["examples_per_second"] / results[0]["examples_per_second"]
         print(f"{label:<32} {r['examples']:>6} ex  {r['seconds']:8.1f} s  {r['examples_per_second']:8.1f} ex/s  "
-              f"{r['vs_first']:6.2f}x  {r['parameters']:>9} params", file=sys.stderr, flush=True)
+              f"{r['vs_first']:6.2f}x  {r['parameters']:>9} params ({r['trainable']} trainable)  "
+              f"{r['peak_rss_gb']:5.2f} GB", file=sys.stderr, flush=True)
     print(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "data": str(args.data),
                       "results": results}, indent=2))
 

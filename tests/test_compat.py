@@ -210,10 +210,14 @@ def test_compare_resumes_the_old_experiment(old, monkeypatch):
     assert (old / "exp" / "runs" / "sft" / "seed0" / "result.json").read_text() == finished
     after = json.loads((old / "exp" / "experiment.json").read_text())
     # the recorded plan is read through today's config fields: every old value kept, and the fields added since
-    # (train.report_to) written with their defaults, which are the old behaviour
+    # (train.report_to, train.alignment_ratio, code_tokens) written with their defaults, which are the old behaviour
     assert not kept(before, after), kept(before, after)
-    assert added(before, after) == {"/base_config/train/report_to"}
+    new_fields = {"/base_config/train/report_to", "/base_config/train/alignment_ratio", "/base_config/code_tokens"}
+    assert added(before, after) == new_fields
     assert after["base_config"]["train"]["report_to"] == ["tensorboard"]
+    assert after["base_config"]["train"]["alignment_ratio"] == 0
+    assert after["base_config"]["code_tokens"] == {"init": "mean", "rows": "trainable-tokens", "only_new_rows": False,
+                                                  "prompt": "auto"}
     assert (old / "exp" / "efficiency.png").is_file()
     # the report is written again from the kept run: results.json keeps every old value (versions, platform and
     # threads of the machine that writes it aside) beside the metrics added since; results.md has new columns, so

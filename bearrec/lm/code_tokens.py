@@ -125,11 +125,15 @@ def _first_rows(old: torch.Tensor, tokens: Sequence[str], ids: list[int], start:
 def adapt_for_codes(model, new_ids: list[int], lora: LoraSettings | None, settings: CodeTokenSettings):
     """What trains: LoRA plus the new rows (``lora`` given), the new rows alone (``settings.only_new_rows``), or
     every weight (neither; the model is returned as it is)."""
+    # an untied output layer's new rows train too (its own trainable tokens); else every code token would keep the
+    # one mean output row, score alike, and load back with the random rows of the base's resize
+    untied = len(_token_layers(model)) > 1
     if settings.only_new_rows:
-        config = TrainableTokensConfig(token_indices=list(new_ids))
+        config = TrainableTokensConfig(token_indices=list(new_ids), target_modules=_row_modules(model) if untied else None)
     elif lora is not None:
-        rows = ({"trainable_token_indices": list(new_ids)} if settings.rows == "trainable-tokens" else
-                {"modules_to_save": _row_modules(model), "ensure_weight_tying": True})
+        rows = ({"trainable_token_indices": ({name: list(new_ids) for name in _row_modules(model)} if untied
+                                             else list(new_ids))} if settings.rows == "trainable-tokens" else
+                {"modules_to_save": _row_modules(model), "ensure_weight_tying": not untied})
         config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
                             target_modules=lora.target_modules or _projections(model), **rows)
     else:
