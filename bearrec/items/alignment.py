@@ -18,13 +18,15 @@ batch of N next-item examples also carries about r·N examples drawn uniformly f
 
 They are trained with plain cross-entropy on their answer tokens, beside whatever objective the next-item examples
 use, and never evaluated (validation and test are next-item examples only). Untitled items (``(untitled item
-<id>)``) give none. A title is cut to :data:`MAX_TITLE_TOKENS` tokens.
+<id>)``) give none. A title is cut to :data:`MAX_TITLE_TOKENS` tokens, and written as the prompt shows it
+(:func:`~bearrec.items.semantic_ids.title_text`: a code token spelled in it is text, not a code).
 """
 
 from __future__ import annotations
 
 from bearrec.data.dataset import RecDataset
 from bearrec.items.prompts import PromptTemplate
+from bearrec.items.semantic_ids import title_text
 
 MAX_TITLE_TOKENS = 64
 
@@ -38,7 +40,7 @@ def alignment_examples(tokenizer, dataset: RecDataset, code_texts: list[str]) ->
                          "none (set train.alignment_ratio: 0)")
     singular = PromptTemplate(dataset.domain).singular
     eos = tokenizer.eos_token_id
-    titles = tokenizer([dataset.titles[i] for i in titled], add_special_tokens=False)["input_ids"]
+    titles = tokenizer([title_text(dataset.titles[i]) for i in titled], add_special_tokens=False)["input_ids"]
     titles = [ids[:MAX_TITLE_TOKENS] for ids in titles]
     codes = tokenizer([code_texts[i] for i in titled], add_special_tokens=False)["input_ids"]
 

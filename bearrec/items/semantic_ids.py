@@ -251,9 +251,14 @@ def _present(verb: str) -> str:
 
 def history_line(codes: str, title: str | None = None) -> str:
     """One history item of :class:`CodeInstructionPrompt`: its codes alone (packable), or its codes, its title and a
-    new line. A code token spelled inside a title is broken with a zero-width space, so that the title never reads
-    as codes."""
+    new line (an untitled item, ``title=""``: its codes on a line of their own, so that the next item's codes do
+    not run into them). The title is shown as :func:`title_text` writes it."""
     if title is None:
         return codes
-    shown = re.sub(r"<(?=[a-z]_[0-9])", "<\u200b", title)
-    return f"{codes} {shown}\n"
+    return f"{codes} {title_text(title)}\n" if title else f"{codes}\n"
+
+
+def title_text(title: str) -> str:
+    """``title`` beside code tokens (the prompt's history, the alignment examples): a code token spelled inside it
+    is broken with a zero-width space, so that the title never reads as codes."""
+    return re.sub(r"<(?=[a-z]_[0-9])", "<\u200b", title)

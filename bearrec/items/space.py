@@ -57,7 +57,8 @@ class ItemSpace:
             if sid_prompt == "instruction-titles" and not any(shown):
                 raise ValueError("code_tokens.prompt: instruction-titles shows titles, and this catalog has none "
                                  "(use instruction)")
-            history = [history_line(c, t if s else None) for c, t, s in zip(texts, dataset.titles, shown)]
+            history = [history_line(c, (t if s else "") if sid_prompt == "instruction-titles" else None)
+                       for c, t, s in zip(texts, dataset.titles, shown)]
         encoder = PromptEncoder(tokenizer, texts, template, max_prompt_tokens, chat_template=chat_template,
                                 history_texts=history)
         return cls(tokenizer, encoder, catalog_trie(encoder.answers, tokenizer.eos_token_id))
