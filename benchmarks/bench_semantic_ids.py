@@ -68,10 +68,13 @@ VARIANTS.update({
     "smollm2-codes": ("sft", SMOLLM2),
     "smollm2-codes-modules-to-save": ("sft", {**SMOLLM2, "code_tokens.rows": "modules-to-save"}),
     "smollm2-codes-packed": ("sft", {**SMOLLM2, "train.pack": "true"}),
-    "smollm2-codes-titles-prompt": ("sft", {**SMOLLM2, "code_tokens.prompt": "instruction-titles"}),
     "smollm2-codes-full": ("sft", {**SMOLLM2, "lora": False}),
     "smollm2-codes-new-rows": ("sft", {**SMOLLM2, "lora": False, "code_tokens.only_new_rows": True}),
-    "smollm2-titles": ("sft", {**SMOLLM2, "representation": "titles"}),
+    # prompts with titles are 4-5x longer: batch 4 (16 needs more than the 24 GB machine has beside other work)
+    "smollm2-codes-b4": ("sft", {**SMOLLM2, "train.batch_size": 4}),
+    "smollm2-codes-titles-prompt-b4": ("sft", {**SMOLLM2, "train.batch_size": 4,
+                                               "code_tokens.prompt": "instruction-titles"}),
+    "smollm2-titles-b4": ("sft", {**SMOLLM2, "train.batch_size": 4, "representation": "titles"}),
 })
 DEFAULT = ",".join(v for v in VARIANTS if not v.startswith("smollm2"))
 # quantiser variant -> SemanticIdConfig fields over the defaults (3 levels of 256)

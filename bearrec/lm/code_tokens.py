@@ -4,16 +4,17 @@ MiniOneRec and OpenOneRec add one token per (level, code) to Qwen's vocabulary; 
 any Hugging Face causal LM (``smollm2-135m`` included) gets them:
 
 1. :func:`add_code_tokens` adds the tokens to the tokenizer (refusing one that the vocabulary already holds, or a
-   tokenizer that does not add them as single tokens), resizes the input embedding (and an untied output layer),
-   and writes the new rows: ``init: mean`` puts the mean of the old rows in every new row; ``init: titles`` gives
-   each code token the mean embedding of the titles of the items that carry it (the mean of each title's token
-   rows, then over those items), and the old mean to a code no titled item carries. The old rows are untouched, so
-   the old tokens' logits are exactly the same before training.
+   tokenizer that does not add them as single tokens), gives them the ids after the tokenizer's (a model's spare
+   rows first, as Qwen has them, then new rows: the input embedding and an untied output layer are resized), and
+   writes their rows: ``init: mean`` puts the mean of the old rows in every new row; ``init: titles`` gives each
+   code token the mean embedding of the titles of the items that carry it (the mean of each title's token rows,
+   then over those items), and the old mean to a code no titled item carries. The old rows are untouched, so the
+   old tokens' logits are exactly the same before training.
 2. :func:`adapt_for_codes` decides what trains (:class:`CodeTokenSettings`, ``config.lora``):
 
    * LoRA on the attention and MLP projections, and the new rows (``rows: trainable-tokens``: peft's
-     ``trainable_token_indices``, only those rows train and are saved; ``rows: modules-to-save``: a trainable
-     copy of the whole embedding and output layer, saved whole);
+     ``trainable_token_indices``, only those rows train and are saved, an untied output layer's too;
+     ``rows: modules-to-save``: a trainable copy of the whole embedding and output layer, saved whole);
    * ``lora: false``: every weight (full fine-tuning);
    * ``only_new_rows: true``: nothing but the new rows (MiniOneRec's ``freeze_LLM``), peft's ``TrainableTokens``.
 
@@ -47,9 +48,9 @@ class CodeTokenSettings:
     """How a pretrained model learns semantic-ID tokens (``representation: semantic-ids`` with a pretrained
     ``model``; the tiny model is built over its code tokens and uses none of these but ``prompt``).
 
-    ``init``: the new rows' first values, ``mean`` of the old rows (default: the measured better one on office, see
-    docs/results.md) or ``titles`` (each code's items' mean title embedding). ``rows``: how the new rows train beside
-    LoRA, ``trainable-tokens`` (only those rows; default: less memory and faster, docs/benchmarks.md) or
+    ``init``: the new rows' first values, ``mean`` of the old rows (default: it needs no titles) or ``titles`` (each
+    code's items' mean title embedding). ``rows``: how the new rows train beside LoRA, ``trainable-tokens`` (only
+    those rows; default: 10x fewer trainable parameters and a 15x smaller run folder, docs/benchmarks.md) or
     ``modules-to-save`` (the whole embedding and output layer). ``only_new_rows``: train the new rows alone, the
     model frozen (needs ``lora: false``). ``prompt``: ``codes`` (the history's codes alone, as the tiny model),
     ``instruction`` (an instruction, then the history's codes), ``instruction-titles`` (each history item's title
@@ -80,7 +81,7 @@ def add_code_tokens(model, tokenizer, tokens: Sequence[str], init: str = "mean",
     if taken is not None:
         raise ValueError(f"code token {taken!r} collides with token {vocab[taken]} of the model's tokenizer; "
                          "bearrec cannot add the semantic-ID tokens to this tokenizer")
-    old_rows = model.get_input_embeddings().weight.shape[0]
+    old_rows, first = model.get_input_embeddings().weight.shape[0], len(tokenizer)
     try:
         added = tokenizer.add_tokens(list(tokens))
     except Exception as err:  # tokenizers raise their own error types
@@ -90,13 +91,17 @@ def add_code_tokens(model, tokenizer, tokens: Sequence[str], init: str = "mean",
     if added != len(tokens) or spelled != ids[:64]:
         raise ValueError(f"the model's tokenizer cannot add the semantic-ID tokens ({type(tokenizer).__name__} "
                          f"added {added} of {len(tokens)}, or does not read them back as single tokens)")
-    if min(ids) < old_rows:
-        raise ValueError(f"the model's tokenizer gave a new code token the id {min(ids)}, inside the model's "
-                         f"{old_rows} existing embedding rows; bearrec cannot add the semantic-ID tokens to it")
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if min(ids) < first:
+        raise ValueError(f"the model's tokenizer gave a new code token the id {min(ids)}, one of its {first} "
+                         "existing tokens; bearrec cannot add the semantic-ID tokens to it")
+    # the new ids follow the tokenizer's: in the spare rows of a model with more rows than tokens (Qwen pads its
+    # vocabulary to a multiple of 128), then in new rows; load_model grows a base the same way
+    if len(tokenizer) > old_rows:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
         for layer in _token_layers(model):
-            layer.weight[old_rows:] = _first_rows(layer.weight[:old_rows], tokens, ids, old_rows, init, title_ids)
+            real = layer.weight[:min(first, old_rows)]  # the tokens' rows (not the spare ones)
+            layer.weight[ids] = _first_rows(real, tokens, ids, old_rows, init, title_ids)
     return ids
 
 
@@ -129,7 +134,8 @@ def adapt_for_codes(model, new_ids: list[int], lora: LoraSettings | None, settin
     # one mean output row, score alike, and load back with the random rows of the base's resize
     untied = len(_token_layers(model)) > 1
     if settings.only_new_rows:
-        config = TrainableTokensConfig(token_indices=list(new_ids), target_modules=_row_modules(model) if untied else None)
+        config = TrainableTokensConfig(token_indices=list(new_ids),
+                                       target_modules=_row_modules(model) if untied else None)
     elif lora is not None:
         rows = ({"trainable_token_indices": ({name: list(new_ids) for name in _row_modules(model)} if untied
                                              else list(new_ids))} if settings.rows == "trainable-tokens" else
