@@ -35,6 +35,7 @@ from bearrec.data.cleaning import DataWarning, FixLog, clean_catalog, warn_title
 from bearrec.data.config import PrepareConfig
 from bearrec.data.dataset import FILES, SPLITS, DataError, RecDataset, _file_digest
 from bearrec.data.engine import Steps, table_rows
+from bearrec.data.streams import sql_string
 from bearrec.io import atomic_folder
 
 MAX_LAGS = 64  # histories up to this length are built from lag(); longer ones from a framed list() window
@@ -75,11 +76,12 @@ class Prepared:
             self.catalog.to_parquet(tmp / "items.parquet", index=False)
             for name in SPLITS:
                 with steps.step(f"writing {name}.parquet", self.con):
-                    path = str(tmp / f"{name}.parquet").replace("'", "''")
-                    self.con.execute(f"COPY ({self._split_sql(name)}) TO '{path}' (FORMAT parquet)")
+                    path = sql_string(tmp / f"{name}.parquet")
+                    self.con.execute(f"COPY ({self._split_sql(name)}) TO {path} (FORMAT parquet)")
             meta = {"domain": self.domain, **self.meta, "summary": summary}
             (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str))
-            [_file_digest(tmp / name) for name in FILES]  # every file readable before the swap
+            for name in FILES:  # every file readable before the swap
+                _file_digest(tmp / name)
         return summary
 
 
