@@ -17,7 +17,8 @@ need not). Every step is a set operation or a window function, so that duckdb st
   the one before it valid, the rest train.
 
 The result, :class:`Prepared`, is either written as parquet straight from duckdb (``write``, what ``bearrec
-prepare`` does: the splits never enter Python) or loaded as a :class:`RecDataset` (``to_dataset``).
+prepare`` does: the splits never enter Python) or loaded as a :class:`RecDataset` (``to_dataset``). The wide rows
+(histories) are sorted once, as each split is written; the order is decided on narrow columns.
 """
 
 from __future__ import annotations
@@ -41,21 +42,30 @@ from bearrec.io import atomic_folder
 MAX_LAGS = 64  # histories up to this length are built from lag(); longer ones from a framed list() window
 
 
+@dataclass(frozen=True)
+class Splits:
+    """Each split's rows (``user_id, history, target``, in order) as a query over the table ``windows``, and their
+    counts."""
+
+    sql: dict[str, str]
+    counts: dict[str, int]
+
+
 @dataclass
 class Prepared:
-    """The examples of a prepared dataset, still in duckdb (table ``examples``), with the catalog and meta."""
+    """The examples of a prepared dataset, still in duckdb (:class:`Splits`), with the catalog and meta."""
 
     con: duckdb.DuckDBPyConnection
     catalog: pd.DataFrame  # item_id, title: the catalog in order
     domain: str
     meta: dict
+    splits: Splits
 
     def _split_sql(self, name: str) -> str:
-        return f"SELECT user_id, history, target FROM examples WHERE split = '{name}' ORDER BY ord"
+        return self.splits.sql[name]
 
     def summary(self) -> dict:
-        counts = dict(self.con.execute("SELECT split, count(*) FROM examples GROUP BY split").fetchall())
-        return {"items": len(self.catalog), **{f"{name}_examples": int(counts.get(name, 0)) for name in SPLITS}}
+        return {"items": len(self.catalog), **{f"{name}_examples": self.splits.counts[name] for name in SPLITS}}
 
     def to_dataset(self) -> RecDataset:
         """The whole dataset in memory (the splits as pandas frames, histories as lists)."""
@@ -131,7 +141,7 @@ def build(con: duckdb.DuckDBPyConnection, items: pd.DataFrame, items_path: Path,
                         f"read{also}, {unique - without_title} distinct ones with a titled item); lower "
                         "--min-interactions or add data")
     with steps.step("sliding windows and split", con):
-        _examples(con, config.history_len, config.split)
+        splits = _examples(con, config.history_len, config.split)
 
     in_core = {row[0] for row in con.execute(
         "SELECT item FROM item_codes WHERE i IN (SELECT DISTINCT i FROM core)").fetchall()}
@@ -151,7 +161,7 @@ def build(con: duckdb.DuckDBPyConnection, items: pd.DataFrame, items_path: Path,
     }
     meta = {"source": source, "cleaning": {**cleaning, "examples_dropped": 0, "history_entries_removed": 0,
                                            "duplicate_interactions_dropped": duplicates}}
-    prepared = Prepared(con, catalog[["item_id", "title"]].reset_index(drop=True), config.domain, meta)
+    prepared = Prepared(con, catalog[["item_id", "title"]].reset_index(drop=True), config.domain, meta, splits)
     if prepared.summary()["train_examples"] == 0:
         raise DataError(source["paths"][0], "no training examples: the train split is empty")
     return prepared
@@ -184,9 +194,11 @@ def _k_core(con: duckdb.DuckDBPyConnection, k: int) -> None:
         rows = now
 
 
-def _examples(con: duckdb.DuckDBPyConnection, history_len: int, split: str) -> None:
-    """Table ``examples(user_id, history, target, split, ord)``: one row per position >= 2 of each user's
-    sequence, ``ord`` the row's place in its split."""
+def _examples(con: duckdb.DuckDBPyConnection, history_len: int, split: str) -> Splits:
+    """Table ``windows``: one row per position >= 2 of each user's sequence (``user_id, history, target``, and what
+    orders and splits them); returns each split's query. The wide rows (histories) are sorted once, as each split is
+    written: the time split's global order is a narrow table ``ranks(line, k)``, leave-one-out's the user's first
+    line and the position."""
     if history_len <= MAX_LAGS:
         lags = ", ".join(f"lag(c.item, {k}) OVER w" for k in range(history_len, 0, -1))
         history = f"list_filter([{lags}], lambda x: x IS NOT NULL)"
@@ -200,17 +212,16 @@ def _examples(con: duckdb.DuckDBPyConnection, history_len: int, split: str) -> N
             JOIN (SELECT u, min(line) AS first_line, count(*) AS n FROM core GROUP BY u) f USING (u)
         WINDOW w AS (PARTITION BY c.u ORDER BY c.ts, c.line)
         QUALIFY pos >= 2""")
-    if split == "leave-one-out":
-        con.execute("""CREATE TABLE examples AS
-            SELECT user_id, history, target, split,
-                   row_number() OVER (PARTITION BY split ORDER BY first_line, pos) AS ord
-            FROM (SELECT *, CASE n - pos WHEN 0 THEN 'test' WHEN 1 THEN 'valid' ELSE 'train' END AS split
-                  FROM windows)""")
-    else:
-        n = table_rows(con, "windows")
-        con.execute(f"""CREATE TABLE examples AS
-            SELECT user_id, history, target,
-                   CASE WHEN k < {n * 8 // 10} THEN 'train' WHEN k < {n * 9 // 10} THEN 'valid' ELSE 'test' END
-                       AS split, k AS ord
-            FROM (SELECT *, row_number() OVER (ORDER BY ts, first_line, line) - 1 AS k FROM windows)""")
-    con.execute("DROP TABLE windows")
+    columns = "SELECT user_id, history, target FROM windows"
+    if split == "leave-one-out":  # per user: the last example test, the one before valid, the rest train
+        where = {"train": "n - pos >= 2", "valid": "n - pos = 1", "test": "n - pos = 0"}
+        counts = con.execute(f"SELECT {', '.join(f'count(*) FILTER (WHERE {w})' for w in where.values())} "
+                             "FROM windows").fetchall()[0]
+        return Splits({name: f"{columns} WHERE {w} ORDER BY first_line, pos" for name, w in where.items()},
+                      dict(zip(where, map(int, counts))))
+    n = table_rows(con, "windows")
+    con.execute("CREATE TABLE ranks AS SELECT line, row_number() OVER (ORDER BY ts, first_line, line) - 1 AS k "
+                "FROM windows")
+    cuts = {"train": (0, n * 8 // 10), "valid": (n * 8 // 10, n * 9 // 10), "test": (n * 9 // 10, n)}
+    return Splits({name: f"{columns} JOIN ranks USING (line) WHERE k >= {lo} AND k < {hi} ORDER BY k"
+                   for name, (lo, hi) in cuts.items()}, {name: hi - lo for name, (lo, hi) in cuts.items()})
