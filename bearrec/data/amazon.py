@@ -52,11 +52,8 @@ def _time_ok(column: str, digits: int) -> str:
 def load(con: duckdb.DuckDBPyConnection, fmt: str, reviews: Path, meta: Path, steps: Steps) -> pd.DataFrame:
     """Fill ``raw`` from the reviews and return the reviewed items of the metadata (see the module docstring)."""
     with steps.step(f"reading {reviews.name}", con):
-        if load_json_lines(con, reviews, "reviews_json", REVIEW_FIELDS[fmt][:3]) and table_rows(con, "reviews_json"):
-            _load_reviews(con, fmt, reviews)
-        else:  # a file duckdb cannot read plainly, or an empty one: the Python reader reads it or words its error
-            con.execute("DROP TABLE IF EXISTS reviews_json")
-            raw_from_frame(con, _python_reviews(fmt, reviews))
+        if not _load_reviews(con, fmt, reviews):  # duckdb cannot read it plainly, or it is empty: the Python reader
+            raw_from_frame(con, _python_reviews(fmt, reviews))  # reads it or words its error
     with steps.step(f"reading {meta.name}", con):
         items = _fast_meta(con, fmt, meta)
         if items is None:
@@ -65,21 +62,26 @@ def load(con: duckdb.DuckDBPyConnection, fmt: str, reviews: Path, meta: Path, st
     return items
 
 
-def _load_reviews(con: duckdb.DuckDBPyConnection, fmt: str, path: Path) -> None:
-    """``raw`` from the table ``reviews_json`` as duckdb reads it. The rows the SQL checks suspect (an id or time
-    the Python reader might refuse or read otherwise, such as a time written 1e9) are read again in Python from
-    their JSON values, in file order and a chunk at a time: the first bad one raises its one-line error, and the
-    values Python reads otherwise are rewritten in ``raw``."""
+def _load_reviews(con: duckdb.DuckDBPyConnection, fmt: str, path: Path) -> bool:
+    """``raw`` from the reviews as duckdb reads them, in one pass over the file; ``False`` (no table) when it cannot
+    read them plainly. The rows the SQL checks suspect (an id or time the Python reader might refuse or read
+    otherwise, such as a time written 1e9) are read again in Python from their JSON values, in file order and a
+    chunk at a time: the first bad one raises its one-line error, and the values Python reads otherwise are
+    rewritten in ``raw``."""
     *names, digits = REVIEW_FIELDS[fmt]
     user, item, stamp = map(sql_ident, names)
-    columns = (f"{user} ->> '$' AS user, {item} ->> '$' AS item, TRY_CAST({stamp} ->> '$' AS DOUBLE) AS ts, "
-               "rowid + 1 AS line")
     # at most `digits` digits: below 1e11 s (amazon) and 1e14 ms (amazon2023), the Python readers' bounds
-    ok = f"{_id_ok(user)} AND {_id_ok(item)} AND {_time_ok(stamp, digits)}"
-    con.execute(f"""CREATE TABLE suspects AS SELECT {columns}, {user}::VARCHAR AS user_json,
-        {item}::VARCHAR AS item_json, {stamp}::VARCHAR AS time_json FROM reviews_json WHERE NOT coalesce({ok}, false)""")
-    con.execute(f"CREATE TABLE raw AS SELECT {columns} FROM reviews_json")
-    con.execute("DROP TABLE reviews_json")
+    suspect = f"NOT coalesce({_id_ok(user)} AND {_id_ok(item)} AND {_time_ok(stamp, digits)}, false)"
+    kept = ", ".join(f"CASE WHEN {suspect} THEN {column}::VARCHAR END AS {name}_json"  # JSON text of suspects only
+                     for column, name in ((user, "user"), (item, "item"), (stamp, "time")))
+    select = (f"{user} ->> '$' AS user, {item} ->> '$' AS item, TRY_CAST({stamp} ->> '$' AS DOUBLE) AS ts, "
+              f"{suspect} AS suspect, {kept}")
+    if not load_json_lines(con, path, "reviews", tuple(names), select) or not table_rows(con, "reviews"):
+        con.execute("DROP TABLE IF EXISTS reviews")
+        return False
+    con.execute("CREATE TABLE raw AS SELECT user, item, ts, rowid + 1 AS line FROM reviews")
+    con.execute("CREATE TABLE suspects AS SELECT * EXCLUDE (suspect), rowid + 1 AS line FROM reviews WHERE suspect")
+    con.execute("DROP TABLE reviews")
     fixes = []
     for chunk in chunks(con, "SELECT * FROM suspects ORDER BY line"):
         records = zip(*(chunk[f"{field}_json"].map(lambda v: None if pd.isna(v) else json.loads(v))
@@ -89,6 +91,7 @@ def _load_reviews(con: duckdb.DuckDBPyConnection, fmt: str, path: Path) -> None:
         fixes.append(differing(pd.DataFrame(rows, columns=["user", "item", "ts"]).assign(line=lines), chunk))
     con.execute("DROP TABLE suspects")
     rewrite_raw(con, fixes, path, names[2])
+    return True
 
 
 def _fast_meta(con: duckdb.DuckDBPyConnection, fmt: str, meta: Path) -> pd.DataFrame | None:
@@ -104,7 +107,7 @@ def _fast_meta(con: duckdb.DuckDBPyConnection, fmt: str, meta: Path) -> pd.DataF
         plain += f" AND {k}::VARCHAR = '\"' || ({k} ->> '$') || '\"'"
     try:
         con.execute(f"""CREATE TABLE meta_rows AS SELECT {k} AS id, title, rowid + 1 AS line FROM meta_json
-            WHERE NOT coalesce({plain}, false) OR ({k} ->> '$') IN (SELECT item FROM raw)""")
+            WHERE NOT coalesce({plain}, false) OR ({k} ->> '$') IN (SELECT DISTINCT item FROM raw)""")
         bad, rows = con.execute(f"""SELECT count(*) FILTER (WHERE NOT coalesce({_id_ok('id')} AND
             (title IS NULL OR json_type(title) IN ('VARCHAR', 'NULL')), false)), count(*) FROM meta_rows""").fetchall()[0]
         if bad or not rows:

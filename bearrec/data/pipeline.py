@@ -182,16 +182,25 @@ def _warn_duplicates(con: duckdb.DuckDBPyConnection, count: int, path: str) -> N
 
 
 def _k_core(con: duckdb.DuckDBPyConnection, k: int) -> None:
-    """Keep users and items with at least ``k`` interactions in ``core``, until nothing changes."""
-    rows = table_rows(con, "core")
-    while rows:
-        con.execute(f"""CREATE OR REPLACE TABLE core AS SELECT * FROM core
-            WHERE u IN (SELECT u FROM core GROUP BY u HAVING count(*) >= {k})
-              AND i IN (SELECT i FROM core GROUP BY i HAVING count(*) >= {k})""")
-        now = table_rows(con, "core")
-        if now == rows:
+    """Keep users and items with at least ``k`` interactions in ``core``, until nothing changes. Each round counts
+    the rows of ``core`` whose user and item are still kept (narrow tables of codes); ``core`` itself is rewritten
+    once, at the end (half the work of rewriting it every round, measured at 10^7)."""
+    con.execute("CREATE TABLE kept_users AS SELECT DISTINCT u FROM core")
+    con.execute("CREATE TABLE kept_items AS SELECT DISTINCT i FROM core")
+    rows = None
+    while True:
+        con.execute("CREATE OR REPLACE TABLE kept AS SELECT u, i FROM core "
+                    "WHERE u IN (SELECT u FROM kept_users) AND i IN (SELECT i FROM kept_items)")
+        now = table_rows(con, "kept")
+        if now == rows:  # the kept users and items select the rows that chose them: each has k of them
             break
         rows = now
+        for column, table in (("u", "kept_users"), ("i", "kept_items")):
+            con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT {column} FROM kept GROUP BY {column} "
+                        f"HAVING count(*) >= {k}")
+    con.execute("CREATE OR REPLACE TABLE core AS SELECT * FROM core "
+                "WHERE u IN (SELECT u FROM kept_users) AND i IN (SELECT i FROM kept_items)")
+    con.execute("DROP TABLE kept; DROP TABLE kept_users; DROP TABLE kept_items")
 
 
 def _examples(con: duckdb.DuckDBPyConnection, history_len: int, split: str) -> Splits:

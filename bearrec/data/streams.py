@@ -137,14 +137,15 @@ def load_delimited(con: duckdb.DuckDBPyConnection, path: Path, table: str, names
         {quoting}, strict_mode = true, null_padding = false, encoding = {sql_string(encoding)})""", path, int(header))
 
 
-def load_json_lines(con: duckdb.DuckDBPyConnection, path: Path, table: str, fields: tuple[str, ...]) -> bool:
-    """Table ``table`` with ``fields`` as duckdb JSON values (NULL when absent), in file order (``rowid`` r is line
-    r + 1); ``False`` (no table) when duckdb cannot read the file as JSON lines or a record is not on its own
-    line."""
+def load_json_lines(con: duckdb.DuckDBPyConnection, path: Path, table: str, fields: tuple[str, ...],
+                    select: str | None = None) -> bool:
+    """Table ``table`` of ``select`` (SQL over ``fields`` as duckdb JSON values, NULL when absent; default: the
+    fields themselves), in file order (``rowid`` r is line r + 1); ``False`` (no table) when duckdb cannot read the
+    file as JSON lines or a record is not on its own line."""
     if not path.is_file():
         return False
     columns = "{" + ", ".join(f"{sql_string(name)}: 'JSON'" for name in fields) + "}"
-    select = ", ".join(sql_ident(name) for name in fields)
+    select = select or ", ".join(sql_ident(name) for name in fields)
     # duckdb's default maximum_object_size (16 MB a line): 256 MB took the peak RSS at 10^7 reviews from 2.0 GB to
     # 8.3 GB; a longer line makes duckdb refuse the file, and the Python reader reads it
     return _load_in_order(con, table, f"""SELECT {select} FROM read_json({file_literal(con, path)},
