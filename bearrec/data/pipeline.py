@@ -103,17 +103,7 @@ def build(con: duckdb.DuckDBPyConnection, items: pd.DataFrame, items_path: Path,
     log = FixLog()
     read = table_rows(con, "raw")
     with steps.step("dropping duplicate interactions", con):
-        # Users and items become integer codes (i = 1.. in any order): every later group, join and window runs on
-        # integers, and the ids come back as text only in the output.
-        con.execute("CREATE TABLE user_codes AS SELECT user, (row_number() OVER ())::INTEGER AS u "
-                    "FROM (SELECT DISTINCT user FROM raw)")
-        con.execute("CREATE TABLE item_codes AS SELECT item, (row_number() OVER ())::INTEGER AS i "
-                    "FROM (SELECT DISTINCT item FROM raw)")
-        con.execute("CREATE TABLE inter AS SELECT u, i, ts, min(line) AS line, count(*) AS copies "
-                    "FROM raw JOIN user_codes USING (user) JOIN item_codes USING (item) GROUP BY u, i, ts")
-    duplicates = read - table_rows(con, "inter")
-    if duplicates:
-        _warn_duplicates(con, duplicates, source["paths"][0])
+        duplicates = _deduplicated(con, source["paths"][0])
 
     # Only reviewed items can reach a k-core catalog; cleaning the rest of a category-wide metadata dump would
     # only add noise to the counts and warnings.
@@ -130,6 +120,7 @@ def build(con: duckdb.DuckDBPyConnection, items: pd.DataFrame, items_path: Path,
     unique = read - duplicates
     with steps.step(f"{config.min_interactions}-core filter", con):
         con.execute("CREATE TABLE core AS SELECT u, i, ts, line FROM inter WHERE i IN (SELECT i FROM titled)")
+        con.execute("DROP TABLE inter")
         without_title = unique - table_rows(con, "core")
         _k_core(con, config.min_interactions)
     kept = table_rows(con, "core")
@@ -140,15 +131,14 @@ def build(con: duckdb.DuckDBPyConnection, items: pd.DataFrame, items_path: Path,
                         f"no interaction is left after cleaning and the {config.min_interactions}-core filter ({read} "
                         f"read{also}, {unique - without_title} distinct ones with a titled item); lower "
                         "--min-interactions or add data")
-    with steps.step("sliding windows and split", con):
-        splits = _examples(con, config.history_len, config.split)
-
     in_core = {row[0] for row in con.execute(
         "SELECT item FROM item_codes WHERE i IN (SELECT DISTINCT i FROM core)").fetchall()}
     catalog = items[items["item_id"].isin(in_core)]
     cleaning["titles_equal_to_other_ids"] = warn_titles_equal_to_ids(catalog, items_path, log)
     log.flush()
     users = int(con.execute("SELECT count(DISTINCT u) FROM core").fetchall()[0][0])
+    with steps.step("sliding windows and split", con):
+        splits = _examples(con, config.history_len, config.split)
     source = {
         **source,
         "min_interactions": config.min_interactions,
@@ -167,6 +157,24 @@ def build(con: duckdb.DuckDBPyConnection, items: pd.DataFrame, items_path: Path,
     return prepared
 
 
+def _deduplicated(con: duckdb.DuckDBPyConnection, path: str) -> int:
+    """Table ``inter(u, i, ts, line, copies)``: ``raw`` with users and items as integer codes (tables ``user_codes``,
+    ``item_codes``; i = 1.. in any order: every later group, join and window runs on integers, and the ids come
+    back as text only in the output), one row per (user, item, time) with its first line. Warns of the exact
+    duplicates dropped, returns their count and drops ``raw`` (its scratch space is reused)."""
+    con.execute("CREATE TABLE user_codes AS SELECT user, (row_number() OVER ())::INTEGER AS u "
+                "FROM (SELECT DISTINCT user FROM raw)")
+    con.execute("CREATE TABLE item_codes AS SELECT item, (row_number() OVER ())::INTEGER AS i "
+                "FROM (SELECT DISTINCT item FROM raw)")
+    con.execute("CREATE TABLE inter AS SELECT u, i, ts, min(line) AS line, count(*) AS copies "
+                "FROM raw JOIN user_codes USING (user) JOIN item_codes USING (item) GROUP BY u, i, ts")
+    duplicates = table_rows(con, "raw") - table_rows(con, "inter")
+    if duplicates:
+        _warn_duplicates(con, duplicates, path)
+    con.execute("DROP TABLE raw")
+    return duplicates
+
+
 def _warn_duplicates(con: duckdb.DuckDBPyConnection, count: int, path: str) -> None:
     """One warning: the count and the first dropped row (the second line of a repeated interaction)."""
     user, item, ts, line = con.execute(
@@ -178,7 +186,7 @@ def _warn_duplicates(con: duckdb.DuckDBPyConnection, count: int, path: str) -> N
     message = (f"{count} duplicate interaction(s) dropped, one of each kept (same user, item and timestamp as an "
                f"earlier row; first: user {short(user)}, item {short(item)}, timestamp {stamp}); counted in "
                "duplicate_interactions_dropped")
-    warnings.warn(str(DataError(path, message, row=int(line))), DataWarning, stacklevel=4)
+    warnings.warn(str(DataError(path, message, row=int(line))), DataWarning, stacklevel=5)
 
 
 def _k_core(con: duckdb.DuckDBPyConnection, k: int) -> None:
@@ -221,6 +229,7 @@ def _examples(con: duckdb.DuckDBPyConnection, history_len: int, split: str) -> S
             JOIN (SELECT u, min(line) AS first_line, count(*) AS n FROM core GROUP BY u) f USING (u)
         WINDOW w AS (PARTITION BY c.u ORDER BY c.ts, c.line)
         QUALIFY pos >= 2""")
+    con.execute("DROP TABLE core; DROP TABLE item_codes; DROP TABLE user_codes")  # windows has what they held
     columns = "SELECT user_id, history, target FROM windows"
     if split == "leave-one-out":  # per user: the last example test, the one before valid, the rest train
         where = {"train": "n - pos >= 2", "valid": "n - pos = 1", "test": "n - pos = 0"}
