@@ -2,7 +2,8 @@
 
 Usage:
     nice -n 10 python benchmarks/bench_prepare.py --sizes 1000000 10000000 --old-up-to 10000000
-    nice -n 10 python benchmarks/bench_prepare.py --sizes 100000000 --old-up-to 0
+    nice -n 10 python benchmarks/bench_prepare.py --sizes 10000000 --runs new-2018 old --work /work/bench/b --keep
+    nice -n 10 python benchmarks/bench_prepare.py --sizes 100000000 --old-up-to 0 --gzip
 
 Generates Amazon-Reviews-2023-shaped logs (``user_id``, ``parent_asin``, ``timestamp`` in ms, with the
 rating, review title, text and the other fields of the dump; meta lines with ``parent_asin``, ``title`` and
@@ -18,12 +19,14 @@ load average while it ran:
 
 The old path is skipped above ``--old-up-to`` interactions (it needs about 1.1 GB per 10^6), and so is the
 2018-shaped copy (and its ``new amazon`` row) above ``--shape2018-up-to`` (default: ``--old-up-to``): 10^8
-interactions are about 26 GB of 2023 lines. Generated files go to ``--work`` (default a scratch folder under /tmp)
-and are removed at the end unless ``--keep``."""
+interactions are about 26 GB of 2023 lines (about 5 GB with ``--gzip``, as the dumps are shipped; prepare's scratch
+space at 10^8 is about 20 GB beside them). ``--runs`` picks the measurements. Generated files go to ``--work``
+(default a scratch folder under /tmp) and are removed at the end unless ``--keep``."""
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import shutil
@@ -155,18 +158,19 @@ def meta_lines(shapes: tuple[str, ...], asin: pa.Array, draws: np.ndarray, empty
 
 
 def generate(folder: Path, n: int, shapes: tuple[str, ...] = ("2023", "2018"), seed: int = 0,
-             chunk: int = 1_000_000) -> dict[str, Path]:
-    """Write reviews and meta in ``shapes`` (2023, 2018) for ``n`` interactions; returns their paths. The draws do
-    not depend on the shapes: the same seed gives the same log in each."""
+             chunk: int = 1_000_000, gz: bool = False) -> dict[str, Path]:
+    """Write reviews and meta in ``shapes`` (2023, 2018) for ``n`` interactions, gzipped (level 1) with ``gz``;
+    returns their paths. The draws do not depend on the shapes: the same seed gives the same log in each."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {f"{kind}{shape}": folder / f"{kind}{shape}.jsonl" for kind in ("reviews", "meta") for shape in shapes}
-    if all((folder / f"complete{shape}").exists() for shape in shapes):  # generated before (--keep)
+    suffix = ".jsonl.gz" if gz else ".jsonl"
+    paths = {f"{kind}{shape}": folder / f"{kind}{shape}{suffix}" for kind in ("reviews", "meta") for shape in shapes}
+    if all((folder / f"complete{shape}{suffix}").exists() for shape in shapes):  # generated before (--keep)
         return paths
     rng = np.random.default_rng(seed)
     n_users, n_items = max(n // 6, 10), max(n // 15, 10)
     user_ids = hex_ids("A", rng.integers(0, 2**62, n_users), 27)
     item_ids = hex_ids("B0", rng.integers(0, 2**40, n_items), 8)
-    handles = {name: path.open("wb") for name, path in paths.items()}
+    handles = {name: gzip.open(path, "wb", compresslevel=1) if gz else path.open("wb") for name, path in paths.items()}
     try:
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
@@ -190,7 +194,7 @@ def generate(folder: Path, n: int, shapes: tuple[str, ...] = ("2023", "2018"), s
         for handle in handles.values():
             handle.close()
     for shape in shapes:
-        (folder / f"complete{shape}").touch()
+        (folder / f"complete{shape}{suffix}").touch()
     return paths
 
 
@@ -234,19 +238,24 @@ def run_child(path: str, reviews: Path, meta: Path, fmt: str, out: Path, old_tre
     done_event.set()
     sampler.join()
     shutil.rmtree(out, ignore_errors=True)
-    load = {"load_mean": sum(loads) / len(loads) if loads else os.getloadavg()[0], "load_max": max(loads, default=0.0)}
+    loads = loads or [os.getloadavg()[0]]
+    load = {"load_mean": sum(loads) / len(loads), "load_max": max(loads)}
     if done.returncode:
         return {"error": (done.stderr.strip().splitlines() or ["killed"])[-1][:200], **load}
     return {**json.loads(done.stdout.strip().splitlines()[-1]), **load}
 
 
+RUNS = {"new-2023": ("new", "amazon2023", "2023"), "new-2018": ("new", "amazon", "2018"), "old": ("old", "amazon", "2018")}
+
+
 def runs_of(n: int, paths: dict[str, Path], args: argparse.Namespace) -> list[tuple[str, str, Path, Path]]:
-    """(path, format, reviews, meta) of each measurement at size ``n``."""
-    runs = [("new", "amazon2023", paths["reviews2023"], paths["meta2023"])]
-    if "reviews2018" in paths:
-        runs.append(("new", "amazon", paths["reviews2018"], paths["meta2018"]))
-    if n <= args.old_up_to:
-        runs.append(("old", "amazon", paths["reviews2018"], paths["meta2018"]))
+    """(path, format, reviews, meta) of each measurement of ``--runs`` at size ``n`` (the old path up to
+    ``--old-up-to``; the 2018 shape where it was generated)."""
+    runs = []
+    for name in args.runs:
+        path, fmt, shape = RUNS[name]
+        if f"reviews{shape}" in paths and (path == "new" or n <= args.old_up_to):
+            runs.append((path, fmt, paths[f"reviews{shape}"], paths[f"meta{shape}"]))
     return runs
 
 
@@ -269,6 +278,9 @@ def main() -> None:
     parser.add_argument("--shape2018-up-to", type=int, default=None,
                         help="largest size the 2018-shaped copy is generated (and prepared by the new path) at "
                              "[default: --old-up-to]; above, only the amazon2023 files")
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS),
+                        help="the measurements to make at each size, in this order")
+    parser.add_argument("--gzip", action="store_true", help="generate .jsonl.gz files (gzip level 1)")
     parser.add_argument("--old-ref", default=OLD_REF)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
@@ -289,7 +301,7 @@ def main() -> None:
     try:
         for n in args.sizes:
             start = time.perf_counter()
-            paths = generate(work / f"n{n}", n, ("2023", "2018") if n <= shape2018_up_to else ("2023",))
+            paths = generate(work / f"n{n}", n, ("2023", "2018") if n <= shape2018_up_to else ("2023",), gz=args.gzip)
             size_gb = paths["reviews2023"].stat().st_size / 2**30
             print(f"# {n:,} interactions generated in {time.perf_counter() - start:.0f} s "
                   f"(2023 reviews {size_gb:.2f} GB)", flush=True)
