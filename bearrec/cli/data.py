@@ -63,7 +63,7 @@ def prepare(
 
         sid_config = SemanticIdConfig(levels=levels, codebook_size=codebook_size, seed=seed, balanced=balanced,
                                       backend=kmeans_backend, embedding_model=embedding_model).validate()
-    _check_inputs(fmt, inputs or [], out_dir, split, max_history)
+    _check_inputs(fmt, inputs or [], out_dir, split, max_history, semantic_ids)
     codes_index = fmt is Format.lcrec and len(inputs or []) == 3 and semantic_ids is None
     config = None
     if fmt is not Format.synthetic:
@@ -105,13 +105,17 @@ def prepare(
         out.print(quality_table(dataset.meta["semantic_ids"]["quality"], "semantic IDs before disambiguation"))
 
 
-def _check_inputs(fmt: Format, inputs: list[Path], out_dir: Path, split: str | None, max_history: int | None) -> None:
-    """Before anything is read: no input inside --out, and synthetic data takes no input or split options."""
+def _check_inputs(fmt: Format, inputs: list[Path], out_dir: Path, split: str | None, max_history: int | None,
+                  semantic_ids: str | None) -> None:
+    """Before anything is read: no input inside --out, synthetic data takes no input or split options, and LC-Rec's
+    index is not given beside --semantic-ids."""
     for source in inputs:
         if source.resolve() == out_dir.resolve() or out_dir.resolve() in source.resolve().parents:
             raise ValueError(f"--out {out_dir}: holds the input {source}; write the dataset to another folder")
     if fmt is Format.synthetic and (inputs or split is not None or max_history is not None):
         raise ValueError("prepare synthetic takes no input files, --split or --max-history")
+    if fmt is Format.lcrec and len(inputs) == 3 and semantic_ids is not None:
+        raise ValueError(f"{inputs[2]}: lcrec's index file is the semantic IDs; give it or --semantic-ids, not both")
 
 
 def _bars():

@@ -45,8 +45,8 @@ def report(
     from bearrec.items.semantic_ids import read_code_rows
     from bearrec.items.sid_quality import sid_quality
 
-    if codebook_size is not None and codebook_size < 1:
-        raise ValueError(f"--codebook-size must be at least 1, got {codebook_size}")
+    if codebook_size is not None and codebook_size < 2:  # as SemanticIdConfig: one code per level tells nothing apart
+        raise ValueError(f"--codebook-size must be at least 2, got {codebook_size}")
     rows = read_code_rows(path)
     if not rows:
         raise ValueError(f"{path}: no rows of codes")

@@ -4,14 +4,16 @@ seconds; metadata lines of JSON or, in 2014, Python dict literals with ``asin`` 
 ``parent_asin`` and ``title``). Either file may be gzipped.
 
 Each reader fills the table ``raw`` of :mod:`bearrec.data.pipeline` and returns the items of reviewed products
-(``item_id, title, _line``). duckdb reads the files as a stream; a file it cannot read plainly, or with a value
-the checks below find suspect, is read by the Python reader, which words the error (:mod:`bearrec.data.streams`).
+(``item_id, title, _line``). duckdb reads the files as a stream; a reviews file it cannot read plainly is read by
+the Python reader, which words the error, and in one it reads, only the rows the checks below suspect are read
+again in Python (:mod:`bearrec.data.streams`). A metadata file with a suspect id is read by the Python reader.
 A metadata dump covers a whole category: only the lines of reviewed items are checked (in ``amazon`` the lines
 whose ``asin`` a regex sees as unreviewed are not even parsed, as before).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -19,9 +21,9 @@ import pandas as pd
 
 from bearrec.checks import short
 from bearrec.data.dataset import DataError
-from bearrec.data.engine import Steps
+from bearrec.data.engine import Steps, table_rows
 from bearrec.data.parsing import _field, _id_field, _meta_asin, _unix_seconds, _unix_time, read_json_lines
-from bearrec.data.streams import VISIBLE, load_json_lines
+from bearrec.data.streams import NONBLANK, chunks, differing, load_json_lines, raw_from_frame, rewrite_raw, sql_ident
 
 MAX_UNIX_MILLIS = 10**14  # year 5138 in milliseconds; Amazon 2023 timestamps are about 1.6e12
 
@@ -35,8 +37,8 @@ META_ID = {"amazon": "asin", "amazon2023": "parent_asin"}
 
 
 def _id_ok(column: str) -> str:
-    """SQL: the JSON value is an id the Python reader reads the same way (a visible string or a plain integer)."""
-    return (f"((json_type({column}) = 'VARCHAR' AND regexp_matches({column} ->> '$', '{VISIBLE}')) OR "
+    """SQL: the JSON value is an id the Python reader reads the same way (a non-blank string or a plain integer)."""
+    return (f"((json_type({column}) = 'VARCHAR' AND regexp_matches({column} ->> '$', {NONBLANK})) OR "
             f"(json_type({column}) IN ('BIGINT', 'UBIGINT') AND regexp_full_match({column}::VARCHAR, '0|-?[1-9][0-9]*')))")
 
 
@@ -49,22 +51,9 @@ def _time_ok(column: str, digits: int) -> str:
 
 def load(con: duckdb.DuckDBPyConnection, fmt: str, reviews: Path, meta: Path, steps: Steps) -> pd.DataFrame:
     """Fill ``raw`` from the reviews and return the reviewed items of the metadata (see the module docstring)."""
-    user, item, stamp, digits = REVIEW_FIELDS[fmt]
     with steps.step(f"reading {reviews.name}", con):
-        fast = load_json_lines(con, reviews, "reviews_json", (user, item, stamp))
-        if fast:
-            ok = f"{_id_ok(_q(user))} AND {_id_ok(_q(item))} AND {_time_ok(_q(stamp), digits)}"
-            # at most `digits` digits: below 1e11 s (amazon) and 1e14 ms (amazon2023), the Python readers' bounds
-            bad = con.execute(f"SELECT count(*) FILTER (WHERE NOT coalesce({ok}, false)), count(*) FROM reviews_json").fetchall()[0]
-            fast = bad[0] == 0 and bad[1] > 0
-        if fast:
-            con.execute(f"""CREATE TABLE raw AS SELECT {_q(user)} ->> '$' AS user, {_q(item)} ->> '$' AS item,
-                ({_q(stamp)} ->> '$')::DOUBLE AS ts, rowid + 1 AS line FROM reviews_json""")
-        else:
-            con.register("raw_frame", _python_reviews(fmt, reviews))
-            con.execute("CREATE TABLE raw AS SELECT user, item, ts::DOUBLE AS ts, line FROM raw_frame")
-            con.unregister("raw_frame")
-        con.execute("DROP TABLE IF EXISTS reviews_json")
+        if not _load_reviews(con, fmt, reviews):  # duckdb cannot read it plainly, or it is empty: the Python reader
+            raw_from_frame(con, _python_reviews(fmt, reviews))  # reads it or words its error
     with steps.step(f"reading {meta.name}", con):
         items = _fast_meta(con, fmt, meta)
         if items is None:
@@ -73,8 +62,36 @@ def load(con: duckdb.DuckDBPyConnection, fmt: str, reviews: Path, meta: Path, st
     return items
 
 
-def _q(name: str) -> str:
-    return '"' + name + '"'
+def _load_reviews(con: duckdb.DuckDBPyConnection, fmt: str, path: Path) -> bool:
+    """``raw`` from the reviews as duckdb reads them, in one pass over the file; ``False`` (no table) when it cannot
+    read them plainly. The rows the SQL checks suspect (an id or time the Python reader might refuse or read
+    otherwise, such as a time written 1e9) are read again in Python from their JSON values, in file order and a
+    chunk at a time: the first bad one raises its one-line error, and the values Python reads otherwise are
+    rewritten in ``raw``."""
+    *names, digits = REVIEW_FIELDS[fmt]
+    user, item, stamp = map(sql_ident, names)
+    # at most `digits` digits: below 1e11 s (amazon) and 1e14 ms (amazon2023), the Python readers' bounds
+    suspect = f"NOT coalesce({_id_ok(user)} AND {_id_ok(item)} AND {_time_ok(stamp, digits)}, false)"
+    kept = ", ".join(f"CASE WHEN {suspect} THEN {column}::VARCHAR END AS {name}_json"  # JSON text of suspects only
+                     for column, name in ((user, "user"), (item, "item"), (stamp, "time")))
+    select = (f"{user} ->> '$' AS user, {item} ->> '$' AS item, TRY_CAST({stamp} ->> '$' AS DOUBLE) AS ts, "
+              f"{suspect} AS suspect, {kept}")
+    if not load_json_lines(con, path, "reviews", tuple(names), select) or not table_rows(con, "reviews"):
+        con.execute("DROP TABLE IF EXISTS reviews")
+        return False
+    con.execute("CREATE TABLE raw AS SELECT user, item, ts, rowid + 1 AS line FROM reviews")
+    con.execute("CREATE TABLE suspects AS SELECT * EXCLUDE (suspect), rowid + 1 AS line FROM reviews WHERE suspect")
+    con.execute("DROP TABLE reviews")
+    fixes = []
+    for chunk in chunks(con, "SELECT * FROM suspects ORDER BY line"):
+        records = zip(*(chunk[f"{field}_json"].map(lambda v: None if pd.isna(v) else json.loads(v))
+                        for field in ("user", "item", "time")))
+        lines = chunk["line"].to_numpy()
+        rows = [_review(fmt, dict(zip(names, values)), path, int(line)) for values, line in zip(records, lines)]
+        fixes.append(differing(pd.DataFrame(rows, columns=["user", "item", "ts"]).assign(line=lines), chunk))
+    con.execute("DROP TABLE suspects")
+    rewrite_raw(con, fixes, path, names[2])
+    return True
 
 
 def _fast_meta(con: duckdb.DuckDBPyConnection, fmt: str, meta: Path) -> pd.DataFrame | None:
@@ -82,7 +99,7 @@ def _fast_meta(con: duckdb.DuckDBPyConnection, fmt: str, meta: Path) -> pd.DataF
     key = META_ID[fmt]
     if not load_json_lines(con, meta, "meta_json", (key, "title")):
         return None
-    k = _q(key)
+    k = sql_ident(key)
     # The lines the Python reader parses: those whose id is not a plain string (it words their error) and those
     # of reviewed items. In `amazon` a regex finds the asin in the raw line, so the id must read the same raw.
     plain = f"json_type({k}) = 'VARCHAR' AND regexp_full_match({k} ->> '$', '[^\"''\\\\]*')"
@@ -90,7 +107,7 @@ def _fast_meta(con: duckdb.DuckDBPyConnection, fmt: str, meta: Path) -> pd.DataF
         plain += f" AND {k}::VARCHAR = '\"' || ({k} ->> '$') || '\"'"
     try:
         con.execute(f"""CREATE TABLE meta_rows AS SELECT {k} AS id, title, rowid + 1 AS line FROM meta_json
-            WHERE NOT coalesce({plain}, false) OR ({k} ->> '$') IN (SELECT item FROM raw)""")
+            WHERE NOT coalesce({plain}, false) OR ({k} ->> '$') IN (SELECT DISTINCT item FROM raw)""")
         bad, rows = con.execute(f"""SELECT count(*) FILTER (WHERE NOT coalesce({_id_ok('id')} AND
             (title IS NULL OR json_type(title) IN ('VARCHAR', 'NULL')), false)), count(*) FROM meta_rows""").fetchall()[0]
         if bad or not rows:
@@ -106,20 +123,26 @@ def _fast_meta(con: duckdb.DuckDBPyConnection, fmt: str, meta: Path) -> pd.DataF
 # ---------------------------------------------------------------------------------- the Python readers
 def _python_reviews(fmt: str, path: Path) -> pd.DataFrame:
     """Reviews read line by line in Python: the reference, which words every error (file, row, field)."""
-    user_key, item_key, stamp_key, _ = REVIEW_FIELDS[fmt]
     users, items, times, lines = [], [], [], []
     for line, record in read_json_lines(path):
-        user, item = (_id_field(record, key, path, line) for key in (user_key, item_key))
-        value = _field(record, stamp_key, path, line)
-        times.append(_unix_seconds(value, path, line, stamp_key) if fmt == "amazon"
-                     else _unix_millis(value, path, line, stamp_key))
+        user, item, time = _review(fmt, record, path, line)
         users.append(user)
         items.append(item)
+        times.append(time)
         lines.append(line)
     if not users:
         raise DataError(path, "no reviews: the file holds no JSON line")
     return pd.DataFrame({"user": pd.Series(users, dtype=object), "item": pd.Series(items, dtype=object),
                          "ts": pd.Series(times, dtype="float64"), "line": pd.Series(lines, dtype="int64")})
+
+
+def _review(fmt: str, record: dict, path: Path, line: int) -> tuple[str, str, int]:
+    """(user, item, time) of one review record, or the one-line error of its first bad field."""
+    user_key, item_key, stamp_key, _ = REVIEW_FIELDS[fmt]
+    user, item = (_id_field(record, key, path, line) for key in (user_key, item_key))
+    value = _field(record, stamp_key, path, line)
+    time = _unix_seconds(value, path, line, stamp_key) if fmt == "amazon" else _unix_millis(value, path, line, stamp_key)
+    return user, item, time
 
 
 def _python_meta(fmt: str, path: Path, reviewed: set[str]) -> pd.DataFrame:

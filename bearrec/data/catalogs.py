@@ -11,10 +11,9 @@ import duckdb
 import pandas as pd
 
 from bearrec.data.cleaning import refuse_duplicate_ids
-from bearrec.data.dataset import DataError
 from bearrec.data.parsing import _ID_ALIASES, read_csv
-from bearrec.data.streams import load_parquet
-from bearrec.data.tables import _recbole_name, read_plain
+from bearrec.data.streams import load_parquet, sql_ident
+from bearrec.data.tables import _recbole_name, read_plain, require_columns
 
 # format -> (other names of the id column, of the title column)
 ALIASES = {
@@ -28,26 +27,23 @@ def read_items(con: duckdb.DuckDBPyConnection, fmt: str, path: Path) -> pd.DataF
     """The items of ``path`` in file order; refuses empty and repeated ids (file, row, field)."""
     id_aliases, title_aliases = ALIASES[fmt]
     if path.suffix == ".parquet":
-        columns = load_parquet(con, path, "items_parquet")
-        frame = con.execute("SELECT * EXCLUDE (file_row_number) FROM items_parquet ORDER BY line").df()
+        types = load_parquet(con, path, "items_parquet")
+        source = {name: name for name in types}  # the format's name -> the file's column
+        source.update({c: a for a, c in {**id_aliases, **title_aliases}.items() if a in types and c not in types})
+        require_columns(source, ("item", "title"), path, f"columns: {','.join(types)}")
+        frame = con.execute(f"""SELECT {sql_ident(source["item"])} AS item, {sql_ident(source["title"])} AS title,
+            rowid + 1 AS _line FROM items_parquet ORDER BY rowid""").df()
         con.execute("DROP TABLE items_parquet")
-        frame = frame.rename(columns={"line": "_line"})
-        frame = _renamed(frame, {**id_aliases, **title_aliases})
         for column in ("item", "title"):
-            if column not in frame.columns:
-                raise DataError(path, f"missing column (columns: {','.join(columns)})", field=column)
-        frame["item"] = frame["item"].map(lambda v: "" if pd.isna(v) else str(v)).astype(object)
-        frame["title"] = frame["title"].map(lambda v: "" if pd.isna(v) else str(v)).astype(object)
+            frame[column] = frame[column].map(lambda v: "" if pd.isna(v) else str(v)).astype(object)
     elif fmt == "movielens" and path.suffix != ".csv" and not path.name.endswith(".csv.gz"):
         frame = read_plain(path, ("item", "title", "genres"), "::", "latin-1")
     elif fmt == "recbole":
         frame = read_plain(path, None, "\t", "utf-8")
         frame = frame.rename(columns={c: _recbole_name(c) for c in frame.columns})
         frame = _renamed(frame, {**id_aliases, **title_aliases})
-        for column in ("item", "title"):
-            if column not in frame.columns:
-                header = ",".join(c for c in frame.columns if c != "_line")
-                raise DataError(path, f"missing column (header: {header})", row=1, field=column)
+        header = ",".join(c for c in frame.columns if c != "_line")
+        require_columns(frame.columns, ("item", "title"), path, f"header: {header}", row=1)
     else:
         aliases = _ID_ALIASES if fmt == "interactions" else {**id_aliases, **title_aliases}
         frame = read_csv(path, ("item", "title"), aliases)

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import duckdb
 
-MEMORY_ENV = "BEARREC_PREPARE_MEMORY"  # duckdb's own buffers (default 1536MB); it spills beyond them
+MEMORY_ENV = "BEARREC_PREPARE_MEMORY"  # duckdb's own buffers (default 1GB); it spills beyond them
 
 
 def memory_limit() -> str:
-    """duckdb's ``memory_limit`` from ``$BEARREC_PREPARE_MEMORY`` (default 1536MB), checked: a size such as 800MB
+    """duckdb's ``memory_limit`` from ``$BEARREC_PREPARE_MEMORY`` (default 1GB), checked: a size such as 800MB
     or 4GB."""
-    value = os.environ.get(MEMORY_ENV, "1536MB").strip()
+    value = os.environ.get(MEMORY_ENV, "1GB").strip()
     if not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", value, flags=re.IGNORECASE):
         raise ValueError(f"{MEMORY_ENV} must be a size such as 800MB or 4GB, got {value!r}")
     return value

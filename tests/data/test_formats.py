@@ -237,6 +237,9 @@ def test_cli_prepares_each_format(tmp_path: Path) -> None:
             assert [list(h) for h in ds.splits["test"]["history"]] == [EXPECTED["test"][0][1]], fmt
     codes = RecDataset.load(tmp_path / "out-lcrec").items["codes"].map(list).tolist()
     assert codes == [[1, 1], [2, 2], [0, 3], [1, 4]]  # A B C D: <a_n%3>, <b_n>, n their place in TITLES
+    both = run_cli("prepare", "lcrec", *commands["lcrec"], "--semantic-ids", "build", "--out", tmp_path / "both")
+    assert both.exit_code == 2 and "Office.index.json: lcrec's index file is the semantic IDs" in both.output
+    assert not (tmp_path / "both").exists()
 
 
 def test_files_without_times_split_leave_one_out(tmp_path: Path) -> None:

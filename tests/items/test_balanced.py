@@ -40,6 +40,11 @@ def test_centroid_means_and_balanced_kmeans():
     x = np.array([[0.0, 0.0], [2.0, 0.0], [5.0, 5.0]], dtype=np.float32)
     means = centroid_means(x, np.array([0, 0, 2]), 3, np.full((3, 2), 9.0, dtype=np.float32))
     assert means.tolist() == [[1.0, 0.0], [9.0, 9.0], [5.0, 5.0]]  # centroid 1 has no point: kept
+    rng = np.random.default_rng(0)
+    z, labels = rng.normal(size=(3000, 70)).astype(np.float32), rng.integers(0, 40, 3000)
+    sums = np.stack([np.bincount(labels, weights=z[:, j], minlength=41) for j in range(70)], 1)  # the float64 sums
+    want = sums[:40] / np.bincount(labels, minlength=40)[:, None]
+    assert np.array_equal(centroid_means(z, labels, 41, np.zeros((41, 70)))[:40], want.astype(np.float32))
     y = clustered_embeddings(2000, dim=16, seed=5)
     labels, centroids = balanced_kmeans(y, y[:20].copy())
     assert np.bincount(labels, minlength=20).max() <= 100 and centroids.shape == (20, 16)

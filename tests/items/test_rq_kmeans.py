@@ -79,11 +79,9 @@ def test_spread_last_level_gives_a_group_distinct_nearest_free_codes():
     residual = np.array([[0.1, 0.0], [0.0, 0.1], [0.9, 0.0], [0.0, 0.0]], dtype=np.float32)
     prefix = np.array([[0], [0], [0], [1]])
     labels = np.array([0, 0, 1, 0])  # items 0 and 1 (group 0) share code 0; item 3 is alone in group 1
-    spread = spread_last_level(residual, centroids, prefix, labels, cap=4)
+    spread = spread_last_level(residual, centroids, prefix, labels)
     assert spread.tolist() == [0, 2, 1, 0]  # item 1 moves to its nearest code no other group member takes
-    full = spread_last_level(residual, centroids, prefix, labels, cap=1)  # code 0 full: group 1 holds it
-    assert full[3] == 0 and len(set(full[:3].tolist())) == 3 and 0 not in full[:3]
-    crowded = spread_last_level(residual[:3], centroids[:2], prefix[:3], np.array([0, 0, 1]), cap=3)
+    crowded = spread_last_level(residual[:3], centroids[:2], prefix[:3], np.array([0, 0, 1]))
     assert crowded.tolist() == [0, 0, 1]  # 3 items, 2 codes: left to the disambiguation level
 
 

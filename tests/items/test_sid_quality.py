@@ -25,6 +25,7 @@ def test_report_counts_shared_items_utilisation_entropy_and_the_largest_code():
     uniform = level_quality(np.arange(8) % 4, 4)
     assert uniform["normalised_entropy"] == pytest.approx(1.0) and uniform["utilisation"] == 1.0
     assert level_quality(np.array([2, 2]))["codebook_size"] == 3  # unknown K: largest code + 1
+    assert level_quality(np.array([], dtype=np.int64))["codes_used"] == 0  # no items: no code, no error
     assert sid_quality(np.array([[0], [1]]))["items_sharing_codes"] == 0
 
 
@@ -61,6 +62,8 @@ def test_sids_report_command_table_json_and_errors(tmp_path):
     assert result.exit_code == 2 and "row 3, field 'codes'" in result.output
     small = runner.invoke(app, ["sids", "report", str(path), "--codebook-size", "2"])
     assert small.exit_code == 2 and "holds code 3" in small.output
+    one = runner.invoke(app, ["sids", "report", str(path), "--codebook-size", "1"])
+    assert one.exit_code == 2 and "--codebook-size must be at least 2, got 1" in one.output
 
 
 @pytest.mark.skipif(not (SHARED / "office" / "semantic_ids.csv").is_file(), reason=f"real data not found at {SHARED}")
