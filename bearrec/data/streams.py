@@ -74,8 +74,9 @@ def scan_lines(path: Path) -> tuple[int, bool]:
     with opener(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
             lf += chunk.count(b"\n")
-            cr += chunk.count(b"\r")
-            crlf += chunk.count(b"\r\n") + (last == b"\r" and chunk[:1] == b"\n")
+            crs = chunk.count(b"\r")  # most files have none: then no CRLF to count either
+            cr += crs
+            crlf += (crs and chunk.count(b"\r\n")) + (last == b"\r" and chunk[:1] == b"\n")
             last, size = chunk[-1:], size + len(chunk)
     return lf + cr - crlf + (size > 0 and last not in (b"\n", b"\r")), cr != crlf
 
