@@ -102,12 +102,14 @@ def test_no_import_cycles():
 LAZY_IMPORTS = {
     "bearrec/__init__.py": {"bearrec.api"},  # the lazy public API: `import bearrec` loads no torch
     # `bearrec prepare --semantic-ids FILE` imports semantic_ids in 0.3 s: the k-means backends (faiss or sklearn,
-    # optional extra semantic-ids, +0.8 s), scipy's assignment solver for balanced codes, and the title encoder
+    # optional extra semantic-ids, +0.8 s), scipy (the assignment solver of the unique last level, the sparse one-hot
+    # of balanced codes' centroid means), and the title encoder
     # (torch, transformers and bearrec.lm.models, +3.6 s) load only where `--semantic-ids build` needs them
     "bearrec/items/semantic_ids.py": {"transformers"},
     "bearrec/items/embeddings.py": {"torch", "transformers", "bearrec.lm.models"},
     "bearrec/items/kmeans.py": {"faiss", "sklearn"},
     "bearrec/items/rq_kmeans.py": {"scipy"},
+    "bearrec/items/balanced.py": {"scipy"},
     "bearrec/lm/models.py": {"gguf"},  # optional extra smollm2: absent without it
     "bearrec/evaluation/report.py": {"matplotlib"},  # figures only (+0.4 s over the tables)
     "bearrec/training/tracking.py": {"mlflow", "wandb"},  # optional extra tracking, and wandb: only where report_to asks
