@@ -212,8 +212,8 @@ def _k_core(con: duckdb.DuckDBPyConnection, k: int) -> None:
 
 
 def _examples(con: duckdb.DuckDBPyConnection, history_len: int, split: str) -> Splits:
-    """Table ``windows``: one row per position >= 2 of each user's sequence (``user_id, history, target``, and what
-    orders and splits them); returns each split's query. The wide rows (histories) are sorted once, as each split is
+    """Table ``windows``: one row per position >= 2 of each user's sequence (the user's code, ``history, target``,
+    and what orders and splits them); returns each split's query (``user_id, history, target``). The wide rows (histories) are sorted once, as each split is
     written: the time split's global order is a narrow table ``ranks(line, k)``, leave-one-out's the user's first
     line and the position."""
     if history_len <= MAX_LAGS:
@@ -222,15 +222,16 @@ def _examples(con: duckdb.DuckDBPyConnection, history_len: int, split: str) -> S
     else:
         history = (f"list(c.item) OVER (PARTITION BY c.u ORDER BY c.ts, c.line ROWS BETWEEN {history_len} "
                    "PRECEDING AND 1 PRECEDING)")
+    # Users stay codes here: their text, a hash table as large as the user base, is joined as each split is written
+    # (with it inside the window, 10^8 interactions ran out of a 1 GB memory limit).
     con.execute(f"""CREATE TABLE windows AS
-        SELECT c.user AS user_id, {history} AS history, c.item AS target, c.ts, c.line, f.first_line, f.n,
-               row_number() OVER w AS pos
-        FROM (core JOIN item_codes USING (i) JOIN user_codes USING (u)) c
-            JOIN (SELECT u, min(line) AS first_line, count(*) AS n FROM core GROUP BY u) f USING (u)
+        SELECT c.u, {history} AS history, c.item AS target, c.ts, c.line, min(c.line) OVER (PARTITION BY c.u)
+               AS first_line, count(*) OVER (PARTITION BY c.u) AS n, row_number() OVER w AS pos
+        FROM (core JOIN item_codes USING (i)) c
         WINDOW w AS (PARTITION BY c.u ORDER BY c.ts, c.line)
         QUALIFY pos >= 2""")
-    con.execute("DROP TABLE core; DROP TABLE item_codes; DROP TABLE user_codes")  # windows has what they held
-    columns = "SELECT user_id, history, target FROM windows"
+    con.execute("DROP TABLE core; DROP TABLE item_codes")  # windows has what they held
+    columns = "SELECT user_codes.user AS user_id, history, target FROM windows JOIN user_codes USING (u)"
     if split == "leave-one-out":  # per user: the last example test, the one before valid, the rest train
         where = {"train": "n - pos >= 2", "valid": "n - pos = 1", "test": "n - pos = 0"}
         counts = con.execute(f"SELECT {', '.join(f'count(*) FILTER (WHERE {w})' for w in where.values())} "

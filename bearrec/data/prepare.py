@@ -19,7 +19,7 @@ from bearrec.data.amazon import load as load_amazon
 from bearrec.data.catalogs import read_items, register_ids
 from bearrec.data.config import RAW_FORMATS, PrepareConfig
 from bearrec.data.dataset import DataError, RecDataset
-from bearrec.data.engine import MEMORY_ENV, Steps, scratch_database
+from bearrec.data.engine import MEMORY_ENV, Steps, fit_memory, scratch_database, table_rows
 from bearrec.data.lcrec import load_interactions as load_lcrec
 from bearrec.data.lcrec import read_items as read_lcrec_items
 from bearrec.data.pipeline import Prepared, build
@@ -35,6 +35,7 @@ def prepared(config: PrepareConfig, steps: Steps) -> Iterator[Prepared]:
     with scratch_database() as con:
         try:
             items, items_path, timed = _load(con, config, steps)
+            fit_memory(con, table_rows(con, "raw"))
             if config.split == "time" and not timed:
                 raise DataError(config.inputs[0], "has no times: a time split would cut the users in file order, not "
                                                   "by time; use --split leave-one-out", field="split")
