@@ -23,6 +23,7 @@ import pytest
 import torch
 from reference import hf_beam_search, item_token_log_probs, prefix_scores, tie_free
 from safetensors.torch import load_file
+from training_helpers import crash_after_saving
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from bearrec.config import ExperimentConfig, TrainConfig, load_config
@@ -801,30 +802,6 @@ def test_training_saves_what_changed_and_loads_bit_identically(
         )
 
 
-def _crash_after_first_epoch(config, out: Path) -> None:
-    """train_run that dies right after saving epoch 1's checkpoint (as tests/training/test_train.py does)."""
-    from transformers import TrainerCallback
-
-    import bearrec.training.trainer as train_module
-    from bearrec.runs import train_run
-
-    class Crash(Exception):
-        pass
-
-    class CrashOnSave(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if round(state.epoch) == 1:
-                raise Crash
-
-    original = train_module.EpochLog
-    train_module.EpochLog = type("CrashingEpochLog", (original, CrashOnSave), {})
-    try:
-        with pytest.raises(Crash):
-            train_run(config, out)
-    finally:
-        train_module.EpochLog = original
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["trainable-tokens", "only-new-rows"])
 def test_resume_reaches_the_uninterrupted_weights(sid_data, pretrained, tmp_path, mode):
@@ -841,7 +818,7 @@ def test_resume_reaches_the_uninterrupted_weights(sid_data, pretrained, tmp_path
         **{"train.epochs": 2, "train.select_best": False, "train.alignment_ratio": 0.5},
     )
     full = train_run(config, tmp_path / "full")
-    _crash_after_first_epoch(config, tmp_path / "crashed")
+    crash_after_saving(config, tmp_path / "crashed", epoch=1)
     assert not (tmp_path / "crashed" / "model").exists()
     resumed = train_run(None, tmp_path / "crashed", resume=True)
     assert resumed["global_step"] == full["global_step"] == 6

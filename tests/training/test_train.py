@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 import yaml
+from training_helpers import crash_after_saving
 
 from bearrec.config import ExperimentConfig, TrainConfig, load_config
 from bearrec.data.synthetic import SyntheticConfig, generate_synthetic
@@ -29,9 +30,16 @@ def _config(data_dir, **train):
 
 def test_yaml_config_and_overrides(tmp_path):
     path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump({"model": "tiny", "train": {"objective": "bear", "epochs": 4}, "bear": {"weight": 0.5}}))
+    path.write_text(
+        yaml.safe_dump({"model": "tiny", "train": {"objective": "bear", "epochs": 4}, "bear": {"weight": 0.5}})
+    )
     config = load_config(path, ["train.epochs=7", "bear.temperature=2.5", "beam_sim.surrogate=softplus"])
-    assert (config.train.objective, config.train.epochs, config.bear.weight, config.bear.temperature) == ("bear", 7, 0.5, 2.5)
+    assert (config.train.objective, config.train.epochs, config.bear.weight, config.bear.temperature) == (
+        "bear",
+        7,
+        0.5,
+        2.5,
+    )
     assert config.beam_sim.surrogate == "softplus" and config.learning_rate == 1e-3 and not config.use_lora
     config.save(tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == config
@@ -55,34 +63,10 @@ def test_best_checkpoint_selection_and_logs(data_dir, tmp_path):
     assert list((tmp_path / "run" / "checkpoints" / "runs").rglob("events.out.tfevents*")), "TensorBoard logs"
 
 
-def _crash_after_saving(config, out, epoch: int) -> None:
-    """Train ``config`` into ``out`` and crash right after the checkpoint of ``epoch`` is saved, as a kill there
-    would leave the run folder."""
-    from transformers import TrainerCallback
-
-    import bearrec.training.trainer as train_module
-
-    class Crash(Exception):
-        pass
-
-    class CrashOnSave(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if round(state.epoch) == epoch:
-                raise Crash
-
-    original = train_module.EpochLog
-    train_module.EpochLog = type("CrashingEpochLog", (original, CrashOnSave), {})
-    try:
-        with pytest.raises(Crash):
-            train_run(config, out)
-    finally:
-        train_module.EpochLog = original
-
-
 @pytest.mark.slow
 def test_resume_after_crash_reaches_the_same_metrics(data_dir, tmp_path):
     full = train_run(_config(data_dir, select_best=False), tmp_path / "full")
-    _crash_after_saving(_config(data_dir, select_best=False), tmp_path / "crashed", epoch=1)
+    crash_after_saving(_config(data_dir, select_best=False), tmp_path / "crashed", epoch=1)
     run = tmp_path / "crashed"
     per_epoch = full["global_step"] // 2
     assert last_checkpoint(run / "checkpoints").endswith(f"checkpoint-{per_epoch}") and not (run / "model").exists()
@@ -131,7 +115,7 @@ def test_resume_with_sampled_negatives_reaches_identical_weights(data_dir, tmp_p
     config = _config(data_dir, objective="apao-pairwise", select_best=False)
     config.apao.num_negatives = 4
     train_run(config, tmp_path / "full")
-    _crash_after_saving(config, tmp_path / "crashed", epoch=1)
+    crash_after_saving(config, tmp_path / "crashed", epoch=1)
     assert list((tmp_path / "crashed" / "checkpoints").glob("checkpoint-*/collator_rng*.pth"))
     train_run(None, tmp_path / "crashed", resume=True)
     full, resumed = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("full", "crashed"))
@@ -151,12 +135,18 @@ def test_t5_resume_reaches_identical_weights(data_dir, tmp_path):
     from bearrec.config import TinyConfig
 
     config = _config(data_dir, select_best=False)
-    config.tiny = TinyConfig(architecture="t5", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                             num_attention_heads=2, head_size=16)
+    config.tiny = TinyConfig(
+        architecture="t5",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        head_size=16,
+    )
     # on the library's own logger, which does not propagate to pytest's capture
     with CaptureLogger(transformers.logging.get_logger("transformers")) as logged:
         train_run(config, tmp_path / "full")
-        _crash_after_saving(config, tmp_path / "crashed", epoch=1)
+        crash_after_saving(config, tmp_path / "crashed", epoch=1)
         train_run(None, tmp_path / "crashed", resume=True)
     assert "missing keys" not in logged.out and "PAD/BOS/EOS" not in logged.out
     full, resumed = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("full", "crashed"))
@@ -172,7 +162,7 @@ def test_resume_keeps_the_early_stopping_count(data_dir, tmp_path):
     config = _config(data_dir, epochs=6, lr=1e-12, patience=2, save_total_limit=10)
     full = train_run(config, tmp_path / "full")
     assert len(full["epochs"]) == 3
-    _crash_after_saving(config, tmp_path / "crashed", epoch=2)  # its checkpoint holds an early-stopping count of 1
+    crash_after_saving(config, tmp_path / "crashed", epoch=2)  # its checkpoint holds an early-stopping count of 1
     resumed = train_run(None, tmp_path / "crashed", resume=True)
     assert [e["epoch"] for e in resumed["epochs"]] == [e["epoch"] for e in full["epochs"]] == [1, 2, 3]
     assert resumed["global_step"] == full["global_step"]
@@ -219,8 +209,9 @@ def test_training_runs_in_the_configured_denormal_mode(data_dir, tmp_path, monke
     assert seen == [True, False]
 
 
-@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[2] / "configs").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((__import__("pathlib").Path(__file__).parents[2] / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_shipped_configs_load(path):
     config = load_config(path)
     assert config.train.objective in ("sft", "bear", "beam-sim")
@@ -238,8 +229,11 @@ def test_lora_on_a_pretrained_folder_trains_saves_and_reloads(data_dir, tmp_path
     base = tmp_path / "base"
     build_tiny_model(tokenizer).save_pretrained(base)
     tokenizer.save_pretrained(base)
-    config = ExperimentConfig(data=str(data_dir), model=str(base),
-                              train=TrainConfig(epochs=1, batch_size=16, valid_users=10, objective="bear"))
+    config = ExperimentConfig(
+        data=str(data_dir),
+        model=str(base),
+        train=TrainConfig(epochs=1, batch_size=16, valid_users=10, objective="bear"),
+    )
     assert config.use_lora and config.learning_rate == 1e-4
     log = train_run(config, tmp_path / "run")
     assert log["parameters"]["trainable"] < log["parameters"]["total"] / 5
@@ -304,7 +298,9 @@ def test_a_nonfinite_step_is_skipped_and_diagnosed(data_dir, tmp_path, monkeypat
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("nan_probe", Path(__file__).parents[2] / "benchmarks/gpu/nan_probe.py")
+    spec = importlib.util.spec_from_file_location(
+        "nan_probe", Path(__file__).parents[2] / "benchmarks/gpu/nan_probe.py"
+    )
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
     report = probe.main(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "probe")])
