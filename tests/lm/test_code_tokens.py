@@ -85,15 +85,20 @@ def _tiny_config() -> TinyConfig:
     return TinyConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
 
 
+def _saved(model, tokenizer, tmp_path_factory, name: str) -> Path:
+    """``model`` and ``tokenizer`` saved as one Hugging Face folder (a fixture's pretrained model)."""
+    folder = tmp_path_factory.mktemp("pretrained") / name
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def pretrained(sid_data, tmp_path_factory) -> Path:
     """A tiny Llama (tied embedding and output layer) and its byte-level BPE tokenizer as a Hugging Face folder."""
     ds = RecDataset.load(sid_data)
     model, tokenizer = tiny_model_for(ds.titles + [INSTRUCTION], _tiny_config(), seed=1)
-    folder = tmp_path_factory.mktemp("pretrained") / "tied"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _saved(model, tokenizer, tmp_path_factory, "tied")
 
 
 @pytest.fixture(scope="module")
@@ -115,10 +120,7 @@ def untied(pretrained, tmp_path_factory) -> Path:
             eos_token_id=tokenizer.eos_token_id,
         )
     )
-    folder = tmp_path_factory.mktemp("pretrained") / "untied"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _saved(model, tokenizer, tmp_path_factory, "untied")
 
 
 @pytest.fixture(scope="module")
@@ -129,10 +131,7 @@ def spare_rows(pretrained, tmp_path_factory) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(pretrained)
     torch.manual_seed(3)
     model.resize_token_embeddings(len(tokenizer) + 8, mean_resizing=False)
-    folder = tmp_path_factory.mktemp("pretrained") / "spare"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _saved(model, tokenizer, tmp_path_factory, "spare")
 
 
 @pytest.fixture(params=["tied", "untied"])
