@@ -53,12 +53,12 @@ class ItemSpace:
             template = CodePrompt()
         else:
             template = CodeInstructionPrompt(dataset.domain)
-            shown = dataset.titled if sid_prompt == "instruction-titles" else [False] * len(texts)
-            if sid_prompt == "instruction-titles" and not any(shown):
-                raise ValueError("code_tokens.prompt: instruction-titles shows titles, and this catalog has none "
-                                 "(use instruction)")
-            history = [history_line(c, (t if s else "") if sid_prompt == "instruction-titles" else None)
-                       for c, t, s in zip(texts, dataset.titles, shown)]
+            if sid_prompt == "instruction-titles":  # (instruction: the history is the codes alone, as the answers)
+                titled = dataset.titled
+                if not any(titled):
+                    raise ValueError("code_tokens.prompt: instruction-titles shows titles, and this catalog has none "
+                                     "(use instruction)")
+                history = [history_line(c, t if has else "") for c, t, has in zip(texts, dataset.titles, titled)]
         encoder = PromptEncoder(tokenizer, texts, template, max_prompt_tokens, chat_template=chat_template,
                                 history_texts=history)
         return cls(tokenizer, encoder, catalog_trie(encoder.answers, tokenizer.eos_token_id))
