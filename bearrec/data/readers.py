@@ -98,8 +98,6 @@ from bearrec.data.cleaning import (
 from bearrec.data.config import PrepareConfig
 from bearrec.data.dataset import SPLITS, DataError, RecDataset
 from bearrec.data.parsing import read_csv
-from bearrec.data.prepare import read_raw
-
 PathLike = str | os.PathLike
 
 
@@ -110,6 +108,8 @@ def read_dataset(config: PrepareConfig) -> RecDataset:
     if config.format == "processed":
         return read_processed(config.inputs[0], domain=config.domain, strict=config.strict,
                               keep_untitled=config.keep_untitled)
+    from bearrec.data.prepare import read_raw  # lazy: only raw formats need duckdb (a GPU image may lack it)
+
     return read_raw(config)
 
 
