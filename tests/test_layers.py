@@ -112,6 +112,9 @@ LAZY_IMPORTS = {
     "bearrec/lm/models.py": {"gguf"},  # optional extra smollm2: absent without it
     "bearrec/evaluation/report.py": {"matplotlib"},  # figures only (+0.4 s over the tables)
     "bearrec/training/tracking.py": {"mlflow", "wandb"},  # optional extra tracking, and wandb: only where report_to asks
+    # the duckdb pipeline only where a raw format is read: training and evaluation run where duckdb is not
+    # installed (the GPU image has none; docs/gpu.md, the H200 lease)
+    "bearrec/data/readers.py": {"bearrec.data.prepare"},
 }
 LAZY_FOLDERS = {"cli"}
 
@@ -175,3 +178,16 @@ def test_the_command_line_help_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_training_and_evaluation_import_no_duckdb():
+    """A prepared dataset is trained on and evaluated without duckdb, which only ``bearrec prepare`` of a raw format
+    needs: the GPU image lacks it, and the lease's first call failed on that import (docs/gpu.md)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import bearrec.cli, bearrec.data, bearrec.runs, bearrec.evaluation.evaluate, "
+            "bearrec.training.trainer; print('duckdb' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

