@@ -183,7 +183,7 @@ class RecTrainer(Trainer):
 
     def _reset_parts(self) -> None:
         self._parts = {"sft": 0.0, "reg": 0.0, "violated": 0.0, "seen": 0, "batches": 0, "skipped": 0, "align": 0.0,
-                       "steps": 0}
+                       "align_batches": 0}
         self._since = time.perf_counter()
 
     def _logging_step(self) -> bool:
@@ -219,11 +219,12 @@ class RecTrainer(Trainer):
             align_logits = answer_logits(model, inputs["align_ids"], inputs["align_mask"], align_labels.shape[1])
             align = F.cross_entropy(align_logits.flatten(0, 1).float(), align_labels.flatten(), ignore_index=IGNORE_INDEX)
             loss = (examples * loss + len(align_labels) * align) / (examples + len(align_labels))
-            self._parts["align"] += float(align.detach()) if model.training else 0.0
+            if model.training:  # its mean over the batches that drew alignment examples (a small ratio skips some)
+                self._parts["align"] += float(align.detach())
+                self._parts["align_batches"] += 1
         if model.training:
             p = self._parts
             p["seen"] += inputs["attention_mask"].sum()  # a device tensor: no host sync on ordinary steps
-            p["steps"] += 1
             if self._logging_step():
                 with torch.no_grad():  # what the logs show: SFT and regulariser parts, share of tokens beam search would prune
                     positive = labels[::group]  # S-DPO: the positives' rows
@@ -262,8 +263,8 @@ class RecTrainer(Trainer):
             elapsed = time.perf_counter() - self._since
             logs.update({"nonfinite_skipped": p["skipped"], "loss_sft": p["sft"] / p["batches"], "loss_regulariser": p["reg"] / p["batches"],
                          "violated_token_share": p["violated"] / p["batches"], "tokens_per_second": float(p["seen"]) / elapsed})
-            if p["align"]:
-                logs["loss_alignment"] = p["align"] / p["steps"]
+            if p["align_batches"]:
+                logs["loss_alignment"] = p["align"] / p["align_batches"]
             self._reset_parts()
         super().log(logs, *args, **kwargs)
 
