@@ -1,0 +1,60 @@
+"""The report of issue 32's runs finished so far, from what the repository keeps (docs/results/seeds/<data>-sid/:
+the experiment's plan and each finished run's result.json, from any machine), written by `bearrec compare`'s own
+report code, so that the tables, tests and figures are the ones the finished experiment will print.
+
+    python3 benchmarks/seeds/report.py office|beauty     # after benchmarks/seeds/harvest.sh
+
+Writes docs/results/seeds/<data>-sid/results.md (headed by how many of the planned runs it holds), results.json
+and the figures. The prepared dataset (runs/data/<data>-sid, which run.sh prepares) gives the catalog and users.
+Once every planned run has finished, the experiment's own report (harvest.sh copies it) says the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bearrec.config import from_dict
+from bearrec.data.dataset import RecDataset
+from bearrec.evaluation.evaluate import EvalSettings
+from bearrec.experiments.plan import RunSpec
+from bearrec.experiments.report import write_report
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMAND = "benchmarks/seeds/run.sh {data}  (bearrec compare, benchmarks/seeds/run.sh)"
+
+
+def finished(kept: Path) -> tuple[dict, list[dict], int]:
+    """The recorded plan, the results of its finished runs in plan order, and the number of planned runs."""
+    plan = json.loads((kept / "experiment.json").read_text())
+    specs = [RunSpec(r["label"], r["seed"], r.get("overrides") or {}) for r in plan["runs"]]
+    results = [json.loads(path.read_text()) for spec in specs
+               if (path := kept / "runs" / spec.folder / "result.json").is_file()]
+    return plan, results, len(specs)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", choices=("office", "beauty"))
+    args = p.parse_args(argv)
+    kept = ROOT / "docs" / "results" / "seeds" / f"{args.data}-sid"
+    if not (kept / "experiment.json").is_file():
+        raise SystemExit(f"{kept}: no experiment.json; run benchmarks/seeds/run.sh {args.data}, then harvest.sh")
+    plan, results, planned = finished(kept)
+    if not results:
+        raise SystemExit(f"{kept}: no finished run yet")
+    base = from_dict(plan["base_config"])
+    dataset = RecDataset.load(ROOT / base.data)
+    rows = write_report(kept, results, base, EvalSettings(**plan["eval"]), plan["kind"],
+                        COMMAND.format(data=args.data), dataset=dataset)
+    report = kept / "results.md"
+    status = (f"**{len(results)} of {planned} planned runs finished** "
+              f"({'complete' if len(results) == planned else 'partial: the runs go on, benchmarks/seeds/run.sh'}).\n\n")
+    report.write_text(status + report.read_text())
+    print(f"{report}: {len(results)} of {planned} runs")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
