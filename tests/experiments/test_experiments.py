@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -135,6 +136,16 @@ def test_compare_end_to_end_then_restart_skips_finished_runs(tmp_path):
         assert {"MRR@10", "ItemCoverage@10", "GiniIndex@10", "TailPercentage@10"} <= set(r["metrics"]), r["label"]
     assert set(report["summary"]["bear"]["vs_sft"]["seed_differences"]) == {"0", "1"}
     assert "## Training" in md and "| bear | 0, 1 | 1, 1 | 1, 1 |" in md  # one epoch: best = trained = 1
+
+    # Another machine that has only what benchmarks/seeds keeps in the repository (the plan and each finished run's
+    # result.json, no run folder): every run is kept, and the report is the same.
+    moved = tmp_path / "kept"
+    for kept_file in [out / "experiment.json", *out.glob("runs/*/*/result.json")]:
+        (moved / kept_file.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(kept_file, moved / kept_file.relative_to(out))
+    elsewhere = _run(*args[:-2], "--out", moved)
+    assert elsewhere.exit_code == 0 and elsewhere.stderr.count("finished earlier, kept") == 8, elsewhere.output
+    assert json.loads((moved / "results.json").read_text())["summary"] == report["summary"]
 
     # Simulate Ctrl-C during the last run: its result is missing, its training half done.
     last = out / "runs" / "bear" / "seed1"
