@@ -93,7 +93,7 @@ def _code_model(config: ExperimentConfig, dataset: RecDataset, saved_tokenizer=N
 
 def _title_ids(tokenizer, dataset: RecDataset, codes: list[list[int]]) -> dict[str, list[list[int]]]:
     """``code_tokens.init: titles``: code token -> the title token ids of the titled items carrying it."""
-    titled = [i for i, has in enumerate(dataset.titled) if has]
+    titled = dataset.titled_indices
     if not titled:
         raise ValueError("code_tokens.init: titles needs item titles, and this catalog has none (use mean)")
     encoded = tokenizer([dataset.titles[i] for i in titled], add_special_tokens=False)["input_ids"]

@@ -86,6 +86,11 @@ class RecDataset:
         """Per item, whether it has a title of its own (not the name ``prepare`` gives an untitled item)."""
         return [title != untitled_name(item) for item, title in zip(self.items["item_id"], self.items["title"])]
 
+    @property
+    def titled_indices(self) -> list[int]:
+        """Catalog indices of the items with a title of their own (:attr:`titled`)."""
+        return [i for i, has in enumerate(self.titled) if has]
+
     def item_index(self, item_id: str) -> int:
         """Catalog index of an item id (KeyError if the item is not in the catalog)."""
         return self._index[item_id]

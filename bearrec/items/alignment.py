@@ -34,7 +34,7 @@ MAX_TITLE_TOKENS = 64
 def alignment_examples(tokenizer, dataset: RecDataset, code_texts: list[str]) -> list[dict]:
     """``{"prompt": ids, "answer": ids}`` for every titled item, title -> codes then codes -> title; a one-line
     error when the catalog has no titles."""
-    titled = [i for i, has in enumerate(dataset.titled) if has]
+    titled = dataset.titled_indices
     if not titled:
         raise ValueError("train.alignment_ratio: alignment examples pair codes with titles, and this catalog has "
                          "none (set train.alignment_ratio: 0)")
