@@ -34,6 +34,17 @@ def finished(kept: Path) -> tuple[dict, list[dict], int]:
     return plan, results, len(specs)
 
 
+def per_seed_table(results: list[dict], planned: list[str]) -> str:
+    """Test Recall@10 / NDCG@10 of every finished run, a row per label (in plan order) and a column per seed;
+    a run not finished yet shows as a dash."""
+    seeds = sorted({r["seed"] for r in results})
+    cell = {(r["label"], r["seed"]): f"{r['metrics']['HR@10']:.4f} / {r['metrics']['NDCG@10']:.4f}" for r in results}
+    lines = ["| Recall@10 / NDCG@10 | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|" + "---:|" * len(seeds)]
+    lines += [f"| {label} | " + " | ".join(cell.get((label, s), "-") for s in seeds) + " |" for label in planned]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", choices=("office", "beauty"))
@@ -52,7 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     status = (f"**{len(results)} of {planned} planned runs finished** "
               f"({'complete' if len(results) == planned else 'partial: the runs go on, benchmarks/seeds/run.sh'}).\n\n")
     report.write_text(status + report.read_text())
-    print(f"{report}: {len(results)} of {planned} runs")
+    print(f"{report}: {len(results)} of {planned} runs\n")
+    print(per_seed_table(results, list(dict.fromkeys(r["label"] for r in plan["runs"]))))
     return rows
 
 
