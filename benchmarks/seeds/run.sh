@@ -8,8 +8,9 @@
 # kept in the repository (docs/results/seeds/<data>/, `benchmarks/seeds/harvest.sh`) and put back into a fresh
 # experiment folder before `bearrec compare` starts: compare skips every run whose result.json exists and
 # trains the rest. A run interrupted mid-training resumes from its checkpoint on the same machine only.
-# Every run is made by the same code, the commit in docs/results/seeds/CODE, checked out beside the repository
-# (PYTHONPATH puts it before the installed bearrec), so that later changes to main cannot change a run halfway.
+# Every run is made by the same code, the commit in docs/results/seeds/CODE, checked out under runs/seeds/
+# (PYTHONPATH puts it before the installed bearrec, and `python3 -P` keeps the current folder, this checkout, off
+# the path: without it `-m` would import this checkout's bearrec), so later changes to main cannot change a run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 data=${1:?office or beauty}
@@ -23,9 +24,14 @@ if [ ! -d "$tree" ]; then
     git worktree add --detach "$tree" "$code" >/dev/null
 fi
 export PYTHONPATH="$PWD/$tree${PYTHONPATH:+:$PYTHONPATH}"
+imported=$(python3 -P -c 'import bearrec; print(bearrec.__file__)')
+if [ "$imported" != "$PWD/$tree/bearrec/__init__.py" ]; then
+    echo "run.sh: python imports bearrec from $imported, not from the pinned $tree" >&2
+    exit 1
+fi
 src=../shared/data/$data
 if [ ! -d "runs/data/$data-sid" ]; then  # prepare writes its folder whole or not at all
-    bearrec prepare interactions "$src/interactions.csv" "$src/items.csv" --split leave-one-out --max-history 20 \
+    python3 -P -m bearrec.cli prepare interactions "$src/interactions.csv" "$src/items.csv" --split leave-one-out --max-history 20 \
         --semantic-ids "$src/semantic_ids.csv" --out "runs/data/$data-sid"
 fi
 mkdir -p "$out"
@@ -37,6 +43,6 @@ case $data in
     beauty) objectives=sft,msl,bear,apao-pointwise; seeds=${SEEDS:-3} ;;
     *) echo "run.sh: unknown data set '$data' (office or beauty)" >&2; exit 2 ;;
 esac
-exec python3 -m bearrec.cli compare "configs/$data-semantic-ids.yaml" --data "runs/data/$data-sid" \
+exec python3 -P -m bearrec.cli compare "$tree/configs/$data-semantic-ids.yaml" --data "runs/data/$data-sid" \
     --objectives "$objectives" --baselines sasrec,bert4rec --seeds "$seeds" --beam-width 20 --pruning-users 300 \
     --jobs "$jobs" --out "$out"
