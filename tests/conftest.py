@@ -11,6 +11,7 @@ it once per session, handed to each test module as its own copy).
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,14 @@ from cli_helpers import small_synthetic
 
 from bearrec.config import ExperimentConfig, TinyConfig, TrainConfig
 from bearrec.runs import train_run
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core (pyproject.toml's addopts): a worker's torch, and the subprocesses its
+    # tests start, use one thread each, so that the workers do not fight over the cores.
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 class TrainingInFastLane(AssertionError):

@@ -28,6 +28,8 @@ from common import DATASET, ROOT, Deadline, Record, sha256
 # the smoke test: beam search = HF generate and exact scores = teacher forcing in bf16 on a Llama, and the bf16 loss
 # and gradient of SFT, MSL and BEAR against fp32 (the rest of tests/decoding/test_cuda.py waits for a later lease)
 SMOKE = ["tests/decoding/test_cuda.py", "-m", "not slow", "-k", "(llama and bf16) or match_fp32"]
+# pytest in one process: `-o addopts=` leaves out pyproject.toml's pytest-xdist workers (the GPU image has no xdist)
+PYTEST = ["-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider"]
 
 
 def take_in(record: Record, carried: Path) -> dict:
@@ -160,7 +162,7 @@ def smoke(record: Record, deadline: Deadline) -> dict:
     Without CUDA every test skips (the dry run checks that they do)."""
     junit = record.out / "step1_smoke.xml"
     start = time.perf_counter()
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SMOKE, f"--junitxml={junit}"]
+    cmd = [sys.executable, *PYTEST, *SMOKE, f"--junitxml={junit}"]
     try:
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                               timeout=max(deadline.left() - deadline.margin, 1))

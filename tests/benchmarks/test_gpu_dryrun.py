@@ -203,7 +203,7 @@ def test_the_smoke_tests_hold_on_the_cpu():
     command 1 runs on the GPU (machine.SMOKE). No training: bf16 losses and gradients of one batch."""
     import machine
 
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *machine.SMOKE], cwd=ROOT,
+    done = subprocess.run([sys.executable, *machine.PYTEST, *machine.SMOKE], cwd=ROOT,
                           env={**os.environ, "BEARREC_TEST_DEVICE": "cpu"}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:]
     assert done.stdout.strip().splitlines()[-1].startswith("9 passed"), done.stdout[-3000:]
