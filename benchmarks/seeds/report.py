@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 from bearrec.config import from_dict
@@ -26,11 +27,21 @@ COMMAND = "benchmarks/seeds/run.sh {data}  (bearrec compare, benchmarks/seeds/ru
 
 
 def finished(kept: Path) -> tuple[dict, list[dict], int]:
-    """The recorded plan, the results of its finished runs in plan order, and the number of planned runs."""
+    """The recorded plan, the results of its finished runs in plan order, and the number of planned runs.
+
+    A run's seconds_per_epoch becomes the median of its kept per-epoch log (epochs.json) where there is one: the
+    pinned code wrote the mean, which counts in full an epoch that ran through a pause (SIGSTOP during CI)."""
     plan = json.loads((kept / "experiment.json").read_text())
     specs = [RunSpec(r["label"], r["seed"], r.get("overrides") or {}) for r in plan["runs"]]
-    results = [json.loads(path.read_text()) for spec in specs
-               if (path := kept / "runs" / spec.folder / "result.json").is_file()]
+    results = []
+    for spec in specs:
+        folder = kept / "runs" / spec.folder
+        if not (folder / "result.json").is_file():
+            continue
+        result = json.loads((folder / "result.json").read_text())
+        if (log := folder / "epochs.json").is_file():
+            result["seconds_per_epoch"] = statistics.median(e["seconds"] for e in json.loads(log.read_text()))
+        results.append(result)
     return plan, results, len(specs)
 
 

@@ -1,0 +1,77 @@
+"""Issue 32's keeping scripts (benchmarks/seeds/): harvest.sh keeps each finished run's result and per-epoch log, and
+the experiment's own report only once every planned run is in; report.py reads a run's time per epoch as the median
+of its kept epochs, so that an epoch that ran through a pause (SIGSTOP) does not swell it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SEEDS = ROOT / "benchmarks" / "seeds"
+
+PLAN = {"runs": [{"label": "sft", "seed": 0, "overrides": {"train.objective": "sft"}, "folder": "sft/seed0"},
+                 {"label": "bear", "seed": 0, "overrides": {"train.objective": "bear"}, "folder": "bear/seed0"}]}
+EPOCHS = [{"epoch": 1.0, "seconds": 40.0}, {"epoch": 2.0, "seconds": 900.0}, {"epoch": 3.0, "seconds": 44.0}]
+
+
+def _finish(out: Path, folder: str, mean: float) -> None:
+    """A run of the experiment folder `out` that has finished: its result (the mean the pinned code writes) and log."""
+    run = out / "runs" / folder
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps({"label": folder.split("/")[0], "seed": 0, "seconds_per_epoch": mean}))
+    (run / "checkpoints" / "epochs.json").write_text(json.dumps(EPOCHS))
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A repository with harvest.sh and an experiment of two planned runs, one finished, and a report written early."""
+    (tmp_path / "benchmarks" / "seeds").mkdir(parents=True)
+    shutil.copy(SEEDS / "harvest.sh", tmp_path / "benchmarks" / "seeds" / "harvest.sh")
+    out = tmp_path / "runs" / "seeds" / "office-sid"
+    out.mkdir(parents=True)
+    (out / "experiment.json").write_text(json.dumps(PLAN))
+    _finish(out, "sft/seed0", 328.0)
+    (out / "results.md").write_text("1 of 2 runs (written when a compare stopped)\n")
+    return tmp_path
+
+
+def _harvest(repo: Path) -> str:
+    return subprocess.run(["bash", str(repo / "benchmarks" / "seeds" / "harvest.sh")], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def test_harvest_keeps_results_and_logs_and_the_report_only_when_complete(repo: Path) -> None:
+    kept = repo / "docs" / "results" / "seeds" / "office-sid"
+    assert "kept" in _harvest(repo)
+    assert json.loads((kept / "runs" / "sft" / "seed0" / "result.json").read_text())["seconds_per_epoch"] == 328.0
+    assert json.loads((kept / "runs" / "sft" / "seed0" / "epochs.json").read_text()) == EPOCHS
+    assert (kept / "experiment.json").is_file()
+    assert not (kept / "results.md").exists()  # 1 of 2 planned runs: the early report is not kept
+
+    (kept / "runs" / "sft" / "seed0" / "result.json").write_text("{}")  # a kept result is never overwritten
+    _finish(repo / "runs" / "seeds" / "office-sid", "bear/seed0", 328.0)
+    assert "bear/seed0" in _harvest(repo)
+    assert (kept / "runs" / "sft" / "seed0" / "result.json").read_text() == "{}"
+    assert (kept / "results.md").read_text().startswith("1 of 2")  # every run in: the experiment's report is kept
+
+
+def test_report_reads_the_median_epoch_where_a_log_is_kept(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("seeds_report", SEEDS / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    (tmp_path / "experiment.json").write_text(json.dumps(PLAN))
+    _finish(tmp_path, "sft/seed0", 328.0)
+    _finish(tmp_path, "bear/seed0", 328.0)
+    (tmp_path / "runs" / "bear" / "seed0" / "checkpoints" / "epochs.json").unlink()  # no log: the mean stays
+    (tmp_path / "runs" / "sft" / "seed0" / "checkpoints" / "epochs.json").rename(
+        tmp_path / "runs" / "sft" / "seed0" / "epochs.json")
+    plan, results, planned = report.finished(tmp_path)
+    assert planned == 2 and [r["label"] for r in results] == ["sft", "bear"]
+    assert results[0]["seconds_per_epoch"] == 44.0  # median of 40, 900, 44; the mean would be 328
+    assert results[1]["seconds_per_epoch"] == 328.0
