@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 import warnings
 from pathlib import Path
@@ -45,6 +46,12 @@ class EpochLog(TrainerCallback):
     """
 
     FILE = "epochs.json"
+
+    @staticmethod
+    def seconds_per_epoch(epochs: list[dict]) -> float:
+        """The median training seconds of the logged epochs (nan for none): the median, not the mean, so that an
+        epoch that ran while the job was paused (SIGSTOP) or starved counts once and does not swell the figure."""
+        return statistics.median(e["seconds"] for e in epochs) if epochs else math.nan
 
     def __init__(self, progress=None, checkpoint_dir: Path | None = None, resume_from: str | None = None):
         self.progress, self.task, self.epochs, self._start = progress, None, [], 0.0

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import shutil
-import statistics
 import time
 from pathlib import Path
 
@@ -390,8 +388,7 @@ def train_model(
         "packs": len(packs) if packs else None,
         "truncated_prompts": encoder.truncated,
         "epochs": epochs,
-        # the median, not the mean: an epoch that ran while the job was paused (SIGSTOP) or starved counts once
-        "seconds_per_epoch": statistics.median(e["seconds"] for e in epochs) if epochs else math.nan,
+        "seconds_per_epoch": EpochLog.seconds_per_epoch(epochs),
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "best_valid_ndcg10": trainer.state.best_metric,
         "global_step": trainer.state.global_step,

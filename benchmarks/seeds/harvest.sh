@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Keep what benchmarks/seeds/run.sh has finished: each finished run's result.json and its per-epoch log
-# (checkpoints/epochs.json, kept as epochs.json beside it) (and the experiment's plan and,
-# once every run is done, its report) go from runs/seeds/<data>-sid/ to docs/results/seeds/<data>-sid/, where
-# a later machine's run.sh puts them back. Prints what it added; commit them.
+# Keep what benchmarks/seeds/run.sh has finished: each finished run's result.json and per-epoch log
+# (checkpoints/epochs.json, kept as epochs.json beside it), the experiment's plan and, once every run is done, its
+# report go from runs/seeds/<data>-sid/ to docs/results/seeds/<data>-sid/, where a later machine's run.sh puts them
+# back. Prints what it added; commit them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 for out in runs/seeds/*-sid; do

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 from bearrec.config import from_dict
@@ -21,6 +20,7 @@ from bearrec.data.dataset import RecDataset
 from bearrec.evaluation.evaluate import EvalSettings
 from bearrec.experiments.plan import RunSpec
 from bearrec.experiments.report import write_report
+from bearrec.training.callbacks import EpochLog
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND = "benchmarks/seeds/run.sh {data}  (bearrec compare, benchmarks/seeds/run.sh)"
@@ -29,8 +29,9 @@ COMMAND = "benchmarks/seeds/run.sh {data}  (bearrec compare, benchmarks/seeds/ru
 def finished(kept: Path) -> tuple[dict, list[dict], int]:
     """The recorded plan, the results of its finished runs in plan order, and the number of planned runs.
 
-    A run's seconds_per_epoch becomes the median of its kept per-epoch log (epochs.json) where there is one: the
-    pinned code wrote the mean, which counts in full an epoch that ran through a pause (SIGSTOP during CI)."""
+    A run's seconds_per_epoch is read from its kept per-epoch log (epochs.json) where there is one, as the trainer
+    now reads it (:meth:`EpochLog.seconds_per_epoch`, the median): the pinned code wrote the mean, which counts in
+    full an epoch that ran through a pause (SIGSTOP during CI)."""
     plan = json.loads((kept / "experiment.json").read_text())
     specs = [RunSpec(r["label"], r["seed"], r.get("overrides") or {}) for r in plan["runs"]]
     results = []
@@ -39,8 +40,8 @@ def finished(kept: Path) -> tuple[dict, list[dict], int]:
         if not (folder / "result.json").is_file():
             continue
         result = json.loads((folder / "result.json").read_text())
-        if (log := folder / "epochs.json").is_file():
-            result["seconds_per_epoch"] = statistics.median(e["seconds"] for e in json.loads(log.read_text()))
+        if (log := folder / EpochLog.FILE).is_file():
+            result["seconds_per_epoch"] = EpochLog.seconds_per_epoch(json.loads(log.read_text()))
         results.append(result)
     return plan, results, len(specs)
 
