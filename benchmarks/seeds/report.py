@@ -2,10 +2,11 @@
 the experiment's plan and each finished run's result.json, from any machine), written by `bearrec compare`'s own
 report code, so that the tables, tests and figures are the ones the finished experiment will print.
 
-    python3 benchmarks/seeds/report.py office|beauty     # after benchmarks/seeds/harvest.sh
+    python3 benchmarks/seeds/report.py office|beauty [--docs docs/results.md]   # after benchmarks/seeds/harvest.sh
 
 Writes docs/results/seeds/<data>-sid/results.md (headed by how many of the planned runs it holds), results.json
-and the figures. The prepared dataset (runs/data/<data>-sid, which run.sh prepares) gives the catalog and users.
+and the figures, and prints the per-seed table; with --docs, that table also replaces the one between the
+markers `<!-- seeds:<data> -->` and `<!-- /seeds:<data> -->` in the given page. The prepared dataset (runs/data/<data>-sid, which run.sh prepares) gives the catalog and users.
 Once every planned run has finished, the experiment's own report (harvest.sh copies it) says the same.
 """
 
@@ -57,13 +58,27 @@ def per_seed_table(results: list[dict], planned: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def marked(page: Path, data: str) -> tuple[str, str]:
+    """The page before and after its per-seed table for `data`, markers included; one clear line if they are amiss."""
+    start, end = f"<!-- seeds:{data} -->", f"<!-- /seeds:{data} -->"
+    if not page.is_file():
+        raise SystemExit(f"{page}: no such page (--docs)")
+    text = page.read_text()
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise SystemExit(f"{page}: needs one '{start}' followed by one '{end}' around the per-seed table")
+    before, rest = text.split(start)
+    return before + start + "\n\n", "\n" + end + rest.split(end, 1)[1]  # blank lines keep the table a table
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", choices=("office", "beauty"))
+    p.add_argument("--docs", type=Path, help="a page whose marked per-seed table to replace (docs/results.md)")
     args = p.parse_args(argv)
     kept = ROOT / "docs" / "results" / "seeds" / f"{args.data}-sid"
     if not (kept / "experiment.json").is_file():
         raise SystemExit(f"{kept}: no experiment.json; run benchmarks/seeds/run.sh {args.data}, then harvest.sh")
+    page = marked(args.docs, args.data) if args.docs else None  # checked before any work
     plan, results, planned = finished(kept)
     if not results:
         raise SystemExit(f"{kept}: no finished run yet")
@@ -76,7 +91,10 @@ def main(argv: list[str] | None = None) -> dict:
               f"({'complete' if len(results) == planned else 'partial: the runs go on, benchmarks/seeds/run.sh'}).\n\n")
     report.write_text(status + report.read_text())
     print(f"{report}: {len(results)} of {planned} runs\n")
-    print(per_seed_table(results, list(dict.fromkeys(r["label"] for r in plan["runs"]))))
+    table = per_seed_table(results, list(dict.fromkeys(r["label"] for r in plan["runs"])))
+    print(table)
+    if page:
+        args.docs.write_text(page[0] + table + page[1])
     return rows
 
 

@@ -61,10 +61,15 @@ def test_harvest_keeps_results_and_logs_and_the_report_only_when_complete(repo: 
     assert (kept / "results.md").read_text().startswith("1 of 2")  # every run in: the experiment's report is kept
 
 
-def test_report_reads_the_median_epoch_where_a_log_is_kept(tmp_path: Path) -> None:
+def _report():
     spec = importlib.util.spec_from_file_location("seeds_report", SEEDS / "report.py")
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
+    return report
+
+
+def test_report_reads_the_median_epoch_where_a_log_is_kept(tmp_path: Path) -> None:
+    report = _report()
     (tmp_path / "experiment.json").write_text(json.dumps(PLAN))
     _finish(tmp_path, "sft/seed0", 328.0)
     _finish(tmp_path, "bear/seed0", 328.0)
@@ -75,3 +80,23 @@ def test_report_reads_the_median_epoch_where_a_log_is_kept(tmp_path: Path) -> No
     assert planned == 2 and [r["label"] for r in results] == ["sft", "bear"]
     assert results[0]["seconds_per_epoch"] == 44.0  # median of 40, 900, 44; the mean would be 328
     assert results[1]["seconds_per_epoch"] == 328.0
+
+
+def test_report_replaces_only_the_marked_table_of_its_data_set(tmp_path: Path) -> None:
+    report = _report()
+    page = tmp_path / "results.md"
+    page.write_text("# Results\n<!-- seeds:office -->\n\n| old |\n\n<!-- /seeds:office -->\nreading\n"
+                    "<!-- seeds:beauty -->\n| beauty's |\n<!-- /seeds:beauty -->\n")
+    before, after = report.marked(page, "office")
+    page.write_text(before + "| new |\n" + after)
+    expected = ("# Results\n<!-- seeds:office -->\n\n| new |\n\n<!-- /seeds:office -->\nreading\n"
+                "<!-- seeds:beauty -->\n| beauty's |\n<!-- /seeds:beauty -->\n")
+    assert page.read_text() == expected
+    before, after = report.marked(page, "office")  # a second report replaces the table it wrote, nothing else
+    page.write_text(before + "| new |\n" + after)
+    assert page.read_text() == expected
+    page.write_text("<!-- /seeds:office -->\n| t |\n<!-- seeds:office -->\n")
+    with pytest.raises(SystemExit, match="seeds:office"):
+        report.marked(page, "office")
+    with pytest.raises(SystemExit, match="no such page"):
+        report.marked(tmp_path / "missing.md", "office")
