@@ -115,6 +115,7 @@ def compare(
     model: Annotated[Optional[str], typer.Option(help="'smollm2-135m', 'tiny' or a Hugging Face model folder / hub name [default: the config's, else smollm2-135m]")] = None,
     seeds: Annotated[int, typer.Option(help="training seeds per objective (mean, std and a seed-noise test)")] = 1,
     baselines: Annotated[str, typer.Option(help="conventional baselines trained on the whole train split and ranked on the same users: comma-separated from sasrec, bert4rec; 'none' for the LMs only")] = "sasrec,bert4rec",
+    baseline_seeds: Annotated[Optional[int], typer.Option(help="seeds of each baseline, which trains in seconds: more than --seeds adds baseline runs after every LM run [default: --seeds]")] = None,
     max_train_examples: Annotated[Optional[int], typer.Option(help="train every run on the same seeded subsample")] = None,
     max_eval_users: Annotated[Optional[int], typer.Option(help="evaluate every run on the same seeded subsample of users")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="training epochs [default: the config's]")] = None,
@@ -161,7 +162,7 @@ def compare(
     settings = EvalSettings(beam_width=beam_width or base.train.valid_beam_width, max_users=max_eval_users, pruning_rate=pruning_rate,
                             pruning_users=pruning_users, pruning_node_budget=pruning_node_budget,
                             exclude_history=exclude_history)
-    plan = compare_plan(names, seeds, base.train.seed, parse_baselines(baselines))
+    plan = compare_plan(names, seeds, base.train.seed, parse_baselines(baselines), baseline_seeds)
     _run_experiment("compare", base, plan, out_dir, settings, overwrite, jobs=jobs)
 
 

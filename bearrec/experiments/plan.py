@@ -62,15 +62,26 @@ def parse_baselines(text: str) -> tuple[str, ...]:
 
 
 def compare_plan(objectives: list[str], seeds: int, base_seed: int = 0,
-                 baselines: tuple[str, ...] = BASELINES) -> list[RunSpec]:
-    """Seed-major order, so that every objective has a result early and later seeds refine them."""
+                 baselines: tuple[str, ...] = BASELINES, baseline_seeds: int | None = None) -> list[RunSpec]:
+    """Seed-major order, so that every objective has a result early and later seeds refine them.
+
+    The conventional baselines train in seconds, so they may have more seeds than the LMs (``baseline_seeds``;
+    default ``seeds``): a seed beyond the LMs' plans the baselines only, after every LM run."""
+    if seeds < 1:
+        raise ValueError(f"--seeds {seeds}: at least 1")
+    if baseline_seeds is None:
+        baseline_seeds = seeds
+    elif baselines and baseline_seeds < 1:
+        raise ValueError(f"--baseline-seeds {baseline_seeds}: at least 1 (or --baselines none)")
     labels = list(dict.fromkeys(objectives))
     if BASELINE not in labels:
         labels.insert(0, BASELINE)
     specs = []
-    for seed in range(base_seed, base_seed + seeds):
-        specs += [RunSpec(name, seed, objective_variant(name)) for name in labels]
-        specs += [RunSpec(name, seed) for name in baselines]
+    for seed in range(base_seed, base_seed + max(seeds, baseline_seeds)):
+        if seed < base_seed + seeds:
+            specs += [RunSpec(name, seed, objective_variant(name)) for name in labels]
+        if seed < base_seed + baseline_seeds:
+            specs += [RunSpec(name, seed) for name in baselines]
     return specs
 
 

@@ -134,6 +134,7 @@ def test_bad_recommend_options(run, syn, args, needle):
 
 @pytest.mark.parametrize("args,needle", [
     (["--seeds", 0], "--seeds"),
+    (["--baseline-seeds", 0], "--baseline-seeds"),
     (["--max-eval-users", 0], "max_users"),
     (["--pruning-users", -1], "pruning_users"),
     (["--objectives", "sft,nope"], "nope"),

@@ -29,6 +29,29 @@ def test_compare_plan_is_seed_major_with_sft_first():
     assert [s.label for s in compare_plan(["bear"], 1, baselines=parse_baselines("none"))] == ["sft", "bear"]
 
 
+def test_compare_plan_gives_the_baselines_their_own_seeds_after_every_lm_run():
+    specs = compare_plan(["bear"], seeds=2, base_seed=3, baselines=("sasrec",), baseline_seeds=4)
+    assert [(s.label, s.seed) for s in specs] == [
+        ("sft", 3), ("bear", 3), ("sasrec", 3), ("sft", 4), ("bear", 4), ("sasrec", 4), ("sasrec", 5), ("sasrec", 6)]
+    fewer = compare_plan(["bear"], seeds=2, baselines=("sasrec",), baseline_seeds=1)
+    assert [(s.label, s.seed) for s in fewer] == [("sft", 0), ("bear", 0), ("sasrec", 0), ("sft", 1), ("bear", 1)]
+    assert compare_plan(["bear"], 2, baselines=(), baseline_seeds=0) == compare_plan(["bear"], 2, baselines=())
+    with pytest.raises(ValueError, match="--baseline-seeds 0"):
+        compare_plan(["bear"], 2, baselines=("sasrec",), baseline_seeds=0)
+    with pytest.raises(ValueError, match="--seeds 0"):  # never the baselines alone: SFT is what they are tested against
+        compare_plan(["bear"], 0, baselines=("sasrec",), baseline_seeds=3)
+
+
+def test_baselines_with_more_seeds_than_the_lms_are_tested_on_the_seeds_they_share():
+    sft = [_result("sft", s, v, [1, 0, 0, 0]) for s, v in enumerate([0.10, 0.12])]
+    sasrec = [_result("sasrec", s, v, [1, 1, 0, 0]) | {"kind": "sasrec"} for s, v in enumerate([0.20, 0.23, 0.21])]
+    rows = summarize(sft + sasrec)
+    assert rows["sasrec"]["seeds"] == [0, 1, 2] and rows["sasrec"]["mean"]["NDCG@10"] == pytest.approx(0.64 / 3)
+    vs = rows["sasrec"]["vs_sft"]
+    assert vs["seed_differences"] == {"0": pytest.approx(0.10), "1": pytest.approx(0.11)}  # seed 2 has no sft run
+    assert vs["paired_seed_test"]["seeds"] == 2
+
+
 def test_parse_baselines():
     assert parse_baselines("sasrec,bert4rec") == ("sasrec", "bert4rec")
     assert parse_baselines(" BERT4Rec ") == ("bert4rec",) and parse_baselines("none") == parse_baselines("") == ()
