@@ -6,7 +6,8 @@ report code, so that the tables, tests and figures are the ones the finished exp
 
 Writes docs/results/seeds/<data>-sid/results.md (headed by how many of the planned runs it holds), results.json
 and the figures, and prints the per-seed table; with --docs, that table also replaces the one between the
-markers `<!-- seeds:<data> -->` and `<!-- /seeds:<data> -->` in the given page. The prepared dataset (runs/data/<data>-sid, which run.sh prepares) gives the catalog and users.
+markers `<!-- seeds:<data> -->` and `<!-- /seeds:<data> -->` in the given page. The prepared dataset
+(runs/data/<data>-sid, which run.sh prepares) gives the catalog and users.
 Once every planned run has finished, the experiment's own report (harvest.sh copies it) says the same.
 """
 
@@ -47,14 +48,17 @@ def finished(kept: Path) -> tuple[dict, list[dict], int]:
     return plan, results, len(specs)
 
 
-def per_seed_table(results: list[dict], planned: list[str]) -> str:
-    """Test Recall@10 / NDCG@10 of every finished run, a row per label (in plan order) and a column per seed;
-    a run not finished yet shows as a dash."""
-    seeds = sorted({r["seed"] for r in results})
+def per_seed_table(results: list[dict], planned: list[tuple[str, int]]) -> str:
+    """Test Recall@10 / NDCG@10 of every finished run, a row per planned label (in plan order) and a column per
+    planned seed; a planned run not finished yet shows as a dash, a seed not planned for a label as an empty cell
+    (Beauty's LMs have 3 seeds, its baselines 5)."""
+    seeds = sorted({seed for _, seed in planned})
     cell = {(r["label"], r["seed"]): f"{r['metrics']['HR@10']:.4f} / {r['metrics']['NDCG@10']:.4f}" for r in results}
     lines = ["| Recall@10 / NDCG@10 | " + " | ".join(f"seed {s}" for s in seeds) + " |",
              "|---|" + "---:|" * len(seeds)]
-    lines += [f"| {label} | " + " | ".join(cell.get((label, s), "-") for s in seeds) + " |" for label in planned]
+    for label in dict.fromkeys(label for label, _ in planned):
+        cells = [cell.get((label, s), "-") if (label, s) in planned else "" for s in seeds]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"({'complete' if len(results) == planned else 'partial: the runs go on, benchmarks/seeds/run.sh'}).\n\n")
     report.write_text(status + report.read_text())
     print(f"{report}: {len(results)} of {planned} runs\n")
-    table = per_seed_table(results, list(dict.fromkeys(r["label"] for r in plan["runs"])))
+    table = per_seed_table(results, [(r["label"], r["seed"]) for r in plan["runs"]])
     print(table)
     if page:
         args.docs.write_text(page[0] + table + page[1])

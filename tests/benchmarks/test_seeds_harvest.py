@@ -100,3 +100,14 @@ def test_report_replaces_only_the_marked_table_of_its_data_set(tmp_path: Path) -
         report.marked(page, "office")
     with pytest.raises(SystemExit, match="no such page"):
         report.marked(tmp_path / "missing.md", "office")
+
+
+def test_per_seed_table_tells_a_run_to_come_from_a_seed_not_planned() -> None:
+    def result(label, seed):
+        return {"label": label, "seed": seed, "metrics": {"HR@10": 0.05 + seed / 100, "NDCG@10": 0.02}}
+
+    planned = [("sft", 0), ("sasrec", 0), ("sft", 1), ("sasrec", 1), ("sasrec", 2)]
+    table = _report().per_seed_table([result("sft", 0), result("sasrec", 0), result("sasrec", 2)], planned)
+    assert table.splitlines() == ["| Recall@10 / NDCG@10 | seed 0 | seed 1 | seed 2 |", "|---|---:|---:|---:|",
+                                  "| sft | 0.0500 / 0.0200 | - |  |",
+                                  "| sasrec | 0.0500 / 0.0200 | - | 0.0700 / 0.0200 |"]
