@@ -1,15 +1,20 @@
 """Issue 32's keeping scripts (benchmarks/seeds/): harvest.sh keeps each finished run's result and per-epoch log, and
 the experiment's own report only once every planned run is in; report.py reads a run's time per epoch as the median
-of its kept epochs, so that an epoch that ran through a pause (SIGSTOP) does not swell it."""
+of its kept epochs, so that an epoch that ran through a pause (SIGSTOP) does not swell it; pruning.sh ranks every
+test user of a finished run exactly in a copy of it, and report.py --pruning pools those counts and tests them."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,17 +92,17 @@ def test_report_replaces_only_the_marked_table_of_its_data_set(tmp_path: Path) -
     page = tmp_path / "results.md"
     page.write_text("# Results\n<!-- seeds:office -->\n\n| old |\n\n<!-- /seeds:office -->\nreading\n"
                     "<!-- seeds:beauty -->\n| beauty's |\n<!-- /seeds:beauty -->\n")
-    before, after = report.marked(page, "office")
+    before, after = report.marked(page, "seeds:office")
     page.write_text(before + "| new |\n" + after)
     expected = ("# Results\n<!-- seeds:office -->\n\n| new |\n\n<!-- /seeds:office -->\nreading\n"
                 "<!-- seeds:beauty -->\n| beauty's |\n<!-- /seeds:beauty -->\n")
     assert page.read_text() == expected
-    before, after = report.marked(page, "office")  # a second report replaces the table it wrote, nothing else
+    before, after = report.marked(page, "seeds:office")  # a second report replaces the table it wrote, nothing else
     page.write_text(before + "| new |\n" + after)
     assert page.read_text() == expected
     page.write_text("<!-- /seeds:office -->\n| t |\n<!-- seeds:office -->\n")
     with pytest.raises(SystemExit, match="seeds:office"):
-        report.marked(page, "office")
+        report.marked(page, "seeds:office")
     with pytest.raises(SystemExit, match="no such page"):
         report.marked(tmp_path / "missing.md", "office")
 
@@ -111,3 +116,80 @@ def test_per_seed_table_tells_a_run_to_come_from_a_seed_not_planned() -> None:
     assert table.splitlines() == ["| Recall@10 / NDCG@10 | seed 0 | seed 1 | seed 2 |", "|---|---:|---:|---:|",
                                   "| sft | 0.0500 / 0.0200 | - |  |",
                                   "| sasrec | 0.0500 / 0.0200 | - | 0.0700 / 0.0200 |"]
+
+
+def _pruning(top: dict[int, int], pruned: dict[int, int], users: int) -> dict:
+    """A run's pruning summary, as evaluate writes it, with these top-K positives and pruned counts (K = 5, 10, 20)."""
+    summary = {"ranked_users": users, "unranked_users": 0, "pruning_users": users, "node_budget": None,
+               "pruning_step_histogram": {"1": 3}, "pruned_all_ranks": 3, "violation_share_all_ranks": 1.0}
+    for k in (5, 10, 20):
+        summary.update({f"top{k}_positives": top[k], f"pruned@{k}": pruned[k],
+                        f"PR@{k}": pruned[k] / top[k] if top[k] else math.nan,
+                        f"violation_share@{k}": 1.0 if pruned[k] else math.nan})
+    return summary
+
+
+def _fisher_brute_force(a: int, b: int, c: int, d: int) -> float:
+    """Two-sided Fisher exact p of [[a, b], [c, d]] by enumerating every table with its margins: the summed
+    hypergeometric probability of the tables no more probable than the observed one."""
+    row, col, n = a + b, a + c, a + b + c + d
+    prob = {x: math.comb(col, x) * math.comb(n - col, row - x) / math.comb(n, row)
+            for x in range(max(0, row + col - n), min(row, col) + 1)}
+    return sum(p for p in prob.values() if p <= prob[a] * (1 + 1e-7))
+
+
+def test_pruning_report_pools_the_counts_over_seeds_and_tests_each_label_against_ce() -> None:
+    rng = np.random.default_rng(0)
+    results = []
+    for label, counts in (("sft", [(12, 1), (9, 0)]), ("bear", [(15, 3), (11, 4)])):
+        for seed, (top10, pruned10) in enumerate(counts):
+            metrics = {"NDCG@10": 0.02 + seed / 1000, "HR@10": 0.04, "PR@10": pruned10 / top10,
+                       "exact_NDCG@10": 0.021, "gap_NDCG@10": 0.001}
+            results.append({"label": label, "seed": seed, "kind": "lm", "users": 40, "seconds_per_epoch": 10.0,
+                            "metrics": metrics, "retrieved_rank": rng.integers(0, 12, 40).tolist(),
+                            "pruning": _pruning({5: 4, 10: top10, 20: 2 * top10}, {5: 0, 10: pruned10, 20: pruned10},
+                                                40)})
+    text = _report().pruning_report(results)
+    assert "sft seeds 0, 1; bear seeds 0, 1" in text
+    assert "| bear | 10 | 26 | 7 | 0.2692 |" in text  # 15 + 11 positives, 3 + 4 pruned
+    assert "| sft | 20 | 42 | 1 |" in text
+    fisher = [line for line in text.splitlines() if line.startswith("- bear")]
+    assert fisher[0].startswith("- bear: PR@10 0.269 (7 of 26) against sft's 0.048 (1 of 21), Fisher exact p = ")
+    assert float(fisher[0].rsplit("= ", 1)[1]) == pytest.approx(_fisher_brute_force(7, 19, 1, 20), abs=5e-4)
+
+
+@pytest.mark.slow
+def test_pruning_sh_ranks_every_user_in_a_copy_and_the_report_checks_it_against_the_run(tiny_run, tmp_path: Path) -> None:
+    from bearrec.evaluation.evaluate import EvalSettings
+    from bearrec.runs import evaluate_run
+
+    (tmp_path / "benchmarks" / "seeds").mkdir(parents=True)
+    shutil.copy(SEEDS / "pruning.sh", tmp_path / "benchmarks" / "seeds" / "pruning.sh")
+    own = evaluate_run(tiny_run, EvalSettings(split="test", beam_width=20, pruning_users=3))  # as compare does
+    run = tmp_path / "runs" / "seeds" / "office-sid" / "runs" / "sft" / "seed0"
+    shutil.copytree(tiny_run, run)
+    result = {"label": "sft", "seed": 0, "kind": "lm", "seconds_per_epoch": 1.0, **own}
+    (run / "result.json").write_text(json.dumps(result))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def pruning_sh() -> str:
+        return subprocess.run(["bash", str(tmp_path / "benchmarks" / "seeds" / "pruning.sh"), "office"], check=True,
+                              capture_output=True, text=True, env=env, cwd=tmp_path).stdout
+
+    assert "kept docs/results/seeds/office-sid/pruning/sft/seed0/eval_test.json" in pruning_sh()
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # the run's own files untouched
+    kept = tmp_path / "docs" / "results" / "seeds" / "office-sid"
+    full = json.loads((kept / "pruning" / "sft" / "seed0" / "eval_test.json").read_text())
+    assert "retrieved_rank" not in full and full["pruning"]["ranked_users"] == full["users"] == own["users"] > 3
+    assert own["pruning"]["ranked_users"] == 3
+    assert "kept" not in pruning_sh()  # a kept evaluation is not made again
+
+    (kept / "runs" / "sft" / "seed0").mkdir(parents=True)
+    (kept / "runs" / "sft" / "seed0" / "result.json").write_text(json.dumps(result))
+    [merged] = _report().with_all_users(kept)
+    assert merged["pruning"] == full["pruning"] and merged["retrieved_rank"] == own["retrieved_rank"]
+    result["metrics"]["NDCG@10"] += 0.01  # another model's result: refused, naming the metric
+    (kept / "runs" / "sft" / "seed0" / "result.json").write_text(json.dumps(result))
+    with pytest.raises(SystemExit, match="NDCG@10"):
+        _report().with_all_users(kept)
