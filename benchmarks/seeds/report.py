@@ -129,7 +129,8 @@ def fisher_lines(rows: dict, k: int = 10) -> list[str]:
 def pruning_report(results: list[dict]) -> str:
     """Markdown: the runs counted, beam search against the exact ranking, the pruning attribution and the tests."""
     rows = summarize(results, ks=(5, 10, 20))  # counts pooled at K = 20 too
-    counted = "; ".join(f"{label} seeds {', '.join(str(s) for s in row['seeds'])}" for label, row in rows.items())
+    counted = "; ".join(f"{label} seed{'s' * (len(row['seeds']) > 1)} {', '.join(str(s) for s in row['seeds'])}"
+                        for label, row in rows.items())
     lines = [f"Every one of the {results[0]['users']:,} test users ranked exactly in each run ({counted}); mean "
              "± std over seeds, the counts and PR@K pooled over them.", "",
              summary_markdown(rows, ks=(10,)), pruning_markdown(summary_runs(rows), ks=(10, 20))]
