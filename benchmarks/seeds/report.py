@@ -108,7 +108,7 @@ def with_all_users(kept: Path) -> list[dict]:
         if full["users"] != run["users"] or full["pruning"]["ranked_users"] != full["users"]:
             raise SystemExit(f"{evaluation}: not every one of the run's {run['users']} users was ranked exactly")
         results.append({**run, "metrics": full["metrics"], "pruning": full["pruning"]})
-    return results
+    return sorted(results, key=lambda r: r["label"] != BASELINE)  # CE first, as in the experiment's report
 
 
 def fisher_lines(rows: dict, k: int = 10) -> list[str]:
