@@ -185,6 +185,8 @@ def test_pruning_sh_ranks_every_user_in_a_copy_and_the_report_checks_it_against_
     assert own["pruning"]["ranked_users"] == 3
     assert "kept" not in pruning_sh()  # a kept evaluation is not made again
 
+    with pytest.raises(SystemExit, match="harvest.sh"):  # the run's own result not kept yet
+        _report().with_all_users(kept)
     (kept / "runs" / "sft" / "seed0").mkdir(parents=True)
     (kept / "runs" / "sft" / "seed0" / "result.json").write_text(json.dumps(result))
     [merged] = _report().with_all_users(kept)
