@@ -34,13 +34,10 @@ for run in "$out"/runs/*/seed*; do
     python3 -m bearrec.cli evaluate "$copy" --split test --beam-width 20 > "$copy/evaluate.log" 2>&1 \
         || { echo "pruning.sh: bearrec evaluate failed on $copy, see $copy/evaluate.log" >&2; exit 1; }
     mkdir -p "$kept/$name"
-    python3 - "$copy/eval_test.json" "$kept/$name/eval_test.json" <<'EOF'
-import json, os, sys
-result = json.load(open(sys.argv[1]))
-result.pop("retrieved_rank", None)  # per user; the run's own result.json keeps it
-with open(sys.argv[2] + ".tmp", "w") as f:  # whole or not at all: a kept file means a finished evaluation
-    json.dump(result, f, indent=1)
-os.replace(sys.argv[2] + ".tmp", sys.argv[2])
-EOF
+    # without the per-user ranks (the run's own result.json keeps them), written whole or not at all (bearrec's
+    # atomic write_json): a kept file means a finished evaluation
+    python3 -c 'import json, sys; from bearrec.io import write_json
+result = json.load(open(sys.argv[1])); result.pop("retrieved_rank", None); write_json(sys.argv[2], result)' \
+        "$copy/eval_test.json" "$kept/$name/eval_test.json"
     echo "kept $kept/$name/eval_test.json"
 done

@@ -98,9 +98,10 @@ def with_all_users(kept: Path) -> list[dict]:
     results = []
     for evaluation in sorted((kept / "pruning").glob("*/seed*/eval_test.json")):
         name = evaluation.parent.relative_to(kept / "pruning")
-        if not (kept / "runs" / name / "result.json").is_file():
+        own = kept / "runs" / name / "result.json"
+        if not own.is_file():
             raise SystemExit(f"{evaluation}: its run's result.json is not kept yet; run benchmarks/seeds/harvest.sh")
-        run = json.loads((kept / "runs" / name / "result.json").read_text())
+        run = json.loads(own.read_text())
         full = json.loads(evaluation.read_text())
         for metric in BEAM_METRICS:
             if not math.isclose(run["metrics"][metric], full["metrics"][metric], abs_tol=1e-6):

@@ -104,7 +104,7 @@ def test_report_replaces_only_the_marked_table_of_its_data_set(tmp_path: Path) -
     with pytest.raises(SystemExit, match="seeds:office"):
         report.marked(page, "seeds:office")
     with pytest.raises(SystemExit, match="no such page"):
-        report.marked(tmp_path / "missing.md", "office")
+        report.marked(tmp_path / "missing.md", "seeds:office")
 
 
 def test_per_seed_table_tells_a_run_to_come_from_a_seed_not_planned() -> None:
