@@ -109,6 +109,7 @@ def _number(value) -> bool:
 
 
 EXACT_SIGN_FLIPS = 18  # users that differ: up to 2^18 sign patterns are enumerated, more are sampled
+SIGN_FLIP_BATCH_ELEMENTS = 2_000_000  # sign patterns x users that scipy holds at once (about 64 bytes each)
 
 
 def sign_flip_test(gain: np.ndarray, resamples: int = 100_000) -> dict:
@@ -117,7 +118,9 @@ def sign_flip_test(gain: np.ndarray, resamples: int = 100_000) -> dict:
 
     Users with no difference carry no information and every sign pattern of theirs is the same, so only the
     users that differ are flipped: exactly (all ``2^n`` patterns) when ``n <= EXACT_SIGN_FLIPS``, otherwise
-    with ``resamples`` random patterns. Two-sided; with no differing user, p = 1.
+    with ``resamples`` random patterns. Two-sided; with no differing user, p = 1. The patterns are drawn in batches
+    of ``SIGN_FLIP_BATCH_ELEMENTS / n``: scipy's default draws all of them at once, which for Beauty's 2,600 differing
+    users x 100,000 patterns took 16 GB. The batch size does not change p (the same random patterns are drawn).
     """
     differ = gain[gain != 0]
     n = int(differ.size)
@@ -128,7 +131,8 @@ def sign_flip_test(gain: np.ndarray, resamples: int = 100_000) -> dict:
     exact = n <= EXACT_SIGN_FLIPS
     result = stats.permutation_test(
         (differ,), lambda d, axis: np.mean(d, axis=axis), permutation_type="samples", vectorized=True,
-        n_resamples=np.inf if exact else resamples, alternative="two-sided", rng=np.random.default_rng(0))
+        n_resamples=np.inf if exact else resamples, alternative="two-sided", rng=np.random.default_rng(0),
+        batch=max(1, SIGN_FLIP_BATCH_ELEMENTS // n))
     p = float(min(1.0, result.pvalue))
     return {**out, "p_value": p, "exact": exact, "significant": p < 0.05}
 
