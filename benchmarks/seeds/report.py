@@ -31,7 +31,7 @@ from pathlib import Path
 from scipy.stats import fisher_exact
 
 from bearrec.config import from_dict
-from bearrec.data.dataset import RecDataset
+from bearrec.data.dataset import DataError, RecDataset
 from bearrec.evaluation.evaluate import EvalSettings
 from bearrec.evaluation.report import pruning_markdown, summary_markdown, summary_runs
 from bearrec.experiments.plan import BASELINE, RunSpec
@@ -164,7 +164,10 @@ def main(argv: list[str] | None = None) -> dict | str:
     if not results:
         raise SystemExit(f"{kept}: no finished run yet")
     base = from_dict(plan["base_config"])
-    dataset = RecDataset.load(ROOT / base.data)
+    try:
+        dataset = RecDataset.load(ROOT / base.data)
+    except DataError as e:  # a new machine: the catalog and users are prepared by run.sh, not kept
+        raise SystemExit(f"{e} (benchmarks/seeds/run.sh {args.data} prepares it)") from None
     rows = write_report(kept, results, base, EvalSettings(**plan["eval"]), plan["kind"],
                         COMMAND.format(data=args.data), dataset=dataset)
     report = kept / "results.md"

@@ -107,6 +107,20 @@ def test_report_replaces_only_the_marked_table_of_its_data_set(tmp_path: Path) -
         report.marked(tmp_path / "missing.md", "seeds:office")
 
 
+def test_report_names_the_unprepared_dataset_in_one_line(tmp_path: Path, monkeypatch) -> None:
+    """On a new machine the kept runs are there but runs/data/<data>-sid is not: one line says which and what makes it."""
+    report = _report()
+    kept = ROOT / "docs" / "results" / "seeds" / "office-sid"
+    mine = tmp_path / "docs" / "results" / "seeds" / "office-sid"
+    (mine / "runs" / "sft" / "seed0").mkdir(parents=True)
+    shutil.copy(kept / "experiment.json", mine / "experiment.json")
+    shutil.copy(kept / "runs" / "sft" / "seed0" / "result.json", mine / "runs" / "sft" / "seed0" / "result.json")
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    with pytest.raises(SystemExit, match=r"runs/data/office-sid: not a bearrec dataset folder .*run\.sh office prepares"):
+        report.main(["office"])
+    assert sorted(p.name for p in mine.iterdir()) == ["experiment.json", "runs"]  # nothing written
+
+
 def test_per_seed_table_tells_a_run_to_come_from_a_seed_not_planned() -> None:
     def result(label, seed):
         return {"label": label, "seed": seed, "metrics": {"HR@10": 0.05 + seed / 100, "NDCG@10": 0.02}}
